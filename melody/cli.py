@@ -1,0 +1,160 @@
+"""The `melody` command line: parses, calls the library, prints. No math lives here.
+
+A `MelodyError` from anywhere below becomes one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from melody import __version__
+from melody.errors import MelodyError
+
+app = typer.Typer(
+    help="melody: MeLoDy, LM-guided diffusion for efficient text-to-music generation (Lam et al., 2023).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Build, ingest, inspect and check corpora.", no_args_is_help=True)
+config_app = typer.Typer(help="Show configuration presets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(config_app, name="config")
+
+PresetOpt = Annotated[str, typer.Option("--preset", help="Named preset: tiny (CPU) or paper (the paper's sizes).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key, e.g. --set dpd.blocks=8 (repeatable).")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"melody {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    pass
+
+
+# --- config -----------------------------------------------------------------------------------
+
+
+@config_app.command("show")
+def config_show(preset: PresetOpt = "tiny", set_: SetOpt = None) -> None:
+    """Print a preset (with overrides) as JSON."""
+    from melody.config import preset as make_preset
+    from melody.config import to_dict
+
+    typer.echo(json.dumps(to_dict(make_preset(preset, set_ or [])), indent=2))
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Option("--out", help="New folder for the corpus shards.")],
+    hours: Annotated[float, typer.Option("--hours", help="Hours of audio to make.")] = 3.0,
+    seed: Annotated[int, typer.Option("--seed", help="Corpus seed: the same seed builds the same corpus.")] = 0,
+    workers: Annotated[int, typer.Option("--workers", help="Rendering processes.")] = 2,
+    preset: PresetOpt = "tiny",
+    set_: SetOpt = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Make the built-in captioned corpus offline: procedural styles, music21 scores, real recordings."""
+    from melody.config import preset as make_preset
+    from melody.data.synth.build import build_corpus
+
+    cfg = make_preset(preset, [*(set_ or []), f"data.hours={hours}", f"data.seed={seed}"])
+    if workers < 1:
+        raise MelodyError(f"--workers must be at least 1, got {workers}")
+    report = build_corpus(out, cfg.data, workers=workers, progress=progress)
+    by_source = ", ".join(f"{k} {v / 60:.1f} min" for k, v in report.seconds.items())
+    typer.echo(
+        f"wrote {sum(report.clips.values())} clips ({report.total_seconds / 3600:.2f} h: {by_source}) to {out} "
+        f"in {report.wall_seconds:.0f} s; splits {report.clips}; skipped {len(report.skipped)}"
+    )
+
+
+@data_app.command("ingest")
+def data_ingest(
+    src: Annotated[Path, typer.Argument(help="Folder of audio files (searched recursively).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the shards (re-running resumes).")],
+    captions: Annotated[Optional[Path], typer.Option("--captions", help="JSONL or CSV captions; else a .txt beside each file.")] = None,
+    clip_seconds: Annotated[float, typer.Option("--clip-seconds")] = 10.0,
+    sample_rate: Annotated[int, typer.Option("--sample-rate")] = 24_000,
+    channels: Annotated[int, typer.Option("--channels")] = 1,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Turn a folder of your own audio plus captions into training shards."""
+    from melody.data.ingest import ingest
+
+    report = ingest(src, out, captions, clip_seconds=clip_seconds, sample_rate=sample_rate, channels=channels,
+                    seed=seed, progress=progress)
+    typer.echo(report.summary() if hasattr(report, "summary") else str(report))
+
+
+@data_app.command("info")
+def data_info(root: Annotated[Path, typer.Argument(help="Corpus folder.")]) -> None:
+    """Summarise a corpus: clips and hours per split and source."""
+    from melody.data.shards import read_manifest
+
+    manifest = read_manifest(root)
+    for split, info in manifest["splits"].items():
+        typer.echo(f"{split:6s} {info['clips']:6d} clips {info['seconds'] / 3600:7.2f} h {len(info['shards'])} shards")
+    if "seconds_by_source" in manifest:
+        typer.echo("sources: " + ", ".join(f"{k} {v / 3600:.2f} h" for k, v in manifest["seconds_by_source"].items()))
+
+
+@data_app.command("spectrograms")
+def data_spectrograms(
+    root: Annotated[Path, typer.Argument(help="Corpus folder.")],
+    out: Annotated[Path, typer.Option("--out", help="PNG to write.")] = Path("spectrograms.png"),
+    per_group: Annotated[int, typer.Option("--per-group", help="Clips per style/source row.")] = 3,
+    split: Annotated[str, typer.Option("--split")] = "train",
+) -> None:
+    """A picture of log-mel spectrograms: a few clips per style (recordings and scores as their own rows)."""
+    from melody.data.plots import spectrogram_grid
+    from melody.data.shards import iter_samples, read_manifest
+
+    rows: dict[str, list] = {}
+    rate = read_manifest(root)["sample_rate"]
+    for sample in iter_samples(root, split):
+        meta = sample["meta"]
+        group = _group(meta)
+        if len(rows.setdefault(group, [])) < per_group:
+            rows[group].append((meta.get("caption", ""), sample["audio"][0]))
+    if not rows:
+        raise MelodyError(f"{root}: the '{split}' split holds no clips")
+    spectrogram_grid(dict(sorted(rows.items())), rate, out)
+    typer.echo(f"wrote {out} ({len(rows)} rows)")
+
+
+def _group(meta: dict) -> str:
+    style = (meta.get("attributes") or {}).get("style")
+    if meta.get("source") == "recording" or not style:
+        return f"[{meta.get('source', 'clip')}]"
+    return style if meta.get("source") == "procedural" else f"{style} (score)"
+
+
+def main() -> None:
+    try:
+        app()
+    except MelodyError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; outputs written so far are complete files, partial ones were removed", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,353 @@
+"""Typed configuration for every stage of MeLoDy, with named presets.
+
+The tree mirrors the pipeline of the paper (Fig. 1): `data`, `vae` (audio VAE-GAN), `mulan`
+(joint text/audio embedding + RVQ tokens), `tokenizer` (self-supervised features + k-means →
+semantic tokens), `semantic_lm`, `dpd` (dual-path diffusion) and `train` (the shared engine).
+
+The dataclass defaults are the `paper` preset: the sizes in `shared/reference/melody-paper.md`
+(24 kHz, VAE down-sampling 96 → 250 Hz × 16 latents, 12 MuLan tokens × 1024 codes, 25 Hz
+semantic tokens with 1024 centroids, DPD hidden 768 with 8 dual-path blocks, segments of 64
+with hop 32, merge factors 2-4-8-16-16-8-4-2, 4 chunks, guidance 2.5). Where the paper gives
+no number (LM depth/width, MuLan towers, optimiser) the default is our documented choice.
+Every other preset is a set of overrides written the same way a user writes `--set`, so a
+preset is data, not code.
+
+A config is saved as JSON next to every checkpoint (`save_config` / `load_config`) and loaded
+back strictly: an unknown key or a value of the wrong type is a one-line `MelodyError` naming
+the key. Keys missing from an older file take their defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from melody.errors import MelodyError
+from melody.io import read_json, write_json_atomic
+
+CONFIG_FORMAT_VERSION = 1
+
+
+@dataclass
+class DataConfig:
+    """The built-in corpus and clip loading (issue 2)."""
+
+    sample_rate: int = 24_000
+    channels: int = 1
+    clip_seconds: float = 10.0
+    hours: float = 3.0
+    seed: int = 0
+    valid_fraction: float = 0.05
+    test_fraction: float = 0.05
+    # Shares of the built-in corpus by source; real recordings feed the text-free stages above all.
+    procedural_share: float = 0.55
+    score_share: float = 0.2
+    recording_share: float = 0.25
+    piece_seconds: float = 20.0
+    soundfont: str = ""  # empty: FluidR3_GM, else TimGM6mb, from Debian's packages
+    clips_per_shard: int = 256
+    target_lufs: float = -20.0
+
+
+@dataclass
+class VAEConfig:
+    """Audio VAE-GAN (paper: 100.1 M params, encoder 256 channels, decoder 768, 24 kHz / 96 → 250 Hz × 16)."""
+
+    sample_rate: int = 24_000
+    latent_dim: int = 16
+    strides: tuple[int, ...] = (2, 4, 4, 3)
+    encoder_channels: int = 256
+    decoder_channels: int = 768
+    latent_clamp: float = 3.0  # latents clamped to ±3 then divided by 3 → [-1, 1]
+    mel_weight: float = 15.0
+    adv_weight: float = 1.0
+    feat_weight: float = 2.0
+    kl_weight: float = 0.004
+    disc_start_step: int = 10_000
+
+
+@dataclass
+class MuLanConfig:
+    """MuLan-style joint embedding and its residual-quantised tokens (paper: 195.3 M, 12 tokens)."""
+
+    embed_dim: int = 128
+    audio_dim: int = 768
+    audio_layers: int = 12
+    audio_heads: int = 12
+    n_mels: int = 128
+    text_encoder: str = "all-MiniLM-L6-v2"
+    rvq_levels: int = 12
+    codebook_size: int = 1024
+    temperature: float = 0.07
+
+
+@dataclass
+class TokenizerConfig:
+    """Semantic tokenizer: self-supervised frame features at 25 Hz + k-means with 1024 centroids."""
+
+    frame_rate: int = 25
+    codebook_size: int = 1024
+    dim: int = 768
+    layers: int = 12
+    heads: int = 12
+    n_mels: int = 80
+    mask_prob: float = 0.08
+    feature_layer: int = 6
+
+
+@dataclass
+class SemanticLMConfig:
+    """LLaMA-style decoder over [MuLan tokens | semantic tokens] (paper: 429.5 M, 10 s windows)."""
+
+    dim: int = 1024
+    depth: int = 24
+    heads: int = 16
+    window_seconds: float = 10.0
+    stride_seconds: float = 5.0
+    cond_dropout: float = 0.1
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+
+@dataclass
+class DPDConfig:
+    """Dual-path diffusion over VAE latents (paper: 296.6 M, hidden 768, 8 dual-path blocks)."""
+
+    latent_dim: int = 16
+    hidden: int = 768
+    blocks: int = 8
+    segment_size: int = 64
+    segment_hop: int = 32
+    merge_factors: tuple[int, ...] = (2, 4, 8, 16, 16, 8, 4, 2)
+    angle_dim: int = 256
+    heads: int = 8
+    sru_layers: int = 2
+    chunks: int = 4
+    cond_dropout: float = 0.1
+    guidance: float = 2.5
+    steps: int = 10
+
+
+@dataclass
+class TrainConfig:
+    """The shared training engine (accelerate)."""
+
+    batch_size: int = 16
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    steps: int = 100_000
+    warmup_steps: int = 1_000
+    grad_clip: float = 1.0
+    ema_decay: float = 0.0  # 0 disables EMA
+    mixed_precision: str = "bf16"  # used where the device supports it
+    checkpoint_every: int = 1_000
+    log_every: int = 50
+    sample_every: int = 5_000
+    num_workers: int = 2
+    seed: int = 0
+
+
+@dataclass
+class MelodyConfig:
+    """The whole configuration tree; `preset` records where it started."""
+
+    preset: str = "paper"
+    data: DataConfig = field(default_factory=DataConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    mulan: MuLanConfig = field(default_factory=MuLanConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    semantic_lm: SemanticLMConfig = field(default_factory=SemanticLMConfig)
+    dpd: DPDConfig = field(default_factory=DPDConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# A preset is the overrides it applies to the paper defaults, in `--set` syntax.
+PRESETS: dict[str, tuple[str, ...]] = {
+    "paper": (),
+    "tiny": (
+        "vae.strides=2,4,4,6",  # 192 → 125 Hz latents: the lower rate the lineage moved to, cheap on CPU
+        "vae.latent_dim=16",
+        "vae.encoder_channels=16",
+        "vae.decoder_channels=32",
+        "vae.disc_start_step=500",
+        "mulan.embed_dim=128",
+        "mulan.audio_dim=128",
+        "mulan.audio_layers=2",
+        "mulan.audio_heads=4",
+        "mulan.n_mels=64",
+        "mulan.rvq_levels=12",
+        "mulan.codebook_size=128",
+        "tokenizer.dim=128",
+        "tokenizer.layers=2",
+        "tokenizer.heads=4",
+        "tokenizer.codebook_size=256",
+        "tokenizer.feature_layer=2",
+        "semantic_lm.dim=128",
+        "semantic_lm.depth=4",
+        "semantic_lm.heads=4",
+        "dpd.hidden=128",
+        "dpd.blocks=4",
+        "dpd.segment_size=16",
+        "dpd.segment_hop=8",
+        "dpd.merge_factors=2,4,4,2",
+        "dpd.angle_dim=64",
+        "dpd.heads=4",
+        "train.batch_size=8",
+        "train.lr=3e-4",
+        "train.steps=2000",
+        "train.warmup_steps=100",
+        "train.checkpoint_every=200",
+        "train.log_every=10",
+        "train.sample_every=500",
+        "train.mixed_precision=no",
+    ),
+}
+
+
+def preset(name: str, overrides: typing.Sequence[str] = ()) -> MelodyConfig:
+    """The named preset with `key=value` overrides applied on top."""
+    if name not in PRESETS:
+        raise MelodyError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
+    cfg = MelodyConfig(preset=name)
+    apply_overrides(cfg, PRESETS[name])
+    apply_overrides(cfg, overrides)
+    return cfg
+
+
+def apply_overrides(cfg: Any, overrides: typing.Iterable[str]) -> Any:
+    """Apply `section.key=value` strings in place (`dpd.blocks=8`, `vae.strides=2,4,4,3`)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise MelodyError(f"override '{item}' is not of the form section.key=value (e.g. dpd.blocks=8)")
+        *path, leaf = key.split(".")
+        node = cfg
+        for i, part in enumerate(path):
+            node = getattr(node, part, None) if _has_field(node, part) else None
+            if node is None or not dataclasses.is_dataclass(node):
+                raise MelodyError(f"unknown config key '{key}': '{'.'.join(path[: i + 1])}' is not a config section")
+        hints = _field_types(type(node))
+        if leaf not in hints:
+            raise MelodyError(f"unknown config key '{key}'; {_known(node, '.'.join(path))}")
+        if dataclasses.is_dataclass(getattr(node, leaf)):
+            raise MelodyError(f"config key '{key}' is a section; set one of its keys, e.g. {key}.{_first_field(getattr(node, leaf))}=...")
+        setattr(node, leaf, _parse(raw.strip(), hints[leaf], key))
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict, cls: type = MelodyConfig, where: str = "") -> Any:
+    """Build `cls` from a dict strictly: unknown keys and wrong types raise `MelodyError`."""
+    if not isinstance(data, dict):
+        raise MelodyError(f"config section '{where or 'root'}' must be a JSON object")
+    hints = _field_types(cls)
+    kwargs = {}
+    for key, value in data.items():
+        name = f"{where}.{key}" if where else key
+        if key not in hints:
+            raise MelodyError(f"unknown config key '{name}'; {_known(cls, where)}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = from_dict(value, tp, name)
+        else:
+            kwargs[key] = _check_value(value, tp, name)
+    return cls(**kwargs)
+
+
+def save_config(cfg: MelodyConfig, path: str | Path) -> Path:
+    return write_json_atomic(path, {"format_version": CONFIG_FORMAT_VERSION, **to_dict(cfg)})
+
+
+def load_config(path: str | Path) -> MelodyConfig:
+    data = read_json(path, "config")
+    if not isinstance(data, dict):
+        raise MelodyError(f"{path}: a config must be a JSON object; regenerate it")
+    version = data.pop("format_version", None)
+    if version != CONFIG_FORMAT_VERSION:
+        raise MelodyError(f"{path}: config format version {version} is not supported (expected {CONFIG_FORMAT_VERSION}); regenerate it")
+    return from_dict(data)
+
+
+# --- typing helpers ---------------------------------------------------------------------------
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _has_field(node: Any, name: str) -> bool:
+    return dataclasses.is_dataclass(node) and name in {f.name for f in dataclasses.fields(node)}
+
+
+def _first_field(node: Any) -> str:
+    return dataclasses.fields(node)[0].name
+
+
+def _known(node: Any, where: str) -> str:
+    names = [f.name for f in dataclasses.fields(node)]
+    return f"known keys{(' of ' + where) if where else ''}: {', '.join(names)}"
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is tuple:
+        return f"a comma-separated list of {typing.get_args(tp)[0].__name__}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _parse(raw: str, tp: Any, key: str) -> Any:
+    """Text from the command line → a value of type `tp`."""
+    try:
+        if tp is bool:
+            low = raw.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if tp is int:
+            return int(raw)
+        if tp is float:
+            return float(raw)
+        if tp is str:
+            return raw
+        if typing.get_origin(tp) is tuple:
+            inner = typing.get_args(tp)[0]
+            text = raw.strip("()[] ")
+            return tuple(inner(part) for part in text.split(",") if part.strip()) if text else ()
+    except ValueError:
+        raise MelodyError(f"config key '{key}' expects {_type_name(tp)}, got '{raw}'") from None
+    raise MelodyError(f"config key '{key}' cannot be set from the command line")
+
+
+def _check_value(value: Any, tp: Any, key: str) -> Any:
+    """A JSON value → a value of type `tp`, or a one-line error."""
+    ok = False
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif tp is str:
+        ok = isinstance(value, str)
+    elif typing.get_origin(tp) is tuple:
+        inner = typing.get_args(tp)[0]
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, inner) and not isinstance(v, bool) for v in value)
+        value = tuple(value) if ok else value
+    elif isinstance(tp, types.UnionType):
+        ok = True
+    if not ok:
+        raise MelodyError(f"config key '{key}' expects {_type_name(tp)}, got {json.dumps(value)}")
+    return value

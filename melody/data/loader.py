@@ -1,0 +1,136 @@
+"""One loader for every training stage: random fixed-length crops streamed from corpus shards.
+
+Built on WebDataset's pipeline pieces: shards are split across distributed ranks
+(`split_by_node`) and then across DataLoader workers (`split_by_worker`), so with many shards
+and many processes no clip is read twice in an epoch. Shard order and the sample shuffle buffer
+are seeded by `(seed, epoch)` and every crop position by `(seed, epoch, rank, worker)`, so a run
+is reproducible. With fewer shards than ranks × workers some readers get none: write more,
+smaller shards (`clips_per_shard`) for wide jobs.
+
+A clip shorter than the crop is zero-padded on the right; `length` says how many samples are real.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from melody.audio import resample, to_channels
+from melody.data.shards import decode_sample, shard_paths
+from melody.errors import MelodyError
+
+
+@dataclass(frozen=True)
+class Crop:
+    """Where a crop of `crop` samples starts in a clip of `total` samples (pure, seeded)."""
+
+    start: int
+    length: int
+
+
+def choose_crop(total: int, crop: int, rng: np.random.Generator, random_offset: bool = True) -> Crop:
+    if total <= crop:
+        return Crop(0, total)
+    start = int(rng.integers(0, total - crop + 1)) if random_offset else 0
+    return Crop(start, crop)
+
+
+def crop_audio(audio: np.ndarray, crop: int, where: Crop) -> np.ndarray:
+    """`(channels, samples)` → `(channels, crop)`, zero-padded on the right when the clip is short."""
+    out = np.zeros((audio.shape[0], crop), dtype=np.float32)
+    out[:, : where.length] = audio[:, where.start : where.start + where.length]
+    return out
+
+
+class ShardDataset(IterableDataset):
+    """Streams `{"audio": (channels, crop) float32, "length", "caption", "key", "meta"}` from shards."""
+
+    def __init__(
+        self,
+        shards: Sequence[str | Path],
+        crop_seconds: float,
+        sample_rate: int = 24_000,
+        channels: int = 1,
+        *,
+        shuffle: int = 256,
+        seed: int = 0,
+        random_offset: bool = True,
+    ) -> None:
+        super().__init__()
+        if not shards:
+            raise MelodyError("no shards to read; build a corpus with `melody data synth` or `melody data ingest`")
+        if crop_seconds <= 0:
+            raise MelodyError(f"crop length must be positive, got {crop_seconds} s")
+        self.urls = [str(s) for s in shards]
+        self.crop = int(round(crop_seconds * sample_rate))
+        self.sample_rate = sample_rate
+        self.channels = channels
+        self.shuffle = shuffle
+        self.seed = seed
+        self.random_offset = random_offset
+        self.epoch = 0
+
+    @classmethod
+    def from_corpus(cls, root: str | Path, split: str = "train", **kwargs) -> ShardDataset:
+        return cls(shard_paths(root, split), **kwargs)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[dict]:
+        worker = get_worker_info()
+        worker_id = worker.id if worker else 0
+        rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+        urls = list(self.urls)
+        if self.shuffle:
+            random.Random(_mix(self.seed, self.epoch)).shuffle(urls)
+        stages = [wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker, wds.tarfile_to_samples()]
+        if self.shuffle:
+            stages.append(wds.shuffle(self.shuffle, initial=min(self.shuffle, 64), seed=_mix(self.seed, self.epoch, rank, worker_id)))
+        rng = np.random.default_rng([self.seed, self.epoch, rank, worker_id])
+        for raw in wds.DataPipeline(*stages):
+            yield self._prepare(decode_sample(raw), rng)
+
+    def _prepare(self, sample: dict, rng: np.random.Generator) -> dict:
+        audio = resample(to_channels(sample["audio"], self.channels), sample["sample_rate"], self.sample_rate)
+        where = choose_crop(audio.shape[-1], self.crop, rng, self.random_offset)
+        return {
+            "audio": torch.from_numpy(crop_audio(audio, self.crop, where)),
+            "length": where.length,
+            "caption": sample["meta"].get("caption", ""),
+            "key": sample["key"],
+            "meta": sample["meta"],
+        }
+
+
+def collate(batch: list[dict]) -> dict:
+    """Stack audio `(b, channels, crop)`; keep captions, keys and metadata as lists."""
+    return {
+        "audio": torch.stack([b["audio"] for b in batch]),
+        "length": torch.tensor([b["length"] for b in batch]),
+        "caption": [b["caption"] for b in batch],
+        "key": [b["key"] for b in batch],
+        "meta": [b["meta"] for b in batch],
+    }
+
+
+def make_loader(dataset: ShardDataset, batch_size: int, num_workers: int = 0, drop_last: bool = True) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate,
+        drop_last=drop_last,
+        persistent_workers=False,
+    )
+
+
+def _mix(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])

@@ -1,0 +1,176 @@
+"""The corpus format: WebDataset tar shards of FLAC clips with JSON metadata, plus a manifest.
+
+Both corpus paths (`melody data synth` and `melody data ingest`) write this format and every
+training stage reads it, so it is the contract between data and models:
+
+    DIR/manifest.json                 format name + version, sample rate, per-split shard lists
+    DIR/{train,valid,test}/shard-000000.tar
+        <key>.flac                    16-bit FLAC, mono (or stereo), at the manifest's rate
+        <key>.json                    metadata: caption, source, piece, split, attributes, ...
+
+Keys hold no dots (WebDataset splits a member name at its first dot). Shards are written
+atomically (temp file + rename) with fixed tar mtimes, so a re-run with the same inputs gives
+byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+
+from melody.audio import decode_audio_bytes, encode_flac
+from melody.errors import MelodyError
+from melody.io import atomic_path, read_json, write_json_atomic
+
+FORMAT = "melody-shards"
+FORMAT_VERSION = 1
+SPLITS = ("train", "valid", "test")
+MANIFEST = "manifest.json"
+_KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+def safe_key(text: str) -> str:
+    """A shard key from any text: letters, digits, '-' and '_' only (no dots)."""
+    key = re.sub(r"[^A-Za-z0-9_\-]+", "_", text).strip("_")
+    return key or "clip"
+
+
+@dataclass
+class ShardWriter:
+    """Writes one split's clips into numbered shards of at most `clips_per_shard` clips each."""
+
+    root: Path
+    split: str
+    sample_rate: int
+    clips_per_shard: int = 256
+    start_index: int = 0
+    shards: list[str] = field(default_factory=list)
+    clips: int = 0
+    seconds: float = 0.0
+    _buffer: list[tuple[str, bytes, bytes]] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise MelodyError(f"unknown split '{self.split}'; use one of {', '.join(SPLITS)}")
+        self.root = Path(self.root)
+        self._index = self.start_index
+
+    def add(self, key: str, audio: np.ndarray, meta: dict) -> None:
+        if not _KEY_RE.match(key):
+            raise ValueError(f"shard key {key!r} must hold only letters, digits, '-' and '_'")
+        audio = np.atleast_2d(audio)
+        meta = {**meta, "key": key, "split": self.split, "sample_rate": self.sample_rate,
+                "seconds": round(audio.shape[-1] / self.sample_rate, 6)}
+        self._buffer.append((key, encode_flac(audio, self.sample_rate), json.dumps(meta, sort_keys=True).encode()))
+        self.clips += 1
+        self.seconds += audio.shape[-1] / self.sample_rate
+        if len(self._buffer) >= self.clips_per_shard:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        rel = shard_name(self.split, self._index)
+        write_shard(self.root / rel, self._buffer)
+        self.shards.append(rel)
+        self._buffer = []
+        self._index += 1
+
+    def summary(self) -> dict:
+        return {"shards": list(self.shards), "clips": self.clips, "seconds": round(self.seconds, 3)}
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}/shard-{index:06d}.tar"
+
+
+def write_shard(path: Path, samples: list[tuple[str, bytes, bytes]]) -> None:
+    """Write `(key, flac, json)` samples as one tar, atomically and reproducibly."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        sink = wds.TarWriter(f, mtime=0.0, user="melody", group="melody")
+        for key, flac, meta in samples:
+            sink.write({"__key__": key, "flac": flac, "json": meta})
+        sink.close()
+
+
+def write_manifest(root: Path, splits: dict[str, dict], **info) -> Path:
+    manifest = {"format": FORMAT, "version": FORMAT_VERSION, **info, "splits": splits}
+    return write_json_atomic(Path(root) / MANIFEST, manifest)
+
+
+def read_manifest(root: str | Path) -> dict:
+    root = Path(root)
+    if not root.is_dir():
+        raise MelodyError(f"{root}: no such corpus folder; build one with `melody data synth` or `melody data ingest`")
+    manifest = read_json(root / MANIFEST, "corpus manifest")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise MelodyError(f"{root / MANIFEST}: not a melody corpus manifest; rebuild the corpus")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise MelodyError(
+            f"{root / MANIFEST}: corpus format version {manifest.get('version')} is not supported "
+            f"(this melody reads version {FORMAT_VERSION}); rebuild the corpus"
+        )
+    return manifest
+
+
+def shard_paths(root: str | Path, split: str | None = None) -> list[Path]:
+    """Paths of the shards of one split (or of every split), in manifest order."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    names = [split] if split else [s for s in SPLITS if s in manifest["splits"]]
+    paths: list[Path] = []
+    for name in names:
+        if name not in manifest["splits"]:
+            raise MelodyError(f"{root}: the corpus has no '{name}' split; it has {', '.join(manifest['splits'])}")
+        paths += [root / rel for rel in manifest["splits"][name]["shards"]]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise MelodyError(f"{missing[0]}: shard listed in the manifest is missing; rebuild the corpus")
+    return paths
+
+
+def decode_sample(sample: dict) -> dict:
+    """A raw WebDataset sample (`__key__`, `flac`, `json` bytes) → audio `(channels, samples)` + meta."""
+    try:
+        meta = json.loads(sample["json"])
+        audio, rate = decode_audio_bytes(sample["flac"])
+    except KeyError as err:
+        raise MelodyError(f"shard sample {sample.get('__key__')!r} lacks its {err.args[0]} member; rebuild the shard") from None
+    except json.JSONDecodeError:
+        raise MelodyError(f"shard sample {sample.get('__key__')!r} has corrupt metadata; rebuild the shard") from None
+    return {"key": sample["__key__"], "audio": audio, "sample_rate": rate, "meta": meta}
+
+
+def iter_samples(root: str | Path, split: str | None = None) -> Iterator[dict]:
+    """Every clip of a corpus in manifest order: dicts with `key`, `audio`, `sample_rate`, `meta`."""
+    for path in shard_paths(root, split):
+        yield from iter_shard(path)
+
+
+def iter_shard(path: Path) -> Iterator[dict]:
+    try:
+        for sample in wds.tarfile_to_samples()([{"url": str(path)}]):
+            yield decode_sample(sample)
+    except (OSError, EOFError, ValueError) as err:
+        raise MelodyError(f"{path}: corrupt or truncated shard ({err}); rebuild the corpus") from None
+
+
+def read_tar_members(path: Path) -> list[str]:
+    """Member names of a shard, for checks and tests."""
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        return tar.getnames()
+
+
+__all__ = [
+    "FORMAT", "FORMAT_VERSION", "MANIFEST", "SPLITS", "ShardWriter", "decode_sample", "iter_samples",
+    "iter_shard", "read_manifest", "read_tar_members", "safe_key", "shard_name", "shard_paths",
+    "write_manifest", "write_shard",
+]
