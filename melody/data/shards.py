@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,14 +158,13 @@ def iter_shard(path: Path) -> Iterator[dict]:
     try:
         for sample in wds.tarfile_to_samples()([{"url": str(path)}]):
             yield decode_sample(sample)
-    except (OSError, EOFError, ValueError) as err:
-        raise MelodyError(f"{path}: corrupt or truncated shard ({err}); rebuild the corpus") from None
+    except (OSError, EOFError, ValueError, tarfile.TarError) as err:
+        reason = err.args[0] if err.args and isinstance(err.args[0], str) else type(err).__name__
+        raise MelodyError(f"{path}: corrupt or truncated shard ({reason.split(' @ ')[0]}); rebuild the corpus") from None
 
 
 def read_tar_members(path: Path) -> list[str]:
     """Member names of a shard, for checks and tests."""
-    import tarfile
-
     with tarfile.open(path) as tar:
         return tar.getnames()
 
