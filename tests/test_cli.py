@@ -1,0 +1,57 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from melody.data.shards import ShardWriter, write_manifest
+
+
+def melody(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "melody.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_help_lists_the_commands():
+    out = melody("--help")
+    assert out.returncode == 0
+    for command in ("data", "config"):
+        assert command in out.stdout
+    data = melody("data", "--help")
+    for command in ("synth", "ingest", "check", "info", "spectrograms"):
+        assert command in data.stdout
+
+
+def test_config_show_applies_overrides():
+    out = melody("config", "show", "--preset", "paper", "--set", "dpd.blocks=6")
+    assert out.returncode == 0
+    cfg = json.loads(out.stdout)
+    assert cfg["preset"] == "paper" and cfg["dpd"]["blocks"] == 6 and cfg["dpd"]["hidden"] == 768
+
+
+def test_user_errors_are_one_line_and_exit_2(tmp_path):
+    for args, message in [
+        (("config", "show", "--set", "dpd.dept=8"), "unknown config key 'dpd.dept'"),
+        (("config", "show", "--preset", "huge"), "unknown preset 'huge'"),
+        (("data", "info", str(tmp_path / "nope")), "no such corpus folder"),
+        (("data", "synth", "--out", str(tmp_path / "c"), "--hours", "-1"), "--hours must be positive"),
+    ]:
+        out = melody(*args)
+        assert out.returncode == 2, out.stderr
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], out.stderr
+        assert "Traceback" not in out.stderr
+
+
+def test_data_info_and_spectrograms(tmp_path):
+    w = ShardWriter(tmp_path, "train", 8000)
+    for i, style in enumerate(["rock", "jazz", "rock"]):
+        w.add(f"k{i}", (0.3 * np.sin(np.arange(16000) * 0.1 * (i + 1))).astype(np.float32),
+              {"caption": f"a {style} clip", "source": "procedural", "attributes": {"style": style}})
+    w.flush()
+    write_manifest(tmp_path, {"train": w.summary()}, sample_rate=8000, channels=1)
+    info = melody("data", "info", str(tmp_path))
+    assert info.returncode == 0 and "3 clips" in info.stdout
+    png = tmp_path / "spec.png"
+    out = melody("data", "spectrograms", str(tmp_path), "--out", str(png), "--per-group", "2")
+    assert out.returncode == 0 and "2 rows" in out.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
