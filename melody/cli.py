@@ -88,18 +88,21 @@ def data_ingest(
     src: Annotated[Path, typer.Argument(help="Folder of audio files (searched recursively).")],
     out: Annotated[Path, typer.Option("--out", help="Folder for the shards (re-running resumes).")],
     captions: Annotated[Optional[Path], typer.Option("--captions", help="JSONL or CSV captions; else a .txt beside each file.")] = None,
-    clip_seconds: Annotated[float, typer.Option("--clip-seconds")] = 10.0,
+    clip_seconds: Annotated[float, typer.Option("--clip-seconds", help="Clip length.")] = 10.0,
     sample_rate: Annotated[int, typer.Option("--sample-rate")] = 24_000,
-    channels: Annotated[int, typer.Option("--channels")] = 1,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    channels: Annotated[int, typer.Option("--channels", help="1 (mono) or 2 (stereo).")] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="Seeds the split by file.")] = 0,
+    lufs: Annotated[float, typer.Option("--lufs", help="Loudness target of every clip (BS.1770).")] = -20.0,
+    normalize: Annotated[bool, typer.Option("--normalize/--no-normalize", help="Loudness-normalise clips.")] = True,
+    workers: Annotated[int, typer.Option("--workers", help="Decoding processes (output is identical).")] = 1,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Turn a folder of your own audio plus captions into training shards."""
+    """Turn a folder of your own audio plus captions into training shards; bad files are skipped and reported."""
     from melody.data.ingest import ingest
 
     report = ingest(src, out, captions, clip_seconds=clip_seconds, sample_rate=sample_rate, channels=channels,
-                    seed=seed, progress=progress)
-    typer.echo(report.summary() if hasattr(report, "summary") else str(report))
+                    seed=seed, normalize_lufs=lufs if normalize else None, workers=workers, progress=progress)
+    typer.echo(report.summary())
 
 
 @data_app.command("info")

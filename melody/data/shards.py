@@ -15,6 +15,7 @@ byte-identical shards.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import tarfile
@@ -85,6 +86,17 @@ class ShardWriter:
 
     def summary(self) -> dict:
         return {"shards": list(self.shards), "clips": self.clips, "seconds": round(self.seconds, 3)}
+
+
+def split_of(relative_path: str, seed: int = 0, valid_fraction: float = 0.05, test_fraction: float = 0.05) -> str:
+    """The split of one source piece or file: a uniform draw from a SHA-256 of (seed, path), not from file order."""
+    digest = hashlib.sha256(f"{seed}\0{relative_path}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    if u < valid_fraction:
+        return "valid"
+    if u < valid_fraction + test_fraction:
+        return "test"
+    return "train"
 
 
 def shard_name(split: str, index: int) -> str:
@@ -171,6 +183,6 @@ def read_tar_members(path: Path) -> list[str]:
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "MANIFEST", "SPLITS", "ShardWriter", "decode_sample", "iter_samples",
-    "iter_shard", "read_manifest", "read_tar_members", "safe_key", "shard_name", "shard_paths",
+    "iter_shard", "read_manifest", "read_tar_members", "safe_key", "shard_name", "shard_paths", "split_of",
     "write_manifest", "write_shard",
 ]

@@ -32,7 +32,7 @@ import numpy as np
 
 from melody.audio import is_silent, loudness_normalize
 from melody.config import DataConfig
-from melody.data.shards import SPLITS, ShardWriter, safe_key, write_manifest
+from melody.data.shards import SPLITS, ShardWriter, safe_key, split_of, write_manifest
 from melody.errors import MelodyError
 
 SOURCES = ("procedural", "score", "recording")
@@ -58,17 +58,6 @@ class BuildReport:
     @property
     def total_seconds(self) -> float:
         return sum(self.seconds.values())
-
-
-def split_of(piece_id: str, seed: int, valid_fraction: float, test_fraction: float) -> str:
-    """Split by source piece, from a hash of its id: stable under reordering and additions."""
-    digest = hashlib.sha256(f"{seed}:{piece_id}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
-    if u < test_fraction:
-        return "test"
-    if u < test_fraction + valid_fraction:
-        return "valid"
-    return "train"
 
 
 def cut_clips(audio: np.ndarray, sample_rate: int, clip_seconds: float) -> list[tuple[float, np.ndarray]]:
