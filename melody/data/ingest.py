@@ -71,10 +71,8 @@ import json
 import os
 import posixpath
 import re
-import signal
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -83,6 +81,7 @@ import numpy as np
 from melody.audio import READ_SUFFIXES, SAMPLE_RATE, audio_info, is_silent, load_audio, loudness_normalize
 from melody.data.shards import MANIFEST, SPLITS, ShardWriter, safe_key, shard_name, split_of, write_manifest
 from melody.errors import MelodyError
+from melody.parallel import ordered_map
 from melody.io import read_json, write_json_atomic, write_text_atomic
 
 STATE = "ingest_state.jsonl"
@@ -336,33 +335,6 @@ def _strip_path(message: str, path: Path) -> str:
     return message[len(prefix):] if message.startswith(prefix) else message
 
 
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
-
-
-def _ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
-    """`map(fn, items)` in order; with `workers > 1` over a process pool with a bounded look-ahead."""
-    if workers <= 1:
-        yield from map(fn, items)
-        return
-    items = iter(items)
-    pool = ProcessPoolExecutor(workers, initializer=_ignore_sigint)
-    window: deque = deque()
-    try:
-        for item in items:
-            window.append(pool.submit(fn, item))
-            if len(window) >= 2 * workers:
-                break
-        while window:
-            result = window.popleft().result()
-            nxt = next(items, None)
-            if nxt is not None:
-                window.append(pool.submit(fn, nxt))
-            yield result
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
 # --------------------------------------------------------------------------------------------
 # The resume log
 
@@ -589,7 +561,7 @@ def _process(plan: _Plan, out: Path, state: _State, params: dict, workers: int, 
     writers = {s: ShardWriter(out, s, rate, params["clips_per_shard"], start_index=len(state.shards[s])) for s in SPLITS}
     pending: dict[str, dict] = {s: {} for s in SPLITS}  # records of finished files whose split has not flushed since
     job = {k: params[k] for k in ("sample_rate", "channels", "clip_seconds", "min_clip_seconds", "normalize_lufs")}
-    results = _ordered_map(_prepare, (_Job(f.path, **job) for f in todo), workers)
+    results = ordered_map(_prepare, (_Job(f.path, **job) for f in todo), workers)
     bar = tqdm(total=len(plan.files), initial=len(plan.files) - len(todo), unit="file", desc="ingest", disable=not progress, dynamic_ncols=True)
     with open(out / STATE, "a", encoding="utf-8") as log, bar, contextlib.closing(results):
 

@@ -22,7 +22,6 @@ whatever the worker timing), and written to shards in that order. Splits are by 
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from melody.audio import is_silent, loudness_normalize
 from melody.config import DataConfig
 from melody.data.shards import SPLITS, ShardWriter, safe_key, split_of, write_manifest
 from melody.errors import MelodyError
+from melody.parallel import ordered_map
 
 SOURCES = ("procedural", "score", "recording")
 
@@ -187,15 +187,14 @@ def _run(job: tuple) -> tuple[str, list[Clip], list[dict]]:
     return source, clips, skipped
 
 
-def iter_source(source: str, cfg: DataConfig, target_seconds: float, pool: multiprocessing.pool.Pool | None) -> Iterator[Clip | dict]:
+def iter_source(source: str, cfg: DataConfig, target_seconds: float, workers: int = 1) -> Iterator[Clip | dict]:
     """Clips of one source in plan order until `target_seconds` are made; dicts are skip records."""
     if target_seconds <= 0:
         return
     jobs = {"procedural": lambda: _procedural_jobs(cfg), "score": lambda: _score_jobs(cfg),
             "recording": lambda: _recording_jobs(cfg, target_seconds)}[source]()
     made = 0.0
-    results = pool.imap(_run, jobs, chunksize=1) if pool else map(_run, jobs)
-    for _, clips, skipped in results:
+    for _, clips, skipped in ordered_map(_run, jobs, workers):
         yield from skipped
         for clip in clips:
             yield clip
@@ -219,12 +218,10 @@ def build_corpus(out: str | Path, cfg: DataConfig, workers: int = 2, progress: b
     splits_seen: dict[str, str] = {}
     start = time.perf_counter()
     bar = _progress(cfg.hours * 3600.0, progress)
-    ctx = multiprocessing.get_context("fork")
-    pool = ctx.Pool(workers) if workers > 1 else None
     try:
         for source in SOURCES:
             made = 0.0
-            for item in iter_source(source, cfg, targets[source], pool):
+            for item in iter_source(source, cfg, targets[source], workers):
                 if isinstance(item, dict):
                     report.skipped.append({"source": source, **item})
                     continue
@@ -236,9 +233,6 @@ def build_corpus(out: str | Path, cfg: DataConfig, workers: int = 2, progress: b
                 bar(seconds, f"{source}: {made / 60:.1f} min")
             report.seconds[source] = round(made, 3)
     finally:
-        if pool:
-            pool.terminate()
-            pool.join()
         bar(None, "")
     for writer in writers.values():
         writer.flush()
