@@ -51,7 +51,6 @@ class DataConfig:
     piece_seconds: float = 20.0
     soundfont: str = ""  # empty: FluidR3_GM, else TimGM6mb, from Debian's packages
     clips_per_shard: int = 256
-    target_lufs: float = -20.0
 
 
 @dataclass

@@ -4,10 +4,15 @@
 plan (the corpus build stops when it has made enough audio); this map submits at most
 `2 × workers` jobs ahead of the consumer, and yields results in input order, so output built from
 them does not depend on worker timing.
+
+Workers start from a fork server, not by forking the caller: a caller that already loaded
+FluidSynth (or any library with threads and locks) deadlocks its forked children, which inherit a
+lock held by a thread that no longer exists there.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -24,7 +29,7 @@ def ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
         yield from map(fn, items)
         return
     items = iter(items)
-    pool = ProcessPoolExecutor(workers, initializer=_ignore_sigint)
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"), initializer=_ignore_sigint)
     window: deque = deque()
     try:
         for item in items:

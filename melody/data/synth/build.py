@@ -10,13 +10,16 @@ with an open project, so melody makes its own corpus on the user's machine from 
 - `recording` (`recordings.py`): real recordings shipped in Debian packages (`drascula-music`,
   `asc-music`), cut into clips and captioned only with what is measured from the audio
   (tempo, key, mode, loudness). Marked `real_recording: true`; they give the text-free stages
-  (VAE-GAN, semantic tokenizer) real timbres, not only a soundfont's.
+  (VAE-GAN, semantic tokenizer) real timbres, not only a soundfont's. The two packages hold 34
+  distinct tracks, 64 minutes (drascula's language folders are symlinks to one set of files).
 
 The build is a pure function of (hours, seed, shares, clip length, sample rate): jobs are
 planned up front, run on a process pool in order (`imap`, so results arrive in plan order
 whatever the worker timing), and written to shards in that order. Splits are by source piece
-(`split_of`), so no piece straddles train and test. Every clip is loudness-normalised to
-`target_lufs` so the sources share one level.
+(`split_of`), so no piece straddles train and test. Levels are kept as rendered or recorded,
+not loudness-normalised: the captions' dynamics words ("soft", "loud") describe the audio as it
+is (velocity-driven render levels; measured LUFS for recordings). Training stages normalise
+on the fly if they want a fixed level.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from melody.audio import is_silent, loudness_normalize
+from melody.audio import is_silent
 from melody.config import DataConfig
 from melody.data.shards import SPLITS, ShardWriter, safe_key, split_of, write_manifest
 from melody.errors import MelodyError
@@ -77,12 +80,11 @@ def plan_seconds(cfg: DataConfig) -> dict[str, float]:
 # --- jobs: each runs in a worker process and returns finished clips ---------------------------
 
 
-def _finish(audio: np.ndarray, cfg: DataConfig, key: str, meta: dict, skipped: list[dict]) -> Clip | None:
+def _finish(audio: np.ndarray, key: str, meta: dict, skipped: list[dict]) -> Clip | None:
     if is_silent(audio[None]):
         skipped.append({"key": key, "reason": "silent"})
         return None
-    audio = loudness_normalize(audio[None].astype(np.float32), cfg.sample_rate, cfg.target_lufs)
-    return Clip(key, audio, meta)
+    return Clip(key, audio[None].astype(np.float32), meta)
 
 
 def _caption_rng(cfg: DataConfig, source: str, piece: str, index: int) -> np.random.Generator:
@@ -101,37 +103,45 @@ def _meta(source: str, piece: str, offset: float, attributes: dict, captions: li
             "piece": piece, "offset": round(offset, 3), "attributes": attributes}
 
 
+def _render(midi, attributes: dict, cfg: DataConfig) -> np.ndarray:
+    """Render at the level the caption's dynamics word promises (soft < medium < loud)."""
+    from melody.data.synth.render import DYNAMICS_RMS_DB, render_midi
+
+    level = DYNAMICS_RMS_DB[attributes.get("dynamics") or "medium"]
+    return render_midi(midi, sample_rate=cfg.sample_rate, soundfont=cfg.soundfont or None, rms_db=level)
+
+
 def _procedural_job(job: tuple[DataConfig, int, str]) -> tuple[list[Clip], list[dict]]:
     from melody.data.synth.arrange import arrange
-    from melody.data.synth.render import render_midi
 
     cfg, index, style = job
     piece = f"proc-{safe_key(style)}-{index:05d}"
     arrangement = arrange(style, np.random.default_rng([cfg.seed, 0, index]), duration=cfg.piece_seconds)
-    audio = render_midi(arrangement.midi, sample_rate=cfg.sample_rate, soundfont=cfg.soundfont or None)
+    audio = _render(arrangement.midi, arrangement.attributes, cfg)
     clips, skipped = [], []
     for i, (offset, segment) in enumerate(cut_clips(audio, cfg.sample_rate, cfg.clip_seconds)):
         captions = _captions(arrangement.attributes, _caption_rng(cfg, "procedural", piece, i))
         key = f"{piece}-c{i:02d}"
-        clip = _finish(segment, cfg, key, _meta("procedural", piece, offset, arrangement.attributes, captions, False), skipped)
+        clip = _finish(segment, key, _meta("procedural", piece, offset, arrangement.attributes, captions, False), skipped)
         clips += [clip] if clip else []
     return clips, skipped
 
 
 def _score_job(job: tuple[DataConfig, int, object]) -> tuple[list[Clip], list[dict]]:
-    from melody.data.synth.render import render_midi
-    from melody.data.synth.scores import score_piece
+    from melody.data.synth.scores import SkipReason, try_score_piece
 
     cfg, index, work = job
-    piece = score_piece(work, np.random.default_rng([cfg.seed, 1, index]), max_seconds=cfg.piece_seconds + cfg.clip_seconds)
-    if piece is None:
-        return [], [{"key": f"score-{index:05d}", "reason": f"score not usable: {work}"}]
-    audio = render_midi(piece.midi, sample_rate=cfg.sample_rate, soundfont=cfg.soundfont or None)
+    piece = try_score_piece(work, np.random.default_rng([cfg.seed, 1, index]), max_seconds=cfg.piece_seconds + cfg.clip_seconds)
+    if isinstance(piece, SkipReason):
+        return [], [{"key": piece.piece_id, "reason": piece.reason}]
+    audio = _render(piece.midi, piece.attributes, cfg)
+    # Excerpts of one long work share its piece id (so they share a split); keys name the excerpt.
     pid = safe_key(f"score-{piece.piece_id}")
     clips, skipped = [], []
     for i, (offset, segment) in enumerate(cut_clips(audio, cfg.sample_rate, cfg.clip_seconds)):
-        captions = _captions(piece.attributes, _caption_rng(cfg, "score", pid, i))
-        clip = _finish(segment, cfg, f"{pid}-c{i:02d}", _meta("score", pid, offset, piece.attributes, captions, False), skipped)
+        captions = _captions(piece.attributes, _caption_rng(cfg, "score", f"{pid}-s{piece.segment}", i))
+        key = f"{pid}-s{piece.segment:02d}-c{i:02d}"
+        clip = _finish(segment, key, _meta("score", pid, offset, piece.attributes, captions, False), skipped)
         clips += [clip] if clip else []
     return clips, skipped
 
@@ -140,13 +150,16 @@ def _recording_job(job: tuple[DataConfig, int, Path, int]) -> tuple[list[Clip], 
     from melody.data.synth.recordings import recording_clips
 
     cfg, index, path, max_clips = job
-    clips, skipped = [], []
+    clips, skipped, windows = [], [], []
     rng = np.random.default_rng([cfg.seed, 2, index])
-    for rc in recording_clips(path, clip_seconds=cfg.clip_seconds, sample_rate=cfg.sample_rate, rng=rng, max_clips=max_clips):
+    made = recording_clips(path, clip_seconds=cfg.clip_seconds, sample_rate=cfg.sample_rate, rng=rng,
+                           max_clips=max_clips, skipped=windows)
+    skipped += [{"key": w.piece_id, "reason": w.reason} for w in windows]
+    for rc in made:
         pid = safe_key(f"rec-{rc.piece_id}")
         key = f"{pid}-t{int(round(rc.offset * 10)):05d}"
-        captions = _captions(rc.attributes, _caption_rng(cfg, "recording", pid, int(rc.offset * 10)))
-        clip = _finish(np.asarray(rc.audio, dtype=np.float32).reshape(-1), cfg, key,
+        captions = _captions(rc.attributes, _caption_rng(cfg, "recording", pid, int(round(rc.offset * 10))))
+        clip = _finish(np.asarray(rc.audio, dtype=np.float32).reshape(-1), key,
                        _meta("recording", pid, rc.offset, rc.attributes, captions, True), skipped)
         clips += [clip] if clip else []
     return clips, skipped
