@@ -5,7 +5,7 @@ import pytest
 
 from melody.config import preset
 from melody.data.shards import iter_samples, read_manifest, shard_paths, split_of
-from melody.data.synth.build import build_corpus, cut_clips, plan_seconds
+from melody.data.synth.build import allot_clips, build_corpus, cut_clips, plan_seconds
 from melody.data.synth.captions import caption_mentions
 from melody.errors import MelodyError
 
@@ -90,3 +90,11 @@ def test_build_refuses_to_overwrite_and_bad_plans(corpus):
 def test_cut_clips_drops_the_short_tail():
     clips = cut_clips(np.arange(25, dtype=np.float32), 1, 10.0)
     assert [o for o, _ in clips] == [0.0, 10.0] and all(len(c) == 10 for _, c in clips)
+
+
+def test_recording_clips_are_spread_over_every_track():
+    assert allot_clips([10, 10, 10], 9) == [3, 3, 3]
+    assert allot_clips([1, 10, 10], 9) == [1, 4, 4]
+    assert allot_clips([2, 3], 100) == [2, 3]  # never more than a track holds
+    assert allot_clips([5, 5, 5], 4) == [2, 1, 1]
+    assert sum(allot_clips([7, 0, 30, 2, 11], 25)) == 25

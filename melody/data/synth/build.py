@@ -184,14 +184,36 @@ def _score_jobs(cfg: DataConfig) -> Iterator[tuple]:
         yield ("score", _score_job, (cfg, i, work))
 
 
+def allot_clips(capacities: list[int], total: int) -> list[int]:
+    """Spread `total` clips over tracks holding `capacities` clips, as evenly as they allow (water-filling).
+
+    Short tracks give all they have; the rest share what is left equally, earlier tracks taking
+    the remainder one clip each. More tracks means more timbres than exhausting a few.
+    """
+    allot = [0] * len(capacities)
+    left = min(total, sum(capacities))
+    while left > 0:
+        open_ = [i for i, c in enumerate(capacities) if allot[i] < c]
+        share = max(1, left // len(open_))
+        for i in open_:
+            take = min(share, capacities[i] - allot[i], left)
+            allot[i] += take
+            left -= take
+            if left == 0:
+                break
+    return allot
+
+
 def _recording_jobs(cfg: DataConfig, target_seconds: float) -> Iterator[tuple]:
+    from melody.audio import audio_info
     from melody.data.synth.recordings import find_recordings
 
     tracks = find_recordings()
-    # Spread the budget over every track (more timbres) rather than exhausting the first ones.
-    per_track = max(1, int(np.ceil(target_seconds / cfg.clip_seconds / len(tracks))))
-    for i, path in enumerate(tracks):
-        yield ("recording", _recording_job, (cfg, i, path, per_track))
+    capacities = [int(audio_info(p).seconds // cfg.clip_seconds) for p in tracks]
+    allot = allot_clips(capacities, int(np.ceil(target_seconds / cfg.clip_seconds)))
+    for i, (path, n) in enumerate(zip(tracks, allot)):
+        if n > 0:
+            yield ("recording", _recording_job, (cfg, i, path, n))
 
 
 def _run(job: tuple) -> tuple[str, list[Clip], list[dict]]:
