@@ -150,3 +150,12 @@ def test_log_mel_shape_and_peak_bin():
     centres = librosa.mel_frequencies(n_mels=82, fmax=12_000)[1:-1]
     peak = int(mel[0].mean(-1).argmax())
     assert abs(centres[peak] - 1000.0) < 120.0
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    path = save_audio(tmp_path / "p.wav", sine(440, 0.1, 24_000))
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (path.stat().st_mode & 0o777) == (0o666 & ~mask)

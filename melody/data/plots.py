@@ -10,8 +10,8 @@ from melody.audio import log_mel
 from melody.io import atomic_path
 
 
-def spectrogram_grid(rows: dict[str, list[tuple[str, np.ndarray]]], sample_rate: int, path: str | Path) -> Path:
-    """Save a PNG: `rows[name]` is a list of `(caption, mono audio)`; each cell shows one log-mel."""
+def spectrogram_grid(rows: dict[str, list[tuple[str, np.ndarray]]], sample_rate: int, path: str | Path, dpi: int = 80) -> Path:
+    """Save a picture (PNG, or JPEG by suffix): `rows[name]` is a list of `(caption, mono audio)`; each cell one log-mel."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -38,7 +38,7 @@ def spectrogram_grid(rows: dict[str, list[tuple[str, np.ndarray]]], sample_rate:
                 ax.set_ylabel(name, fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=dpi, format=Path(path).suffix.lstrip(".").lower() or "png")
     plt.close(fig)
     return Path(path)
 
