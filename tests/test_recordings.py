@@ -136,3 +136,20 @@ def test_clips_of_a_real_track_have_the_asked_shape_and_stay_inside_it():
     assert offsets == sorted(offsets) and np.all(np.diff(offsets) >= 10.0 - 1e-6)
     picked = recording_clips(DRASCULA_TRACK, clip_seconds=10.0, sample_rate=RATE, rng=np.random.default_rng(3), max_clips=2)
     assert len(picked) == 2 and set(c.offset for c in picked) <= set(offsets)
+
+
+def test_doubtful_measurements_stay_out_of_the_caption(monkeypatch):
+    from melody.data.synth.captions import caption_mentions, make_caption
+
+    rng = np.random.default_rng(0)
+    noise = (0.1 * rng.standard_normal(5 * RATE)).astype(np.float32)  # no beat to track
+    a = measure_attributes(noise, RATE)
+    assert a["tempo_confidence"] < recordings.MIN_TEMPO_CONFIDENCE and a["tempo_bpm"] is None and a["tempo_estimate"] > 0
+    # The key profile correlation is not a strong doubt measure (noise scores ~0.7): force a doubtful key.
+    monkeypatch.setattr(recordings, "estimate_key", lambda chroma: ("C", "major", 0.3))
+    a = measure_attributes(noise, RATE)
+    assert a["key"] is None and a["mode"] is None and a["key_estimate"] == "C major"
+    for seed in range(5):
+        caption = make_caption(a, np.random.default_rng(seed))
+        assert "BPM" not in caption.upper() and "None" not in caption and "major" not in caption
+        assert caption_mentions(caption, a)

@@ -225,6 +225,12 @@ def _features(audio: np.ndarray, sample_rate: int, block_seconds: float = 60.0, 
     return np.concatenate(envelopes), np.concatenate(chromas, axis=1)
 
 
+# Below these, a measurement is too doubtful to caption (on the default 3 h corpus they drop the
+# tempo of 18 % of the 222 recording clips and the key of 10 %).
+MIN_TEMPO_CONFIDENCE = 0.2
+MIN_KEY_CONFIDENCE = 0.5
+
+
 def measure_attributes(
     audio: np.ndarray, sample_rate: int, envelope: np.ndarray | None = None, chroma: np.ndarray | None = None
 ) -> dict:
@@ -237,11 +243,15 @@ def measure_attributes(
     tempo, tempo_confidence = tempo_from_envelope(envelope, sample_rate)
     tonic, mode, key_confidence = estimate_key(chroma)
     lufs = loudness(audio[None], sample_rate)
+    # A caption states only what was measured with some confidence: a doubtful tempo or key is
+    # left out of the caption (kept as an estimate) rather than taught to the model as a fact.
+    tempo_known = tempo_confidence >= MIN_TEMPO_CONFIDENCE
+    key_known = key_confidence >= MIN_KEY_CONFIDENCE
     return {
         "style": None,
-        "tempo_bpm": round(tempo, 1),
-        "key": tonic,
-        "mode": mode,
+        "tempo_bpm": round(tempo, 1) if tempo_known else None,
+        "key": tonic if key_known else None,
+        "mode": mode if key_known else None,
         "time_signature": None,
         "dynamics": dynamics_from_loudness(lufs) if np.isfinite(lufs) else "soft",
         "instruments": [],
@@ -252,6 +262,8 @@ def measure_attributes(
         "loudness_lufs": round(lufs, 2) if np.isfinite(lufs) else None,
         "tempo_confidence": round(tempo_confidence, 3),
         "key_confidence": round(key_confidence, 3),
+        "tempo_estimate": round(tempo, 1),
+        "key_estimate": f"{tonic} {mode}",
     }
 
 
