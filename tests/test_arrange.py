@@ -147,3 +147,18 @@ def test_voicings_stay_in_range_and_move_little():
     following = ar.voicing(ar.parse_numeral("V7", 0), "close", 55, 76, first)
     assert sum(abs(a - b) for a, b in zip(first, following)) <= 8
     assert ar.voicing(chord, "power", 40, 64) == (41, 48, 53)
+
+
+def test_jazz_and_hip_hop_mix_the_kit_above_the_bass():
+    # A kit mixed far below a loud bass or horn is heard as no drums at all (see the corpus check).
+    for style in ("jazz", "hip hop"):
+        for seed in range(3):
+            parts = {i.name.split(":")[0]: i for i in _piece(style, seed).midi.instruments}
+            backbeat = [n.velocity for n in parts["drums"].notes if n.pitch in (ar.KICK, ar.SNARE, ar.RIDE)]
+            assert max(backbeat) > np.mean([n.velocity for n in parts["bass"].notes])
+
+
+def test_a_jazz_piano_or_guitar_lead_comps_for_itself():
+    leads = [_piece("jazz", seed).attributes["instruments"] for seed in range(20)]
+    trios = [names for names in leads if names[0] in ("piano", "jazz guitar")]
+    assert trios and all(names[1] == "upright bass" for names in trios)

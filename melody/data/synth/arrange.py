@@ -770,19 +770,26 @@ _ROCK_BASS = (
 # --- jazz
 
 
-_SWING_RIDE = {RIDE: "x...x.x.x...x.x.", PEDAL_HAT: "....x.......x...", KICK: "g...g...g...g..."}
+# The ride's "ding, ding-a ding" with 2 and 4 leaned on, the hi-hat's foot on 2 and 4, the kick
+# feathered on every beat and the snare comping: each loud enough to be heard as a drum kit, since a
+# jazz kit mixed far below the horn is heard as no drums at all.
+_SWING_RIDE = {RIDE: "x...X.x.x...X.x.", PEDAL_HAT: "....x.......x...", KICK: "g...g...g...g..."}
 _JAZZ_GROOVES: Mapping[str, tuple[Groove, ...]] = {
     "4/4": (
-        _SWING_RIDE,
-        {**_SWING_RIDE, SNARE: "......g.......g."},
-        {**_SWING_RIDE, SNARE: "..g.......g...g."},
+        {**_SWING_RIDE, SNARE: "......g.......x."},
+        {**_SWING_RIDE, SNARE: "..g.......x...g."},
+        {**_SWING_RIDE, SNARE: "......x...g...g.", KICK: "g...g...g.x.g..."},
     ),
-    "3/4": ({RIDE: "x...x.x.x.x.", PEDAL_HAT: "....x...x...", KICK: "g..........."},),
+    "3/4": ({RIDE: "x...X.x.X.x.", PEDAL_HAT: "....x...x...", KICK: "g...g...g...", SNARE: "......g...x."},),
 }
 _BRUSH_GROOVES: Mapping[str, tuple[Groove, ...]] = {
     # With the brush kit the snare row is the brushes' swish, played on every swung eighth.
-    "4/4": ({SNARE: "g.g.x.g.g.g.x.g.", PEDAL_HAT: "....x.......x...", KICK: "g.......g......."},),
-    "3/4": ({SNARE: "g.g.x.g.x.g.", PEDAL_HAT: "....x...x...", KICK: "g..........."},),
+    "4/4": ({SNARE: "g.g.x.g.g.g.x.g.", PEDAL_HAT: "....x.......x...", KICK: "g...g...g...g..."},),
+    "3/4": ({SNARE: "g.g.x.g.x.g.", PEDAL_HAT: "....x...x...", KICK: "g...g...g..."},),
+}
+_JAZZ_FILLS: Mapping[str, tuple[Groove, ...]] = {
+    "4/4": ({RIDE: "x...X.x.........", SNARE: "........x.gxx.x.", KICK: "g...g.......x..."},),
+    "3/4": ({RIDE: "x...X.......", SNARE: "......x.gxx.", KICK: "g.......x..."},),
 }
 _JAZZ_COMP = {
     "4/4": ("x.....x.........", "..x.....x.......", "x.....x.....x...", "...x......x.....", "......x.....x..."),
@@ -792,23 +799,31 @@ _JAZZ_MELODY = {
     "4/4": ("x-x-x-x-x---x-x-", "..x-x-x-x-x-x---", "x-----x-x-x-x-x-", "x---x-x-x---..x-", "x-x-x---x-x-x---"),
     "3/4": ("x-x-x-x-x---", "x---x-x-x-x-", "..x-x-x-----"),
 }
-_JAZZ_LEADS = (66, 65, 56, 59, 11)
-_LEAD_RANGE = {66: (51, 77), 65: (55, 82), 56: (57, 82), 59: (57, 80), 11: (57, 86), 71: (55, 82), 64: (62, 86), 73: (64, 89)}
+# Horns, vibes, and the guitar or piano that leads a trio. The tagger hears a lone sax or trumpet
+# line as a violin; under the lead, the comping and the kit keep the band audible.
+_JAZZ_LEADS = (66, 65, 56, 59, 11, 26, 0)
+_LEAD_RANGE = {
+    66: (51, 77), 65: (55, 82), 56: (57, 82), 59: (57, 80), 11: (57, 86), 71: (55, 82), 64: (62, 86), 73: (64, 89),
+    26: (55, 79), 0: (60, 86),
+}  # fmt: skip
 
 
 def _jazz_parts(rng: np.random.Generator, ctx: Context) -> list[Part]:
     lead = _pick(rng, _JAZZ_LEADS)
     low, high = _LEAD_RANGE[lead]
-    keys = _pick(rng, (0, 0, 4, 26))
+    # A guitar or piano lead comps for itself (a trio); a horn or vibes gets a piano or guitar behind it.
+    keys = lead if lead in (0, 26) else _pick(rng, (0, 0, 4, 26))
     brushes = rng.random() < 0.4
     grooves = _by_meter(ctx, _BRUSH_GROOVES if brushes else _JAZZ_GROOVES)
-    comping = Comp(_by_meter(ctx, _JAZZ_COMP), "shell", 50, 74, -12, 0.6)
+    fills = () if brushes else _by_meter(ctx, _JAZZ_FILLS)
+    comping = Comp(_by_meter(ctx, _JAZZ_COMP), "shell", 50, 74, 4, 0.8)
     return [
-        Part(MELODY, _NAMES[lead], lead, melody(rng, ctx, _by_meter(ctx, _JAZZ_MELODY), low, high, 6), pan=76, reverb=55),
+        Part(MELODY, _NAMES[lead], lead, melody(rng, ctx, _by_meter(ctx, _JAZZ_MELODY), low, high, 0), volume=95,
+             pan=76, reverb=55),
         Part(HARMONY, _NAMES[keys], keys, comp(rng, ctx, comping), pan=48, reverb=50),
-        Part(BASS, "upright bass", 32, walking_bass(rng, ctx, 28, 6), pan=58),
-        Part(DRUMS, "brushed drums" if brushes else "drums", 40 if brushes else 32,
-             drums(rng, ctx, grooves, (), 0, crash=False), is_drum=True, reverb=45),
+        Part(BASS, "upright bass", 32, walking_bass(rng, ctx, 28, -6), volume=70, pan=58),
+        Part(DRUMS, "brushed drums" if brushes else "drums", 40 if brushes else _pick(rng, (32, 0)),
+             drums(rng, ctx, grooves, fills, 16, crash=False), is_drum=True, reverb=45),
     ]  # fmt: skip
 
 
@@ -826,17 +841,20 @@ _BLUES_BASS = (
 
 
 def _blues_parts(rng: np.random.Generator, ctx: Context) -> list[Part]:
-    lead = _pick(rng, (27, 29, 22, 66, 26))
+    lead = _pick(rng, (27, 29, 27, 29, 22, 66, 26))  # mostly the electric guitar: blues is a guitar music
     low, high = {22: (60, 84), 66: (51, 77)}.get(lead, (55, 81))
     keys = _pick(rng, (0, 16, 4))
     bass = _pick(rng, (33, 32))
     comping = Comp(("x---..x-x---..x-", "..x-..x-..x-..x-", "x-------x-------"), "close", 52, 74, -10, 0.8)
     return [
-        Part(MELODY, _NAMES[lead], lead, melody(rng, ctx, _BLUES_MELODY, low, high, 8), pan=78, reverb=50),
+        # A sax or harmonica lead is held back a little (alone on top it reads as a violin), and the
+        # bass sits under the kit so the band is heard as a band.
+        Part(MELODY, _NAMES[lead], lead, melody(rng, ctx, _BLUES_MELODY, low, high, 8),
+             volume=100 if lead in (27, 29, 26) else 85, pan=78, reverb=50),
         Part(HARMONY, _NAMES[keys], keys, comp(rng, ctx, comping), pan=46),
-        Part(BASS, _NAMES[bass], bass, bass_line(rng, ctx, _BLUES_BASS, 28, 4)),
-        Part(DRUMS, "drums", _pick(rng, (0, 8)), drums(rng, ctx, _BLUES_GROOVES, _BLUES_FILLS, 0), is_drum=True),
-    ]
+        Part(BASS, _NAMES[bass], bass, bass_line(rng, ctx, _BLUES_BASS, 28, 0), volume=85),
+        Part(DRUMS, "drums", _pick(rng, (0, 8)), drums(rng, ctx, _BLUES_GROOVES, _BLUES_FILLS, 10), is_drum=True),
+    ]  # fmt: skip
 
 
 _BLUES_MELODY = ("..x-x-x-x-------", "x-x-x---x-------", "x---x-x-x-x-x---", "....x-x-x---x---")
@@ -928,10 +946,13 @@ def _electronic_parts(rng: np.random.Generator, ctx: Context) -> list[Part]:
 # --- hip hop
 
 
+# Boom-bap: a heavy kick and a cracking backbeat snare over eighth-note hats, mixed loudest (the beat
+# is the track); the bass sits under it, since a loud plucked bass line is heard as a guitar.
 _BOOM_BAP = (
-    {KICK: "x.........x.x...", SNARE: "....x.......x...", CLOSED_HAT: "x.x.x.x.x.x.x.x."},
-    {KICK: "x......x..x.....", SNARE: "....x.......x..g", CLOSED_HAT: "x.x.x.x.x.x.x.x."},
-    {KICK: "x..x......x.....", SNARE: "....x.......x...", CLOSED_HAT: "x.xxx.x.x.xxx.x."},
+    {KICK: "X.........X.x...", SNARE: "....X.......X...", CLOSED_HAT: "x.x.x.x.x.x.x.x."},
+    {KICK: "X......x..X.....", SNARE: "....X.......X..g", CLOSED_HAT: "x.x.x.x.x.x.x.x."},
+    {KICK: "X..x......X.....", SNARE: "....X.......X...", CLOSED_HAT: "x.xxx.x.x.xxx.x."},
+    {KICK: "X.x.......X..x..", SNARE: "....X.......X...", CLOSED_HAT: "x.x.x.x.x.x.x.x.", OPEN_HAT: "..............x."},
 )
 _HIP_HOP_BASS = (("x-----x---x-----", "R R 5"), ("x-------..x-x---", "R R 8"), ("x---------x-----", "R 5"))
 
@@ -945,7 +966,7 @@ def _hip_hop_parts(rng: np.random.Generator, ctx: Context) -> list[Part]:
     return [
         Part(MELODY, _NAMES[lead], lead, melody(rng, ctx, _HIP_HOP_MELODY, low, high, -6), volume=75, pan=76, reverb=60),
         Part(HARMONY, _NAMES[keys], keys, comp(rng, ctx, comping), volume=75, pan=50, reverb=50, chorus=30),
-        Part(BASS, _NAMES[bass], bass, bass_line(rng, ctx, _HIP_HOP_BASS, 28, 14), volume=115),
+        Part(BASS, _NAMES[bass], bass, bass_line(rng, ctx, _HIP_HOP_BASS, 28, 0), volume=80),
         Part(DRUMS, "drums", _pick(rng, (0, 8, 25)), drums(rng, ctx, _BOOM_BAP, (), 20, crash=False), is_drum=True,
              volume=127, reverb=20),
     ]
@@ -1180,7 +1201,7 @@ SPECS: Mapping[str, StyleSpec] = {
         parts=_rock_parts,
     ),
     "jazz": StyleSpec(
-        tempo=(96, 180), meters={"4/4": 4, "3/4": 1}, modes={"major": 5, "minor": 2, "dorian": 2},
+        tempo=(96, 160), meters={"4/4": 4, "3/4": 1}, modes={"major": 5, "minor": 2, "dorian": 2},
         keys=("F", "Bb", "Eb", "Ab", "C", "G", "D"), dynamics={"soft": 1, "medium": 2},
         progressions={
             "major": (("ii7", "V7", "Imaj7", "vi7"), ("Imaj7", "vi7", "ii7", "V7"), ("Imaj7", "IV7", "iii7 vi7", "ii7 V7"),
