@@ -109,17 +109,18 @@ def data_ingest(
 def data_check(
     root: Annotated[Path, typer.Argument(help="Corpus folder.")],
     out: Annotated[Optional[Path], typer.Option("--out", help="Report folder (default: ROOT/check).")] = None,
+    judge: Annotated[str, typer.Option("--judge", help="Which tagger judges: mtt, msd or both.")] = "both",
     split: Annotated[Optional[str], typer.Option("--split", help="Only this split.")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many clips.")] = None,
     k: Annotated[int, typer.Option("--k", help="A hit is an expected tag among the clip's top k.")] = 5,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Does the pretrained musicnn tagger hear what the captions say? A table and a heat map per style."""
-    from melody.data.check import check_corpus, report_markdown, write_report
+    """Do the pretrained musicnn taggers (MTT, MSD) hear what the captions say? Tables and heat maps per style."""
+    from melody.data.check import check_corpus, judges_for, report_markdown, write_report
 
-    report = check_corpus(root, k=k, split=split, limit=limit, progress=progress)
-    paths = write_report(report, out or Path(root) / "check")
-    typer.echo(report_markdown(report))
+    check = check_corpus(root, judges=judges_for(judge), k=k, split=split, limit=limit, progress=progress)
+    paths = write_report(check, out or Path(root) / "check")
+    typer.echo(report_markdown(check))
     typer.echo("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
