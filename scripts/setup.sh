@@ -29,4 +29,15 @@ PY=${PYTHON:-python3}
 # musicnn ships the pretrained tagger's weights; its own code needs TensorFlow 1 (not installable on
 # Python 3.11), so only the package data is used: install it without its dependencies.
 .venv/bin/python -m pip install -q --no-deps "musicnn==0.1.0"
+# librosa JIT-compiles with numba and caches the machine code in site-packages; two processes that
+# compile the same function at once (test workers, corpus-build workers) can corrupt that cache and
+# segfault later. Compile everything melody uses once, here, in one process.
+.venv/bin/python - <<'PY'
+import numpy as np
+from melody.data.synth.recordings import measure_attributes
+from melody.ears.musicnn import log_mel
+x = (0.1 * np.sin(np.arange(24_000 * 4) * 0.1)).astype(np.float32)
+measure_attributes(x, 24_000)
+log_mel(x, 24_000)
+PY
 echo "setup: ready (.venv/bin/melody)"
