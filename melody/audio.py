@@ -16,6 +16,7 @@ Choices:
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,8 +175,6 @@ def save_audio(path: str | Path, wav: np.ndarray, sample_rate: int = SAMPLE_RATE
 
 def encode_flac(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
     """16-bit FLAC bytes of `(channels, samples)` audio (the shard format's audio payload)."""
-    import io
-
     buf = io.BytesIO()
     sf.write(buf, np.clip(np.atleast_2d(wav), -1.0, 1.0).T, sample_rate, format="FLAC", subtype="PCM_16")
     return buf.getvalue()
@@ -183,8 +182,6 @@ def encode_flac(wav: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
 
 def decode_audio_bytes(data: bytes) -> tuple[np.ndarray, int]:
     """Decode an in-memory audio file to float32 `(channels, samples)` and its rate."""
-    import io
-
     try:
         wav, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as err:
