@@ -23,8 +23,13 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Build, ingest, inspect and check corpora.", no_args_is_help=True)
 config_app = typer.Typer(help="Show configuration presets.", no_args_is_help=True)
+train_app = typer.Typer(help="Train a stage on the shared engine (accelerate: CPU here, `accelerate launch` for GPUs).",
+                        no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate a trained stage on the held-out split.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
+app.add_typer(train_app, name="train")
+app.add_typer(eval_app, name="eval")
 
 PresetOpt = Annotated[str, typer.Option("--preset", help="Named preset: tiny (CPU) or paper (the paper's sizes).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key, e.g. --set dpd.blocks=8 (repeatable).")]
@@ -158,6 +163,38 @@ def data_spectrograms(
         raise MelodyError(f"{root}: the '{split}' split holds no clips")
     spectrogram_grid(dict(sorted(rows.items())), rate, out)
     typer.echo(f"wrote {out} ({len(rows)} rows)")
+
+
+# --- train ------------------------------------------------------------------------------------
+
+DataOpt = Annotated[Path, typer.Option("--data", help="Corpus folder (melody-shards) to train on.")]
+RunOpt = Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, logs, samples, the exported model.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in --out exactly where it stopped.")]
+ProgressOpt = Annotated[bool, typer.Option(help="Show a progress bar.")]
+
+
+def _run_config(out: Path, preset: str, overrides: list[str], resume: bool):
+    """A new run starts from the preset; a resumed one from its own config.json (overrides on top)."""
+    from melody.config import apply_overrides, load_config
+    from melody.config import preset as make_preset
+
+    if resume and (out / "config.json").is_file():
+        return apply_overrides(load_config(out / "config.json"), overrides)
+    return make_preset(preset, overrides)
+
+
+@train_app.command("vae")
+def train_vae(data: DataOpt, out: RunOpt, preset: PresetOpt = "tiny", set_: SetOpt = None, resume: ResumeOpt = False,
+              progress: ProgressOpt = True) -> None:
+    """Train the audio VAE-GAN (waveform ⇄ latents)."""
+    from melody.data.shards import read_manifest
+    from melody.train.engine import Engine
+    from melody.train.vae import VAEStage
+
+    read_manifest(data)
+    cfg = _run_config(out, preset, set_ or [], resume)
+    position = Engine(VAEStage(cfg, data), out, resume=resume, progress=progress).fit()
+    typer.echo(f"trained vae to step {position.step}; model: {out / 'vae.safetensors'}")
 
 
 def _group(meta: dict) -> str:

@@ -55,19 +55,37 @@ class DataConfig:
 
 @dataclass
 class VAEConfig:
-    """Audio VAE-GAN (paper: 100.1 M params, encoder 256 channels, decoder 768, 24 kHz / 96 → 250 Hz × 16)."""
+    """Audio VAE-GAN (paper: 100.1 M params, encoder 256 channels, decoder 768, 24 kHz / 96 → 250 Hz × 16).
+
+    Widths are given at the latent end and halve at every stride towards the waveform (DAC's
+    layout), never below `min_channels`. Loss weights under the keys the training logs use
+    (`mel`, `adv`, `feat`, `kl`); the discriminators join at `disc_start_step`.
+    """
 
     sample_rate: int = 24_000
+    channels: int = 1
     latent_dim: int = 16
     strides: tuple[int, ...] = (2, 4, 4, 3)
     encoder_channels: int = 256
     decoder_channels: int = 768
+    min_channels: int = 8
+    dilations: tuple[int, ...] = (1, 3, 9)
     latent_clamp: float = 3.0  # latents clamped to ±3 then divided by 3 → [-1, 1]
+    # Discriminators: multi-period (HiFi-GAN) and multi-resolution complex STFT (EnCodec).
+    mpd_periods: tuple[int, ...] = (2, 3, 5, 7, 11)
+    mpd_channels: int = 32
+    stft_ffts: tuple[int, ...] = (2048, 1024, 512)
+    stft_channels: int = 32
+    adv_loss: str = "lsgan"  # or "hinge"
+    # Multi-scale mel reconstruction: 7 window lengths, mel bins growing with the window (DAC).
+    mel_windows: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048)
+    mel_bins: tuple[int, ...] = (5, 10, 20, 40, 80, 160, 320)
     mel_weight: float = 15.0
     adv_weight: float = 1.0
     feat_weight: float = 2.0
     kl_weight: float = 0.004
     disc_start_step: int = 10_000
+    crop_seconds: float = 1.0  # training crop length
 
 
 @dataclass
@@ -172,9 +190,13 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "tiny": (
         "vae.strides=2,4,4,6",  # 192 → 125 Hz latents: the lower rate the lineage moved to, cheap on CPU
         "vae.latent_dim=16",
-        "vae.encoder_channels=16",
-        "vae.decoder_channels=32",
-        "vae.disc_start_step=500",
+        "vae.encoder_channels=64",
+        "vae.decoder_channels=128",
+        "vae.mpd_channels=8",
+        "vae.stft_ffts=1024,512,256",
+        "vae.stft_channels=8",
+        "vae.disc_start_step=1500",
+        "vae.crop_seconds=0.5",
         "mulan.embed_dim=128",
         "mulan.audio_dim=128",
         "mulan.audio_layers=2",

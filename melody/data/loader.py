@@ -1,17 +1,23 @@
 """One loader for every training stage: random fixed-length crops streamed from corpus shards.
 
-Built on WebDataset's pipeline pieces: shards are split across distributed ranks
-(`split_by_node`) and then across DataLoader workers (`split_by_worker`), so with many shards
-and many processes no clip is read twice in an epoch. Shard order and the sample shuffle buffer
-are seeded by `(seed, epoch)` and every crop position by `(seed, epoch, rank, worker)`, so a run
-is reproducible. With fewer shards than ranks × workers some readers get none: write more,
-smaller shards (`clips_per_shard`) for wide jobs.
+Built on WebDataset's pipeline pieces: shards are split across distributed ranks and then
+across DataLoader workers, so with many shards and many processes no clip is read twice in an
+epoch. Shard order and the sample shuffle buffer are seeded by `(seed, epoch)` (and the reader),
+every crop position by `(seed, epoch, clip key)`, so a run is reproducible. With fewer shards
+than ranks × workers some readers get none: write more, smaller shards (`clips_per_shard`).
+
+Resuming mid-epoch (`set_position(epoch, batches_done, batch_size)`) skips what was already
+served without decoding it. A DataLoader serves the batches of its W workers round-robin, so
+after `n` batches the next one comes from reader `n mod W`: on resume worker `w` plays reader
+`(w + n) mod W` and drops the batches that reader had served, and the stream continues exactly
+(until the first reader runs dry near the end of an epoch, where a resume restarts the order).
 
 A clip shorter than the crop is zero-padded on the right; `length` says how many samples are real.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -76,30 +82,41 @@ class ShardDataset(IterableDataset):
         self.seed = seed
         self.random_offset = random_offset
         self.epoch = 0
+        self.batches_done = 0
+        self.batch_size = 1
 
     @classmethod
     def from_corpus(cls, root: str | Path, split: str = "train", **kwargs) -> ShardDataset:
         return cls(shard_paths(root, split), **kwargs)
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.set_position(epoch, 0, self.batch_size)
+
+    def set_position(self, epoch: int, batches_done: int, batch_size: int) -> None:
+        """Start the next iteration in `epoch` after `batches_done` batches of `batch_size` (resume)."""
+        self.epoch, self.batches_done, self.batch_size = epoch, batches_done, batch_size
 
     def __iter__(self) -> Iterator[dict]:
         worker = get_worker_info()
-        worker_id = worker.id if worker else 0
-        rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+        workers = worker.num_workers if worker else 1
+        reader = ((worker.id if worker else 0) + self.batches_done) % workers
+        skip = max(0, -(-(self.batches_done - reader) // workers)) * self.batch_size
+        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+        rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)
         urls = list(self.urls)
         if self.shuffle:
             random.Random(_mix(self.seed, self.epoch)).shuffle(urls)
-        stages = [wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker, wds.tarfile_to_samples()]
+        urls = urls[rank::world][reader::workers]
+        stages = [wds.SimpleShardList(urls), wds.tarfile_to_samples()]
         if self.shuffle:
-            stages.append(wds.shuffle(self.shuffle, initial=min(self.shuffle, 64), seed=_mix(self.seed, self.epoch, rank, worker_id)))
-        rng = np.random.default_rng([self.seed, self.epoch, rank, worker_id])
-        for raw in wds.DataPipeline(*stages):
-            yield self._prepare(decode_sample(raw), rng)
+            stages.append(wds.shuffle(self.shuffle, initial=min(self.shuffle, 64), seed=_mix(self.seed, self.epoch, rank, reader)))
+        for i, raw in enumerate(wds.DataPipeline(*stages)):
+            if i >= skip:
+                yield self._prepare(decode_sample(raw))
 
-    def _prepare(self, sample: dict, rng: np.random.Generator) -> dict:
+    def _prepare(self, sample: dict) -> dict:
         audio = resample(to_channels(sample["audio"], self.channels), sample["sample_rate"], self.sample_rate)
+        rng = np.random.default_rng([self.seed, self.epoch, _key_seed(sample["key"])])
         where = choose_crop(audio.shape[-1], self.crop, rng, self.random_offset)
         return {
             "audio": torch.from_numpy(crop_audio(audio, self.crop, where)),
@@ -130,6 +147,10 @@ def make_loader(dataset: ShardDataset, batch_size: int, num_workers: int = 0, dr
         drop_last=drop_last,
         persistent_workers=False,
     )
+
+
+def _key_seed(key: str) -> int:
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "little")
 
 
 def _mix(*parts: int) -> int:

@@ -1,0 +1,144 @@
+"""Checkpoints: safetensors for every tensor, JSON for everything else, a format version on both.
+
+Nothing here unpickles: a file a user hands us is parsed by safetensors (a JSON header and raw
+buffers) or `json`. Optimizer states are flattened into tensors (`state.<param>.<name>`) plus
+their JSON-able remainder (`param_groups`, integer steps), and put back the same way.
+
+A model file is `<name>.safetensors` with a header naming the format, its version and the stage;
+beside it a `config.json` holds the `MelodyConfig` it was built from. Loading checks the
+version, the stage and every tensor name and shape, and says in one line what does not fit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from melody.errors import MelodyError
+from melody.io import atomic_path
+
+FORMAT = "melody-weights"
+FORMAT_VERSION = 1
+
+
+def write_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+    """Write tensors atomically (temp file, then rename) with the format header."""
+    meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION), **(metadata or {})}
+    plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(plain, str(tmp), metadata=meta)
+    return Path(path)
+
+
+def read_tensors(path: str | Path, what: str = "checkpoint") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a safetensors file written by `write_tensors`; a corrupt, truncated or foreign file is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise MelodyError(f"{path}: {what} not found; check the path")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise MelodyError(f"{path}: {what} is corrupt or truncated ({_first_line(err)}); restore it or retrain") from None
+    if meta.get("format") != FORMAT:
+        raise MelodyError(f"{path}: not a melody {what} (no '{FORMAT}' header); use a file written by melody")
+    if meta.get("format_version") != str(FORMAT_VERSION):
+        raise MelodyError(f"{path}: {what} format version {meta.get('format_version')} is not supported "
+                          f"(expected {FORMAT_VERSION}); re-export it with this version of melody")
+    return tensors, meta
+
+
+def load_weights(module: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Load `state` into `module` strictly; any missing, unexpected or mis-shaped tensor is one clear line."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            k = shapes[0]
+            parts.append(f"{len(shapes)} tensors of other shapes (e.g. {k}: {tuple(state[k].shape)} in the file, "
+                         f"{tuple(own[k].shape)} in the model)")
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        raise MelodyError(f"{where}: the weights do not fit this model's config: {'; '.join(parts)}; "
+                          "load it with the config.json saved beside it")
+    module.load_state_dict(state)
+
+
+def prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k}": v for k, v in state.items()}
+
+
+def unprefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    head = prefix + "."
+    return {k[len(head):]: v for k, v in state.items() if k.startswith(head)}
+
+
+def flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """`optimizer.state_dict()` → (tensors, JSON-able rest)."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, slots in state["state"].items():
+        for name, value in slots.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{index}.{name}"] = value
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of `flatten_optimizer`."""
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        _, index, name = key.split(".", 2)
+        state.setdefault(int(index), {})[name] = value
+    for index, slots in rest.get("scalars", {}).items():
+        state.setdefault(int(index), {}).update(slots)
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+def save_model(directory: str | Path, name: str, module: nn.Module, config: dict, stage: str) -> Path:
+    """Export `module` as `<directory>/<name>.safetensors` + `<directory>/config.json` (the model others load)."""
+    from melody.io import write_json_atomic
+
+    directory = Path(directory)
+    path = write_tensors(directory / f"{name}.safetensors", module.state_dict(), {"stage": stage})
+    write_json_atomic(directory / "config.json", config)
+    return path
+
+
+def load_model(directory: str | Path, name: str, stage: str, build) -> nn.Module:
+    """Build a model from `<directory>/config.json` with `build(MelodyConfig)` and load `<name>.safetensors` into it."""
+    from melody.config import load_config
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise MelodyError(f"{directory}: no such model folder; give the run folder that `melody train {stage}` wrote")
+    path = directory / f"{name}.safetensors"
+    if not path.is_file():
+        raise MelodyError(f"{directory}: holds no {name}.safetensors; train it with `melody train {stage}` "
+                          "(a run still in progress exports it at its end, or pass a finished run)")
+    cfg = load_config(directory / "config.json")
+    tensors, meta = read_tensors(path, f"{stage} weights")
+    if meta.get("stage") != stage:
+        raise MelodyError(f"{path}: holds '{meta.get('stage')}' weights, not '{stage}'; pass the {stage} run")
+    module = build(cfg)
+    load_weights(module, tensors, str(path))
+    return module.eval()
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:160] if text else type(err).__name__
+

@@ -1,0 +1,1 @@
+"""Training: one engine (`engine.py`) and one small file per stage."""

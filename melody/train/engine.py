@@ -1,0 +1,416 @@
+"""The one training engine every stage uses, built on `accelerate`.
+
+A stage (`melody/train/<stage>.py`) says *what* to optimise: its models, its optimisers, its
+dataset and one `train_step`. The engine does the rest, the same way for every stage: devices
+and DDP/multi-node (whatever `accelerate launch` sets up), mixed precision where the device has
+it (bf16 on GPUs that support it, else fp16; none on CPU), gradient clipping, optional EMA
+(`torch.optim.swa_utils`), warm-up + cosine learning-rate schedules, the progress bar, TensorBoard
+and a `metrics.jsonl` log, periodic samples, and checkpoints.
+
+Checkpoints (`RUN/checkpoints/step-NNNNNNNN/`, the newest named by `RUN/latest.json`) hold
+`models.safetensors`, `ema.safetensors`, `optimizers.safetensors` and `trainer.json` (step,
+data position, optimiser/scheduler remainders and every RNG state) and `config.json`. The
+folder is written under a temporary name and renamed when complete, and `latest.json` is
+replaced atomically after it, so a crash or a full disk never leaves a half checkpoint in use.
+`--resume` restores all of it and continues exactly: the same step, the same next batch, the
+same random numbers (each step's noise also comes from a generator seeded by (seed, step, rank)).
+At the end, and on Ctrl-C, the engine saves; at the end it also exports the stage's model(s)
+(EMA weights when EMA is on) as `RUN/<name>.safetensors` + `RUN/config.json` for later stages.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from melody.checkpoint import (
+    flatten_optimizer,
+    load_weights,
+    prefixed,
+    read_tensors,
+    save_model,
+    unflatten_optimizer,
+    unprefixed,
+    write_tensors,
+)
+from melody.config import MelodyConfig, save_config, to_dict
+from melody.data.loader import ShardDataset, make_loader
+from melody.errors import MelodyError
+from melody.io import read_json, write_json_atomic
+
+TRAINER_FORMAT_VERSION = 1
+KEEP_CHECKPOINTS = 3
+
+
+def lr_factor(step: int, warmup: int, total: int, floor: float = 0.1) -> float:
+    """Linear warm-up to 1 over `warmup` steps, then cosine decay to `floor` at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+
+
+@dataclass
+class Position:
+    """Where training is: optimiser steps taken, and the data position inside the epoch."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+
+
+class Stage(ABC):
+    """What a stage gives the engine. Models and optimisers are created in `__init__`."""
+
+    name: str  # "vae", "mulan", ...
+    models: dict[str, nn.Module]  # everything trained and checkpointed, by name
+    optimizers: dict[str, torch.optim.Optimizer]  # by name; the engine schedules and steps them
+    ema_models: tuple[str, ...] = ()  # which models keep an EMA copy (when train.ema_decay > 0)
+    export: tuple[str, ...] = ()  # which models later stages load from RUN/<name>.safetensors
+
+    def __init__(self, cfg: MelodyConfig) -> None:
+        self.cfg = cfg
+
+    @abstractmethod
+    def dataset(self, split: str) -> ShardDataset: ...
+
+    @abstractmethod
+    def train_step(self, engine: Engine, batch: dict, generator: torch.Generator) -> dict[str, float]:
+        """One optimisation step (calls `engine.optimize` per optimiser); returns scalars to log."""
+
+    def sample(self, engine: Engine, batch: dict, folder: Path) -> None:  # noqa: B027 (optional)
+        """Write listening material for `batch` (held-out audio) into `folder`."""
+
+
+class Engine:
+    def __init__(self, stage: Stage, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+                 cpu: bool | None = None) -> None:
+        self.stage = stage
+        self.cfg = stage.cfg
+        self.train_cfg = stage.cfg.train
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.position = Position()
+        latest = self.run_dir / "latest.json"
+        if latest.exists() and not resume:
+            raise MelodyError(f"{self.run_dir}: holds a run already; pass --resume to continue it, or choose another --out")
+        if resume and not latest.exists():
+            raise MelodyError(f"{self.run_dir}: no checkpoint to resume from (no latest.json); start without --resume")
+        self.accelerator = Accelerator(
+            mixed_precision=self._mixed_precision(cpu),
+            cpu=bool(cpu),
+            log_with="tensorboard",
+            project_dir=str(self.run_dir),
+            # Our dataset splits shards across ranks itself; accelerate must not re-dispatch batches.
+            dataloader_config=DataLoaderConfiguration(dispatch_batches=False, split_batches=False),
+        )
+        self.device = self.accelerator.device
+        unwrapped = dict(stage.models)
+        self.emas: dict[str, AveragedModel] = {}
+        if self.train_cfg.ema_decay > 0:
+            for name in stage.ema_models:
+                self.emas[name] = AveragedModel(unwrapped[name], multi_avg_fn=get_ema_multi_avg_fn(self.train_cfg.ema_decay),
+                                                use_buffers=True).to(self.device)
+        self.schedulers = {
+            name: torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda s: lr_factor(s, self.train_cfg.warmup_steps, self.train_cfg.steps))
+            for name, opt in stage.optimizers.items()
+        }
+        names = list(stage.models)
+        prepared = self.accelerator.prepare(*[stage.models[n] for n in names], *[stage.optimizers[n] for n in stage.optimizers])
+        prepared = prepared if isinstance(prepared, tuple) else (prepared,)
+        self.models = dict(zip(names, prepared[: len(names)], strict=True))
+        self.optimizers = dict(zip(stage.optimizers, prepared[len(names):], strict=True))
+        self._raw = unwrapped
+        if resume:
+            self._load(self.run_dir / read_json(latest, "latest.json")["path"])
+        else:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self.accelerator.is_main_process:
+                save_config(self.cfg, self.run_dir / "config.json")
+
+    # --- what stages call -------------------------------------------------------------------
+
+    def model(self, name: str) -> nn.Module:
+        """The model as prepared for training (DDP-wrapped when distributed)."""
+        return self.models[name]
+
+    def unwrapped(self, name: str) -> nn.Module:
+        return self._raw[name]
+
+    def ema_or_model(self, name: str) -> nn.Module:
+        return self.emas[name].module if name in self.emas else self._raw[name]
+
+    def autocast(self):
+        return self.accelerator.autocast()
+
+    def optimize(self, name: str, loss: torch.Tensor, params: Any = None) -> float:
+        """Backward, clip, step, schedule and zero one optimiser; update EMAs of the models it trains. Returns the grad norm."""
+        opt = self.optimizers[name]
+        self.accelerator.backward(loss)
+        params = params if params is not None else [p for g in opt.param_groups for p in g["params"]]
+        norm = self.accelerator.clip_grad_norm_(params, self.train_cfg.grad_clip) if self.train_cfg.grad_clip > 0 else None
+        opt.step()
+        self.schedulers[name].step()
+        opt.zero_grad(set_to_none=True)
+        if name in self.emas:
+            self.emas[name].update_parameters(self._raw[name])
+        return float(norm) if norm is not None else float("nan")
+
+    @property
+    def step(self) -> int:
+        return self.position.step
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def fit(self, stop_at: int | None = None) -> Position:
+        """Train until `train.steps` (or `stop_at`, for tests and time-boxed runs), checkpointing on the way."""
+        tc = self.train_cfg
+        target = min(tc.steps, stop_at) if stop_at is not None else tc.steps
+        acc = self.accelerator
+        dataset = self.stage.dataset("train")
+        loader = make_loader(dataset, tc.batch_size, tc.num_workers)
+        acc.init_trackers(self.stage.name, config=_flat_config(to_dict(self.cfg)))
+        sample_batch = self._sample_batch()
+        bar = self._bar(target)
+        rate_clock, rate_steps = time.perf_counter(), self.position.step
+        try:
+            while self.position.step < target:
+                dataset.set_position(self.position.epoch, self.position.batch_in_epoch, tc.batch_size)
+                served = False
+                for batch in loader:
+                    served = True
+                    batch = _to_device(batch, self.device)
+                    generator = torch.Generator(device=self.device).manual_seed(
+                        step_seed(tc.seed, self.position.step, acc.process_index))
+                    for model in self.models.values():
+                        model.train()
+                    logs = self.stage.train_step(self, batch, generator)
+                    self.position.step += 1
+                    self.position.batch_in_epoch += 1
+                    step = self.position.step
+                    if step % tc.log_every == 0 or step == target:
+                        now = time.perf_counter()
+                        logs["train/steps_per_s"] = (step - rate_steps) / max(now - rate_clock, 1e-9)
+                        logs["train/lr"] = self.schedulers[next(iter(self.schedulers))].get_last_lr()[0]
+                        rate_clock, rate_steps = now, step
+                        self._log(logs, step)
+                        bar.set_postfix({k.split("/")[-1] if k.endswith("total") else k: f"{v:.3g}"
+                                         for k, v in logs.items() if k.endswith("total")} | {"steps/s": f"{logs['train/steps_per_s']:.2f}"})
+                    bar.update(1)
+                    if sample_batch is not None and tc.sample_every > 0 and step % tc.sample_every == 0:
+                        self._sample(sample_batch, step)
+                    if step % tc.checkpoint_every == 0 and step < target:
+                        self.save()
+                    if step >= target:
+                        break
+                else:
+                    if not served:
+                        raise MelodyError("the training split yielded no batch; the corpus has fewer clips than one batch "
+                                          f"({tc.batch_size}); build a bigger corpus or lower train.batch_size")
+                    self.position.epoch += 1
+                    self.position.batch_in_epoch = 0
+        except KeyboardInterrupt:
+            bar.close()
+            self.save()
+            raise MelodyError(f"interrupted at step {self.position.step}; saved — continue with --resume") from None
+        bar.close()
+        self.save()
+        if sample_batch is not None and tc.sample_every > 0 and self.position.step % tc.sample_every != 0:
+            self._sample(sample_batch, self.position.step)
+        if self.position.step >= tc.steps:
+            self.export()
+        acc.end_training()
+        return self.position
+
+    # --- checkpoints -------------------------------------------------------------------------
+
+    def save(self) -> Path:
+        """Write a complete checkpoint folder atomically and point latest.json at it."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        folder = self.run_dir / "checkpoints" / f"step-{self.position.step:08d}"
+        if acc.is_main_process:
+            tmp = folder.with_name(folder.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            models = {}
+            for name, model in self._raw.items():
+                models |= prefixed(model.state_dict(), name)
+            write_tensors(tmp / "models.safetensors", models, {"stage": self.stage.name})
+            if self.emas:
+                emas = {}
+                for name, ema in self.emas.items():
+                    emas |= prefixed(ema.state_dict(), name)
+                write_tensors(tmp / "ema.safetensors", emas, {"stage": self.stage.name})
+            opt_tensors, opt_rest = {}, {}
+            for name, opt in self.optimizers.items():
+                tensors, rest = flatten_optimizer(opt.state_dict())
+                opt_tensors |= prefixed(tensors, name)
+                opt_rest[name] = rest
+            opt_tensors["rng.torch"] = torch.get_rng_state()
+            if torch.cuda.is_available():
+                for i, state in enumerate(torch.cuda.get_rng_state_all()):
+                    opt_tensors[f"rng.cuda.{i}"] = state
+            write_tensors(tmp / "optimizers.safetensors", opt_tensors, {"stage": self.stage.name})
+            write_json_atomic(tmp / "trainer.json", {
+                "format_version": TRAINER_FORMAT_VERSION,
+                "stage": self.stage.name,
+                "step": self.position.step,
+                "epoch": self.position.epoch,
+                "batch_in_epoch": self.position.batch_in_epoch,
+                "optimizers": opt_rest,
+                "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
+                "rng": {"python": _python_state(), "numpy": _numpy_state()},
+            })
+            save_config(self.cfg, tmp / "config.json")
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
+            write_json_atomic(self.run_dir / "latest.json", {"step": self.position.step,
+                                                             "path": str(folder.relative_to(self.run_dir))})
+            self._prune(folder)
+        acc.wait_for_everyone()
+        return folder
+
+    def export(self) -> list[Path]:
+        """Write the stage's model(s) (EMA weights when kept) as `RUN/<name>.safetensors` + `RUN/config.json`."""
+        paths = []
+        if self.accelerator.is_main_process:
+            for name in self.stage.export:
+                paths.append(save_model(self.run_dir, name, self.ema_or_model(name), {"format_version": 1, **to_dict(self.cfg)},
+                                        self.stage.name))
+        return paths
+
+    def _load(self, folder: Path) -> None:
+        trainer = read_json(folder / "trainer.json", "trainer state")
+        if not isinstance(trainer, dict) or trainer.get("format_version") != TRAINER_FORMAT_VERSION:
+            raise MelodyError(f"{folder}: trainer state has an unsupported format; start a new run")
+        if trainer.get("stage") != self.stage.name:
+            raise MelodyError(f"{folder}: is a '{trainer.get('stage')}' run, not '{self.stage.name}'; pass the right --out")
+        models, _ = read_tensors(folder / "models.safetensors", "checkpoint")
+        for name, model in self._raw.items():
+            load_weights(model, unprefixed(models, name), f"{folder}/models.safetensors [{name}]")
+        if self.emas:
+            emas, _ = read_tensors(folder / "ema.safetensors", "EMA checkpoint")
+            for name, ema in self.emas.items():
+                load_weights(ema, unprefixed(emas, name), f"{folder}/ema.safetensors [{name}]")
+        opt_tensors, _ = read_tensors(folder / "optimizers.safetensors", "optimizer checkpoint")
+        for name, opt in self.optimizers.items():
+            try:
+                opt.load_state_dict(unflatten_optimizer(unprefixed(opt_tensors, name), trainer["optimizers"][name]))
+            except (KeyError, ValueError) as err:
+                raise MelodyError(f"{folder}: optimizer '{name}' does not fit this model ({err}); start a new run") from None
+        for name, sched in self.schedulers.items():
+            sched.load_state_dict(trainer["schedulers"][name])
+        torch.set_rng_state(opt_tensors["rng.torch"])
+        if torch.cuda.is_available():
+            states = [opt_tensors[k] for k in sorted(k for k in opt_tensors if k.startswith("rng.cuda."))]
+            if len(states) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(states)
+        random.setstate(_python_tuple(trainer["rng"]["python"]))
+        np.random.set_state(_numpy_tuple(trainer["rng"]["numpy"]))
+        self.position = Position(trainer["step"], trainer["epoch"], trainer["batch_in_epoch"])
+
+    def _prune(self, keep: Path) -> None:
+        folders = sorted(p for p in (self.run_dir / "checkpoints").glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+        for old in folders[:-KEEP_CHECKPOINTS]:
+            if old != keep:
+                shutil.rmtree(old, ignore_errors=True)
+
+    # --- logging and samples ------------------------------------------------------------------
+
+    def _log(self, logs: dict[str, float], step: int) -> None:
+        self.accelerator.log(logs, step=step)
+        if self.accelerator.is_main_process:
+            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, **{k: float(v) for k, v in logs.items()}}) + "\n")
+
+    def tensorboard(self):
+        """The TensorBoard SummaryWriter (for audio and images), or None off the main process."""
+        if not self.accelerator.is_main_process:
+            return None
+        return self.accelerator.get_tracker("tensorboard", unwrap=True)
+
+    def _sample_batch(self) -> dict | None:
+        try:
+            dataset = self.stage.dataset("valid")
+        except MelodyError:
+            return None
+        dataset.shuffle, dataset.random_offset = 0, False
+        batch = next(iter(make_loader(dataset, min(4, self.train_cfg.batch_size), 0, drop_last=False)), None)
+        return None if batch is None else _to_device(batch, self.device)
+
+    def _sample(self, batch: dict, step: int) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        for model in self.models.values():
+            model.eval()
+        with torch.no_grad():
+            self.stage.sample(self, batch, self.run_dir / "samples" / f"step-{step:08d}")
+
+    def _bar(self, total: int):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=self.position.step, desc=f"train {self.stage.name}", unit="step",
+                    disable=not (self.progress and self.accelerator.is_main_process), dynamic_ncols=True)
+
+    def _mixed_precision(self, cpu: bool | None) -> str:
+        wanted = self.train_cfg.mixed_precision
+        if wanted == "no" or cpu or not torch.cuda.is_available():
+            return "no"
+        if wanted == "bf16" and not torch.cuda.is_bf16_supported():
+            return "fp16"
+        return wanted
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _flat_config(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out |= _flat_config(v, key + ".")
+        else:
+            out[key] = str(v) if isinstance(v, (list, tuple)) else v
+    return out
+
+
+def _python_state() -> list:
+    version, state, gauss = random.getstate()
+    return [version, list(state), gauss]
+
+
+def _python_tuple(data: list) -> tuple:
+    return (data[0], tuple(data[1]), data[2])
+
+
+def _numpy_state() -> list:
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return [name, keys.tolist(), int(pos), int(has_gauss), float(gauss)]
+
+
+def _numpy_tuple(data: list) -> tuple:
+    return (data[0], np.array(data[1], dtype=np.uint32), data[2], data[3], data[4])

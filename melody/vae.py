@@ -1,0 +1,162 @@
+"""Audio VAE-GAN: waveform ⇄ continuous latents (MeLoDy §3.3, "Audio VAE-GAN"; Fig. 1).
+
+MeLoDy's diffusion runs on the latents of a VAE trained adversarially (an LDM-style
+autoencoder): the encoder maps 24 kHz audio, down-sampled 96× (strides 2·4·4·3), to 250 Hz
+frames of 16-dimensional Gaussian posteriors N(μ, σ²); a sample z = μ + σ·ε is decoded back by
+a HiFi-GAN-style transposed-conv upsampler with residual blocks. For the diffusion the latents
+are mapped into [−1, 1] (§3.3: "fewer than 0.1 % of values are cut").
+
+Choices where the paper is silent (documented in `shared/reference/melody-paper.md`):
+- layout: DAC's (Kumar et al. 2023) encoder/decoder blocks with Snake activations, widths given
+  at the latent end (encoder 256, decoder 768) halving per stride towards the waveform;
+- the [−1, 1] map: clamp at ±`latent_clamp` (3) then divide by it (no tanh), so it is exactly
+  invertible inside the range and the cut fraction is measurable (`melody eval vae` reports it);
+- KL against N(0, I) in closed form, weighted 0.004 (the lineage's weight);
+- a tanh at the output keeps the waveform in [−1, 1].
+
+Latent frame rate: `sample_rate / prod(strides)` — 250 Hz for `paper` (24 000 / 96), 125 Hz for
+`tiny` (24 000 / 192, the lower rate the lineage later moved to).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from melody.config import VAEConfig
+from melody.modules.conv import DecoderBlock, EncoderBlock, Snake, conv1d
+
+
+def reparameterise(mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """z = μ + σ·ε, ε ~ N(0, I) (Kingma & Welling 2014, Eq. 10); ε is drawn from `generator`."""
+    eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    return mean + torch.exp(0.5 * logvar) * eps
+
+
+def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(μ, σ²) ‖ N(0, 1)) = ½(μ² + σ² − 1 − log σ²), element-wise (closed form)."""
+    return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
+def to_diffusion_range(z: torch.Tensor, clamp: float) -> torch.Tensor:
+    """Latents → [−1, 1] for the diffusion: clamp at ±`clamp`, divide by it."""
+    return z.clamp(-clamp, clamp) / clamp
+
+
+def from_diffusion_range(x: torch.Tensor, clamp: float) -> torch.Tensor:
+    """The inverse of `to_diffusion_range` inside the range."""
+    return x * clamp
+
+
+def stage_widths(top: int, stages: int, floor: int) -> list[int]:
+    """Widths from the waveform end to the latent end: `top` at the latent end, halving per stage."""
+    return [max(top >> (stages - i), floor) for i in range(stages + 1)]
+
+
+@dataclass
+class Posterior:
+    """The encoder's diagonal Gaussian over latent frames."""
+
+    mean: torch.Tensor  # (b, d, l)
+    logvar: torch.Tensor  # (b, d, l)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        return reparameterise(self.mean, self.logvar, generator)
+
+    def kl(self) -> torch.Tensor:
+        return kl_divergence(self.mean, self.logvar)
+
+
+@dataclass
+class VAEOutput:
+    audio: torch.Tensor  # (b, c, t) reconstruction, same length as the input
+    posterior: Posterior
+    latents: torch.Tensor  # (b, d, l) the sample that was decoded
+
+
+class Encoder(nn.Module):
+    """`(b, c, t)` waveform, t divisible by the hop → `(b, 2d, t / hop)` posterior parameters."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        widths = stage_widths(cfg.encoder_channels, len(cfg.strides), cfg.min_channels)
+        layers: list[nn.Module] = [conv1d(cfg.channels, widths[0], 7)]
+        for i, stride in enumerate(cfg.strides):
+            layers.append(EncoderBlock(widths[i], widths[i + 1], stride, cfg.dilations))
+        layers += [Snake(widths[-1]), conv1d(widths[-1], 2 * cfg.latent_dim, 3)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.net(audio)
+
+
+class Decoder(nn.Module):
+    """`(b, d, l)` latents → `(b, c, l · hop)` waveform in [−1, 1]."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        widths = stage_widths(cfg.decoder_channels, len(cfg.strides), cfg.min_channels)[::-1]
+        layers: list[nn.Module] = [conv1d(cfg.latent_dim, widths[0], 7)]
+        for i, stride in enumerate(reversed(cfg.strides)):
+            layers.append(DecoderBlock(widths[i], widths[i + 1], stride, cfg.dilations))
+        layers += [Snake(widths[-1]), conv1d(widths[-1], cfg.channels, 7), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class VAE(nn.Module):
+    """The VAE-GAN generator: `encode` (any length; padded to the hop) and `decode`."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.hop = math.prod(cfg.strides)
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+
+    @property
+    def latent_rate(self) -> float:
+        """Latent frames per second."""
+        return self.cfg.sample_rate / self.hop
+
+    def latent_length(self, samples: int) -> int:
+        return -(-samples // self.hop)
+
+    def encode(self, audio: torch.Tensor) -> Posterior:
+        """`(b, c, t)` → posterior over `ceil(t / hop)` frames; the tail is zero-padded to a whole frame."""
+        if audio.dim() != 3 or audio.shape[1] != self.cfg.channels:
+            raise ValueError(f"expected audio (batch, {self.cfg.channels}, samples), got {tuple(audio.shape)}")
+        pad = self.latent_length(audio.shape[-1]) * self.hop - audio.shape[-1]
+        params = self.encoder(F.pad(audio, (0, pad)))
+        mean, logvar = params.chunk(2, dim=1)
+        # The LDM autoencoder's bound: keeps exp(logvar) finite early in training.
+        return Posterior(mean, logvar.clamp(-30.0, 20.0))
+
+    def decode(self, z: torch.Tensor, length: int | None = None) -> torch.Tensor:
+        """`(b, d, l)` → `(b, c, length or l · hop)`."""
+        audio = self.decoder(z)
+        return audio if length is None else audio[..., :length]
+
+    def forward(self, audio: torch.Tensor, generator: torch.Generator | None = None, sample: bool = True) -> VAEOutput:
+        posterior = self.encode(audio)
+        z = posterior.sample(generator) if sample else posterior.mean
+        return VAEOutput(self.decode(z, audio.shape[-1]), posterior, z)
+
+    def encode_latents(self, audio: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Audio → diffusion-ready latents `(b, l, d)` in [−1, 1] (a posterior sample, §3.3)."""
+        z = self.encode(audio).sample(generator)
+        return to_diffusion_range(z, self.cfg.latent_clamp).transpose(1, 2)
+
+    def decode_latents(self, x: torch.Tensor, length: int | None = None) -> torch.Tensor:
+        """Diffusion latents `(b, l, d)` in [−1, 1] → audio `(b, c, t)`."""
+        return self.decode(from_diffusion_range(x, self.cfg.latent_clamp).transpose(1, 2), length)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
