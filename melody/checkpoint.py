@@ -126,11 +126,20 @@ def load_model(directory: str | Path, name: str, stage: str, build) -> nn.Module
     if not directory.is_dir():
         raise MelodyError(f"{directory}: no such model folder; give the run folder that `melody train {stage}` wrote")
     path = directory / f"{name}.safetensors"
-    if not path.is_file():
-        raise MelodyError(f"{directory}: holds no {name}.safetensors; train it with `melody train {stage}` "
-                          "(a run still in progress exports it at its end, or pass a finished run)")
-    cfg = load_config(directory / "config.json")
-    tensors, meta = read_tensors(path, f"{stage} weights")
+    if path.is_file():
+        cfg = load_config(directory / "config.json")
+        tensors, meta = read_tensors(path, f"{stage} weights")
+    elif (directory / "latest.json").is_file():
+        # A run still in progress: its newest checkpoint (raw weights, not EMA).
+        from melody.io import read_json
+
+        folder = directory / read_json(directory / "latest.json", "latest.json")["path"]
+        path = folder / "models.safetensors"
+        cfg = load_config(folder / "config.json")
+        tensors, meta = read_tensors(path, f"{stage} checkpoint")
+        tensors = unprefixed(tensors, name)
+    else:
+        raise MelodyError(f"{directory}: holds no {name}.safetensors and no checkpoint; train it with `melody train {stage}`")
     if meta.get("stage") != stage:
         raise MelodyError(f"{path}: holds '{meta.get('stage')}' weights, not '{stage}'; pass the {stage} run")
     module = build(cfg)

@@ -197,6 +197,43 @@ def train_vae(data: DataOpt, out: RunOpt, preset: PresetOpt = "tiny", set_: SetO
     typer.echo(f"trained vae to step {position.step}; model: {out / 'vae.safetensors'}")
 
 
+# --- eval -------------------------------------------------------------------------------------
+
+
+@eval_app.command("vae")
+def eval_vae(
+    run: Annotated[Path, typer.Argument(help="Run folder of `melody train vae` (or any folder with vae.safetensors + config.json).")],
+    data: DataOpt,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Report folder (default: RUN/eval).")] = None,
+    split: Annotated[str, typer.Option("--split", help="Held-out split to reconstruct.")] = "test",
+    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many clips.")] = None,
+    tagger: Annotated[bool, typer.Option("--tagger/--no-tagger", help="Compare musicnn's top tags of original and reconstruction.")] = True,
+    progress: ProgressOpt = True,
+) -> None:
+    """Reconstruct held-out clips; report mel/STFT distances, SI-SDR, latent statistics and tag agreement."""
+    from tqdm.auto import tqdm
+
+    from melody.checkpoint import load_model
+    from melody.eval.vae import evaluate_vae, write_vae_report
+    from melody.vae import VAE
+
+    vae = load_model(run, "vae", "vae", lambda cfg: VAE(cfg.vae))
+    judge = None
+    if tagger:
+        from melody.ears.musicnn import MusicnnTagger
+
+        judge = MusicnnTagger.load("MTT_musicnn")
+    with tqdm(desc="eval vae", unit="clip", total=limit, disable=not progress) as bar:
+        report, examples = evaluate_vae(vae, data, split, limit, judge, progress=lambda: bar.update(1))
+    paths = write_vae_report(report, examples, vae.cfg.sample_rate, out or run / "eval")
+    typer.echo(f"{report.clips} {split} clips: mel distance {report.mel_distance:.3f}, multi-res STFT {report.stft_distance:.3f}, "
+               f"SI-SDR {report.si_sdr_db:.2f} dB, latent cut {100 * report.latent_cut_fraction:.3f} %")
+    if report.tag_top5_overlap is not None:
+        typer.echo(f"musicnn top-5 tag overlap {report.tag_top5_overlap:.2f} (different clips: "
+                   f"{report.tag_top5_overlap_between_different_clips or float('nan'):.2f}), top-1 match {report.tag_top1_match:.2f}")
+    typer.echo(f"wrote {paths[0]} and {paths[1]}")
+
+
 def _group(meta: dict) -> str:
     style = (meta.get("attributes") or {}).get("style")
     if meta.get("source") == "recording" or not style:

@@ -52,6 +52,7 @@ from melody.config import MelodyConfig, save_config, to_dict
 from melody.data.loader import ShardDataset, make_loader
 from melody.errors import MelodyError
 from melody.io import read_json, write_json_atomic
+from melody.train.curves import plot_curves
 
 TRAINER_FORMAT_VERSION = 1
 KEEP_CHECKPOINTS = 3
@@ -289,6 +290,8 @@ class Engine:
             write_json_atomic(self.run_dir / "latest.json", {"step": self.position.step,
                                                              "path": str(folder.relative_to(self.run_dir))})
             self._prune(folder)
+            if (self.run_dir / "metrics.jsonl").is_file():
+                plot_curves(self.run_dir / "metrics.jsonl", self.run_dir / "curves.png", f"{self.stage.name}: {self.run_dir.name}")
         acc.wait_for_everyone()
         return folder
 

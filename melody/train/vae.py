@@ -25,6 +25,7 @@ from melody.train.engine import Engine, Stage
 from melody.vae import VAE
 
 BETAS = (0.8, 0.99)
+SAMPLE_SECONDS = 4.0
 
 
 class VAEStage(Stage):
@@ -44,7 +45,9 @@ class VAEStage(Stage):
         }
 
     def dataset(self, split: str) -> ShardDataset:
-        return ShardDataset.from_corpus(self.data_root, split, crop_seconds=self.cfg.vae.crop_seconds,
+        # Short crops to train on; held-out samples long enough to hear the music.
+        crop = self.cfg.vae.crop_seconds if split == "train" else max(self.cfg.vae.crop_seconds, SAMPLE_SECONDS)
+        return ShardDataset.from_corpus(self.data_root, split, crop_seconds=crop,
                                         sample_rate=self.cfg.vae.sample_rate, channels=self.cfg.vae.channels,
                                         seed=self.cfg.train.seed)
 
