@@ -1,8 +1,10 @@
 import json
+import os
 import subprocess
 import sys
 
 import numpy as np
+from test_shards import RATE, make_corpus
 
 from melody.data.shards import ShardWriter, write_manifest
 
@@ -55,3 +57,36 @@ def test_data_info_and_spectrograms(tmp_path):
     out = melody("data", "spectrograms", str(tmp_path), "--out", str(png), "--per-group", "2")
     assert out.returncode == 0 and "2 rows" in out.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def melody_one_thread(*args):
+    # Tiny models: one intra-op thread is as fast, and far faster when the machine's cores are busy.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "melody.cli", *args], capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_train_vae_writes_the_model_and_refuses_to_overwrite_a_run(tmp_path):
+    corpus = make_corpus(tmp_path / "corpus", clips=10, per_shard=3)
+    run = tmp_path / "run"
+    overrides = [f"data.sample_rate={RATE}", f"vae.sample_rate={RATE}", "vae.encoder_channels=16", "vae.decoder_channels=16",
+                 "vae.crop_seconds=0.1", "vae.mel_windows=64,256", "vae.mel_bins=10,40", "vae.stft_ffts=256",
+                 "vae.mpd_periods=2,3", "vae.disc_start_step=1", "train.batch_size=2", "train.steps=2",
+                 "train.checkpoint_every=1", "train.sample_every=0", "train.num_workers=0"]
+    args = ["train", "vae", "--data", str(corpus), "--out", str(run), "--preset", "tiny",
+            *[a for o in overrides for a in ("--set", o)], "--no-progress"]
+    out = melody_one_thread(*args)
+    assert out.returncode == 0, out.stderr
+    assert "trained vae to step 2" in out.stdout
+    assert (run / "vae.safetensors").is_file() and json.loads((run / "config.json").read_text())["train"]["steps"] == 2
+
+    again = melody_one_thread(*args)
+    assert again.returncode == 2, again.stderr
+    lines = again.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--resume" in lines[0], again.stderr
+
+    missing = melody_one_thread("train", "vae", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "run2"),
+                                "--no-progress")
+    assert missing.returncode == 2
+    lines = missing.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "no such corpus folder" in lines[0], missing.stderr
+    assert not (tmp_path / "run2").exists()

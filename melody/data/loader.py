@@ -146,6 +146,9 @@ def make_loader(dataset: ShardDataset, batch_size: int, num_workers: int = 0, dr
         collate_fn=collate,
         drop_last=drop_last,
         persistent_workers=False,
+        # Its own generator: a DataLoader otherwise draws its base seed from the global RNG, which
+        # would make the global random stream depend on how often loaders were created (resume).
+        generator=torch.Generator().manual_seed(dataset.seed),
     )
 
 

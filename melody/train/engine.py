@@ -167,6 +167,9 @@ class Engine:
     def optimize(self, name: str, loss: torch.Tensor, params: Any = None) -> float:
         """Backward, clip, step, schedule and zero one optimiser; update EMAs of the models it trains. Returns the grad norm."""
         opt = self.optimizers[name]
+        # Another optimiser's loss may have reached these parameters (the generator's adversarial loss
+        # reaches the discriminators): drop those gradients, so each step follows its own loss only.
+        opt.zero_grad(set_to_none=True)
         self.accelerator.backward(loss)
         params = params if params is not None else [p for g in opt.param_groups for p in g["params"]]
         norm = self.accelerator.clip_grad_norm_(params, self.train_cfg.grad_clip) if self.train_cfg.grad_clip > 0 else None
@@ -225,7 +228,7 @@ class Engine:
                     if step >= target:
                         break
                 else:
-                    if not served:
+                    if not served and self.position.batch_in_epoch == 0:
                         raise MelodyError("the training split yielded no batch; the corpus has fewer clips than one batch "
                                           f"({tc.batch_size}); build a bigger corpus or lower train.batch_size")
                     self.position.epoch += 1

@@ -4,7 +4,8 @@ One step, in DAC's order: (1) once the discriminators are on (`vae.disc_start_st
 loss on real vs detached reconstructions and their optimiser step; (2) the generator's losses
 under the config's keys — `mel` (multi-scale mel L1), `kl`, and with the discriminators on
 `adv` and `feat` — summed as Σ weight × term, and its step. Before the discriminators start, the
-VAE learns from reconstruction and KL alone (a warm-up that keeps the early GAN from chasing noise).
+VAE learns from reconstruction and KL alone (a warm-up that keeps the early GAN from chasing noise);
+the discriminators' learning-rate schedule starts when they do (its own warm-up from that step).
 Optimisers: AdamW with β = (0.8, 0.99), HiFi-GAN's and DAC's choice for GAN vocoders.
 """
 
@@ -70,7 +71,9 @@ class VAEStage(Stage):
         }
         if adversarial:
             with engine.autocast():
-                d_fake, d_real = disc(out.audio), disc(real)
+                d_fake = disc(out.audio)
+                with torch.no_grad():  # feature matching's targets: no gradient needed
+                    d_real = disc(real)
             terms["adv"] = generator_adversarial_loss(d_fake, v.adv_loss)
             terms["feat"] = feature_matching_loss(d_real, d_fake)
         weights = {"mel": v.mel_weight, "kl": v.kl_weight, "adv": v.adv_weight, "feat": v.feat_weight}
@@ -88,7 +91,8 @@ class VAEStage(Stage):
         rows = {"real": [], "reconstructed": []}
         writer = engine.tensorboard()
         for i in range(real.shape[0]):
-            r, f = real[i].float().cpu().numpy(), fake[i].float().cpu().numpy()
+            n = int(batch["length"][i])  # a short clip is zero-padded: leave the padding out
+            r, f = real[i, :, :n].float().cpu().numpy(), fake[i, :, :n].float().cpu().numpy()
             save_audio(folder / f"{i}-real.wav", r, rate)
             save_audio(folder / f"{i}-reconstructed.wav", f, rate)
             caption = batch["key"][i]
