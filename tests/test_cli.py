@@ -1,9 +1,12 @@
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
+import pytest
 from test_shards import RATE, make_corpus
 
 from melody.data.shards import ShardWriter, write_manifest
@@ -90,3 +93,39 @@ def test_train_vae_writes_the_model_and_refuses_to_overwrite_a_run(tmp_path):
     lines = missing.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "no such corpus folder" in lines[0], missing.stderr
     assert not (tmp_path / "run2").exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_training_saves_and_resumes(tmp_path, signum):
+    """Ctrl-C (SIGINT to the whole process group, workers included) or SIGTERM: the step under way
+    finishes, a checkpoint is saved, one line says so, and --resume continues from it."""
+    corpus = make_corpus(tmp_path / "corpus", clips=10, per_shard=3)
+    run = tmp_path / "run"
+    overrides = [f"data.sample_rate={RATE}", f"vae.sample_rate={RATE}", "vae.encoder_channels=16", "vae.decoder_channels=16",
+                 "vae.crop_seconds=0.1", "vae.mel_windows=64,256", "vae.mel_bins=10,40", "vae.stft_ffts=256",
+                 "vae.mpd_periods=2,3", "train.batch_size=2", "train.steps=100000", "train.log_every=1",
+                 "train.checkpoint_every=100000", "train.sample_every=0", "train.num_workers=1"]
+    args = [sys.executable, "-m", "melody.cli", "train", "vae", "--data", str(corpus), "--out", str(run),
+            *[a for o in overrides for a in ("--set", o)], "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "metrics.jsonl").exists() or len((run / "metrics.jsonl").read_text().splitlines()) < 3:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "slow"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signum) if signum == signal.SIGINT else proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    lines = err.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, err
+    step = json.loads((run / "latest.json").read_text())["step"]
+    assert step >= 3 and f"at step {step}; saved" in lines[0] and "--resume" in lines[0]
+    assert not list((run / "checkpoints").glob("*.tmp"))
+
+    extra = ["--set", f"train.steps={step + 2}"]
+    resumed = melody_one_thread("train", "vae", "--data", str(corpus), "--out", str(run), "--resume", *extra, "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"trained vae to step {step + 2}" in resumed.stdout

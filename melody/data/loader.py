@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,7 +150,14 @@ def make_loader(dataset: ShardDataset, batch_size: int, num_workers: int = 0, dr
         # Its own generator: a DataLoader otherwise draws its base seed from the global RNG, which
         # would make the global random stream depend on how often loaders were created (resume).
         generator=torch.Generator().manual_seed(dataset.seed),
+        worker_init_fn=_ignore_interrupts,
     )
+
+
+def _ignore_interrupts(worker_id: int) -> None:
+    # Ctrl-C reaches every process of the terminal's group: the trainer stops cleanly after its
+    # step, and a worker that died of the signal first would turn that into a crash.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _key_seed(key: str) -> int:

@@ -14,7 +14,7 @@ folder is written under a temporary name and renamed when complete, and `latest.
 replaced atomically after it, so a crash or a full disk never leaves a half checkpoint in use.
 `--resume` restores all of it and continues exactly: the same step, the same next batch, the
 same random numbers (each step's noise also comes from a generator seeded by (seed, step, rank)).
-At the end, and on Ctrl-C, the engine saves; at the end it also exports the stage's model(s)
+At the end, and on Ctrl-C or SIGTERM (after finishing the step under way), the engine saves; at the end it also exports the stage's model(s)
 (EMA weights when EMA is on) as `RUN/<name>.safetensors` + `RUN/config.json` for later stages.
 """
 
@@ -25,6 +25,8 @@ import math
 import os
 import random
 import shutil
+import signal
+import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -197,6 +199,8 @@ class Engine:
         sample_batch = self._sample_batch()
         bar = self._bar(target)
         rate_clock, rate_steps = time.perf_counter(), self.position.step
+        self._stop_signal = None
+        previous = self._catch_stop_signals()
         try:
             while self.position.step < target:
                 dataset.set_position(self.position.epoch, self.position.batch_in_epoch, tc.batch_size)
@@ -225,7 +229,7 @@ class Engine:
                         self._sample(sample_batch, step)
                     if step % tc.checkpoint_every == 0 and step < target:
                         self.save()
-                    if step >= target:
+                    if step >= target or self._stop_signal is not None:
                         break
                 else:
                     if not served and self.position.batch_in_epoch == 0:
@@ -233,10 +237,14 @@ class Engine:
                                           f"({tc.batch_size}); build a bigger corpus or lower train.batch_size")
                     self.position.epoch += 1
                     self.position.batch_in_epoch = 0
-        except KeyboardInterrupt:
-            bar.close()
-            self.save()
-            raise MelodyError(f"interrupted at step {self.position.step}; saved — continue with --resume") from None
+                if self._stop_signal is not None:
+                    bar.close()
+                    self.save()
+                    raise MelodyError(f"stopped by {signal.Signals(self._stop_signal).name} at step {self.position.step}; "
+                                      "saved — continue with --resume")
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         bar.close()
         self.save()
         if sample_batch is not None and tc.sample_every > 0 and self.position.step % tc.sample_every != 0:
@@ -245,6 +253,23 @@ class Engine:
             self.export()
         acc.end_training()
         return self.position
+
+    def _catch_stop_signals(self) -> dict:
+        """Ctrl-C or SIGTERM (a scheduler's pre-emption) finishes the current step, saves and stops; a second one stops at once."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def request_stop(signum, frame):
+            if self._stop_signal is not None:
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+
+        previous = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(signum) is signal.SIG_IGN:
+                continue  # e.g. `nohup`: the user asked for this signal to be ignored
+            previous[signum] = signal.signal(signum, request_stop)
+        return previous
 
     # --- checkpoints -------------------------------------------------------------------------
 
