@@ -70,7 +70,10 @@ class VAEConfig:
     decoder_channels: int = 768
     min_channels: int = 8
     dilations: tuple[int, ...] = (1, 3, 9)
-    latent_clamp: float = 3.0  # latents clamped to ±3 then divided by 3 → [-1, 1]
+    # Latents are clamped at ±latent_clamp, then divided by it → [-1, 1] for the diffusion. 3 before
+    # training; at export it is set from the data so that `latent_cut` of the values are cut (§3.3: < 0.1 %).
+    latent_clamp: float = 3.0
+    latent_cut: float = 0.0005
     # Discriminators: multi-period (HiFi-GAN) and multi-resolution complex STFT (EnCodec).
     mpd_periods: tuple[int, ...] = (2, 3, 5, 7, 11)
     mpd_channels: int = 32

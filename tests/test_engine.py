@@ -11,6 +11,7 @@ from test_shards import RATE, make_corpus
 
 from melody.checkpoint import load_model, read_tensors, unprefixed
 from melody.config import preset
+from melody.data.loader import make_loader
 from melody.errors import MelodyError
 from melody.train.engine import Engine, lr_factor
 from melody.train.vae import SAMPLE_SECONDS, VAEStage
@@ -98,6 +99,13 @@ def test_a_run_writes_checkpoints_metrics_and_the_exported_model(corpus, tmp_pat
     raw = unprefixed(final, "vae")
     assert set(raw) == set(vae.state_dict())
     assert all(torch.equal(v, raw[k]) for k, v in vae.state_dict().items())  # no EMA: the export is the raw weights
+    # The export's latent clamp is measured on the training data: it cuts vae.latent_cut of the latents.
+    clamp = json.loads((run / "config.json").read_text())["vae"]["latent_clamp"]
+    assert clamp != 3.0 and vae.cfg.latent_clamp == clamp
+    audio = torch.cat([b["audio"] for b in make_loader(VAEStage(config(), corpus).dataset("train"), 2, 0)])
+    posterior = vae.encode(audio)
+    z = torch.cat([posterior.sample(torch.Generator().manual_seed(i)) for i in range(20)])
+    assert (z.abs() > clamp).float().mean() < 0.005 and (z.abs() > 0.5 * clamp).float().mean() > 0.005
 
 
 def compare_runs(a, b, ema: bool):

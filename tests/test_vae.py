@@ -145,3 +145,15 @@ def test_audio_of_the_wrong_shape_is_a_value_error(shape):
         vae.encode(torch.zeros(shape))
     with pytest.raises(ValueError):
         vae(torch.zeros(shape))
+
+
+def test_calibrated_clamp_cuts_the_asked_share():
+    from melody.vae import calibrate_clamp
+
+    z = torch.randn(4, 16, 5000, generator=torch.Generator().manual_seed(0)) * 2.0
+    clamp = calibrate_clamp(z, 0.001)
+    assert abs(clamp - 2.0 * 3.29) < 0.1  # the 99.9 % point of |N(0, 2²)| is 2 × 3.29
+    cut = (z.abs() > clamp).float().mean().item()
+    assert 0.0008 < cut < 0.0012
+    x = to_diffusion_range(z, clamp)
+    assert x.abs().max() <= 1.0 and torch.allclose(from_diffusion_range(x, clamp)[z.abs() <= clamp], z[z.abs() <= clamp])

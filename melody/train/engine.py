@@ -103,6 +103,9 @@ class Stage(ABC):
     def sample(self, engine: Engine, batch: dict, folder: Path) -> None:  # noqa: B027 (optional)
         """Write listening material for `batch` (held-out audio) into `folder`."""
 
+    def finalize(self, engine: Engine) -> None:  # noqa: B027 (optional)
+        """Settle what is measured from the trained model (e.g. a latent scale in `self.cfg`) before the export."""
+
 
 class Engine:
     def __init__(self, stage: Stage, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
@@ -250,6 +253,10 @@ class Engine:
         if sample_batch is not None and tc.sample_every > 0 and self.position.step % tc.sample_every != 0:
             self._sample(sample_batch, self.position.step)
         if self.position.step >= tc.steps:
+            for model in self.models.values():
+                model.eval()
+            with torch.no_grad():
+                self.stage.finalize(self)
             self.export()
         acc.end_training()
         return self.position

@@ -18,15 +18,16 @@ import torch
 
 from melody.audio import save_audio
 from melody.config import MelodyConfig
-from melody.data.loader import ShardDataset
+from melody.data.loader import ShardDataset, make_loader
 from melody.data.plots import spectrogram_grid
 from melody.discriminators import Discriminators
 from melody.losses import discriminator_loss, feature_matching_loss, generator_adversarial_loss, mel_loss_per_example
 from melody.train.engine import Engine, Stage
-from melody.vae import VAE
+from melody.vae import VAE, calibrate_clamp
 
 BETAS = (0.8, 0.99)
 SAMPLE_SECONDS = 4.0
+CALIBRATION_CLIPS, CALIBRATION_SECONDS = 64, 4.0
 
 
 class VAEStage(Stage):
@@ -82,6 +83,20 @@ class VAEStage(Stage):
         logs |= {f"{k}/loss": t.item() for k, t in terms.items()}
         logs["vae/total"] = total.item()
         return logs
+
+    def finalize(self, engine: Engine) -> None:
+        """Set `vae.latent_clamp` so that `vae.latent_cut` of the training latents are cut by the [−1, 1] map."""
+        vae = engine.ema_or_model("vae").eval()
+        dataset = ShardDataset.from_corpus(self.data_root, "train", crop_seconds=CALIBRATION_SECONDS,
+                                           sample_rate=self.cfg.vae.sample_rate, channels=self.cfg.vae.channels,
+                                           seed=self.cfg.train.seed)
+        generator = torch.Generator(device=engine.device).manual_seed(self.cfg.train.seed)
+        latents = []
+        for batch in make_loader(dataset, 8, 0, drop_last=False):
+            latents.append(vae.encode(batch["audio"].to(engine.device)).sample(generator))
+            if sum(z.shape[0] for z in latents) >= CALIBRATION_CLIPS:
+                break
+        self.cfg.vae.latent_clamp = round(calibrate_clamp(torch.cat(latents), self.cfg.vae.latent_cut), 4)
 
     def sample(self, engine: Engine, batch: dict, folder: Path) -> None:
         vae = engine.ema_or_model("vae").eval()
