@@ -68,13 +68,16 @@ def melody_one_thread(*args):
     return subprocess.run([sys.executable, "-m", "melody.cli", *args], capture_output=True, text=True, timeout=300, env=env)
 
 
+# A VAE small enough to train a step in a fraction of a second.
+TINY_VAE = [f"data.sample_rate={RATE}", f"vae.sample_rate={RATE}", "vae.encoder_channels=16", "vae.decoder_channels=16",
+            "vae.crop_seconds=0.1", "vae.mel_windows=64,256", "vae.mel_bins=10,40", "vae.stft_ffts=256",
+            "vae.mpd_periods=2,3", "train.batch_size=2", "train.sample_every=0"]
+
+
 def test_train_vae_writes_the_model_and_refuses_to_overwrite_a_run(tmp_path):
     corpus = make_corpus(tmp_path / "corpus", clips=10, per_shard=3)
     run = tmp_path / "run"
-    overrides = [f"data.sample_rate={RATE}", f"vae.sample_rate={RATE}", "vae.encoder_channels=16", "vae.decoder_channels=16",
-                 "vae.crop_seconds=0.1", "vae.mel_windows=64,256", "vae.mel_bins=10,40", "vae.stft_ffts=256",
-                 "vae.mpd_periods=2,3", "vae.disc_start_step=1", "train.batch_size=2", "train.steps=2",
-                 "train.checkpoint_every=1", "train.sample_every=0", "train.num_workers=0"]
+    overrides = [*TINY_VAE, "vae.disc_start_step=1", "train.steps=2", "train.checkpoint_every=1", "train.num_workers=0"]
     args = ["train", "vae", "--data", str(corpus), "--out", str(run), "--preset", "tiny",
             *[a for o in overrides for a in ("--set", o)], "--no-progress"]
     out = melody_one_thread(*args)
@@ -101,10 +104,7 @@ def test_an_interrupted_training_saves_and_resumes(tmp_path, signum):
     finishes, a checkpoint is saved, one line says so, and --resume continues from it."""
     corpus = make_corpus(tmp_path / "corpus", clips=10, per_shard=3)
     run = tmp_path / "run"
-    overrides = [f"data.sample_rate={RATE}", f"vae.sample_rate={RATE}", "vae.encoder_channels=16", "vae.decoder_channels=16",
-                 "vae.crop_seconds=0.1", "vae.mel_windows=64,256", "vae.mel_bins=10,40", "vae.stft_ffts=256",
-                 "vae.mpd_periods=2,3", "train.batch_size=2", "train.steps=100000", "train.log_every=1",
-                 "train.checkpoint_every=100000", "train.sample_every=0", "train.num_workers=1"]
+    overrides = [*TINY_VAE, "train.steps=100000", "train.log_every=1", "train.checkpoint_every=100000", "train.num_workers=1"]
     args = [sys.executable, "-m", "melody.cli", "train", "vae", "--data", str(corpus), "--out", str(run),
             *[a for o in overrides for a in ("--set", o)], "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
