@@ -33,6 +33,7 @@ from torch import nn
 
 from melody.config import VAEConfig
 from melody.modules.conv import DecoderBlock, EncoderBlock, Snake, conv1d
+from melody.modules.convnext import ConvNeXtStack
 
 
 def reparameterise(mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -122,15 +123,80 @@ class Decoder(nn.Module):
         return self.net(z)
 
 
+def stft_same(audio: torch.Tensor, n_fft: int, hop: int, window: torch.Tensor) -> torch.Tensor:
+    """`(b, t)` with t = L·hop → complex `(b, n_fft/2 + 1, L)`: frame l centred on sample l·hop + hop/2."""
+    pad = (n_fft - hop) // 2
+    x = F.pad(audio, (pad, pad))  # zeros: any length works, even one frame
+    return torch.stft(x, n_fft, hop, window=window, center=False, return_complex=True)
+
+
+def istft_same(spec: torch.Tensor, n_fft: int, hop: int, window: torch.Tensor) -> torch.Tensor:
+    """The inverse of `stft_same`: windowed overlap-add, normalised by the window envelope; `(b, L·hop)`."""
+    frames = torch.fft.irfft(spec, n_fft, dim=1) * window[:, None]  # (b, n_fft, L)
+    length = (spec.shape[-1] - 1) * hop + n_fft
+    fold = dict(output_size=(1, length), kernel_size=(1, n_fft), stride=(1, hop))
+    audio = F.fold(frames, **fold)[:, 0, 0]
+    envelope = F.fold(window.square()[None, :, None].expand(1, n_fft, spec.shape[-1]), **fold)[0, 0, 0]
+    pad = (n_fft - hop) // 2
+    return audio[:, pad:-pad] / envelope[pad:-pad].clamp_min(1e-8)
+
+
+class STFTEncoder(nn.Module):
+    """`(b, c, t)`, t divisible by the hop → `(b, 2d, t / hop)`: the STFT (window 4 hops) as
+    power-compressed real and imaginary parts (|S|^0.3 · e^{iφ}, bounded but phase-aware), then
+    ConvNeXt blocks at the latent frame rate."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        self.hop = math.prod(cfg.strides)
+        self.n_fft = cfg.window_hops * self.hop
+        bins = self.n_fft // 2 + 1
+        self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
+        self.stack = ConvNeXtStack(2 * bins * cfg.channels, cfg.encoder_channels, cfg.encoder_layers, embed_kernel=3)
+        self.out = nn.Conv1d(cfg.encoder_channels, 2 * cfg.latent_dim, 1)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        b, c, t = audio.shape
+        spec = stft_same(audio.reshape(b * c, t).float(), self.n_fft, self.hop, self.window)
+        spec = spec * spec.abs().clamp_min(1e-5).pow(-0.7)
+        feats = torch.view_as_real(spec).permute(0, 3, 1, 2).reshape(b, c * 2 * spec.shape[1], spec.shape[2])
+        return self.out(self.stack(feats))
+
+
+class ISTFTDecoder(nn.Module):
+    """`(b, d, l)` → `(b, c, l · hop)`: ConvNeXt blocks at the frame rate predict each frame's
+    log-magnitude and phase (Vocos), turned into audio by the inverse STFT."""
+
+    def __init__(self, cfg: VAEConfig) -> None:
+        super().__init__()
+        self.hop = math.prod(cfg.strides)
+        self.n_fft = cfg.window_hops * self.hop
+        self.channels = cfg.channels
+        self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
+        self.stack = ConvNeXtStack(cfg.latent_dim, cfg.decoder_channels, cfg.decoder_layers)
+        self.head = nn.Linear(cfg.decoder_channels, 2 * (self.n_fft // 2 + 1) * cfg.channels)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        b, _, frames = z.shape
+        h = self.head(self.stack(z).transpose(1, 2)).float()  # (b, l, 2 · bins · c)
+        log_mag, phase = h.reshape(b, frames, self.channels, 2, -1).permute(3, 0, 2, 4, 1)  # each (b, c, bins, l)
+        magnitude = log_mag.clamp(max=math.log(100.0)).exp()  # Vocos's bound: no runaway spectra early on
+        spec = torch.polar(magnitude, phase).reshape(b * self.channels, -1, frames)
+        return istft_same(spec, self.n_fft, self.hop, self.window).reshape(b, self.channels, -1)
+
+
 class VAE(nn.Module):
     """The VAE-GAN generator: `encode` (any length; padded to the hop) and `decode`."""
 
     def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()
+        if cfg.architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown VAE architecture '{cfg.architecture}'; choose one of: {', '.join(ARCHITECTURES)}")
         self.cfg = cfg
         self.hop = math.prod(cfg.strides)
-        self.encoder = Encoder(cfg)
-        self.decoder = Decoder(cfg)
+        encoder, decoder = ARCHITECTURES[cfg.architecture]
+        self.encoder = encoder(cfg)
+        self.decoder = decoder(cfg)
 
     @property
     def latent_rate(self) -> float:
@@ -168,6 +234,9 @@ class VAE(nn.Module):
     def decode_latents(self, x: torch.Tensor, length: int | None = None) -> torch.Tensor:
         """Diffusion latents `(b, l, d)` in [−1, 1] → audio `(b, c, t)`."""
         return self.decode(from_diffusion_range(x, self.cfg.latent_clamp).transpose(1, 2), length)
+
+
+ARCHITECTURES = {"conv": (Encoder, Decoder), "stft": (STFTEncoder, ISTFTDecoder)}
 
 
 def count_parameters(module: nn.Module) -> int:
