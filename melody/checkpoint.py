@@ -108,18 +108,31 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) 
     return {"state": state, "param_groups": rest["param_groups"]}
 
 
-def save_model(directory: str | Path, name: str, module: nn.Module, config: dict, stage: str) -> Path:
-    """Export `module` as `<directory>/<name>.safetensors` + `<directory>/config.json` (the model others load)."""
+def save_model(directory: str | Path, name: str, module: nn.Module, config: dict, stage: str,
+               dtype: torch.dtype | None = None) -> Path:
+    """Export `module` as `<directory>/<name>.safetensors` + `<directory>/config.json` (the model others load).
+
+    `dtype` (e.g. float16, to halve a bundled file) casts floating-point tensors; loading casts back
+    to the model's own dtype.
+    """
     from melody.io import write_json_atomic
 
     directory = Path(directory)
-    path = write_tensors(directory / f"{name}.safetensors", module.state_dict(), {"stage": stage})
+    state = module.state_dict()
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    path = write_tensors(directory / f"{name}.safetensors", state, {"stage": stage})
     write_json_atomic(directory / "config.json", config)
     return path
 
 
 def load_model(directory: str | Path, name: str, stage: str, build) -> nn.Module:
     """Build a model from `<directory>/config.json` with `build(MelodyConfig)` and load `<name>.safetensors` into it."""
+    return load_model_and_config(directory, name, stage, build)[0]
+
+
+def load_model_and_config(directory: str | Path, name: str, stage: str, build):
+    """`load_model`, also returning the `MelodyConfig` the model was built from."""
     from melody.config import load_config
 
     directory = Path(directory)
@@ -144,7 +157,7 @@ def load_model(directory: str | Path, name: str, stage: str, build) -> nn.Module
         raise MelodyError(f"{path}: holds '{meta.get('stage')}' weights, not '{stage}'; pass the {stage} run")
     module = build(cfg)
     load_weights(module, tensors, str(path))
-    return module.eval()
+    return module.eval(), cfg
 
 
 def _first_line(err: Exception) -> str:

@@ -197,6 +197,40 @@ def train_vae(data: DataOpt, out: RunOpt, preset: PresetOpt = "tiny", set_: SetO
     typer.echo(f"trained vae to step {position.step}; model: {out / 'vae.safetensors'}")
 
 
+@app.command("export")
+def export(
+    run: Annotated[Path, typer.Argument(help="Run folder (its exported model, or its newest checkpoint).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to write <stage>.safetensors + config.json to.")],
+    stage: Annotated[str, typer.Option("--stage", help="Which stage's model: vae.")] = "vae",
+    half: Annotated[bool, typer.Option("--half/--full", help="Store float16 (half the size; loads as float32).")] = False,
+) -> None:
+    """Copy a trained stage's model into a self-contained folder (e.g. to bundle or share it)."""
+    import torch
+
+    from melody.checkpoint import save_model
+    from melody.config import to_dict
+
+    model, cfg = _load_stage(run, stage)
+    path = save_model(out, stage, model, {"format_version": 1, **to_dict(cfg)}, stage, torch.float16 if half else None)
+    typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+def _load_stage(run: Path, stage: str):
+    """(model, config) of a stage from a run or model folder."""
+    from melody.checkpoint import load_model_and_config
+
+    builders = _stage_builders()
+    if stage not in builders:
+        raise MelodyError(f"unknown stage '{stage}'; choose one of: {', '.join(builders)}")
+    return load_model_and_config(run, stage, stage, builders[stage])
+
+
+def _stage_builders() -> dict:
+    from melody.vae import VAE
+
+    return {"vae": lambda cfg: VAE(cfg.vae)}
+
+
 # --- eval -------------------------------------------------------------------------------------
 
 
@@ -213,11 +247,9 @@ def eval_vae(
     """Reconstruct held-out clips; report mel/STFT distances, SI-SDR, latent statistics and tag agreement."""
     from tqdm.auto import tqdm
 
-    from melody.checkpoint import load_model
     from melody.eval.vae import evaluate_vae, write_vae_report
-    from melody.vae import VAE
 
-    vae = load_model(run, "vae", "vae", lambda cfg: VAE(cfg.vae))
+    vae, _ = _load_stage(run, "vae")
     judge = None
     if tagger:
         from melody.ears.musicnn import MusicnnTagger

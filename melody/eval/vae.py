@@ -20,9 +20,13 @@ import torch
 from melody.data.loader import ShardDataset, make_loader
 from melody.data.plots import spectrogram_grid
 from melody.eval.metrics import mel_distance, si_sdr, top_k_overlap
+from melody.errors import MelodyError
 from melody.io import write_json_atomic
 from melody.losses import mel_loss_per_example, stft_distance_per_example
 from melody.vae import VAE
+
+
+MAX_CLIP_SECONDS = 60.0  # for corpora whose manifest names no clip length
 
 
 @dataclass
@@ -49,53 +53,52 @@ class VAEReport:
 
 @torch.no_grad()
 def evaluate_vae(vae: VAE, data_root: str | Path, split: str = "test", limit: int | None = None, tagger=None,
-                 batch_size: int = 4, seed: int = 0, progress=None) -> tuple[VAEReport, list[tuple[str, np.ndarray, np.ndarray]]]:
-    """Reconstruct the clips of `split`; returns the report and (key, real, reconstructed) for pictures."""
+                 seed: int = 0, progress=None) -> tuple[VAEReport, list[tuple[str, np.ndarray, np.ndarray]]]:
+    """Reconstruct the clips of `split`, each whole; returns the report and (key, real, reconstructed) for pictures."""
     from melody.data.shards import read_manifest
 
     manifest = read_manifest(data_root)
     rate = vae.cfg.sample_rate
-    dataset = ShardDataset.from_corpus(data_root, split, crop_seconds=float(manifest["clip_seconds"]), sample_rate=rate,
+    longest = float(manifest.get("clip_seconds") or MAX_CLIP_SECONDS)
+    dataset = ShardDataset.from_corpus(data_root, split, crop_seconds=longest, sample_rate=rate,
                                        channels=vae.cfg.channels, shuffle=0, random_offset=False)
-    generator = torch.Generator().manual_seed(seed)
-    rows, examples, cut, total, means, sigmas = [], [], 0, 0, [], []
+    device = next(vae.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    rows, examples, cut, total, means, sigmas, seconds = [], [], 0, 0, [], [], 0.0
     tags_real, tags_fake = [], []
-    for batch in make_loader(dataset, batch_size, 0, drop_last=False):
-        real = batch["audio"]
+    for batch in make_loader(dataset, 1, 0, drop_last=False):
+        n = int(batch["length"][0])
+        real = batch["audio"][..., :n].to(device)  # the whole clip, without the loader's padding
         posterior = vae.encode(real)
-        fake = vae.decode(posterior.mean, real.shape[-1])
+        fake = vae.decode(posterior.mean, n)
         z = posterior.sample(generator)
         cut += int((z.abs() > vae.cfg.latent_clamp).sum())
         total += z.numel()
-        means.append(posterior.mean.transpose(1, 2).reshape(-1, posterior.mean.shape[1]))
+        means.append(posterior.mean[0].T)
         sigmas.append(torch.exp(0.5 * posterior.logvar).mean().item())
-        n = real.shape[-1]
-        dist = {
-            "mel_distance": mel_distance(fake, real, rate),
-            "multiscale_mel": mel_loss_per_example(fake, real, rate, vae.cfg.mel_windows, vae.cfg.mel_bins),
-            "stft_distance": stft_distance_per_example(fake, real),
-            "si_sdr_db": si_sdr(fake.reshape(real.shape[0], -1), real.reshape(real.shape[0], -1)),
+        seconds += n / rate
+        row = {
+            "key": batch["key"][0],
+            "mel_distance": float(mel_distance(fake, real, rate)[0]),
+            "multiscale_mel": float(mel_loss_per_example(fake, real, rate, vae.cfg.mel_windows, vae.cfg.mel_bins)[0]),
+            "stft_distance": float(stft_distance_per_example(fake, real)[0]),
+            "si_sdr_db": float(si_sdr(fake.reshape(1, -1), real.reshape(1, -1))[0]),
         }
-        for i in range(real.shape[0]):
-            r, f = real[i].numpy(), fake[i].numpy()
-            row = {"key": batch["key"][i], **{k: float(v[i]) for k, v in dist.items()}}
-            if tagger is not None:
-                tr, tf = tagger.tags(r.mean(0), rate), tagger.tags(f.mean(0), rate)
-                tags_real.append(tr)
-                tags_fake.append(tf)
-                row["tags_real"] = [tagger.labels[j] for j in np.argsort(-tr)[:5]]
-                row["tags_reconstructed"] = [tagger.labels[j] for j in np.argsort(-tf)[:5]]
-            rows.append(row)
-            if len(examples) < 4:
-                examples.append((batch["key"][i], r[..., :n], f[..., :n]))
-            if progress is not None:
-                progress()
+        r, f = real[0].float().cpu().numpy(), fake[0].float().cpu().numpy()
+        if tagger is not None:
+            tr, tf = tagger.tags(r.mean(0), rate), tagger.tags(f.mean(0), rate)
+            tags_real.append(tr)
+            tags_fake.append(tf)
+            row["tags_real"] = [tagger.labels[j] for j in np.argsort(-tr)[:5]]
+            row["tags_reconstructed"] = [tagger.labels[j] for j in np.argsort(-tf)[:5]]
+        rows.append(row)
+        if len(examples) < 4:
+            examples.append((batch["key"][0], r, f))
+        if progress is not None:
+            progress()
         if limit is not None and len(rows) >= limit:
-            rows = rows[:limit]
             break
     if not rows:
-        from melody.errors import MelodyError
-
         raise MelodyError(f"{data_root}: the '{split}' split has no clips; choose another --split")
     flat = torch.cat(means)
     overlap = top1 = chance = None
@@ -106,7 +109,7 @@ def evaluate_vae(vae: VAE, data_root: str | Path, split: str = "test", limit: in
         # Pair each clip with one half the split away: another piece (a split lists clips piece by piece).
         chance = float(np.mean([top_k_overlap(tags_real[i], tags_real[(i + k // 2) % k], 5) for i in range(k)])) if k > 1 else None
     report = VAEReport(
-        clips=len(rows), split=split, seconds=float(len(rows) * manifest["clip_seconds"]),
+        clips=len(rows), split=split, seconds=round(seconds, 3),
         mel_distance=_mean(rows, "mel_distance"), multiscale_mel=_mean(rows, "multiscale_mel"),
         stft_distance=_mean(rows, "stft_distance"), si_sdr_db=_mean(rows, "si_sdr_db"),
         si_sdr_db_median=float(np.median([r["si_sdr_db"] for r in rows])),
