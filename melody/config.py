@@ -207,7 +207,6 @@ PRESETS: dict[str, tuple[str, ...]] = {
         "vae.mpd_channels=8",
         "vae.stft_ffts=1024,512,256",
         "vae.stft_channels=8",
-        "vae.disc_start_step=2500",
         "vae.crop_seconds=0.5",
         "mulan.embed_dim=128",
         "mulan.audio_dim=128",

@@ -1,0 +1,306 @@
+"""The one transformer of melody: pre-norm LLaMA blocks with rotary attention and optional cross-attention.
+
+Every transformer in MeLoDy is built from this file:
+- the semantic LM, "LLaMA-style decoder-only" (MeLoDy §3.1; Touvron et al. 2023): causal, rotary,
+  RMSNorm, SwiGLU, decoded token by token with a `KVCache`;
+- the MuLan audio tower and the HuBERT-style SSL encoder: bidirectional, with a key padding mask;
+- the DPD's RoFormer layers (MeLoDy §3.2, Fig. 2; Su et al. 2021): self-attention with rotary
+  positions + cross-attention to the semantic-token embeddings E_ST (`cross_dim`).
+
+A block (LLaMA's pre-norm layout):  x ← x + Attn(RMSNorm(x));  [x ← x + CrossAttn(RMSNorm(x), memory)];
+x ← x + SwiGLU(RMSNorm(x)); the stack ends with a final RMSNorm.
+
+Choices where the papers leave room:
+- rotary pairs are *adjacent* dimensions (2i, 2i+1), exactly RoFormer Eq. (34); LLaMA's code pairs
+  dimension i with i + d/2, which is the same map up to a fixed permutation of the q/k projection
+  rows (so no weights are interchangeable with HF LLaMA checkpoints — we load none);
+- the memory of cross-attention has no rotary positions: E_ST is a condition, attended as a set
+  (positions, if wanted, belong in the memory's own encoder);
+- a query that may see no key (a fully masked memory row, an all-padding sequence) gets an
+  output of exactly zero, set explicitly (SDPA gives NaN for such rows on some kernels): a fully masked memory removes the condition's effect
+  entirely (x + 0 = x, the linear layers have no biases), which is how a stage drops its
+  condition per example (classifier-free guidance), and `memory=None` means the same;
+- all linear layers are bias-free (LLaMA); PyTorch's default initialisation; dropout (config
+  `dropout`, 0 by default) is applied to each sublayer's output before the residual add;
+- the KV cache grows by concatenation (simple, fine for windows of a few hundred tokens); it
+  stores keys already rotated at their absolute positions plus the padding mask of cached keys.
+  Cross-attention keys/values are recomputed at every call (the memory is short).
+
+Sliding-window continuation (MeLoDy §4, "Continuation"): rotary scores depend only on m − n, so a
+new window re-encodes its kept prefix from a fresh cache (`Transformer.new_cache()`), in one
+parallel pass, and decodes on from there; positions restart at 0, so the model never sees a
+position beyond its training length. Trimming an old cache instead is *not* equivalent beyond
+the first layer (the kept keys were computed attending to tokens that would be dropped).
+`new_cache(offset=k)` starts positions at k when absolute offsets are wanted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """A stack of `depth` blocks of width `dim`. `cross_dim`: width of the cross-attention memory
+    (None: no cross-attention sublayer). SwiGLU hidden width: `swiglu_hidden_dim(dim, ff_mult, ff_multiple_of)`."""
+
+    dim: int
+    depth: int
+    heads: int
+    causal: bool
+    rotary: bool = True
+    cross_dim: int | None = None
+    ff_mult: float = 4.0
+    ff_multiple_of: int = 64
+    dropout: float = 0.0
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+        if self.rotary and (self.dim // self.heads) % 2:
+            raise ValueError(f"rotary needs an even head dimension, got {self.dim // self.heads}")
+
+
+class RMSNorm(nn.RMSNorm):
+    """RMSNorm (Zhang & Sennrich 2019, Eq. 4): x / sqrt(mean(x²) + eps) · g over the last dimension.
+
+    `torch.nn.RMSNorm` computes exactly this; the subclass only fixes LLaMA's eps (1e-6) and a
+    learnable g initialised to 1, so every stage writes `RMSNorm(dim)`.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__(dim, eps=eps, elementwise_affine=True)
+
+
+# --- rotary position embedding (RoFormer, Su et al. 2021, §3.4) ---------------------------------
+
+def rotary_frequencies(head_dim: int, positions: torch.Tensor, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables `(t, head_dim)` for integer `positions` `(t,)` (RoFormer Eq. 15 and 34).
+
+    θ_i = base^(−2i/d), i = 0 … d/2 − 1; position m turns the pair (2i, 2i+1) by m·θ_i, so each
+    θ_i appears twice, adjacent. Positions may start anywhere (a KV cache's offset, a window
+    start). Computed in float32 on `positions.device`; `apply_rotary` casts to the input's dtype.
+    """
+    theta = base ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions.to(torch.float32)[:, None] * theta[None, :]  # (t, d/2)
+    angles = repeat(angles, "t i -> t (i two)", two=2)  # (t, d)
+    return angles.cos(), angles.sin()
+
+
+def rotate_pairs(x: torch.Tensor) -> torch.Tensor:
+    """(x_0, x_1, x_2, x_3, …) → (−x_1, x_0, −x_3, x_2, …): the second term of RoFormer Eq. (34)."""
+    pairs = rearrange(x, "... (i two) -> ... i two", two=2)
+    return rearrange(torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1), "... i two -> ... (i two)")
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """R_Θ,m x = x ⊙ cos mθ + rotate_pairs(x) ⊙ sin mθ (RoFormer Eq. 34); x `(..., t, d)`, tables `(t, d)`."""
+    return x * cos.to(x.dtype) + rotate_pairs(x) * sin.to(x.dtype)
+
+
+# --- attention ---------------------------------------------------------------------------------
+
+def allowed_keys(q_len: int, k_len: int, causal: bool, keep: torch.Tensor | None,
+                 device: torch.device) -> torch.Tensor | None:
+    """Which keys each query may see: `(b or 1, 1, q_len, k_len)` bool, True = attend; None = all.
+
+    The queries are the last `q_len` of the `k_len` positions (a KV cache holds the first
+    k_len − q_len), so causal means key j ≤ query i + (k_len − q_len). `keep` `(b, k_len)`: key padding.
+    """
+    allowed = None
+    if causal and q_len > 1:
+        i = torch.arange(q_len, device=device) + (k_len - q_len)
+        j = torch.arange(k_len, device=device)
+        allowed = rearrange(j[None, :] <= i[:, None], "q k -> 1 1 q k")
+    if keep is not None:
+        padding = rearrange(keep.to(torch.bool), "b k -> b 1 1 k")
+        allowed = padding if allowed is None else allowed & padding
+    return allowed
+
+
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+    """softmax(q kᵀ / √d) v over the allowed keys (Vaswani et al. 2017, Eq. 1), via SDPA.
+
+    q `(b, h, tq, d)`, k and v `(b, h, tk, d)`. A query with no allowed key gets exactly zero, on
+    every backend: SDPA's answer for such a row differs by kernel and version (NaN on some, 0 on
+    torch 2.13's CPU path), and a NaN value poisons later layers even where its weight is 0.
+    """
+    if allowed is None:
+        return F.scaled_dot_product_attention(q, k, v)
+    visible = allowed.any(dim=-1, keepdim=True)  # (b, 1, tq, 1)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed | ~visible)
+    return out.masked_fill(~visible, 0.0)
+
+
+@dataclass
+class KVCache:
+    """One self-attention layer's past, for incremental decoding; grows in place.
+
+    keys, values: `(b, heads, t_past, head_dim)`, keys already rotated; None before the first call.
+    keep: `(b, t_past)` bool key padding of the cached tokens; None while all are kept.
+    offset: the rotary position of the next token (the start position + t_past).
+    """
+
+    keys: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    keep: torch.Tensor | None = None
+    offset: int = 0
+
+    @property
+    def length(self) -> int:
+        return 0 if self.keys is None else self.keys.shape[2]
+
+    def extend(self, keys: torch.Tensor, values: torch.Tensor,
+               keep: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Append the new tokens' keys/values `(b, h, t_new, d)` and padding `(b, t_new)`; return the
+        whole cache's (keys, values, keep) and advance `offset` by t_new."""
+        t_past, t_new = self.length, keys.shape[2]
+        if self.keys is not None:
+            keys = torch.cat((self.keys, keys), dim=2)
+            values = torch.cat((self.values, values), dim=2)
+        if keep is not None or self.keep is not None:
+            b = keys.shape[0]
+            past = self.keep if self.keep is not None else keys.new_ones(b, t_past, dtype=torch.bool)
+            new = keep.to(torch.bool) if keep is not None else keys.new_ones(b, t_new, dtype=torch.bool)
+            keep = torch.cat((past, new), dim=1)
+        self.keys, self.values, self.keep = keys, values, keep
+        self.offset += t_new
+        return keys, values, keep
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention, causal or bidirectional, with rotary q/k (RoFormer) if `rotary`.
+
+    forward: x `(b, t, dim)`, mask `(b, t)` True = keep (key padding of x's tokens), cache: the
+    layer's `KVCache` (read and extended in place) → `(b, t, dim)`.
+    """
+
+    def __init__(self, dim: int, heads: int, causal: bool, rotary: bool = True, rope_base: float = 10000.0) -> None:
+        super().__init__()
+        assert dim % heads == 0, (dim, heads)
+        self.heads, self.causal, self.rotary, self.rope_base = heads, causal, rotary, rope_base
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+        q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.heads)
+        t_new = x.shape[1]
+        offset = 0 if cache is None else cache.offset
+        if self.rotary:
+            cos, sin = rotary_frequencies(q.shape[-1], torch.arange(offset, offset + t_new, device=x.device), self.rope_base)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        keep = mask
+        if cache is not None:
+            k, v, keep = cache.extend(k, v, mask)
+        if self.causal and keep is None and k.shape[2] == t_new:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # the fused causal kernels
+        else:
+            out = masked_attention(q, k, v, allowed_keys(t_new, k.shape[2], self.causal, keep, x.device))
+        return self.out(rearrange(out, "b h t d -> b t (h d)"))
+
+
+class CrossAttention(nn.Module):
+    """Multi-head cross-attention: queries from x `(b, t, dim)`, keys/values from memory `(b, s, memory_dim)`.
+
+    No rotary on either side (the memory is a condition, attended as a set). memory_mask `(b, s)`,
+    True = keep; a row whose memory is all masked gets exactly zero output.
+    """
+
+    def __init__(self, dim: int, heads: int, memory_dim: int) -> None:
+        super().__init__()
+        assert dim % heads == 0, (dim, heads)
+        self.heads = heads
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.kv = nn.Linear(memory_dim, 2 * dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None = None) -> torch.Tensor:
+        q = rearrange(self.q(x), "b t (h d) -> b h t d", h=self.heads)
+        k, v = rearrange(self.kv(memory), "b s (two h d) -> two b h s d", two=2, h=self.heads)
+        allowed = allowed_keys(x.shape[1], memory.shape[1], causal=False, keep=memory_mask, device=x.device)
+        return self.out(rearrange(masked_attention(q, k, v, allowed), "b h t d -> b t (h d)"))
+
+
+# --- feed-forward ------------------------------------------------------------------------------
+
+def swiglu_hidden_dim(dim: int, mult: float = 4.0, multiple_of: int = 64) -> int:
+    """LLaMA's SwiGLU width: ⅔ · mult · dim (three matrices cost what two of mult · dim would),
+    rounded up to a multiple of `multiple_of` (64: whole tensor-core tiles). dim 768 → 2048."""
+    hidden = int(2 * mult * dim / 3)
+    return multiple_of * math.ceil(hidden / multiple_of)
+
+
+class SwiGLU(nn.Module):
+    """FFN_SwiGLU(x) = W2 (silu(W1 x) ⊙ W3 x) (Shazeer 2020, Eq. 6; bias-free as in LLaMA)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+# --- blocks and the stack ----------------------------------------------------------------------
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block (LLaMA): x + Attn(norm x); x + CrossAttn(norm x, memory) if `config.cross_dim`; x + FFN(norm x)."""
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        c = config
+        self.attn_norm = RMSNorm(c.dim, c.norm_eps)
+        self.attn = Attention(c.dim, c.heads, c.causal, c.rotary, c.rope_base)
+        self.cross_norm = RMSNorm(c.dim, c.norm_eps) if c.cross_dim is not None else None
+        self.cross = CrossAttention(c.dim, c.heads, c.cross_dim) if c.cross_dim is not None else None
+        self.ff_norm = RMSNorm(c.dim, c.norm_eps)
+        self.ff = SwiGLU(c.dim, swiglu_hidden_dim(c.dim, c.ff_mult, c.ff_multiple_of))
+        self.drop = nn.Dropout(c.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, memory: torch.Tensor | None = None,
+                memory_mask: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+        """x `(b, t, dim)` → `(b, t, dim)`. memory=None on a cross block: no condition (as if all masked)."""
+        x = x + self.drop(self.attn(self.attn_norm(x), cache=cache, mask=mask))
+        if memory is not None:
+            if self.cross is None:
+                raise ValueError("memory given to a block built without cross-attention (cross_dim=None)")
+            x = x + self.drop(self.cross(self.cross_norm(x), memory, memory_mask))
+        return x + self.drop(self.ff(self.ff_norm(x)))
+
+
+class Transformer(nn.Module):
+    """`config.depth` `TransformerBlock`s then RMSNorm: `(b, t, dim)` → `(b, t, dim)`.
+
+    Embeddings and output heads belong to the stage models. mask `(b, t)` True = keep (for the
+    tokens in x; with a cache, earlier tokens' padding is in the cache); memory `(b, s, cross_dim)`
+    with memory_mask `(b, s)`; cache: one `KVCache` per block (from `new_cache`), extended in place.
+    """
+
+    def __init__(self, config: TransformerConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.blocks = nn.ModuleList(TransformerBlock(config) for _ in range(config.depth))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+
+    def new_cache(self, offset: int = 0) -> list[KVCache]:
+        """An empty cache per block; the first token decoded gets rotary position `offset`. Tensors
+        are created on the first call, with that input's batch size, device and dtype."""
+        return [KVCache(offset=offset) for _ in self.blocks]
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, memory: torch.Tensor | None = None,
+                memory_mask: torch.Tensor | None = None, cache: list[KVCache] | None = None) -> torch.Tensor:
+        if cache is not None and len(cache) != len(self.blocks):
+            raise ValueError(f"cache has {len(cache)} layers, the transformer {len(self.blocks)}")
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask=mask, memory=memory, memory_mask=memory_mask, cache=None if cache is None else cache[i])
+        return self.norm(x)

@@ -1,0 +1,168 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from melody.modules.transformer import (
+    Attention,
+    CrossAttention,
+    RMSNorm,
+    Transformer,
+    TransformerBlock,
+    TransformerConfig,
+    apply_rotary,
+    rotary_frequencies,
+    swiglu_hidden_dim,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+DIM, HEADS, DEPTH = 32, 4, 2
+
+
+def tiny(causal: bool = True, cross_dim: int | None = None, seed: int = 0) -> Transformer:
+    torch.manual_seed(seed)
+    return Transformer(TransformerConfig(DIM, DEPTH, HEADS, causal=causal, cross_dim=cross_dim)).eval()
+
+
+def test_rmsnorm_gives_unit_rms_and_keeps_shape():
+    x = 3.0 * torch.randn(2, 5, DIM) + 1.0
+    y = RMSNorm(DIM)(x)
+    assert y.shape == x.shape
+    torch.testing.assert_close(y.pow(2).mean(-1).sqrt(), torch.ones(2, 5), atol=1e-4, rtol=0)
+
+
+def test_swiglu_hidden_follows_llama_rounding():
+    assert swiglu_hidden_dim(768) == 2048
+    assert swiglu_hidden_dim(32) == 128  # int(2·4·32/3) = 85 → 128
+
+
+def test_rotary_keeps_norms_and_scores_depend_on_relative_position():
+    torch.manual_seed(0)
+    d = 16
+    cos, sin = rotary_frequencies(d, torch.arange(40))
+    x = torch.randn(40, d)
+    torch.testing.assert_close(apply_rotary(x, cos, sin).norm(dim=-1), x.norm(dim=-1))
+
+    q, k = torch.randn(d), torch.randn(d)
+
+    def score(m: int, n: int) -> torch.Tensor:
+        return apply_rotary(q, cos[m], sin[m]) @ apply_rotary(k, cos[n], sin[n])
+
+    torch.testing.assert_close(score(5, 2), score(13, 10))
+    torch.testing.assert_close(score(30, 1), score(29, 0))
+    assert not torch.allclose(score(5, 2), score(5, 3))
+
+    cos_off, sin_off = rotary_frequencies(d, torch.arange(7, 19))
+    torch.testing.assert_close(cos_off, cos[7:19])
+    torch.testing.assert_close(sin_off, sin[7:19])
+
+
+@torch.no_grad()
+def test_causal_attention_ignores_future_tokens():
+    torch.manual_seed(0)
+    x = torch.randn(2, 10, DIM)
+    changed = x.clone()
+    changed[:, 6:] = torch.randn(2, 4, DIM)
+    attn = Attention(DIM, HEADS, causal=True)
+    torch.testing.assert_close(attn(changed)[:, :6], attn(x)[:, :6], atol=1e-6, rtol=0)
+    model = tiny()
+    out, out_changed = model(x), model(changed)
+    torch.testing.assert_close(out_changed[:, :6], out[:, :6], atol=1e-6, rtol=0)
+    assert not torch.allclose(out_changed[:, 6:], out[:, 6:])
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+@pytest.mark.parametrize("padded", [False, True])
+@torch.no_grad()
+def test_kv_cache_decoding_matches_full_causal_pass(chunk: int, padded: bool):
+    model = tiny()
+    torch.manual_seed(1)
+    x = torch.randn(2, 11, DIM)
+    mask = None
+    if padded:  # left padding of two tokens in the second row
+        mask = torch.ones(2, 11, dtype=torch.bool)
+        mask[1, :2] = False
+    full = model(x, mask=mask)
+    cache = model.new_cache()
+    pieces = []
+    for start in range(0, 11, chunk):
+        piece_mask = None if mask is None else mask[:, start:start + chunk]
+        pieces.append(model(x[:, start:start + chunk], mask=piece_mask, cache=cache))
+    assert cache[0].length == 11 and cache[0].offset == 11
+    keep = slice(None) if not padded else (mask[:, :, None].expand_as(full))
+    torch.testing.assert_close(torch.cat(pieces, dim=1)[keep], full[keep], atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_padding_mask_hides_masked_tokens_in_bidirectional_encoder():
+    model = tiny(causal=False)
+    torch.manual_seed(2)
+    x = torch.randn(2, 9, DIM)
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[0, 6:] = False
+    mask[1, :3] = False
+    changed = torch.where(mask[..., None], x, 100 * torch.randn_like(x))
+    out, out_changed = model(x, mask=mask), model(changed, mask=mask)
+    torch.testing.assert_close(out_changed[mask], out[mask], atol=1e-5, rtol=0)
+    assert not torch.allclose(model(changed)[mask], out[mask])  # without the mask they do leak
+
+
+@torch.no_grad()
+def test_cross_attention_follows_memory_and_fully_masked_memory_contributes_exactly_zero():
+    model = tiny(causal=False, cross_dim=24)
+    torch.manual_seed(3)
+    x, mem_a, mem_b = torch.randn(2, 7, DIM), torch.randn(2, 5, 24), torch.randn(2, 5, 24)
+    assert not torch.allclose(model(x, memory=mem_a), model(x, memory=mem_b))
+
+    none = torch.zeros(2, 5, dtype=torch.bool)
+    out_a, out_b = model(x, memory=mem_a, memory_mask=none), model(x, memory=mem_b, memory_mask=none)
+    assert not out_a.isnan().any()
+    assert torch.equal(out_a, out_b)
+    assert torch.equal(out_a, model(x))  # memory=None: no condition, the same thing
+
+    # a block whose cross-attention output weights are zero contributes exactly zero too
+    block = model.blocks[0]
+    silent = TransformerBlock(model.config).eval()
+    silent.load_state_dict(block.state_dict())
+    nn.init.zeros_(silent.cross.out.weight)
+    assert torch.equal(block(x, memory=mem_a, memory_mask=none), silent(x, memory=mem_b))
+
+    # per row: the masked row gets zero, the other row still attends
+    cross = CrossAttention(DIM, HEADS, 24)
+    rows = torch.tensor([[True] * 5, [False] * 5])
+    y = cross(x, mem_a, rows)
+    assert torch.equal(y[1], torch.zeros_like(y[1])) and y[0].abs().sum() > 0
+
+
+def test_tiny_causal_language_model_overfits_a_sequence():
+    torch.manual_seed(0)
+    vocab, length = 16, 32
+    tokens = torch.randint(vocab, (1, length + 1))
+    embed, body, head = nn.Embedding(vocab, DIM), Transformer(TransformerConfig(DIM, DEPTH, HEADS, causal=True)), nn.Linear(DIM, vocab)
+    params = [*embed.parameters(), *body.parameters(), *head.parameters()]
+    opt = torch.optim.Adam(params, lr=3e-3)
+
+    def loss() -> torch.Tensor:
+        logits = head(body(embed(tokens[:, :-1])))
+        return F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+
+    first = loss().item()
+    for _ in range(200):
+        opt.zero_grad()
+        value = loss()
+        value.backward()
+        opt.step()
+        if value.item() < first / 5:
+            break
+    assert loss().item() < first / 5, (first, loss().item())
+
+
+def test_same_seed_gives_same_parameters_and_outputs():
+    a, b = tiny(cross_dim=8, seed=7), tiny(cross_dim=8, seed=7)
+    for (name_a, p_a), (name_b, p_b) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert name_a == name_b and torch.equal(p_a, p_b)
+    x, mem = torch.randn(2, 6, DIM), torch.randn(2, 3, 8)
+    with torch.no_grad():
+        assert torch.equal(a(x, memory=mem), b(x, memory=mem))
+    assert not torch.equal(tiny(seed=8).blocks[0].attn.qkv.weight, a.blocks[0].attn.qkv.weight)
