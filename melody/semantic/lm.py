@@ -1,0 +1,187 @@
+"""The semantic LM of MeLoDy (§3.1, Fig. 1): MuLan tokens → semantic tokens, LLaMA-style decoder-only.
+
+The paper's LM (429.5 M) predicts the 25 Hz semantic tokens (k-means, 1024 codes) of 10 s windows
+(250 tokens), conditioned on the 12 MuLan tokens (12 RVQ levels × 1024 codes) of the clip's
+audio in training and of the text at inference. The decoder is `melody.modules.transformer`
+(causal, rotary, RMSNorm, SwiGLU, KV cache); this file adds the embeddings, the head and the loss.
+
+One sequence per example, the *stream*:
+
+    [ c_1 … c_L | BOS | s_0 s_1 … s_{t−1} ]      L = mulan_levels (12), rotary positions 0 … L + t
+
+The output at BOS predicts s_0 and the output at s_i predicts s_{i+1}, so `forward` returns
+`logits[:, i]` = the distribution of s_i given the condition and s_<i (teacher forcing: the loss
+compares `logits` with the same `semantic` tokens that went in), plus `next_logits`, the
+distribution of s_t, which is what decoding samples.
+
+Choices where the paper is silent:
+- **Condition embedding**: one table of `mulan_levels × mulan_codebook_size` rows with level
+  offsets (token k at level l is row l·K + k), the same thing as one table per level in one
+  gather; so the same code at two levels has two unrelated vectors. No extra level embedding:
+  rotary positions already tell the levels apart.
+- **BOS**: a learned vector between the condition and the first semantic token (the separator; its
+  output predicts s_0, so the first token is predicted from the condition alone).
+- **Guidance** (lineage choice, `shared/reference/melody-paper.md`): a dropped condition is replaced by
+  L learned *null* vectors (`null_condition`), per example (`drop_condition`); training drops it for
+  `cond_dropout` = 10 % of the examples (`condition_dropout_mask`, seeded). `mulan_tokens=None` is
+  the null condition for every row.
+- Width, depth and heads come from `SemanticLMConfig` (the paper gives none); at the `paper`
+  defaults (1024 × 24 layers, 16 heads, SwiGLU 2752) the model has ≈ 318 M parameters
+  (`parameter_count`), against the paper's 429.5 M.
+- The head is bias-free and not tied to the input table (LLaMA). Embeddings, BOS and the null
+  condition start at N(0, 1) (PyTorch's `nn.Embedding` default), so null and real conditions
+  start at the same scale.
+- The KV cache is the transformer's, wrapped in `SemanticLMCache` with the pending `next_logits`,
+  so that a cached call returns the same `logits` as a full pass over the same tokens.
+  Continuation windows restart from a fresh cache (positions from 0, as in training).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from melody.config import MelodyConfig, SemanticLMConfig
+from melody.errors import MelodyError
+from melody.modules.transformer import KVCache, Transformer, TransformerConfig
+
+
+@dataclass
+class LMOutput:
+    """What `SemanticLM.forward` returns (audiocraft's `LMOutput`, without a mask: no padding here)."""
+
+    logits: torch.Tensor  # (b, t, vocab): logits[:, i] scores semantic[:, i] given the condition and semantic[:, :i]
+    next_logits: torch.Tensor  # (b, vocab): scores the token after semantic[:, -1], what decoding samples
+
+
+@dataclass
+class LMLoss:
+    """Cross-entropy of `lm_loss`, unreduced per example and reduced over tokens."""
+
+    per_example: torch.Tensor  # (b,) mean over each example's counted tokens (0 where none count)
+    loss: torch.Tensor  # () mean over all counted tokens of the batch (what the optimiser sees)
+    tokens: torch.Tensor  # () long: how many tokens were counted (to average across batches or ranks)
+
+
+@dataclass
+class SemanticLMCache:
+    """The decoder's per-layer `KVCache`s plus the scores of the next token from the last call."""
+
+    layers: list[KVCache]
+    next_logits: torch.Tensor | None = None  # (b, vocab), None before the first call
+
+    @property
+    def length(self) -> int:
+        """Stream positions held: L + 1 + the semantic tokens fed so far (0 for a fresh cache)."""
+        return self.layers[0].length if self.layers else 0
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None) -> LMLoss:
+    """Next-token cross-entropy −log p(s_i | c, s_<i): logits `(b, t, V)`, targets `(b, t)` long,
+    mask `(b, t)` bool, True = counted (None: all)."""
+    ce = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")  # (b, t)
+    weight = torch.ones_like(ce) if mask is None else mask.to(ce.dtype)
+    counted = weight.sum(dim=1)  # (b,)
+    per_example = (ce * weight).sum(dim=1) / counted.clamp(min=1)
+    total = counted.sum()
+    return LMLoss(per_example, (ce * weight).sum() / total.clamp(min=1), total.long())
+
+
+def condition_dropout_mask(batch: int, p: float, generator: torch.Generator | None = None,
+                           device: torch.device | str | None = None) -> torch.Tensor:
+    """Which examples lose their condition (classifier-free guidance training): `(batch,)` bool, each
+    True with probability p, drawn from `generator` (on the generator's device unless `device` is given)."""
+    if not 0.0 <= p <= 1.0:
+        raise MelodyError(f"condition dropout must be in [0, 1], got {p}; set semantic_lm.cond_dropout")
+    if device is None:
+        device = generator.device if generator is not None else "cpu"
+    return torch.rand(batch, generator=generator, device=device) < p
+
+
+def window_and_stride(config: SemanticLMConfig, frame_rate: int) -> tuple[int, int]:
+    """Tokens per window and per slide: 10 s and 5 s at 25 Hz → (250, 125)."""
+    window, stride = round(config.window_seconds * frame_rate), round(config.stride_seconds * frame_rate)
+    if window < 1 or not 1 <= stride <= window:
+        raise MelodyError(f"semantic_lm window {window} and stride {stride} tokens: need 1 ≤ stride ≤ window; "
+                          "check semantic_lm.window_seconds and stride_seconds")
+    return window, stride
+
+
+class SemanticLM(nn.Module):
+    """p(s_0 … s_{t−1} | MuLan tokens): embeddings → causal `Transformer` → logits over semantic tokens.
+
+    forward(mulan_tokens `(b, L)` long or None, semantic `(b, t)` long, drop_condition `(b,)` bool or
+    None, cache) → `LMOutput`. With a fresh cache (`new_cache()`) the call encodes the whole stream
+    and fills the cache; with a filled one, `mulan_tokens` and `drop_condition` must be None and
+    `semantic` continues the stream (one token at a time when decoding).
+    """
+
+    def __init__(self, config: SemanticLMConfig, vocab_size: int, mulan_levels: int, mulan_codebook_size: int) -> None:
+        super().__init__()
+        self.config = config
+        self.vocab_size, self.mulan_levels, self.mulan_codebook_size = vocab_size, mulan_levels, mulan_codebook_size
+        d = config.dim
+        self.mulan_embedding = nn.Embedding(mulan_levels * mulan_codebook_size, d)  # row l·K + k: code k at level l
+        self.register_buffer("level_offsets", torch.arange(mulan_levels) * mulan_codebook_size, persistent=False)
+        self.null_condition = nn.Parameter(torch.randn(mulan_levels, d))  # (L, d) the dropped condition
+        self.bos = nn.Parameter(torch.randn(d))  # (d,) separator; its output predicts s_0
+        self.token_embedding = nn.Embedding(vocab_size, d)
+        self.transformer = Transformer(TransformerConfig(d, config.depth, config.heads, causal=True))
+        self.head = nn.Linear(d, vocab_size, bias=False)
+
+    @classmethod
+    def from_config(cls, cfg: MelodyConfig) -> SemanticLM:
+        """Sizes from the config tree: vocabulary = the tokenizer's k-means codes, condition = MuLan's RVQ."""
+        return cls(cfg.semantic_lm, cfg.tokenizer.codebook_size, cfg.mulan.rvq_levels, cfg.mulan.codebook_size)
+
+    def new_cache(self) -> SemanticLMCache:
+        return SemanticLMCache(self.transformer.new_cache())
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def condition(self, mulan_tokens: torch.Tensor | None, drop_condition: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """The condition prefix `(b, L, d)`: embedded MuLan tokens, or the null condition where dropped."""
+        null = self.null_condition.expand(batch, -1, -1)
+        if mulan_tokens is None:
+            return null
+        if mulan_tokens.shape != (batch, self.mulan_levels):
+            raise ValueError(f"mulan_tokens must be (b={batch}, {self.mulan_levels}), got {tuple(mulan_tokens.shape)}")
+        if ((mulan_tokens < 0) | (mulan_tokens >= self.mulan_codebook_size)).any():
+            raise ValueError(f"MuLan tokens must lie in [0, {self.mulan_codebook_size})")  # else they land on another level
+        cond = self.mulan_embedding(mulan_tokens + self.level_offsets)  # (b, L, d)
+        if drop_condition is None:
+            return cond
+        return torch.where(drop_condition.to(torch.bool).view(batch, 1, 1), null, cond)
+
+    def forward(self, mulan_tokens: torch.Tensor | None, semantic: torch.Tensor,
+                drop_condition: torch.Tensor | None = None, cache: SemanticLMCache | None = None) -> LMOutput:
+        b, t = semantic.shape
+        if cache is None or cache.length == 0:
+            # stream [c_1 … c_L | BOS | s_0 … s_{t−1}]; outputs at BOS … s_{t−1} predict s_0 … s_t
+            bos = self.bos.expand(b, 1, -1)
+            x = torch.cat((self.condition(mulan_tokens, drop_condition, b), bos, self.token_embedding(semantic)), dim=1)
+            h = self.transformer(x, cache=None if cache is None else cache.layers)
+            scores = self.head(h[:, -(t + 1):])  # (b, t + 1, V)
+            logits, next_logits = scores[:, :t], scores[:, t]
+        else:
+            if mulan_tokens is not None or drop_condition is not None:
+                raise ValueError("the condition is already in the cache; pass mulan_tokens=None and drop_condition=None")
+            if t == 0:
+                return LMOutput(cache.next_logits.new_empty(b, 0, self.vocab_size), cache.next_logits)
+            # the stream goes on: the output at s_j predicts s_{j+1}; s_0 of this call was scored by the last one
+            scores = self.head(self.transformer(self.token_embedding(semantic), cache=cache.layers))  # (b, t, V)
+            logits = torch.cat((cache.next_logits[:, None], scores[:, :-1]), dim=1)
+            next_logits = scores[:, -1]
+        if cache is not None:
+            cache.next_logits = next_logits
+        return LMOutput(logits, next_logits)
+
+
+def parameter_count(config: SemanticLMConfig, vocab_size: int, mulan_levels: int, mulan_codebook_size: int) -> int:
+    """Parameters of a `SemanticLM` of these sizes, counted on the meta device (no memory, no init)."""
+    with torch.device("meta"):
+        return SemanticLM(config, vocab_size, mulan_levels, mulan_codebook_size).num_parameters()

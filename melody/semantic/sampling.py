@@ -1,0 +1,156 @@
+"""Sampling semantic tokens from the semantic LM (MeLoDy §3.1 and §4 "Continuation").
+
+Pure functions over logits `(b, V)`: `apply_temperature`, `top_k_filter`, `top_p_filter`,
+`cfg_logits`, `sample_token`; and `generate`, ancestral sampling with a KV cache, classifier-free
+guidance and sliding windows. Randomness comes only from the `torch.Generator` passed in.
+
+Choices where the papers are silent:
+- The filters run in the order temperature → top-k → top-p (Hugging Face's order); a removed
+  token gets −inf. Temperature 0 is greedy (argmax, first index on ties) and draws nothing.
+- `top_k_filter` keeps exactly k tokens; where several tie with the k-th largest, `torch.topk`
+  picks which survive. `top_p_filter` keeps the smallest set of most likely tokens whose mass is
+  ≥ p (ties ranked by a stable sort, lower index first), and always the most likely one.
+- Guidance is applied to raw logits: ℓ = ℓ_u + w (ℓ_c − ℓ_u). The same formula on log-probs gives
+  the same distribution, since log_softmax only shifts each row by a constant and
+  ℓ_u + k_u + w (ℓ_c + k_c − ℓ_u − k_u) differs from ℓ by the row constant (1 − w) k_u + w k_c.
+  The unconditional branch is the LM's learned null condition; both branches run as one batch
+  of 2b rows in one forward pass, and w = 1 (or no condition) runs the conditional branch alone.
+- Sliding windows (the lineage's rule, `shared/reference/melody-paper.md`): a window holds at most
+  `window` semantic tokens (250 = 10 s, the training length). When it is full and more are wanted,
+  the next window starts from its last `window − stride` tokens (125), re-encoded after the
+  condition and BOS from a fresh cache in one pass (rotary positions restart at 0, as in
+  training; see `melody.modules.transformer`), and decoding goes on. A `prefix` is the first
+  window's content; one of `window` tokens or more is full already, so the first window starts
+  from its last `window − stride` tokens.
+- Forward passes: every sampled token's logits come from exactly one forward call (the window's
+  re-encoding pass or the step that fed the previous token), so `forward_passes == n_tokens` — the
+  paper's 25 passes per second of audio — however many windows there are; `positions` counts the
+  stream positions those passes processed, re-encoding included.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from melody.errors import MelodyError
+from melody.semantic.lm import SemanticLM
+
+
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """ℓ / τ, τ > 0: τ → 0 tends to argmax, τ = 1 leaves the distribution, τ → ∞ tends to uniform."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 here (0 means greedy: use sample_token), got {temperature}")
+    return logits / temperature
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k largest logits of each row `(..., V)`, −inf elsewhere; k ≤ 0 or k ≥ V keeps all."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kept = logits.topk(k, dim=-1).indices
+    return torch.full_like(logits, -math.inf).scatter(-1, kept, logits.gather(-1, kept))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus (Holtzman et al. 2020): keep the smallest set of most likely tokens with mass ≥ p, at least one."""
+    if p >= 1.0:
+        return logits
+    ranked, order = logits.sort(dim=-1, descending=True, stable=True)
+    probs = ranked.float().softmax(dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs  # mass of the tokens ranked above each one
+    drop = mass_before >= p
+    drop[..., 0] = False  # the most likely token always stays
+    return logits.masked_fill(drop.scatter(-1, order, drop), -math.inf)
+
+
+def cfg_logits(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance ℓ_u + w (ℓ_c − ℓ_u) on logits (Ho & Salimans 2022; MusicGen's form),
+    computed as w ℓ_c + (1 − w) ℓ_u so that w = 1 gives ℓ_c and w = 0 gives ℓ_u exactly."""
+    return scale * cond + (1.0 - scale) * uncond
+
+
+def sample_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of `logits` `(b, V)` → `(b,)` long: greedy at temperature 0, else a draw from
+    softmax(top_p(top_k(ℓ / τ))) with `generator`."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    filtered = top_p_filter(top_k_filter(apply_temperature(logits.float(), temperature), top_k), top_p)
+    return torch.multinomial(filtered.softmax(dim=-1), 1, generator=generator)[:, 0]
+
+
+@dataclass
+class GenerateResult:
+    """What `generate` returns; the counts are per call, the same for every row."""
+
+    tokens: torch.Tensor  # (b, n_tokens) long: the new tokens, without the prefix
+    forward_passes: int  # network calls, cond + uncond counted once (a batch): == n_tokens
+    windows: int  # windows encoded from a fresh cache (the first one included)
+    positions: int  # stream positions processed per row: L + 1 + context per window, 1 per step
+
+
+@torch.no_grad()
+def generate(lm: SemanticLM, mulan_tokens: torch.Tensor | None, n_tokens: int, prefix: torch.Tensor | None = None, *,
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, guidance: float = 1.0,
+             generator: torch.Generator | None = None, window: int = 250, stride: int = 125,
+             callback: Callable[[dict], None] | None = None) -> GenerateResult:
+    """Ancestral sampling of `n_tokens` semantic tokens with a KV cache, guidance and sliding windows.
+
+    mulan_tokens `(b, L)` long (None: unconditional, one row unless `prefix` gives b); prefix `(b, P)`
+    long, tokens to continue. `callback` gets {"i", "token" (b,), "window"} after every token. The
+    caller puts `lm` in eval mode.
+    """
+    if n_tokens < 0:
+        raise MelodyError(f"cannot generate {n_tokens} tokens; ask for 0 or more")
+    if window < 1 or not 1 <= stride <= window:
+        raise MelodyError(f"window {window} and stride {stride} tokens: need 1 ≤ stride ≤ window")
+    device = lm.bos.device
+    b = mulan_tokens.shape[0] if mulan_tokens is not None else (prefix.shape[0] if prefix is not None else 1)
+    content = prefix.to(device) if prefix is not None else torch.zeros(b, 0, dtype=torch.long, device=device)
+    if content.shape[0] != b:
+        raise ValueError(f"prefix has {content.shape[0]} rows, mulan_tokens {b}")
+    keep = window - stride
+    if content.shape[1] >= window:  # a full window: the first one starts from its last `keep` tokens
+        content = content[:, content.shape[1] - keep:]
+    tokens = torch.zeros(b, n_tokens, dtype=torch.long, device=device)
+    if n_tokens == 0:
+        return GenerateResult(tokens, 0, 0, 0)
+
+    guided = mulan_tokens is not None and guidance != 1.0
+    rows = 2 if guided else 1  # [conditional rows | unconditional rows], one batch
+    branch_mulan = None if mulan_tokens is None else mulan_tokens.to(device).repeat(rows, 1)
+    drop = torch.arange(rows * b, device=device) >= b if guided else None
+
+    def guide(logits: torch.Tensor) -> torch.Tensor:  # (rows·b, V) → (b, V)
+        return cfg_logits(*logits.chunk(2), guidance) if guided else logits
+
+    # a window: [condition | BOS | content] from a fresh cache, in one pass
+    cache = lm.new_cache()
+    logits = lm(branch_mulan, content.repeat(rows, 1), drop, cache=cache).next_logits
+    passes, windows, positions = 1, 1, lm.mulan_levels + 1 + content.shape[1]
+    for i in range(n_tokens):
+        # sample s ~ p(· | condition, window content), guided
+        token = sample_token(guide(logits), temperature, top_k, top_p, generator)
+        tokens[:, i] = token
+        content = torch.cat((content, token[:, None]), dim=1)
+        if callback is not None:
+            callback({"i": i, "token": token, "window": windows - 1})
+        if i == n_tokens - 1:
+            break
+        if content.shape[1] == window:
+            # the window is full: the next one starts from its last `keep` tokens, re-encoded
+            content = content[:, stride:]
+            cache = lm.new_cache()
+            logits = lm(branch_mulan, content.repeat(rows, 1), drop, cache=cache).next_logits
+            windows += 1
+            positions += lm.mulan_levels + 1 + keep
+        else:
+            # feed the token to the cache: the next token's scores
+            logits = lm(None, token.repeat(rows)[:, None], cache=cache).next_logits
+            positions += 1
+        passes += 1
+    return GenerateResult(tokens, passes, windows, positions)

@@ -1,0 +1,255 @@
+import math
+
+import pytest
+import torch
+
+from melody.config import MelodyConfig, SemanticLMConfig, preset
+from melody.modules.transformer import swiglu_hidden_dim
+from melody.semantic.lm import SemanticLM, condition_dropout_mask, lm_loss, parameter_count, window_and_stride
+from melody.semantic.sampling import cfg_logits, generate, sample_token
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+VOCAB, LEVELS, CODES = 16, 12, 8
+
+
+def tiny(seed: int = 0, sharp: bool = False) -> SemanticLM:
+    """sharp: attention and head weights × 4, so that outputs depend on the whole context (a freshly
+    initialised LM mostly follows the last token, and its greedy output falls into a short loop)."""
+    torch.manual_seed(seed)
+    lm = SemanticLM(SemanticLMConfig(dim=32, depth=2, heads=4), VOCAB, LEVELS, CODES).eval()
+    if sharp:
+        with torch.no_grad():
+            for block in lm.transformer.blocks:
+                block.attn.qkv.weight.mul_(4)
+                block.attn.out.weight.mul_(4)
+            lm.head.weight.mul_(4)
+    return lm
+
+
+def mulan(b: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(CODES, (b, LEVELS), generator=torch.Generator().manual_seed(seed))
+
+
+def semantic(b: int, t: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(VOCAB, (b, t), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def test_logits_shape_and_level_specific_condition_embedding():
+    lm = tiny()
+    out = lm(mulan(3), semantic(3, 9))
+    assert out.logits.shape == (3, 9, VOCAB) and out.next_logits.shape == (3, VOCAB)
+    # the same code at two levels embeds differently
+    same = torch.full((1, LEVELS), 5)
+    cond = lm.condition(same, None, 1)
+    assert not torch.allclose(cond[0, 0], cond[0, 1])
+    with pytest.raises(ValueError):
+        lm(torch.full((1, LEVELS), CODES), semantic(1, 3))  # out of range: would alias the next level
+
+
+@torch.no_grad()
+def test_logits_are_causal_over_semantic_tokens():
+    lm = tiny()
+    m, s = mulan(2), semantic(2, 12)
+    changed = s.clone()
+    changed[:, 6:] = (s[:, 6:] + 1) % VOCAB
+    a, b = lm(m, s).logits, lm(m, changed).logits
+    torch.testing.assert_close(b[:, :7], a[:, :7], atol=1e-6, rtol=0)  # logits[:, i] sees s[:, :i] only
+    assert not torch.allclose(b[:, 7:], a[:, 7:])
+
+
+@torch.no_grad()
+def test_kv_cache_incremental_logits_match_the_full_pass():
+    lm = tiny()
+    m, s = mulan(2), semantic(2, 11)
+    drop = torch.tensor([False, True])
+    full = lm(m, s, drop)
+    for first in (0, 4):
+        cache = lm.new_cache()
+        pieces = [lm(m, s[:, :first], drop, cache=cache).logits]
+        for j in range(first, 11):
+            pieces.append(lm(None, s[:, j:j + 1], cache=cache).logits)
+        assert cache.length == LEVELS + 1 + 11
+        torch.testing.assert_close(torch.cat(pieces, dim=1), full.logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(cache.next_logits, full.next_logits, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError):
+        lm(m, s[:, :1], cache=cache)  # the condition is already cached
+
+
+@torch.no_grad()
+def test_dropped_condition_is_the_null_condition_and_ignores_mulan_tokens():
+    lm = tiny()
+    s = semantic(2, 8)
+    m1, m2 = mulan(2, seed=3), mulan(2, seed=4)
+    everything = torch.ones(2, dtype=torch.bool)
+    null = lm(None, s).logits
+    assert torch.equal(lm(m1, s, everything).logits, null)
+    assert torch.equal(lm(m2, s, everything).logits, null)
+    assert not torch.allclose(lm(m1, s).logits, lm(m2, s).logits)  # kept, the condition matters
+    # per row
+    mixed = lm(m1, s, torch.tensor([True, False])).logits
+    assert torch.equal(mixed[0], null[0])
+    torch.testing.assert_close(mixed[1], lm(m1, s).logits[1])
+
+
+def test_condition_dropout_mask_rate_and_seed():
+    def draw(seed: int, p: float = 0.1) -> torch.Tensor:
+        return condition_dropout_mask(40_000, p, torch.Generator().manual_seed(seed))
+
+    a = draw(0)
+    assert a.dtype == torch.bool and a.shape == (40_000,)
+    assert abs(a.float().mean().item() - 0.1) < 0.006
+    assert torch.equal(a, draw(0)) and not torch.equal(a, draw(1))
+    assert not draw(0, 0.0).any() and draw(0, 1.0).all()
+
+
+def test_lm_loss_per_example_and_mask():
+    torch.manual_seed(0)
+    logits, targets = torch.randn(2, 5, VOCAB), torch.randint(VOCAB, (2, 5))
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    out = lm_loss(logits, targets)
+    torch.testing.assert_close(out.per_example, ce.mean(1))
+    torch.testing.assert_close(out.loss, ce.mean())
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    masked = lm_loss(logits, targets, mask)
+    torch.testing.assert_close(masked.per_example, torch.stack((ce[0].mean(), ce[1, :2].mean())))
+    torch.testing.assert_close(masked.loss, ce[mask].mean())
+    assert masked.tokens.item() == 7
+
+
+def naive_generate(lm: SemanticLM, m: torch.Tensor | None, n: int, window: int, stride: int,
+                   prefix: torch.Tensor | None = None, guidance: float = 1.0, seed: int | None = None) -> torch.Tensor:
+    """No cache: the whole window is recomputed for every token; greedy, or sampled with `seed`. The
+    windowing rule written out: a window holds at most `window` tokens; to sample one more from a full
+    window, keep its last `window − stride` tokens; a prefix of `window` tokens or more is a full window."""
+    b = m.shape[0] if m is not None else 1
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    content = prefix if prefix is not None else torch.zeros(b, 0, dtype=torch.long)
+    if content.shape[1] >= window:
+        content = content[:, content.shape[1] - (window - stride):]
+    out = []
+    for _ in range(n):
+        if content.shape[1] == window:
+            content = content[:, stride:]
+        logits = lm(m, content).next_logits
+        if guidance != 1.0:
+            logits = cfg_logits(logits, lm(None, content).next_logits, guidance)
+        token = logits.argmax(-1) if seed is None else sample_token(logits, 1.0, generator=generator)
+        out.append(token)
+        content = torch.cat((content, token[:, None]), dim=1)
+    return torch.stack(out, dim=1)
+
+
+@torch.no_grad()
+def test_greedy_generate_is_deterministic_and_matches_the_naive_loop_within_a_window():
+    lm = tiny(sharp=True)
+    m = mulan(3)
+    a = generate(lm, m, 10, temperature=0.0, window=16, stride=8)
+    assert a.tokens.shape == (3, 10) and a.windows == 1
+    assert torch.equal(a.tokens, generate(lm, m, 10, temperature=0.0, window=16, stride=8).tokens)
+    assert torch.equal(a.tokens, naive_generate(lm, m, 10, window=16, stride=8))
+    # with guidance: cond and uncond branches batched in one pass each
+    g = generate(lm, m, 10, temperature=0.0, guidance=3.0, window=16, stride=8)
+    assert torch.equal(g.tokens, naive_generate(lm, m, 10, window=16, stride=8, guidance=3.0))
+    # a prefix continues: the last 6 tokens from the first 4
+    rest = generate(lm, m, 6, prefix=a.tokens[:, :4], temperature=0.0, window=16, stride=8)
+    assert torch.equal(rest.tokens, a.tokens[:, 4:])
+
+
+@torch.no_grad()
+def test_seeded_sampling_reproduces():
+    lm = tiny(sharp=True)
+    m = mulan(2)
+
+    def run(seed: int) -> torch.Tensor:
+        return generate(lm, m, 12, temperature=1.0, top_k=8, top_p=0.9, guidance=2.0, window=8, stride=3,
+                        generator=torch.Generator().manual_seed(seed)).tokens
+
+    assert torch.equal(run(0), run(0))
+    assert not torch.equal(run(0), run(1))
+
+
+@pytest.mark.parametrize("guidance", [1.0, 2.5])
+@torch.no_grad()
+def test_continuation_across_windows_matches_the_naive_windowing_rule(guidance: float):
+    lm = tiny(seed=1, sharp=True)
+    m = mulan(2, seed=5)
+    window, stride, n = 8, 3, 19
+
+    def run(count: int, window: int, stride: int, prefix: torch.Tensor | None = None):
+        return generate(lm, m, count, prefix=prefix, temperature=1.0, guidance=guidance, window=window, stride=stride,
+                        generator=torch.Generator().manual_seed(11))
+
+    slid = run(n, window, stride)
+    assert slid.windows == 1 + math.ceil((n - window) / stride)
+    assert torch.equal(slid.tokens, naive_generate(lm, m, n, window, stride, guidance=guidance, seed=11))
+    # a prefix longer than a window: continue from its last window − stride tokens
+    prefix = semantic(2, 11, seed=6)
+    cont = run(7, window, stride, prefix)
+    assert torch.equal(cont.tokens, naive_generate(lm, m, 7, window, stride, prefix, guidance=guidance, seed=11))
+    # a window large enough for everything: one long pass, as if there were no windows
+    long = run(n, n, 1)
+    assert long.windows == 1
+    assert torch.equal(long.tokens, naive_generate(lm, m, n, window=10_000, stride=1, guidance=guidance, seed=11))
+    assert not torch.equal(long.tokens, slid.tokens)  # the windows did change the context
+    # and greedy, too
+    greedy = generate(lm, m, n, temperature=0.0, guidance=guidance, window=window, stride=stride)
+    assert torch.equal(greedy.tokens, naive_generate(lm, m, n, window, stride, guidance=guidance))
+    assert not torch.equal(greedy.tokens, generate(lm, m, n, temperature=0.0, guidance=guidance, window=n, stride=1).tokens)
+
+
+@pytest.mark.parametrize("n, window, stride, p", [(20, 8, 3, 0), (20, 8, 8, 0), (5, 8, 3, 0), (13, 8, 3, 5), (9, 8, 3, 12)])
+@torch.no_grad()
+def test_forward_passes_follow_the_formula(n: int, window: int, stride: int, p: int):
+    lm = tiny()
+    b = 2
+    calls = []
+    hook = lm.register_forward_hook(lambda module, args, output: calls.append(output.next_logits.shape[0]))
+    try:
+        prefix = semantic(b, p) if p else None
+        result = generate(lm, mulan(b), n, prefix=prefix, temperature=0.0, guidance=2.0, window=window, stride=stride)
+    finally:
+        hook.remove()
+    keep = window - stride
+    first = p if p < window else keep  # tokens in the first window before decoding
+    windows = 1 + math.ceil(max(0, n - (window - first)) / stride)
+    assert result.forward_passes == n == len(calls)  # one pass per token, however many windows
+    assert set(calls) == {2 * b}  # cond and uncond in the same batch
+    assert result.windows == windows
+    assert result.positions == (n - windows) + windows * (LEVELS + 1) + first + (windows - 1) * keep
+    assert generate(lm, mulan(b), 0).forward_passes == 0
+
+
+def test_tiny_lm_overfits_a_sequence_and_greedy_generate_reproduces_it():
+    lm = tiny().train()
+    m, s = mulan(1, seed=7), semantic(1, 24, seed=8)
+    opt = torch.optim.Adam(lm.parameters(), lr=3e-3)
+    first = lm_loss(lm(m, s).logits, s).loss.item()
+    for _ in range(300):
+        opt.zero_grad()
+        loss = lm_loss(lm(m, s).logits, s).loss
+        loss.backward()
+        opt.step()
+        if loss.item() < first / 20:
+            break
+    lm.eval()
+    with torch.no_grad():
+        final = lm_loss(lm(m, s).logits, s).loss.item()
+        assert final < first / 5, (first, final)
+        assert torch.equal(generate(lm, m, 24, temperature=0.0, window=32, stride=16).tokens, s)
+
+
+def test_parameter_count_at_paper_shapes():
+    cfg = MelodyConfig()
+    c = cfg.semantic_lm
+    d, depth, hidden = c.dim, c.depth, swiglu_hidden_dim(c.dim)
+    levels, codes, vocab = cfg.mulan.rvq_levels, cfg.mulan.codebook_size, cfg.tokenizer.codebook_size
+    block = 4 * d * d + 3 * d * hidden + 2 * d  # attention, SwiGLU, two RMSNorm gains
+    expected = levels * codes * d + levels * d + d + vocab * d + depth * block + d + d * vocab
+    count = parameter_count(c, vocab, levels, codes)
+    assert count == expected
+    assert 0.6 * 429.5e6 < count < 1.4 * 429.5e6  # the paper's 429.5 M, depth and width unknown
+    assert tiny().num_parameters() == parameter_count(SemanticLMConfig(dim=32, depth=2, heads=4), VOCAB, LEVELS, CODES)
+    assert window_and_stride(c, cfg.tokenizer.frame_rate) == (250, 125)
+    assert SemanticLM.from_config(preset("tiny")).vocab_size == preset("tiny").tokenizer.codebook_size
