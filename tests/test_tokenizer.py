@@ -1,0 +1,157 @@
+import math
+
+import pytest
+import torch
+
+from melody.config import TokenizerConfig
+from melody.errors import MelodyError
+from melody.semantic.tokenizer import (
+    HFFeatureExtractor, SemanticTokenizer, SSLEncoder, frame_count, masked_prediction_loss, mel_targets, span_mask,
+)
+
+SR = 24_000
+HOP = 960
+
+
+def tiny_config(**overrides) -> TokenizerConfig:
+    values = dict(dim=32, layers=2, heads=2, n_mels=16, codebook_size=8, feature_layer=2, mask_prob=0.08)
+    values.update(overrides)
+    return TokenizerConfig(**values)
+
+
+def tone(freq: float, seconds: float) -> torch.Tensor:
+    t = torch.arange(int(seconds * SR)) / SR
+    return 0.3 * torch.sin(2 * math.pi * freq * t)
+
+
+@pytest.fixture(autouse=True)
+def _threads(one_torch_thread):
+    torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("samples", [SR, int(2.5 * SR), 10 * SR, 1, 961])
+def test_token_rate_is_exactly_frame_rate(samples):
+    encoder = SSLEncoder(tiny_config(), SR).eval()
+    mel, keep = encoder.log_mel(torch.zeros(1, samples))
+    assert mel.shape[1] == frame_count(samples, HOP) == math.ceil(samples / HOP)
+    assert keep.all()
+    if samples % SR == 0:
+        assert mel.shape[1] == 25 * samples // SR
+
+
+def test_span_mask_fraction_and_seed():
+    def draw(seed):
+        return span_mask(64, 500, 0.08, 5, torch.Generator().manual_seed(seed))
+
+    a, b, c = draw(1), draw(1), draw(2)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.dtype == torch.bool and a.shape == (64, 500)
+    expected = 1 - 0.92 ** 5  # 0.34
+    assert abs(a.float().mean().item() - expected) < 0.03
+
+
+def test_masked_prediction_loss_ignores_unmasked_frames():
+    logits = torch.randn(2, 10, 8)
+    targets = torch.randint(0, 8, (2, 10))
+    mask = torch.zeros(2, 10, dtype=torch.bool)
+    mask[0, 2:5] = True
+    mask[1, 7] = True
+    changed = logits.clone()
+    changed[~mask] = torch.randn_like(changed[~mask]) * 100
+    assert torch.allclose(masked_prediction_loss(logits, targets, mask), masked_prediction_loss(changed, targets, mask))
+    changed[mask] += torch.randn_like(changed[mask])
+    assert not torch.allclose(masked_prediction_loss(logits, targets, mask), masked_prediction_loss(changed, targets, mask))
+
+
+def test_padding_does_not_change_valid_frames():
+    encoder = SSLEncoder(tiny_config(), SR).eval()
+    clip = torch.randn(1, int(1.3 * SR)) * 0.1
+    with torch.no_grad():
+        alone, _ = encoder.features(clip)
+        batch = torch.randn(2, 3 * SR)  # junk beyond the lengths
+        batch[0, : clip.shape[1]] = clip[0]
+        padded, keep = encoder.features(batch, torch.tensor([clip.shape[1], 3 * SR]))
+    frames = frame_count(clip.shape[1], HOP)
+    assert keep[0].sum() == frames and keep[1].all()
+    assert torch.allclose(padded[0, :frames], alone[0], atol=1e-5)
+
+
+def test_tiny_encoder_overfits_masked_prediction():
+    config = tiny_config(mask_prob=0.15)
+    encoder = SSLEncoder(config, SR, num_targets=4)
+    wav = torch.stack([torch.cat([tone(220, 0.4), tone(880, 0.4)] * 2), torch.cat([tone(440, 0.4), torch.randn(int(0.4 * SR)) * 0.1] * 2)])
+    mel, keep = encoder.log_mel(wav)
+    targets = mel_targets(mel[keep], 4, seed=0)(mel)  # (b, t)
+    optimizer = torch.optim.Adam(encoder.parameters(), lr=3e-3)
+    losses = []
+    for step in range(80):
+        loss, _ = encoder.masked_prediction(wav, targets, torch.Generator().manual_seed(step % 4))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 / 3
+
+
+def test_tokens_are_in_range_and_equal_for_equal_audio():
+    tokenizer = SemanticTokenizer(tiny_config(), sample_rate=SR).eval()
+    clips = torch.randn(3, 2 * SR) * 0.1
+    with torch.no_grad():
+        feats = tokenizer.features(clips)
+    tokenizer.fit_codebook(feats, seed=0)
+    wav = torch.stack([clips[0], clips[0], clips[1]])
+    tokens = tokenizer.tokens(wav)
+    assert tokens.dtype == torch.long and tokens.shape == (3, 50)
+    assert tokens.min() >= 0 and tokens.max() < 8
+    assert torch.equal(tokens[0], tokens[1])
+    assert torch.equal(tokenizer.tokens(clips[:1]), tokens[:1])
+    assert len(tokens.unique()) > 1
+
+
+def test_mel_targets_separate_two_textures():
+    encoder = SSLEncoder(tiny_config(), SR)
+    low = tone(150, 2.0)[None]
+    high = torch.randn(1, 2 * SR, generator=torch.Generator().manual_seed(0)) * 0.1
+    high = high - torch.roll(high, 1, -1)  # first difference: noise tilted towards high frequencies
+    mel_a, _ = encoder.log_mel(low)
+    mel_b, _ = encoder.log_mel(high)
+    quantizer = mel_targets(torch.cat([mel_a[0], mel_b[0]]), 4, seed=0)
+    codes_a, codes_b = set(quantizer(mel_a[0]).tolist()), set(quantizer(mel_b[0]).tolist())
+    assert codes_a.isdisjoint(codes_b)
+
+
+def _save_tiny(kind: str, folder):
+    import transformers
+
+    common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                  conv_dim=(8,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+    if kind == "hubert":
+        model = transformers.HubertModel(transformers.HubertConfig(**common))
+    else:
+        model = transformers.Wav2Vec2ConformerModel(transformers.Wav2Vec2ConformerConfig(**common, conv_depthwise_kernel_size=3))
+    model.save_pretrained(folder)
+
+
+@pytest.mark.parametrize("kind", ["hubert", "wav2vec2-conformer"])
+def test_adapter_features_at_25_hz(kind, tmp_path):
+    _save_tiny(kind, tmp_path / kind)
+    extractor = HFFeatureExtractor(tmp_path / kind, layer=1)
+    wav = torch.randn(2, int(1.5 * SR)) * 0.1
+    feats, keep = extractor.features(wav, torch.tensor([int(1.5 * SR), SR + 1]))
+    assert feats.shape == (2, math.ceil(1.5 * SR / HOP), 32)
+    assert keep.sum(1).tolist() == [38, 26]
+    assert torch.isfinite(feats).all()
+    tokenizer = SemanticTokenizer(tiny_config(), encoder=extractor, feature_layer=2)
+    tokenizer.fit_codebook(feats.reshape(-1, 32), seed=0)
+    assert tokenizer.tokens(wav[:, :SR]).shape == (2, 25)
+
+
+def test_adapter_missing_or_unsupported_folder_is_a_one_line_error(tmp_path):
+    with pytest.raises(MelodyError) as err:
+        HFFeatureExtractor(tmp_path / "nowhere", layer=1)
+    assert "\n" not in str(err.value)
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(MelodyError) as err:
+        HFFeatureExtractor(tmp_path / "bert", layer=1)
+    assert "\n" not in str(err.value) and "bert" in str(err.value)
