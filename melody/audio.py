@@ -16,6 +16,7 @@ Choices:
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,12 +195,21 @@ def _short(err: Exception) -> str:
 
 
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0, f_max: float | None = None):
-    """Slaney-normalised mel filters `(n_mels, n_fft // 2 + 1)` as a torch tensor (librosa's design)."""
-    import librosa
+    """Slaney-normalised mel filters `(n_mels, n_fft // 2 + 1)` as a torch tensor (librosa's design).
+
+    Built once per shape (losses and metrics ask for the same few every step) and copied out, so a
+    caller may modify its tensor.
+    """
     import torch
 
-    fb = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=f_min, fmax=f_max)
-    return torch.from_numpy(fb)
+    return torch.from_numpy(_mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max).copy())
+
+
+@functools.lru_cache(maxsize=64)
+def _mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float, f_max: float | None) -> np.ndarray:
+    import librosa
+
+    return librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=f_min, fmax=f_max)
 
 
 def log_mel(wav, sample_rate: int, n_fft: int = 1024, hop: int = 256, n_mels: int = 80, eps: float = 1e-5):

@@ -19,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from melody.config import MelodyConfig, load_config, save_config
 from melody.errors import MelodyError
 from melody.io import atomic_path
 
@@ -108,21 +109,19 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) 
     return {"state": state, "param_groups": rest["param_groups"]}
 
 
-def save_model(directory: str | Path, name: str, module: nn.Module, config: dict, stage: str,
+def save_model(directory: str | Path, name: str, module: nn.Module, config: MelodyConfig, stage: str,
                dtype: torch.dtype | None = None) -> Path:
     """Export `module` as `<directory>/<name>.safetensors` + `<directory>/config.json` (the model others load).
 
     `dtype` (e.g. float16, to halve a bundled file) casts floating-point tensors; loading casts back
     to the model's own dtype.
     """
-    from melody.io import write_json_atomic
-
     directory = Path(directory)
     state = module.state_dict()
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     path = write_tensors(directory / f"{name}.safetensors", state, {"stage": stage})
-    write_json_atomic(directory / "config.json", config)
+    save_config(config, directory / "config.json")
     return path
 
 
@@ -133,8 +132,6 @@ def load_model(directory: str | Path, name: str, stage: str, build) -> nn.Module
 
 def load_model_and_config(directory: str | Path, name: str, stage: str, build):
     """`load_model`, also returning the `MelodyConfig` the model was built from."""
-    from melody.config import load_config
-
     directory = Path(directory)
     if not directory.is_dir():
         raise MelodyError(f"{directory}: no such model folder; give the run folder that `melody train {stage}` wrote")

@@ -208,10 +208,9 @@ def export(
     import torch
 
     from melody.checkpoint import save_model
-    from melody.config import to_dict
 
     model, cfg = _load_stage(run, stage)
-    path = save_model(out, stage, model, {"format_version": 1, **to_dict(cfg)}, stage, torch.float16 if half else None)
+    path = save_model(out, stage, model, cfg, stage, torch.float16 if half else None)
     typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 

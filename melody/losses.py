@@ -15,18 +15,11 @@ over the batch unless its name says `per_example`.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
 from melody.audio import mel_filterbank
 from melody.discriminators import DiscriminatorOutput
-
-
-@functools.lru_cache(maxsize=64)
-def _mel_filters(sample_rate: int, n_fft: int, n_mels: int) -> torch.Tensor:
-    return mel_filterbank(sample_rate, n_fft, n_mels)
 
 
 def _magnitude(audio: torch.Tensor, n_fft: int, hop: int) -> torch.Tensor:
@@ -48,7 +41,7 @@ def mel_loss_per_example(
     b = real.shape[0]
     total = real.new_zeros(b, dtype=torch.float32)
     for n_fft, n_mels in zip(windows, bins, strict=True):
-        fb = _mel_filters(sample_rate, n_fft, n_mels).to(real.device)
+        fb = mel_filterbank(sample_rate, n_fft, n_mels).to(real.device)
         mf = fb @ _magnitude(fake, n_fft, n_fft // 4)
         mr = fb @ _magnitude(real, n_fft, n_fft // 4)
         log_term = (mf.clamp_min(eps).log10() - mr.clamp_min(eps).log10()).abs()

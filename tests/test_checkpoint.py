@@ -14,7 +14,7 @@ from melody.checkpoint import (
     unflatten_optimizer,
     write_tensors,
 )
-from melody.config import preset, to_dict
+from melody.config import preset
 from melody.errors import MelodyError
 from melody.vae import VAE
 
@@ -31,7 +31,7 @@ def export(folder, *overrides, stage="vae"):
     cfg = preset("tiny", [*SMALL, *overrides])
     torch.manual_seed(0)
     vae = VAE(cfg.vae)
-    save_model(folder, "vae", vae, {"format_version": 1, **to_dict(cfg)}, stage)
+    save_model(folder, "vae", vae, cfg, stage)
     return vae
 
 

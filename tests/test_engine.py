@@ -239,9 +239,9 @@ def test_the_discriminator_step_sees_only_its_own_gradients(corpus, tmp_path):
     optimize, backward = eng.optimize, eng.accelerator.backward
     current, seen = {}, []
 
-    def spy_optimize(name, loss, params=None):
+    def spy_optimize(name, loss):
         current["name"] = name
-        return optimize(name, loss, params)
+        return optimize(name, loss)
 
     def spy_backward(loss, **kwargs):
         if current["name"] == "discriminators":

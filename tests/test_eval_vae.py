@@ -8,7 +8,7 @@ from test_cli import TINY_VAE, melody_one_thread
 from test_shards import RATE, make_corpus
 
 from melody.checkpoint import load_model, save_model
-from melody.config import preset, to_dict
+from melody.config import preset
 from melody.eval.metrics import mel_distance, si_sdr, top_k_overlap
 from melody.eval.vae import evaluate_vae
 from melody.vae import VAE
@@ -52,7 +52,7 @@ def tiny_model(tmp_path_factory):
     cfg = preset("tiny", TINY_VAE)
     torch.manual_seed(0)
     model = root / "model"
-    save_model(model, "vae", VAE(cfg.vae), {"format_version": 1, **to_dict(cfg)}, "vae")
+    save_model(model, "vae", VAE(cfg.vae), cfg, "vae")
     return corpus, model
 
 

@@ -106,11 +106,11 @@ class ShardDataset(IterableDataset):
         rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)
         urls = list(self.urls)
         if self.shuffle:
-            random.Random(_mix(self.seed, self.epoch)).shuffle(urls)
+            random.Random(mix_seeds(self.seed, self.epoch)).shuffle(urls)
         urls = urls[rank::world][reader::workers]
         stages = [wds.SimpleShardList(urls), wds.tarfile_to_samples()]
         if self.shuffle:
-            stages.append(wds.shuffle(self.shuffle, initial=min(self.shuffle, 64), seed=_mix(self.seed, self.epoch, rank, reader)))
+            stages.append(wds.shuffle(self.shuffle, initial=min(self.shuffle, 64), seed=mix_seeds(self.seed, self.epoch, rank, reader)))
         for i, raw in enumerate(wds.DataPipeline(*stages)):
             if i >= skip:
                 yield self._prepare(decode_sample(raw))
@@ -164,5 +164,6 @@ def _key_seed(key: str) -> int:
     return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "little")
 
 
-def _mix(*parts: int) -> int:
+def mix_seeds(*parts: int) -> int:
+    """One 32-bit seed from several integers (numpy's SeedSequence hashing): `(seed, epoch, ...)`."""
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])

@@ -31,7 +31,6 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -51,7 +50,7 @@ from melody.checkpoint import (
     write_tensors,
 )
 from melody.config import MelodyConfig, save_config, to_dict
-from melody.data.loader import ShardDataset, make_loader
+from melody.data.loader import ShardDataset, make_loader, mix_seeds
 from melody.errors import MelodyError
 from melody.io import read_json, write_json_atomic
 from melody.train.curves import plot_curves
@@ -66,10 +65,6 @@ def lr_factor(step: int, warmup: int, total: int, floor: float = 0.1) -> float:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def step_seed(seed: int, step: int, rank: int) -> int:
-    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
 
 
 @dataclass
@@ -169,14 +164,14 @@ class Engine:
     def autocast(self):
         return self.accelerator.autocast()
 
-    def optimize(self, name: str, loss: torch.Tensor, params: Any = None) -> float:
+    def optimize(self, name: str, loss: torch.Tensor) -> float:
         """Backward, clip, step, schedule and zero one optimiser; update EMAs of the models it trains. Returns the grad norm."""
         opt = self.optimizers[name]
         # Another optimiser's loss may have reached these parameters (the generator's adversarial loss
         # reaches the discriminators): drop those gradients, so each step follows its own loss only.
         opt.zero_grad(set_to_none=True)
         self.accelerator.backward(loss)
-        params = params if params is not None else [p for g in opt.param_groups for p in g["params"]]
+        params = [p for g in opt.param_groups for p in g["params"]]
         norm = self.accelerator.clip_grad_norm_(params, self.train_cfg.grad_clip) if self.train_cfg.grad_clip > 0 else None
         opt.step()
         self.schedulers[name].step()
@@ -212,7 +207,7 @@ class Engine:
                     served = True
                     batch = _to_device(batch, self.device)
                     generator = torch.Generator(device=self.device).manual_seed(
-                        step_seed(tc.seed, self.position.step, acc.process_index))
+                        mix_seeds(tc.seed, self.position.step, acc.process_index))
                     for model in self.models.values():
                         model.train()
                     logs = self.stage.train_step(self, batch, generator)
@@ -335,8 +330,7 @@ class Engine:
         paths = []
         if self.accelerator.is_main_process:
             for name in self.stage.export:
-                paths.append(save_model(self.run_dir, name, self.ema_or_model(name), {"format_version": 1, **to_dict(self.cfg)},
-                                        self.stage.name))
+                paths.append(save_model(self.run_dir, name, self.ema_or_model(name), self.cfg, self.stage.name))
         return paths
 
     def _load(self, folder: Path) -> None:

@@ -79,7 +79,7 @@ class VAEStage(Stage):
             terms["feat"] = feature_matching_loss(d_real, d_fake)
         weights = {"mel": v.mel_weight, "kl": v.kl_weight, "adv": v.adv_weight, "feat": v.feat_weight}
         total = sum(weights[k] * t for k, t in terms.items())
-        logs["vae/grad_norm"] = engine.optimize("vae", total, params=list(engine.unwrapped("vae").parameters()))
+        logs["vae/grad_norm"] = engine.optimize("vae", total)
         logs |= {f"{k}/loss": t.item() for k, t in terms.items()}
         logs["vae/total"] = total.item()
         return logs
