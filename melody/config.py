@@ -199,7 +199,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "tiny": (
         "vae.strides=2,4,4,6",  # 192 → 125 Hz latents: the lower rate the lineage moved to, cheap on CPU
         "vae.latent_dim=16",
-        "vae.architecture=stft",  # frame-rate ConvNeXt + iSTFT: 2.3× faster per step on CPU and learns faster
+        "vae.architecture=stft",  # frame-rate ConvNeXt + iSTFT: 2× faster per step on CPU and learns faster
         "vae.encoder_channels=192",
         "vae.decoder_channels=256",
         "vae.encoder_layers=4",
