@@ -157,6 +157,19 @@ def load_model_and_config(directory: str | Path, name: str, stage: str, build):
     return module.eval(), cfg
 
 
+def fingerprint(module: nn.Module) -> str:
+    """A short hash of a model's weights and buffers (names, shapes, dtypes, values), e.g. to tell
+    whether the frozen model a run trains against is still the one it started with."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def _first_line(err: Exception) -> str:
     text = str(err).strip()
     return text.splitlines()[0][:160] if text else type(err).__name__

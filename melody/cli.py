@@ -183,25 +183,70 @@ def _run_config(out: Path, preset: str, overrides: list[str], resume: bool):
     return make_preset(preset, overrides)
 
 
+def _train(stage_factory, data: Path, out: Path, preset: str, overrides: list[str], resume: bool, progress: bool):
+    """Build the stage from the run's config and train it to `train.steps` (or until stopped)."""
+    from melody.data.shards import read_manifest
+    from melody.train.engine import Engine
+
+    read_manifest(data)
+    cfg = _run_config(out, preset, overrides, resume)
+    stage = stage_factory(cfg)
+    position = Engine(stage, out, resume=resume, progress=progress).fit()
+    models = ", ".join(str(out / f"{name}.safetensors") for name in stage.export)
+    typer.echo(f"trained {stage.name} to step {position.step}; model: {models}")
+
+
 @train_app.command("vae")
 def train_vae(data: DataOpt, out: RunOpt, preset: PresetOpt = "tiny", set_: SetOpt = None, resume: ResumeOpt = False,
               progress: ProgressOpt = True) -> None:
     """Train the audio VAE-GAN (waveform ⇄ latents)."""
-    from melody.data.shards import read_manifest
-    from melody.train.engine import Engine
     from melody.train.vae import VAEStage
 
-    read_manifest(data)
-    cfg = _run_config(out, preset, set_ or [], resume)
-    position = Engine(VAEStage(cfg, data), out, resume=resume, progress=progress).fit()
-    typer.echo(f"trained vae to step {position.step}; model: {out / 'vae.safetensors'}")
+    _train(lambda cfg: VAEStage(cfg, data), data, out, preset, set_ or [], resume, progress)
+
+
+@train_app.command("mulan")
+def train_mulan(data: DataOpt, out: RunOpt, preset: PresetOpt = "tiny", set_: SetOpt = None, resume: ResumeOpt = False,
+                progress: ProgressOpt = True) -> None:
+    """Train the MuLan joint text/audio embedding (contrastive), then fit its RVQ tokens."""
+    from melody.train.mulan import MuLanStage
+
+    _train(lambda cfg: MuLanStage(cfg, data), data, out, preset, set_ or [], resume, progress)
+
+
+@train_app.command("tokenizer")
+def train_tokenizer(
+    data: DataOpt, out: RunOpt, preset: PresetOpt = "tiny", set_: SetOpt = None, resume: ResumeOpt = False,
+    teacher: Annotated[Optional[Path], typer.Option("--teacher", help="A trained tokenizer run: predict its tokens "
+                                                    "(HuBERT's second iteration) instead of log-mel k-means classes.")] = None,
+    progress: ProgressOpt = True,
+) -> None:
+    """Train the HuBERT-style semantic tokenizer by masked prediction, then fit its k-means codebook."""
+    from melody.train.tokenizer import TokenizerStage
+
+    previous = _load_stage(teacher, "tokenizer")[0] if teacher is not None else None
+    _train(lambda cfg: TokenizerStage(cfg, data, out, previous), data, out, preset, set_ or [], resume, progress)
+
+
+MuLanRunOpt = Annotated[Path, typer.Option("--mulan", help="Trained MuLan run (or model folder).")]
+TokenizerRunOpt = Annotated[Path, typer.Option("--tokenizer", help="Trained semantic tokenizer run (or model folder).")]
+
+
+@train_app.command("semantic")
+def train_semantic(data: DataOpt, out: RunOpt, mulan: MuLanRunOpt, tokenizer: TokenizerRunOpt, preset: PresetOpt = "tiny",
+                   set_: SetOpt = None, resume: ResumeOpt = False, progress: ProgressOpt = True) -> None:
+    """Train the semantic LM: MuLan tokens of a clip's audio → its semantic tokens (both conditioners frozen)."""
+    from melody.train.semantic import SemanticLMStage
+
+    conditioners = _load_stage(mulan, "mulan"), _load_stage(tokenizer, "tokenizer")
+    _train(lambda cfg: SemanticLMStage(cfg, data, out, *conditioners), data, out, preset, set_ or [], resume, progress)
 
 
 @app.command("export")
 def export(
     run: Annotated[Path, typer.Argument(help="Run folder (its exported model, or its newest checkpoint).")],
     out: Annotated[Path, typer.Option("--out", help="Folder to write <stage>.safetensors + config.json to.")],
-    stage: Annotated[str, typer.Option("--stage", help="Which stage's model: vae.")] = "vae",
+    stage: Annotated[str, typer.Option("--stage", help="Which stage's model: vae, mulan, tokenizer or semantic_lm.")] = "vae",
     half: Annotated[bool, typer.Option("--half/--full", help="Store float16 (half the size; loads as float32).")] = False,
 ) -> None:
     """Copy a trained stage's model into a self-contained folder (e.g. to bundle or share it)."""
@@ -225,9 +270,17 @@ def _load_stage(run: Path, stage: str):
 
 
 def _stage_builders() -> dict:
+    from melody.mulan import MuLan
+    from melody.semantic.lm import SemanticLM
+    from melody.semantic.tokenizer import SemanticTokenizer
     from melody.vae import VAE
 
-    return {"vae": lambda cfg: VAE(cfg.vae)}
+    return {
+        "vae": lambda cfg: VAE(cfg.vae),
+        "mulan": lambda cfg: MuLan.from_config(cfg.mulan, cfg.vae.sample_rate),
+        "tokenizer": lambda cfg: SemanticTokenizer.from_config(cfg.tokenizer, cfg.vae.sample_rate),
+        "semantic_lm": SemanticLM.from_config,
+    }
 
 
 # --- eval -------------------------------------------------------------------------------------
@@ -262,6 +315,58 @@ def eval_vae(
     if report.tag_top5_overlap is not None:
         typer.echo(f"musicnn top-5 tag overlap {report.tag_top5_overlap:.2f} (different clips: "
                    f"{report.tag_top5_overlap_between_different_clips or float('nan'):.2f}), top-1 match {report.tag_top1_match:.2f}")
+    typer.echo(f"wrote {paths[0]} and {paths[1]}")
+
+
+@eval_app.command("mulan")
+def eval_mulan(
+    run: Annotated[Path, typer.Argument(help="Run folder of `melody train mulan` (or any folder with mulan.safetensors + config.json).")],
+    data: DataOpt,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Report folder (default: RUN/eval).")] = None,
+    split: Annotated[str, typer.Option("--split", help="Held-out split.")] = "test",
+    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many clips.")] = None,
+    progress: ProgressOpt = True,
+) -> None:
+    """Text→audio and audio→text retrieval on held-out clips, matched vs mismatched cosine, token agreement."""
+    from tqdm.auto import tqdm
+
+    from melody.eval.mulan import evaluate_mulan, summary, write_mulan_report
+
+    mulan, _ = _load_stage(run, "mulan")
+    with tqdm(desc="eval mulan", unit="clip", total=limit, disable=not progress) as bar:
+        report, similarity = evaluate_mulan(mulan.eval(), data, split, limit, progress=bar.update)
+    paths = write_mulan_report(report, similarity, out or run / "eval")
+    typer.echo(summary(report))
+    typer.echo(f"wrote {paths[0]} and {paths[1]}")
+
+
+@eval_app.command("semantic")
+def eval_semantic(
+    run: Annotated[Path, typer.Argument(help="Run folder of `melody train semantic` (or any folder with semantic_lm.safetensors).")],
+    data: DataOpt,
+    mulan: MuLanRunOpt,
+    tokenizer: TokenizerRunOpt,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Report folder (default: RUN/eval).")] = None,
+    split: Annotated[str, typer.Option("--split", help="Held-out split.")] = "test",
+    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many clips.")] = None,
+    progress: ProgressOpt = True,
+) -> None:
+    """Held-out perplexity of the semantic LM (audio, text and null condition) against unigram and bigram baselines."""
+    from tqdm.auto import tqdm
+
+    from melody.eval.semantic import evaluate_semantic, summary, write_semantic_report
+
+    lm, cfg = _load_stage(run, "semantic_lm")
+    mulan_model, tokenizer_model = _load_stage(mulan, "mulan")[0], _load_stage(tokenizer, "tokenizer")[0]
+    if (lm.vocab_size, lm.mulan_levels, lm.mulan_codebook_size) != (tokenizer_model.quantizer.codebook_size,
+                                                                     mulan_model.rvq.levels, mulan_model.rvq.codebook_size):
+        raise MelodyError(f"{run}: the LM was trained with other conditioners (vocabulary {lm.vocab_size}, "
+                          f"{lm.mulan_levels} × {lm.mulan_codebook_size} MuLan codes); pass the --mulan and --tokenizer it used")
+    with tqdm(desc="eval semantic", unit="clip", disable=not progress) as bar:
+        report = evaluate_semantic(lm, mulan_model, tokenizer_model, data, split, cfg.semantic_lm.window_seconds,
+                                   limit, progress=bar.update)
+    paths = write_semantic_report(report, out or run / "eval")
+    typer.echo(summary(report))
     typer.echo(f"wrote {paths[0]} and {paths[1]}")
 
 

@@ -110,6 +110,7 @@ class MuLanConfig:
     rvq_levels: int = 12
     codebook_size: int = 1024
     temperature: float = 0.07
+    crop_seconds: float = 10.0  # MuLan and MusicLM embed 10 s clips
 
 
 @dataclass
@@ -124,6 +125,10 @@ class TokenizerConfig:
     n_mels: int = 80
     mask_prob: float = 0.08
     feature_layer: int = 6
+    # Iteration 1's masked-prediction targets: k-means classes of log-mel frames (HuBERT: 100 MFCC clusters).
+    targets: int = 100
+    kmeans_frames: int = 100_000  # frames sampled to fit the targets and the token codebook
+    crop_seconds: float = 10.0
 
 
 @dataclass
@@ -139,6 +144,7 @@ class SemanticLMConfig:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    guidance: float = 3.0  # classifier-free guidance scale at sampling (the paper gives none for the LM; MusicGen's 3)
 
 
 @dataclass

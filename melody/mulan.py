@@ -80,43 +80,62 @@ MAX_LOGIT_SCALE = 100.0  # CLIP: 1/τ ≤ 100
 
 # --- the objective and the evaluation (pure functions) -----------------------------------------
 
-def contrastive_loss(audio_emb: torch.Tensor, text_emb: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
+def contrastive_loss(audio_emb: torch.Tensor, text_emb: torch.Tensor, temperature: float | torch.Tensor,
+                     same: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE (CLIP, Radford et al. 2021, Fig. 3): audio `(b, d)`, text `(b, d)` → `()`.
 
     logits = a tᵀ / τ `(b, b)`, pair i ↔ i is the positive; loss = ½ (CE(logits, i) + CE(logitsᵀ, i)),
     each cross-entropy averaged over the batch. Computed in float32; embeddings are used as given
-    (pass unit vectors for cosine logits).
+    (pass unit vectors for cosine logits). `same` `(b, b)` bool marks pairs that are not negatives
+    of each other (e.g. two clips with one caption): their off-diagonal logits are left out (−inf).
     """
     if audio_emb.shape != text_emb.shape or audio_emb.dim() != 2:
         raise ValueError(f"contrastive_loss wants two (b, d) tensors of one shape, got {tuple(audio_emb.shape)} "
                          f"and {tuple(text_emb.shape)}")
     logits = audio_emb.float() @ text_emb.float().T / temperature  # (b, b): row = audio, column = text
     labels = torch.arange(logits.shape[0], device=logits.device)
+    if same is not None:
+        false_negatives = same.to(logits.device, torch.bool) & ~torch.eye(len(labels), dtype=torch.bool, device=logits.device)
+        logits = logits.masked_fill(false_negatives, -math.inf)
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
 
 
-def retrieval_ranks(similarity: torch.Tensor) -> torch.Tensor:
-    """Rank of each row's own column i among the row's `(n, n)` similarities: 1 = best `(n,)` long.
+def same_caption(captions: Sequence[str]) -> torch.Tensor:
+    """`(b, b)` bool: True where two captions are the same text (pairs that are no negatives of each other)."""
+    ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+    index = torch.tensor([ids[c] for c in captions])
+    return index[:, None] == index[None, :]
 
-    Ties count against the query (rank = how many columns score ≥ the true one), so a collapsed
-    embedding gets rank n, not 1.
+
+def retrieval_ranks(similarity: torch.Tensor, relevant: torch.Tensor | None = None) -> torch.Tensor:
+    """Rank of the best relevant column of each row of `(n, n)` similarities: 1 = best, `(n,)` long.
+
+    `relevant` `(n, n)` bool (default: the diagonal) says which columns answer each row; the rank
+    is 1 + the irrelevant columns scoring ≥ the best relevant one. Ties count against the query,
+    so a collapsed embedding gets rank n − (relevant − 1), not 1.
     """
-    true = similarity.diagonal()[:, None]  # (n, 1)
-    return (similarity >= true).sum(-1)
+    if relevant is None:
+        relevant = torch.eye(similarity.shape[0], dtype=torch.bool, device=similarity.device)
+    relevant = relevant.to(similarity.device, torch.bool)
+    best = similarity.masked_fill(~relevant, -math.inf).amax(-1, keepdim=True)  # (n, 1)
+    return 1 + ((similarity >= best) & ~relevant).sum(-1)
 
 
-def retrieval_metrics(audio_emb: torch.Tensor, text_emb: torch.Tensor) -> dict[str, float]:
+def retrieval_metrics(audio_emb: torch.Tensor, text_emb: torch.Tensor, relevant: torch.Tensor | None = None) -> dict[str, float]:
     """Text → audio and audio → text retrieval among n pairs `(n, d)`, pair i ↔ i being the match.
 
     Keys: `t2a/R@1`, `t2a/R@10`, `t2a/mean_rank`, and the same for `a2t`. Cosine similarity;
-    pessimistic ties (see `retrieval_ranks`).
+    pessimistic ties; `relevant` `(n, n)` bool (text i, audio j) also counts other matches, e.g.
+    clips sharing the query's caption (`same_caption`); default: only i ↔ i.
     """
     a = F.normalize(audio_emb.float(), dim=-1)
     t = F.normalize(text_emb.float(), dim=-1)
     similarity = t @ a.T  # (n text, n audio)
+    if relevant is None:
+        relevant = torch.eye(similarity.shape[0], dtype=torch.bool)
     metrics = {}
-    for name, sim in (("t2a", similarity), ("a2t", similarity.T)):
-        ranks = retrieval_ranks(sim).float()
+    for name, sim, rel in (("t2a", similarity, relevant), ("a2t", similarity.T, relevant.T)):
+        ranks = retrieval_ranks(sim, rel).float()
         metrics[f"{name}/R@1"] = float((ranks <= 1).float().mean())
         metrics[f"{name}/R@10"] = float((ranks <= 10).float().mean())
         metrics[f"{name}/mean_rank"] = float(ranks.mean())
@@ -235,9 +254,15 @@ class MuLanTextTower(nn.Module):
             hidden = self.encoder(**batch).last_hidden_state  # (b, t, encoder_dim)
             return F.normalize(mean_pool(hidden, batch["attention_mask"]).float(), dim=-1)
 
+    def head(self, sentence: torch.Tensor) -> torch.Tensor:
+        """The trained part: sentence embeddings `(b, encoder_dim)` → unit vectors `(b, embed_dim)`.
+
+        With a frozen encoder a caller may cache `sentence_embedding` per caption and call this alone.
+        """
+        return F.normalize(self.project(sentence.to(self.project[0].weight.dtype)), dim=-1)
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        pooled = self.sentence_embedding(batch).to(self.project[0].weight.dtype)
-        return F.normalize(self.project(pooled), dim=-1)
+        return self.head(self.sentence_embedding(batch))
 
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
         """Captions → `(b, embed_dim)` unit vectors: `tokenize` then `forward`."""
@@ -342,11 +367,17 @@ class MuLan(nn.Module):
         """Captions → `(b, embed_dim)` unit vectors."""
         return self.text.embed(texts)
 
-    def forward(self, wav: torch.Tensor, texts: Sequence[str], lengths: torch.Tensor | None = None) -> MuLanOutput:
-        """Both towers on b pairs and the contrastive loss between them."""
-        audio, text = self.embed_audio(wav, lengths), self.embed_text(texts)
+    def forward(self, wav: torch.Tensor, texts: Sequence[str] | torch.Tensor, lengths: torch.Tensor | None = None,
+                same: torch.Tensor | None = None) -> MuLanOutput:
+        """Both towers on b pairs and the contrastive loss between them.
+
+        `texts`: captions, or their frozen encoder's sentence embeddings `(b, encoder_dim)` (a training
+        loop's cache). `same` `(b, b)` bool: pairs that are no negatives of each other (`same_caption`).
+        """
+        audio = self.embed_audio(wav, lengths)
+        text = self.text.head(texts) if torch.is_tensor(texts) else self.embed_text(texts)
         tau = self.temperature
-        return MuLanOutput(audio=audio, text=text, loss=contrastive_loss(audio, text, tau), temperature=tau)
+        return MuLanOutput(audio=audio, text=text, loss=contrastive_loss(audio, text, tau, same), temperature=tau)
 
     @torch.no_grad()
     def fit_tokens(self, embeddings: torch.Tensor, seed: int = 0) -> None:

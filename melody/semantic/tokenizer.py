@@ -309,6 +309,17 @@ class SemanticTokenizer(nn.Module):
         self.hop = self.encoder.hop
         self.quantizer = KMeansQuantizer(config.codebook_size, self.encoder.dim)
 
+    @classmethod
+    def from_config(cls, config: TokenizerConfig, sample_rate: int = 24_000) -> SemanticTokenizer:
+        """The built-in tokenizer: an `SSLEncoder` whose head predicts `config.targets` classes."""
+        return cls(config, SSLEncoder(config, sample_rate, num_targets=config.targets), sample_rate)
+
+    def forward(self, wav: torch.Tensor, lengths: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> SSLOutput:
+        """The encoder's training pass (masked prediction); only for the built-in `SSLEncoder`."""
+        if not isinstance(self.encoder, SSLEncoder):
+            raise MelodyError("only the built-in SSL encoder trains; a transformers checkpoint is used frozen")
+        return self.encoder(wav, lengths, mask)
+
     def features(self, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Frame features `(b, ceil(samples / hop), dim)`; rows past `frame_count(lengths, hop)` are padding."""
         return self.encoder.features(wav, lengths, self.feature_layer)[0]

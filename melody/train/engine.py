@@ -219,7 +219,7 @@ class Engine:
                         logs["train/steps_per_s"] = (step - rate_steps) / max(now - rate_clock, 1e-9)
                         logs["train/lr"] = self.schedulers[next(iter(self.schedulers))].get_last_lr()[0]
                         rate_clock, rate_steps = now, step
-                        self._log(logs, step)
+                        self.log(logs, step)
                         bar.set_postfix({k.split("/")[-1] if k.endswith("total") else k: f"{v:.3g}"
                                          for k, v in logs.items() if k.endswith("total")} | {"steps/s": f"{logs['train/steps_per_s']:.2f}"})
                     bar.update(1)
@@ -371,7 +371,8 @@ class Engine:
 
     # --- logging and samples ------------------------------------------------------------------
 
-    def _log(self, logs: dict[str, float], step: int) -> None:
+    def log(self, logs: dict[str, float], step: int) -> None:
+        """Scalars to TensorBoard and `metrics.jsonl` (stages log held-out figures from `sample` with it)."""
         self.accelerator.log(logs, step=step)
         if self.accelerator.is_main_process:
             with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:

@@ -1,0 +1,186 @@
+"""`melody eval semantic`: how well the semantic LM predicts held-out semantic tokens.
+
+The held-out clips are tokenised exactly as in training (one `semantic_lm.window_seconds` window
+per clip from its start: the tokenizer's 25 Hz tokens, and the MuLan tokens of the clip's audio and
+of its caption). The report gives per-token perplexities exp(mean −log p) over the valid frames:
+
+- the LM conditioned on the **audio** MuLan tokens (the training condition, teacher-forced),
+- the LM conditioned on the **text** MuLan tokens (what a prompt gives at inference),
+- the LM with the **null** condition (what guidance subtracts),
+- a **unigram** model (token frequencies of the training split, add-one smoothed) and a
+  **bigram** model (transition counts of the training split, Dirichlet-smoothed towards the
+  unigram with strength `BIGRAM_PRIOR`): the baselines an LM must beat, the bigram one
+  capturing how often a token simply repeats at 25 Hz.
+
+Also the tokens' code usage and their unigram perplexity (the tokenizer's effective vocabulary).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from melody.data.loader import ShardDataset, make_loader
+from melody.errors import MelodyError
+from melody.io import write_json_atomic
+from melody.mulan import MuLan
+from melody.semantic.lm import SemanticLM, lm_loss
+from melody.semantic.tokenizer import SemanticTokenizer, frame_count
+
+BIGRAM_PRIOR = 1.0  # pseudo-counts of the unigram distribution added to each row of bigram counts
+
+
+@dataclass
+class TokenizedSplit:
+    """A split as the semantic LM sees it: one window per clip."""
+
+    semantic: torch.Tensor  # (n, t) long
+    keep: torch.Tensor  # (n, t) bool: valid frames
+    audio_mulan: torch.Tensor  # (n, L) long: MuLan tokens of the clip
+    text_mulan: torch.Tensor  # (n, L) long: MuLan tokens of its caption
+    captions: list[str]
+    keys: list[str]
+
+
+@torch.no_grad()
+def tokenize_split(mulan: MuLan, tokenizer: SemanticTokenizer, data_root: str | Path, split: str, seconds: float,
+                   limit: int | None = None, batch_size: int = 16, progress=None) -> TokenizedSplit:
+    """The first `seconds` of every clip of `split`, tokenised by both conditioners."""
+    dataset = ShardDataset.from_corpus(data_root, split, crop_seconds=seconds, sample_rate=mulan.audio.sample_rate,
+                                       channels=1, shuffle=0, random_offset=False)
+    device = next(tokenizer.parameters()).device
+    parts: dict[str, list] = {"semantic": [], "keep": [], "audio_mulan": [], "text_mulan": [], "captions": [], "keys": []}
+    for batch in make_loader(dataset, batch_size, 0, drop_last=False):
+        if limit is not None:
+            batch = {k: v[: limit - len(parts["keys"])] for k, v in batch.items()}
+        wav, lengths = batch["audio"][:, 0].to(device), batch["length"].to(device)
+        semantic = tokenizer.tokens(wav, lengths)
+        parts["semantic"].append(semantic.cpu())
+        parts["keep"].append((torch.arange(semantic.shape[1], device=device)[None, :]
+                              < frame_count(lengths, tokenizer.hop)[:, None]).cpu())
+        parts["audio_mulan"].append(mulan.tokens_from_audio(wav, lengths).cpu())
+        parts["text_mulan"].append(mulan.tokens_from_text(batch["caption"]).cpu())
+        parts["captions"] += batch["caption"]
+        parts["keys"] += batch["key"]
+        if progress is not None:
+            progress(len(batch["key"]))
+        if limit is not None and len(parts["keys"]) >= limit:
+            break
+    if not parts["keys"]:
+        raise MelodyError(f"{data_root}: the '{split}' split has no clips; choose another --split")
+    tensors = {k: torch.cat(parts[k]) for k in ("semantic", "keep", "audio_mulan", "text_mulan")}
+    return TokenizedSplit(**tensors, captions=parts["captions"], keys=parts["keys"])
+
+
+# --- baselines (pure functions) -----------------------------------------------------------------
+
+def unigram_log_probs(tokens: torch.Tensor, keep: torch.Tensor, vocab: int) -> torch.Tensor:
+    """log p(s) `(vocab,)` from the kept tokens' counts, add-one smoothed."""
+    counts = torch.bincount(tokens[keep], minlength=vocab).double()
+    return ((counts + 1.0) / (counts.sum() + vocab)).log()
+
+
+def bigram_log_probs(tokens: torch.Tensor, keep: torch.Tensor, vocab: int, prior: float = BIGRAM_PRIOR) -> torch.Tensor:
+    """log p(s_i | s_{i−1}) `(vocab, vocab)` (row = previous token): (c(a, b) + prior · p(b)) / (c(a) + prior)."""
+    unigram = unigram_log_probs(tokens, keep, vocab).exp()
+    pairs = keep[:, 1:] & keep[:, :-1]
+    index = tokens[:, :-1][pairs] * vocab + tokens[:, 1:][pairs]
+    counts = torch.bincount(index, minlength=vocab * vocab).double().reshape(vocab, vocab)
+    return ((counts + prior * unigram[None, :]) / (counts.sum(-1, keepdim=True) + prior)).log()
+
+
+def ngram_nll(tokens: torch.Tensor, keep: torch.Tensor, unigram: torch.Tensor, bigram: torch.Tensor | None) -> float:
+    """Mean −log p per kept token: the first token of a row (and every token without `bigram`) from the
+    unigram, the others from the bigram given the previous token."""
+    nll = -unigram[tokens]  # (n, t)
+    if bigram is not None:
+        nll[:, 1:] = -bigram[tokens[:, :-1], tokens[:, 1:]]
+    return float(nll[keep].mean())
+
+
+@torch.no_grad()
+def lm_nll(lm: SemanticLM, mulan_tokens: torch.Tensor | None, semantic: torch.Tensor, keep: torch.Tensor,
+           batch_size: int = 16) -> float:
+    """Mean −log p(s_i | condition, s_<i) per kept token, teacher-forced (None: the null condition)."""
+    device = lm.bos.device
+    total, count = 0.0, 0
+    for start in range(0, semantic.shape[0], batch_size):
+        rows = slice(start, start + batch_size)
+        cond = None if mulan_tokens is None else mulan_tokens[rows].to(device)
+        out = lm(cond, semantic[rows].to(device))
+        loss = lm_loss(out.logits, semantic[rows].to(device), keep[rows].to(device))
+        total += float(loss.loss) * int(loss.tokens)
+        count += int(loss.tokens)
+    return total / max(count, 1)
+
+
+@dataclass
+class SemanticReport:
+    clips: int
+    split: str
+    tokens: int
+    vocab: int
+    perplexity: dict[str, float]  # lm_audio, lm_text, lm_null, bigram, unigram
+    codes_used: int  # distinct semantic tokens in the split
+    token_unigram_perplexity: float  # exp(entropy) of the split's token histogram
+
+
+def evaluate_semantic(lm: SemanticLM, mulan: MuLan, tokenizer: SemanticTokenizer, data_root: str | Path,
+                      split: str = "test", seconds: float = 10.0, limit: int | None = None, progress=None) -> SemanticReport:
+    vocab = lm.vocab_size
+    train = tokenize_split(mulan, tokenizer, data_root, "train", seconds, progress=progress)
+    test = tokenize_split(mulan, tokenizer, data_root, split, seconds, limit, progress=progress)
+    unigram = unigram_log_probs(train.semantic, train.keep, vocab)
+    bigram = bigram_log_probs(train.semantic, train.keep, vocab)
+    nll = {
+        "lm_audio": lm_nll(lm, test.audio_mulan, test.semantic, test.keep),
+        "lm_text": lm_nll(lm, test.text_mulan, test.semantic, test.keep),
+        "lm_null": lm_nll(lm, None, test.semantic, test.keep),
+        "bigram": ngram_nll(test.semantic, test.keep, unigram, bigram),
+        "unigram": ngram_nll(test.semantic, test.keep, unigram, None),
+    }
+    counts = torch.bincount(test.semantic[test.keep], minlength=vocab).double()
+    p = counts / counts.sum()
+    entropy = float(-(p[p > 0] * p[p > 0].log()).sum())
+    return SemanticReport(clips=len(test.keys), split=split, tokens=int(test.keep.sum()), vocab=vocab,
+                          perplexity={k: round(math.exp(v), 3) for k, v in nll.items()},
+                          codes_used=int((counts > 0).sum()), token_unigram_perplexity=round(math.exp(entropy), 3))
+
+
+def write_semantic_report(report: SemanticReport, out: str | Path) -> tuple[Path, Path]:
+    """`out/semantic_eval.json` and `out/semantic_eval.png` (perplexities as bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from melody.io import atomic_path
+
+    out = Path(out)
+    json_path = write_json_atomic(out / "semantic_eval.json", asdict(report))
+    labels = {"unigram": "unigram", "bigram": "bigram", "lm_null": "LM, null\ncondition",
+              "lm_text": "LM, text\nMuLan tokens", "lm_audio": "LM, audio\nMuLan tokens"}
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    names = list(labels)
+    values = [report.perplexity[k] for k in names]
+    bars = ax.bar([labels[k] for k in names], values, color=["#999", "#999", "#6a9fd4", "#2c6fb7", "#16467a"])
+    ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.set_ylabel("perplexity per semantic token")
+    ax.set_title(f"semantic LM, {report.split} split: {report.clips} clips, {report.tokens} tokens, vocabulary {report.vocab}",
+                 fontsize=9)
+    fig.tight_layout()
+    png = out / "semantic_eval.png"
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return json_path, png
+
+
+def summary(report: SemanticReport) -> str:
+    p = report.perplexity
+    return (f"{report.clips} {report.split} clips, {report.tokens} tokens: perplexity LM {p['lm_audio']:.2f} (audio MuLan "
+            f"tokens), {p['lm_text']:.2f} (text), {p['lm_null']:.2f} (null) vs bigram {p['bigram']:.2f}, unigram "
+            f"{p['unigram']:.2f}; {report.codes_used}/{report.vocab} codes used")

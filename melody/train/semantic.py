@@ -1,0 +1,115 @@
+"""Training the semantic LM (MeLoDy §3.1) on the shared engine: `melody train semantic`.
+
+The LM learns p(semantic tokens | MuLan tokens) on `semantic_lm.window_seconds` windows of the
+corpus (10 s: 250 tokens at 25 Hz), with both conditioners frozen and run on the fly on each
+batch: the trained tokenizer gives the semantic tokens, the trained MuLan the 12 tokens of the
+window's **audio** (MusicLM's recipe: text only enters at inference, through the same RVQ).
+Computing them per batch instead of caching them keeps every crop of a longer clip available;
+caching to shards is `melody data encode` (issue 8).
+
+One step: teacher-forced next-token cross-entropy over the valid frames (`lm_loss`); the
+condition is replaced by the learned null condition for `semantic_lm.cond_dropout` of the
+examples (`condition_dropout_mask`, from the step's generator), which is what classifier-free
+guidance needs at sampling.
+
+The run's config takes the conditioners' `mulan` and `tokenizer` sections (their sizes set the
+LM's vocabulary and condition), and `RUN/conditioners.json` records a fingerprint of each
+conditioner's weights: resuming with different ones is refused, since the LM's targets would
+change under it. Every `train.sample_every` steps the valid split's perplexity is logged with
+the audio condition and with the null one (`valid/ppl`, `valid/ppl_null`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import torch
+
+from melody.checkpoint import fingerprint
+from melody.config import MelodyConfig
+from melody.data.loader import ShardDataset
+from melody.errors import MelodyError
+from melody.eval.semantic import lm_nll, tokenize_split
+from melody.io import read_json, write_json_atomic
+from melody.mulan import MuLan
+from melody.semantic.lm import SemanticLM, condition_dropout_mask, lm_loss
+from melody.semantic.tokenizer import SemanticTokenizer, frame_count
+from melody.train.engine import Engine, Stage
+
+BETAS = (0.9, 0.95)  # LLaMA's
+
+
+class SemanticLMStage(Stage):
+    name = "semantic_lm"
+    ema_models = ("semantic_lm",)
+    export = ("semantic_lm",)
+
+    def __init__(self, cfg: MelodyConfig, data_root: str | Path, run_dir: str | Path,
+                 mulan: tuple[MuLan, MelodyConfig], tokenizer: tuple[SemanticTokenizer, MelodyConfig]) -> None:
+        (self.mulan, mulan_cfg), (self.tokenizer, tokenizer_cfg) = mulan, tokenizer
+        cfg.mulan, cfg.tokenizer = copy.deepcopy(mulan_cfg.mulan), copy.deepcopy(tokenizer_cfg.tokenizer)
+        if not bool(self.mulan.rvq.initialized):
+            raise MelodyError("the MuLan model has no fitted tokens (its run did not finish); finish `melody train mulan`")
+        if not bool(self.tokenizer.quantizer.centroids.abs().sum() > 0):
+            raise MelodyError("the tokenizer has no k-means codebook (its run did not finish); finish `melody train tokenizer`")
+        super().__init__(cfg)
+        self.data_root = Path(data_root)
+        self._check_conditioners(Path(run_dir))
+        self.mulan.eval().requires_grad_(False)
+        self.tokenizer.eval().requires_grad_(False)
+        torch.manual_seed(cfg.train.seed)
+        lm = SemanticLM.from_config(cfg)
+        self.models = {"semantic_lm": lm}
+        self.optimizers = {"semantic_lm": torch.optim.AdamW(lm.parameters(), lr=cfg.train.lr, betas=BETAS,
+                                                            weight_decay=cfg.train.weight_decay)}
+        self._valid = None
+
+    def _check_conditioners(self, run_dir: Path) -> None:
+        prints = {"mulan": fingerprint(self.mulan), "tokenizer": fingerprint(self.tokenizer)}
+        path = run_dir / "conditioners.json"
+        if path.is_file():
+            recorded = read_json(path, "conditioners record")
+            for name, value in prints.items():
+                if recorded.get(name) != value:
+                    raise MelodyError(f"{run_dir}: this run was trained on another {name} model (fingerprint "
+                                      f"{recorded.get(name)}, given {value}); pass the same --{name} run, or start a new --out")
+        else:
+            write_json_atomic(path, prints)
+
+    def dataset(self, split: str) -> ShardDataset:
+        return ShardDataset.from_corpus(self.data_root, split, crop_seconds=self.cfg.semantic_lm.window_seconds,
+                                        sample_rate=self.cfg.vae.sample_rate, channels=1, seed=self.cfg.train.seed)
+
+    @torch.no_grad()
+    def condition_and_targets(self, wav: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(MuLan tokens of the audio `(b, L)`, semantic tokens `(b, t)`, valid frames `(b, t)` bool)."""
+        self.mulan.to(wav.device)
+        self.tokenizer.to(wav.device)
+        semantic = self.tokenizer.tokens(wav, lengths)
+        keep = torch.arange(semantic.shape[1], device=wav.device)[None, :] < frame_count(lengths, self.tokenizer.hop)[:, None]
+        return self.mulan.tokens_from_audio(wav, lengths), semantic, keep
+
+    def train_step(self, engine: Engine, batch: dict, generator: torch.Generator) -> dict[str, float]:
+        mulan_tokens, semantic, keep = self.condition_and_targets(batch["audio"][:, 0], batch["length"])
+        drop = condition_dropout_mask(semantic.shape[0], self.cfg.semantic_lm.cond_dropout, generator)
+        with engine.autocast():
+            out = engine.model("semantic_lm")(mulan_tokens, semantic, drop.to(semantic.device))
+        loss = lm_loss(out.logits, semantic, keep)
+        grad_norm = engine.optimize("semantic_lm", loss.loss)
+        return {"semantic_lm/total": loss.loss.item(), "semantic_lm/ppl": math.exp(min(loss.loss.item(), 50.0)),
+                "semantic_lm/grad_norm": grad_norm}
+
+    def sample(self, engine: Engine, batch: dict, folder: Path) -> None:
+        """Perplexity of the whole valid split, with the audio condition and with the null one."""
+        if self._valid is None:
+            self.mulan.to(engine.device)
+            self.tokenizer.to(engine.device)
+            self._valid = tokenize_split(self.mulan, self.tokenizer, self.data_root, "valid",
+                                         self.cfg.semantic_lm.window_seconds)
+        v, lm = self._valid, engine.ema_or_model("semantic_lm").eval()
+        logs = {"valid/ppl": math.exp(lm_nll(lm, v.audio_mulan, v.semantic, v.keep)),
+                "valid/ppl_null": math.exp(lm_nll(lm, None, v.semantic, v.keep))}
+        engine.log(logs, engine.step)
+        write_json_atomic(folder / "perplexity.json", logs)
