@@ -145,6 +145,7 @@ class SemanticLMConfig:
     top_k: int = 0
     top_p: float = 1.0
     guidance: float = 3.0  # classifier-free guidance scale at sampling (the paper gives none for the LM; MusicGen's 3)
+    dropout: float = 0.0  # on each sublayer's output; a small corpus needs it against memorising
 
 
 @dataclass
@@ -229,6 +230,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
         "semantic_lm.dim=128",
         "semantic_lm.depth=4",
         "semantic_lm.heads=4",
+        "semantic_lm.dropout=0.1",
         "dpd.hidden=128",
         "dpd.blocks=4",
         "dpd.segment_size=16",

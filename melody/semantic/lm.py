@@ -129,7 +129,7 @@ class SemanticLM(nn.Module):
         self.null_condition = nn.Parameter(torch.randn(mulan_levels, d))  # (L, d) the dropped condition
         self.bos = nn.Parameter(torch.randn(d))  # (d,) separator; its output predicts s_0
         self.token_embedding = nn.Embedding(vocab_size, d)
-        self.transformer = Transformer(TransformerConfig(d, config.depth, config.heads, causal=True))
+        self.transformer = Transformer(TransformerConfig(d, config.depth, config.heads, causal=True, dropout=config.dropout))
         self.head = nn.Linear(d, vocab_size, bias=False)
 
     @classmethod
