@@ -160,7 +160,9 @@ class DPDConfig:
     merge_factors: tuple[int, ...] = (2, 4, 8, 16, 16, 8, 4, 2)
     angle_dim: int = 256
     heads: int = 8
+    roformer_layers: int = 3  # per block, across segments (the paper gives none; 3 puts DPD at 314 M vs 296.6 M)
     sru_layers: int = 2
+    recurrence: str = "sru"  # within segments: "sru" (the paper's) or "gru" (faster on CPUs)
     chunks: int = 4
     cond_dropout: float = 0.1
     guidance: float = 2.5

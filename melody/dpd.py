@@ -1,0 +1,263 @@
+"""The dual-path diffusion network of MeLoDy (§3.2, Fig. 2): noisy latents + angles + semantic tokens → velocity.
+
+`DPD(x, delta, semantic)`: x `(b, L, d)` noisy VAE latents z_δ, delta `(b, L)` the angle of every
+frame (multi-chunk training gives chunks different angles; continuation gives the known frames
+δ = 0), semantic `(b, T)` long tokens at 25 Hz (or None: the unconditional branch) → v̂ `(b, L, d)`.
+It knows nothing of schedules or samplers (`melody.diffusion`).
+
+The trunk (Fig. 2): Linear(d → h) + E_δ → RMSNorm → **segmentation** into S segments of K frames
+with hop K/2 (DPRNN, Luo et al. 2020) → `blocks` dual-path blocks → **overlap-add** → RMSNorm →
+Linear(h → d).
+
+- **Angle embedding** E_δ (per frame): two learned vectors e_start, e_end ∈ R^angle_dim mixed as a
+  learnable slerp, cos δ · e_start + sin δ · e_end, then an MLP (Linear → RMSNorm → GELU → Linear).
+- **Semantic embedding** E_ST: Embedding(vocab) → MLP, `(b, T, h)`. It is the cross-attention
+  memory of every block, and its mean over time is added to E_δ to form the FiLM condition.
+- **A dual-path block**: the *coarse* path runs across segments: the K within-segment positions
+  are **merged** in groups of `merge_factors[i]` (averaged, leaving K / factor columns: few in the
+  middle blocks, many at both ends, a U-Net shape over depth), each column is a sequence over the
+  S segments through `roformer_layers` RoFormer layers (self-attention with rotary positions +
+  cross-attention to E_ST; `melody.modules.transformer`), the columns are **repeated** back to K;
+  x ← RMSNorm(x + that). The *fine* path runs within each segment: a bidirectional recurrence
+  (`sru_layers` layers) along its K frames, **FiLM**-modulated by the condition at those frames;
+  x ← RMSNorm(x + that).
+
+Choices where the paper is silent (documented, tested):
+- **Where the tokens are.** The cross-attention memory carries no positions (a condition set), so it
+  cannot tell which token belongs to which frame; MeLoDy's semantic tokens are time-aligned with
+  the latents, so we also add the time-aligned E_ST to the trunk's input (frame j gets the
+  embedding of token ⌊j T / L⌋, the token covering it). The cross-attention stays as in Fig. 2.
+- **Dropped condition** (guidance training, 10 %): the memory is masked out entirely (the
+  cross-attention adds exactly zero, `melody.modules.transformer`) and the aligned embedding and
+  the FiLM's mean E_ST are replaced by one learned null vector.
+- **Recurrence** (`recurrence`): "sru" is a pure-PyTorch SRU (Lei et al. 2018, Eq. 3–7: elementwise
+  forget and reset gates on the cell c, a highway connection), run in both directions, the two
+  outputs concatenated and projected back to h; "gru" is `nn.GRU` (bidirectional, h/2 per
+  direction), much faster on CPUs whose loop over K steps dominates. FiLM: y ⊙ (1 + γ) + β with
+  (γ, β) = Linear(E_δ + mean E_ST), zero-initialised so a block starts as the identity modulation.
+- **Segmentation padding**: K/2 frames of zeros on both sides plus what completes the last
+  segment, so every frame lies in exactly two segments; overlap-add sums and halves them, an
+  exact inverse of segmentation for any L (`segment`, `overlap_add`).
+- The output Linear is zero-initialised (v̂ = 0 at the start, the mean of the target).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import nn
+
+from melody.config import DPDConfig, MelodyConfig
+from melody.errors import MelodyError
+from melody.modules.transformer import RMSNorm, Transformer, TransformerConfig
+
+RECURRENCES = ("sru", "gru")
+
+
+# --- segmentation (pure) -------------------------------------------------------------------------
+
+def segment_padding(length: int, size: int) -> tuple[int, int]:
+    """(left, right) zero frames so that segments of `size` with hop size/2 cover every frame exactly twice."""
+    hop = size // 2
+    right = hop + (-(length + hop) % hop)  # (left + L + right − size) is a multiple of hop
+    return hop, right
+
+
+def segment(x: torch.Tensor, size: int) -> torch.Tensor:
+    """`(b, L, h)` → `(b, S, K, h)`: overlapping segments of K = `size` frames with hop K/2 (DPRNN)."""
+    if size < 2 or size % 2:
+        raise ValueError(f"segment size must be even and ≥ 2, got {size}")
+    left, right = segment_padding(x.shape[1], size)
+    padded = F.pad(x, (0, 0, left, right))  # (b, left + L + right, h)
+    return padded.unfold(1, size, size // 2).transpose(2, 3)  # (b, S, K, h)
+
+
+def overlap_add(segments: torch.Tensor, length: int) -> torch.Tensor:
+    """The inverse of `segment`: `(b, S, K, h)` → `(b, L, h)`, summing the two segments over each frame and halving."""
+    b, s, size, h = segments.shape
+    hop = size // 2
+    left, right = segment_padding(length, size)
+    total = left + length + right
+    # fold = overlap-add: treat (K · h) as channels of a 1-d "image" of width total · h
+    cols = rearrange(segments, "b s k h -> b (k h) s")
+    out = F.fold(cols, output_size=(1, total * h), kernel_size=(1, size * h), stride=(1, hop * h))
+    out = rearrange(out, "b h1 one (t h) -> b (h1 one t) h", h=h)
+    return out[:, left:left + length] / 2.0
+
+
+# --- blocks --------------------------------------------------------------------------------------
+
+class SRU(nn.Module):
+    """One direction of a Simple Recurrent Unit (Lei et al. 2018): `(n, K, h)` → `(n, K, h)`.
+
+    x̃, f', r' = W x (one matmul for all steps); then, step by step,
+    f_t = σ(f'_t + v_f ⊙ c_{t−1} + b_f),  r_t = σ(r'_t + v_r ⊙ c_{t−1} + b_r),
+    c_t = f_t ⊙ c_{t−1} + (1 − f_t) ⊙ x̃_t,  h_t = r_t ⊙ c_t + (1 − r_t) ⊙ x_t (highway).
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.w = nn.Linear(dim, 3 * dim, bias=False)
+        self.v = nn.Parameter(torch.zeros(2, dim))
+        self.b = nn.Parameter(torch.zeros(2, dim))
+
+    def forward(self, x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+        x_tilde, f_in, r_in = self.w(x).chunk(3, dim=-1)
+        c = x.new_zeros(x.shape[0], x.shape[2])
+        out = [None] * x.shape[1]
+        for t in (range(x.shape[1] - 1, -1, -1) if reverse else range(x.shape[1])):
+            f = torch.sigmoid(f_in[:, t] + self.v[0] * c + self.b[0])
+            r = torch.sigmoid(r_in[:, t] + self.v[1] * c + self.b[1])
+            c = f * c + (1 - f) * x_tilde[:, t]
+            out[t] = r * c + (1 - r) * x[:, t]
+        return torch.stack(out, dim=1)
+
+
+class BiRecurrence(nn.Module):
+    """`layers` bidirectional recurrent layers along a sequence `(n, K, h)` → `(n, K, h)`."""
+
+    def __init__(self, dim: int, layers: int, kind: str) -> None:
+        super().__init__()
+        if kind not in RECURRENCES:
+            raise MelodyError(f"unknown dpd.recurrence '{kind}'; choose one of: {', '.join(RECURRENCES)}")
+        self.kind = kind
+        if kind == "gru":
+            if dim % 2:
+                raise MelodyError(f"dpd.hidden must be even for the bidirectional GRU, got {dim}")
+            self.gru = nn.GRU(dim, dim // 2, num_layers=layers, batch_first=True, bidirectional=True)
+        else:
+            self.forward_layers = nn.ModuleList(SRU(dim) for _ in range(layers))
+            self.backward_layers = nn.ModuleList(SRU(dim) for _ in range(layers))
+            self.merge = nn.ModuleList(nn.Linear(2 * dim, dim, bias=False) for _ in range(layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "gru":
+            return self.gru(x)[0]
+        for fwd, bwd, merge in zip(self.forward_layers, self.backward_layers, self.merge, strict=True):
+            x = merge(torch.cat((fwd(x), bwd(x, reverse=True)), dim=-1))
+        return x
+
+
+class DualPathBlock(nn.Module):
+    """Coarse path across (merged) segments with RoFormer + cross-attention, then fine path within segments with FiLM."""
+
+    def __init__(self, config: DPDConfig, merge: int) -> None:
+        super().__init__()
+        h = config.hidden
+        if config.segment_size % merge:
+            raise MelodyError(f"merge factor {merge} does not divide the segment size {config.segment_size}; "
+                              "check dpd.merge_factors")
+        self.merge = merge
+        self.roformer = Transformer(TransformerConfig(h, config.roformer_layers, config.heads, causal=False, cross_dim=h))
+        self.coarse_norm = RMSNorm(h)
+        self.recurrence = BiRecurrence(h, config.sru_layers, config.recurrence)
+        self.film = nn.Linear(h, 2 * h)
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+        self.fine_norm = RMSNorm(h)
+
+    def forward(self, x: torch.Tensor, film: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
+        """x, film `(b, S, K, h)`; memory `(b, T, h)`, memory_mask `(b, T)` bool → `(b, S, K, h)`."""
+        b, s, k, h = x.shape
+        # coarse: merge K positions into K / merge columns, attend across the S segments of each column
+        columns = k // self.merge
+        merged = x.reshape(b, s, columns, self.merge, h).mean(3)  # (b, S, K/f, h)
+        seq = rearrange(merged, "b s c h -> (b c) s h")
+        seq = self.roformer(seq, memory=repeat(memory, "b t h -> (b c) t h", c=columns),
+                            memory_mask=repeat(memory_mask, "b t -> (b c) t", c=columns))
+        coarse = rearrange(seq, "(b c) s h -> b s c h", b=b).repeat_interleave(self.merge, dim=2)  # (b, S, K, h)
+        x = self.coarse_norm(x + coarse)
+        # fine: a recurrence along each segment's K frames, FiLM-modulated by the condition there
+        fine = self.recurrence(rearrange(x, "b s k h -> (b s) k h"))
+        fine = rearrange(fine, "(b s) k h -> b s k h", b=b)
+        gamma, beta = self.film(film).chunk(2, dim=-1)
+        return self.fine_norm(x + fine * (1 + gamma) + beta)
+
+
+class AngleEmbedding(nn.Module):
+    """E_δ = MLP(cos δ · e_start + sin δ · e_end): angles `(b, L)` → `(b, L, h)` (a learnable slerp)."""
+
+    def __init__(self, angle_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.ends = nn.Parameter(torch.randn(2, angle_dim))  # e_start, e_end
+        self.mlp = nn.Sequential(nn.Linear(angle_dim, hidden), RMSNorm(hidden), nn.GELU(), nn.Linear(hidden, hidden))
+
+    def forward(self, delta: torch.Tensor) -> torch.Tensor:
+        mix = torch.cos(delta)[..., None] * self.ends[0] + torch.sin(delta)[..., None] * self.ends[1]
+        return self.mlp(mix.to(self.ends.dtype))
+
+
+class DPD(nn.Module):
+    """The dual-path network: `forward(x (b, L, d), delta (b, L), semantic (b, T) long | None, drop (b,) bool | None)` → v̂ `(b, L, d)`."""
+
+    def __init__(self, config: DPDConfig, latent_dim: int, vocab_size: int) -> None:
+        super().__init__()
+        if len(config.merge_factors) != config.blocks:
+            raise MelodyError(f"dpd.merge_factors has {len(config.merge_factors)} entries for {config.blocks} blocks; "
+                              "give one per block")
+        h = config.hidden
+        self.config, self.latent_dim, self.vocab_size = config, latent_dim, vocab_size
+        self.input = nn.Linear(latent_dim, h)
+        self.angle = AngleEmbedding(config.angle_dim, h)
+        self.token_embedding = nn.Embedding(vocab_size, h)
+        self.token_mlp = nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, h))
+        self.null_condition = nn.Parameter(torch.randn(h) * 0.02)
+        self.input_norm = RMSNorm(h)
+        self.blocks = nn.ModuleList(DualPathBlock(config, f) for f in config.merge_factors)
+        self.output_norm = RMSNorm(h)
+        self.output = nn.Linear(h, latent_dim)
+        nn.init.zeros_(self.output.weight)
+        nn.init.zeros_(self.output.bias)
+
+    @classmethod
+    def from_config(cls, cfg: MelodyConfig) -> DPD:
+        """Sizes from the config tree: latents from the VAE, vocabulary from the semantic tokenizer."""
+        return cls(cfg.dpd, cfg.vae.latent_dim, cfg.tokenizer.codebook_size)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def condition(self, semantic: torch.Tensor | None, drop: torch.Tensor | None, batch: int, length: int,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(aligned `(b, L, h)`, summary `(b, h)`, memory `(b, T, h)`, memory_mask `(b, T)`) for the tokens,
+        the null condition where dropped (or everywhere when `semantic` is None)."""
+        h = self.config.hidden
+        null = self.null_condition
+        if semantic is None:
+            return (null.expand(batch, length, h), null.expand(batch, h), null.new_zeros(batch, 1, h),
+                    torch.zeros(batch, 1, dtype=torch.bool, device=device))
+        if semantic.dim() != 2 or semantic.shape[0] != batch or semantic.shape[1] < 1:
+            raise ValueError(f"semantic tokens must be (b={batch}, T ≥ 1), got {tuple(semantic.shape)}")
+        memory = self.token_mlp(self.token_embedding(semantic))  # (b, T, h): E_ST
+        tokens = semantic.shape[1]
+        at = torch.div(torch.arange(length, device=device) * tokens, length, rounding_mode="floor")  # token covering frame j
+        aligned, summary = memory[:, at], memory.mean(1)
+        keep = torch.ones(batch, tokens, dtype=torch.bool, device=device)
+        if drop is not None:
+            drop = drop.to(device=device, dtype=torch.bool)
+            aligned = torch.where(drop[:, None, None], null, aligned)
+            summary = torch.where(drop[:, None], null, summary)
+            keep = keep & ~drop[:, None]
+        return aligned, summary, memory, keep
+
+    def forward(self, x: torch.Tensor, delta: torch.Tensor, semantic: torch.Tensor | None,
+                drop: torch.Tensor | None = None) -> torch.Tensor:
+        b, length, d = x.shape
+        if d != self.latent_dim or delta.shape != (b, length):
+            raise ValueError(f"DPD wants x (b, L, {self.latent_dim}) and delta (b, L), got {tuple(x.shape)} and {tuple(delta.shape)}")
+        size = self.config.segment_size
+        angle = self.angle(delta)  # (b, L, h): E_δ per frame
+        aligned, summary, memory, memory_mask = self.condition(semantic, drop, b, length, x.device)
+        h = self.input_norm(self.input(x.to(self.input.weight.dtype)) + angle + aligned)
+        film = segment(angle + summary[:, None, :], size)  # (b, S, K, h): the FiLM condition at every frame
+        h = segment(h, size)  # (b, S, K, h)
+        for block in self.blocks:
+            h = block(h, film, memory, memory_mask)
+        return self.output(self.output_norm(overlap_add(h, length)))
+
+
+def parameter_count(cfg: MelodyConfig) -> int:
+    """Parameters of `DPD.from_config(cfg)`, counted on the meta device."""
+    with torch.device("meta"):
+        return DPD.from_config(cfg).num_parameters()
