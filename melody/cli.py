@@ -242,11 +242,25 @@ def train_semantic(data: DataOpt, out: RunOpt, mulan: MuLanRunOpt, tokenizer: To
     _train(lambda cfg: SemanticLMStage(cfg, data, out, *conditioners), data, out, preset, set_ or [], resume, progress)
 
 
+@train_app.command("dpd")
+def train_dpd(
+    data: DataOpt, out: RunOpt,
+    vae: Annotated[Path, typer.Option("--vae", help="Trained VAE-GAN run (or model folder).")],
+    tokenizer: Annotated[Path, typer.Option("--tokenizer", "--semantic", help="Trained semantic tokenizer run (or model folder).")],
+    preset: PresetOpt = "tiny", set_: SetOpt = None, resume: ResumeOpt = False, progress: ProgressOpt = True,
+) -> None:
+    """Train the dual-path diffusion model: semantic tokens + noise → VAE latents (both frozen, run on the fly)."""
+    from melody.train.dpd import DPDStage
+
+    frozen = _load_stage(vae, "vae"), _load_stage(tokenizer, "tokenizer")
+    _train(lambda cfg: DPDStage(cfg, data, out, *frozen), data, out, preset, set_ or [], resume, progress)
+
+
 @app.command("export")
 def export(
     run: Annotated[Path, typer.Argument(help="Run folder (its exported model, or its newest checkpoint).")],
     out: Annotated[Path, typer.Option("--out", help="Folder to write <stage>.safetensors + config.json to.")],
-    stage: Annotated[str, typer.Option("--stage", help="Which stage's model: vae, mulan, tokenizer or semantic_lm.")] = "vae",
+    stage: Annotated[str, typer.Option("--stage", help="Which stage's model: vae, mulan, tokenizer, semantic_lm or dpd.")] = "vae",
     half: Annotated[bool, typer.Option("--half/--full", help="Store float16 (half the size; loads as float32).")] = False,
 ) -> None:
     """Copy a trained stage's model into a self-contained folder (e.g. to bundle or share it)."""
@@ -270,6 +284,7 @@ def _load_stage(run: Path, stage: str):
 
 
 def _stage_builders() -> dict:
+    from melody.dpd import DPD
     from melody.mulan import MuLan
     from melody.semantic.lm import SemanticLM
     from melody.semantic.tokenizer import SemanticTokenizer
@@ -280,6 +295,7 @@ def _stage_builders() -> dict:
         "mulan": lambda cfg: MuLan.from_config(cfg.mulan, cfg.vae.sample_rate),
         "tokenizer": lambda cfg: SemanticTokenizer.from_config(cfg.tokenizer, cfg.vae.sample_rate),
         "semantic_lm": SemanticLM.from_config,
+        "dpd": DPD.from_config,
     }
 
 

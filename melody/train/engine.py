@@ -40,6 +40,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from melody.checkpoint import (
+    fingerprint,
     flatten_optimizer,
     load_weights,
     prefixed,
@@ -100,6 +101,21 @@ class Stage(ABC):
 
     def finalize(self, engine: Engine) -> None:  # noqa: B027 (optional)
         """Settle what is measured from the trained model (e.g. a latent scale in `self.cfg`) before the export."""
+
+
+def check_frozen(run_dir: Path, models: dict[str, nn.Module]) -> None:
+    """Record the fingerprints of the frozen models a stage trains against (`RUN/conditioners.json`),
+    or, when the run has a record, refuse different ones: the stage's targets would change under it."""
+    prints = {name: fingerprint(model) for name, model in models.items()}
+    path = run_dir / "conditioners.json"
+    if path.is_file():
+        recorded = read_json(path, "conditioners record")
+        for name, value in prints.items():
+            if recorded.get(name) != value:
+                raise MelodyError(f"{run_dir}: this run was trained on another {name} model (fingerprint "
+                                  f"{recorded.get(name)}, given {value}); pass the same --{name} run, or start a new --out")
+    else:
+        write_json_atomic(path, prints)
 
 
 class Engine:

@@ -27,16 +27,15 @@ from pathlib import Path
 
 import torch
 
-from melody.checkpoint import fingerprint
 from melody.config import MelodyConfig
 from melody.data.loader import ShardDataset
 from melody.errors import MelodyError
 from melody.eval.semantic import lm_nll, tokenize_split
-from melody.io import read_json, write_json_atomic
+from melody.io import write_json_atomic
 from melody.mulan import MuLan
 from melody.semantic.lm import SemanticLM, condition_dropout_mask, lm_loss
 from melody.semantic.tokenizer import SemanticTokenizer, frame_count
-from melody.train.engine import Engine, Stage
+from melody.train.engine import Engine, Stage, check_frozen
 
 BETAS = (0.9, 0.95)  # LLaMA's
 
@@ -56,7 +55,7 @@ class SemanticLMStage(Stage):
             raise MelodyError("the tokenizer has no k-means codebook (its run did not finish); finish `melody train tokenizer`")
         super().__init__(cfg)
         self.data_root = Path(data_root)
-        self._check_conditioners(Path(run_dir))
+        check_frozen(Path(run_dir), {"mulan": self.mulan, "tokenizer": self.tokenizer})
         self.mulan.eval().requires_grad_(False)
         self.tokenizer.eval().requires_grad_(False)
         torch.manual_seed(cfg.train.seed)
@@ -65,18 +64,6 @@ class SemanticLMStage(Stage):
         self.optimizers = {"semantic_lm": torch.optim.AdamW(lm.parameters(), lr=cfg.train.lr, betas=BETAS,
                                                             weight_decay=cfg.train.weight_decay)}
         self._valid = None
-
-    def _check_conditioners(self, run_dir: Path) -> None:
-        prints = {"mulan": fingerprint(self.mulan), "tokenizer": fingerprint(self.tokenizer)}
-        path = run_dir / "conditioners.json"
-        if path.is_file():
-            recorded = read_json(path, "conditioners record")
-            for name, value in prints.items():
-                if recorded.get(name) != value:
-                    raise MelodyError(f"{run_dir}: this run was trained on another {name} model (fingerprint "
-                                      f"{recorded.get(name)}, given {value}); pass the same --{name} run, or start a new --out")
-        else:
-            write_json_atomic(path, prints)
 
     def dataset(self, split: str) -> ShardDataset:
         return ShardDataset.from_corpus(self.data_root, split, crop_seconds=self.cfg.semantic_lm.window_seconds,
