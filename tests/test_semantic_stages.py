@@ -98,7 +98,7 @@ def test_eval_mulan_and_semantic_write_reports(stack, tmp_path):
     out = run_ok("eval", "semantic", str(runs["semantic"]), "--data", str(corpus), "--split", "valid",
                  "--mulan", str(runs["mulan"]), "--tokenizer", str(runs["tokenizer"]), "--out", str(tmp_path))
     report = json.loads((tmp_path / "semantic_eval.json").read_text())
-    assert set(report["perplexity"]) == {"lm_audio", "lm_text", "lm_null", "bigram", "unigram"}
+    assert set(report["perplexity"]) == set(report["perplexity_first_second"]) == {"lm_audio", "lm_text", "lm_null", "bigram", "unigram"}
     assert report["tokens"] == 25 + 50 and report["vocab"] == 16  # the valid clips last 1 s and 2 s: 25 Hz tokens
     assert all(1.0 <= p < 1000 for p in report["perplexity"].values())
     assert "perplexity LM" in out.stdout and (tmp_path / "semantic_eval.png").is_file()

@@ -21,6 +21,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from melody.data.loader import ShardDataset, make_loader
@@ -124,6 +125,8 @@ class SemanticReport:
     tokens: int
     vocab: int
     perplexity: dict[str, float]  # lm_audio, lm_text, lm_null, bigram, unigram
+    # the same over each clip's first second only, where the condition is all the LM has to go on
+    perplexity_first_second: dict[str, float]
     codes_used: int  # distinct semantic tokens in the split
     token_unigram_perplexity: float  # exp(entropy) of the split's token histogram
 
@@ -135,18 +138,22 @@ def evaluate_semantic(lm: SemanticLM, mulan: MuLan, tokenizer: SemanticTokenizer
     test = tokenize_split(mulan, tokenizer, data_root, split, seconds, limit, progress=progress)
     unigram = unigram_log_probs(train.semantic, train.keep, vocab)
     bigram = bigram_log_probs(train.semantic, train.keep, vocab)
-    nll = {
-        "lm_audio": lm_nll(lm, test.audio_mulan, test.semantic, test.keep),
-        "lm_text": lm_nll(lm, test.text_mulan, test.semantic, test.keep),
-        "lm_null": lm_nll(lm, None, test.semantic, test.keep),
-        "bigram": ngram_nll(test.semantic, test.keep, unigram, bigram),
-        "unigram": ngram_nll(test.semantic, test.keep, unigram, None),
-    }
+    def perplexities(keep: torch.Tensor) -> dict[str, float]:
+        nll = {
+            "lm_audio": lm_nll(lm, test.audio_mulan, test.semantic, keep),
+            "lm_text": lm_nll(lm, test.text_mulan, test.semantic, keep),
+            "lm_null": lm_nll(lm, None, test.semantic, keep),
+            "bigram": ngram_nll(test.semantic, keep, unigram, bigram),
+            "unigram": ngram_nll(test.semantic, keep, unigram, None),
+        }
+        return {k: round(math.exp(v), 3) for k, v in nll.items()}
+
+    first = test.keep & (torch.arange(test.keep.shape[1])[None, :] < tokenizer.config.frame_rate)
     counts = torch.bincount(test.semantic[test.keep], minlength=vocab).double()
     p = counts / counts.sum()
     entropy = float(-(p[p > 0] * p[p > 0].log()).sum())
     return SemanticReport(clips=len(test.keys), split=split, tokens=int(test.keep.sum()), vocab=vocab,
-                          perplexity={k: round(math.exp(v), 3) for k, v in nll.items()},
+                          perplexity=perplexities(test.keep), perplexity_first_second=perplexities(first),
                           codes_used=int((counts > 0).sum()), token_unigram_perplexity=round(math.exp(entropy), 3))
 
 
@@ -163,11 +170,16 @@ def write_semantic_report(report: SemanticReport, out: str | Path) -> tuple[Path
     json_path = write_json_atomic(out / "semantic_eval.json", asdict(report))
     labels = {"unigram": "unigram", "bigram": "bigram", "lm_null": "LM, null\ncondition",
               "lm_text": "LM, text\nMuLan tokens", "lm_audio": "LM, audio\nMuLan tokens"}
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    fig, ax = plt.subplots(figsize=(7.2, 3.8))
     names = list(labels)
-    values = [report.perplexity[k] for k in names]
-    bars = ax.bar([labels[k] for k in names], values, color=["#999", "#999", "#6a9fd4", "#2c6fb7", "#16467a"])
-    ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    x = np.arange(len(names))
+    for offset, (title, values, color) in enumerate((("whole clip", report.perplexity, "#2c6fb7"),
+                                                      ("first second", report.perplexity_first_second, "#e08a2c"))):
+        bars = ax.bar(x + (offset - 0.5) * 0.4, [values[k] for k in names], 0.4, label=title, color=color)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks(x, [labels[k] for k in names])
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
     ax.set_ylabel("perplexity per semantic token")
     ax.set_title(f"semantic LM, {report.split} split: {report.clips} clips, {report.tokens} tokens, vocabulary {report.vocab}",
                  fontsize=9)
@@ -181,6 +193,8 @@ def write_semantic_report(report: SemanticReport, out: str | Path) -> tuple[Path
 
 def summary(report: SemanticReport) -> str:
     p = report.perplexity
+    f = report.perplexity_first_second
     return (f"{report.clips} {report.split} clips, {report.tokens} tokens: perplexity LM {p['lm_audio']:.2f} (audio MuLan "
             f"tokens), {p['lm_text']:.2f} (text), {p['lm_null']:.2f} (null) vs bigram {p['bigram']:.2f}, unigram "
-            f"{p['unigram']:.2f}; {report.codes_used}/{report.vocab} codes used")
+            f"{p['unigram']:.2f}; first second: LM {f['lm_audio']:.2f} / {f['lm_text']:.2f} / {f['lm_null']:.2f} vs bigram "
+            f"{f['bigram']:.2f}; {report.codes_used}/{report.vocab} codes used")
