@@ -380,7 +380,7 @@ def eval_semantic(
                           f"{lm.mulan_levels} × {lm.mulan_codebook_size} MuLan codes); pass the --mulan and --tokenizer it used")
     with tqdm(desc="eval semantic", unit="clip", disable=not progress) as bar:
         report = evaluate_semantic(lm, mulan_model, tokenizer_model, data, split, cfg.semantic_lm.window_seconds,
-                                   limit, progress=bar.update)
+                                   limit, progress=bar.update, guidance=cfg.semantic_lm.guidance)
     paths = write_semantic_report(report, out or run / "eval")
     typer.echo(summary(report))
     typer.echo(f"wrote {paths[0]} and {paths[1]}")

@@ -146,6 +146,9 @@ class SemanticLMConfig:
     top_p: float = 1.0
     guidance: float = 3.0  # classifier-free guidance scale at sampling (the paper gives none for the LM; MusicGen's 3)
     dropout: float = 0.0  # on each sublayer's output; a small corpus needs it against memorising
+    # Share of training examples conditioned on their caption's MuLan tokens instead of their audio's
+    # (0: the paper's audio-only recipe; a captioned corpus lets the LM see what prompts give).
+    text_condition_prob: float = 0.0
 
 
 @dataclass
@@ -235,6 +238,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
         "semantic_lm.depth=4",
         "semantic_lm.heads=4",
         "semantic_lm.dropout=0.1",
+        "semantic_lm.text_condition_prob=0.5",
         "dpd.hidden=128",
         "dpd.blocks=4",
         "dpd.segment_size=16",

@@ -155,9 +155,11 @@ def make_loader(dataset: ShardDataset, batch_size: int, num_workers: int = 0, dr
 
 
 def _ignore_interrupts(worker_id: int) -> None:
-    # Ctrl-C reaches every process of the terminal's group: the trainer stops cleanly after its
-    # step, and a worker that died of the signal first would turn that into a crash.
+    # Ctrl-C reaches every process of the terminal's group, and a scheduler's SIGTERM (or `pkill -f`)
+    # may too: the trainer stops cleanly after its step and shuts its workers down, and a worker
+    # that died of the signal first would turn that into a crash.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _key_seed(key: str) -> int:

@@ -41,19 +41,25 @@ def smooth(values: np.ndarray, weight: float = 0.9) -> np.ndarray:
 
 
 def plot_curves(metrics: str | Path, path: str | Path, title: str = "") -> Path:
-    """Every `*/loss` and `*/total` key of a run as its own panel (raw faint, smoothed bold)."""
+    """Every `*/loss` and `*/total` key of a run as its own panel (raw faint, smoothed bold), then every
+    held-out `valid/*` figure the stage logged (points: they come every `train.sample_every` steps)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    data = {k: v for k, v in read_metrics(metrics).items() if k.endswith("/loss") or k.endswith("/total")}
+    everything = read_metrics(metrics)
+    data = {k: v for k, v in everything.items() if k.endswith("/loss") or k.endswith("/total")}
+    data |= {k: v for k, v in everything.items() if k.startswith("valid/")}
     cols = max(1, min(3, len(data)))
     rows = max(1, -(-len(data) // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
     for ax, (key, (steps, values)) in zip(axes.flat, data.items(), strict=False):
-        ax.plot(steps, values, color="tab:blue", alpha=0.25, linewidth=0.8)
-        ax.plot(steps, smooth(values), color="tab:blue", linewidth=1.6)
+        if key.startswith("valid/"):
+            ax.plot(steps, values, color="tab:orange", marker="o", markersize=3, linewidth=1.2)
+        else:
+            ax.plot(steps, values, color="tab:blue", alpha=0.25, linewidth=0.8)
+            ax.plot(steps, smooth(values), color="tab:blue", linewidth=1.6)
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
