@@ -711,6 +711,8 @@ def _judge_section(report: CheckReport) -> list[str]:
 def _heat_map(report: CheckReport, path: Path) -> None:
     from matplotlib.figure import Figure
 
+    from melody.data.plots import save_figure
+
     probs = np.array([g.mean_probs for g in report.groups])  # groups tags
     fig = Figure(figsize=(14, 1.6 + 0.4 * len(report.groups)), layout="constrained")
     ax = fig.add_subplot()
@@ -719,4 +721,4 @@ def _heat_map(report: CheckReport, path: Path) -> None:
     ax.set_yticks(range(len(report.groups)), [f"{g.group} ({g.clips})" for g in report.groups], fontsize=9)
     ax.set_title(f"{report.vocabulary.title} mean tag probability per group")
     fig.colorbar(image, ax=ax, fraction=0.02)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)

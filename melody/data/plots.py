@@ -1,4 +1,4 @@
-"""Pictures of corpus audio: a grid of log-mel spectrograms, one row per group (style or source)."""
+"""Pictures: a grid of log-mel spectrograms (one row per group), and `save_figure`, how every picture is written."""
 
 from __future__ import annotations
 
@@ -36,7 +36,18 @@ def spectrogram_grid(rows: dict[str, list[tuple[str, np.ndarray]]], sample_rate:
             ax.set_title(_wrap(caption, 58), fontsize=6.5)
             if c == 0:
                 ax.set_ylabel(name, fontsize=9)
-    fig.tight_layout()
+    return save_figure(fig, path, dpi)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Lay out, write atomically (temp file, then rename; PNG, or JPEG by suffix) and close a matplotlib figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format=Path(path).suffix.lstrip(".").lower() or "png")
     plt.close(fig)

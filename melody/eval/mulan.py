@@ -113,7 +113,7 @@ def write_mulan_report(report: MuLanReport, similarity: torch.Tensor, out: str |
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from melody.io import atomic_path
+    from melody.data.plots import save_figure
 
     out = Path(out)
     json_path = write_json_atomic(out / "mulan_eval.json", asdict(report))
@@ -125,12 +125,7 @@ def write_mulan_report(report: MuLanReport, similarity: torch.Tensor, out: str |
                  f"R@10 {r['t2a/R@10']:.2f}\n(chance {report.chance['R@1']:.2f} / {report.chance['R@10']:.2f})", fontsize=9)
     ax.set_xlabel("audio clip")
     ax.set_ylabel("caption")
-    fig.tight_layout()
-    png = out / "mulan_eval.png"
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return json_path, png
+    return json_path, save_figure(fig, out / "mulan_eval.png")
 
 
 def summary(report: MuLanReport) -> str:

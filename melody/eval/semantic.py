@@ -201,7 +201,7 @@ def write_semantic_report(report: SemanticReport, out: str | Path) -> tuple[Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from melody.io import atomic_path
+    from melody.data.plots import save_figure
 
     out = Path(out)
     json_path = write_json_atomic(out / "semantic_eval.json", asdict(report))
@@ -220,12 +220,7 @@ def write_semantic_report(report: SemanticReport, out: str | Path) -> tuple[Path
     ax.set_ylabel("perplexity per semantic token")
     ax.set_title(f"semantic LM, {report.split} split: {report.clips} clips, {report.tokens} tokens, vocabulary {report.vocab}",
                  fontsize=9)
-    fig.tight_layout()
-    png = out / "semantic_eval.png"
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return json_path, png
+    return json_path, save_figure(fig, out / "semantic_eval.png")
 
 
 def summary(report: SemanticReport) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from melody.io import atomic_path
+from melody.data.plots import save_figure
 
 
 def read_metrics(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -69,8 +69,4 @@ def plot_curves(metrics: str | Path, path: str | Path, title: str = "") -> Path:
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, dpi=90)
