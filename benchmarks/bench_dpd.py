@@ -31,19 +31,17 @@ chart of the device's rows, `benchmarks/results/dpd.png`: wall seconds per 10 s 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import (add_device_args, chart_title, clock, load_average, machine, merge_results, pyplot,  # noqa: E402
+                    save_chart, timed)
 from melody.config import preset  # noqa: E402
 from melody.diffusion import angles_from_steps, melody_steps, sample  # noqa: E402
 from melody.dpd import DPD  # noqa: E402
@@ -57,11 +55,6 @@ PAPER_TABLE2_NOTE = ("MeLoDy paper, Table 2, CPU sampling speed in audio samples
                      "steps: the whole pipeline (semantic LM, DPD sampling, VAE decoder) on an unnamed CPU, not "
                      "the DPD alone: the paper's DPD was at least this fast (a lower bound on its speed), so "
                      "`samples_per_s` of the sampling rows compares with it only loosely")
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 class Counted:
@@ -96,15 +89,7 @@ def bench(name: str, device: str, seconds: float, repeats: int, steps: list[int]
               "latent_rate_hz": rate, "latent_frames": x.shape[1], "latent_dim": x.shape[2],
               "semantic_tokens": tokens.shape[1], "recurrence": cfg.dpd.recurrence}
     delta = torch.full(x.shape[:2], math.pi / 4, device=device)
-    model(x, delta, tokens)
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(x, delta, tokens)
-        sync(device)
-        times.append(time.perf_counter() - start)
-    per_pass = statistics.median(times)
+    per_pass = timed(lambda: model(x, delta, tokens), repeats, device)
     forward = {**common, "repeats": repeats, "forward_s": round(per_pass, 4),
                "frames_per_s": round(x.shape[1] / per_pass, 1)}
 
@@ -114,10 +99,7 @@ def bench(name: str, device: str, seconds: float, repeats: int, steps: list[int]
         counted = Counted(model)
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(device)
         deltas = angles_from_steps(melody_steps(t))
-        start = time.perf_counter()
-        sample(counted, noise, deltas, tokens, guidance)
-        sync(device)
-        wall = time.perf_counter() - start
+        _, wall = clock(lambda: sample(counted, noise, deltas, tokens, guidance), device)
         expected = 2 * t if guidance != 1.0 else t
         if counted.calls != expected:
             raise RuntimeError(f"{name}, {t} steps: {counted.calls} forward passes, expected {expected}")
@@ -147,11 +129,7 @@ def bench(name: str, device: str, seconds: float, repeats: int, steps: list[int]
 
 def chart(runs: list[dict], device: str) -> None:
     """Wall seconds per 10 s of music vs steps for every run of `device` in the JSON: one line per (preset, threads)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = [r for r in runs if r["device"] == device]
     series = list(dict.fromkeys((r["preset"], r["threads"]) for r in rows))
     fig, ax = plt.subplots(figsize=(7.2, 4.4))
@@ -175,22 +153,13 @@ def chart(runs: list[dict], device: str) -> None:
     ax.set_xticks(all_steps)
     ax.set_xlabel("sampling steps T (2T network calls with guidance)")
     ax.set_ylabel("wall seconds per 10 s of music (log)")
-    first = rows[0]
-    where = first["gpu"] or f"{first['cpu']} CPU ({first['cpu_count']} cores)"
-    loads = ", ".join(f"{t} thr. {next(r['load_avg_start'][0] for r in rows if r['threads'] == t):.1f}"
-                      for t in sorted({r["threads"] for r in rows}))
-    ax.set_title(f"DPD sampling, batch 1, guidance {first['guidance']:g}, random weights — {where}, torch "
-                 f"{first['torch']}\n1-min load average at start ({loads}): the machine was shared", fontsize=8)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(CHART, dpi=120)
-    plt.close(fig)
+    ax.set_title(chart_title(f"DPD sampling, batch 1, guidance {rows[0]['guidance']:g}, random weights", rows), fontsize=8)
+    save_chart(fig, ax, CHART)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    add_device_args(parser)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--steps", default="5,10,20", help="sampling step counts (comma-separated)")
     parser.add_argument("--paper-steps", default="5", help="step counts measured for the paper shape; others estimated")
@@ -201,16 +170,13 @@ def main() -> None:
     steps = [int(s) for s in args.steps.split(",")]
     measured = {"tiny": steps, "paper": [int(s) for s in args.paper_steps.split(",")]}
     repeats = {"tiny": args.repeats, "paper": args.paper_repeats}
-    load_start = [round(x, 2) for x in os.getloadavg()]
+    load_start = load_average()
     forward, rows = [], []
     for name in ("tiny", "paper"):
         f, s = bench(name, args.device, args.seconds, repeats[name], steps, measured[name])
         forward.append(f)
         rows += s
-    machine = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "threads": args.threads,
-               "torch": torch.__version__,
-               "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
-               "load_avg_start": load_start, "load_avg_end": [round(x, 2) for x in os.getloadavg()]}
+    host = machine(args.device, args.threads, load_start)
     for row in forward:
         print(f"{row['preset']:>5} on {row['device']}: {row['params'] / 1e6:.1f} M parameters, one pass over "
               f"{row['latent_frames']} frames ({row['music_seconds']:g} s) {row['forward_s']} s")
@@ -220,19 +186,11 @@ def main() -> None:
               f"wall {row['wall_s']} s, {row['forward_passes']} passes ({row['passes_per_music_second']}/s of music), "
               f"{row['x_realtime']}× real time, {row['samples_per_s']} samples/s"
               + (f" (paper Table 2, whole pipeline: {paper})" if paper else ""))
-    print(f"load average {machine['load_avg_start']} at start, {machine['load_avg_end']} at end")
-    old = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"forward": [], "sampling": []}
-
-    def same(r: dict) -> bool:
-        return (r["device"], r["threads"]) == (args.device, args.threads)
-
-    old["paper_table2_cpu_hz"] = PAPER_TABLE2_CPU_HZ
-    old["paper_table2_note"] = PAPER_TABLE2_NOTE
-    old["forward"] = [r for r in old["forward"] if not same(r)] + [{**r, **machine} for r in forward]
-    old["sampling"] = [r for r in old["sampling"] if not same(r)] + [{**r, **machine} for r in rows]
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(old, indent=2) + "\n")
-    chart(old["sampling"], args.device)
+    print(f"load average {host['load_avg_start']} at start, {host['load_avg_end']} at end")
+    data = merge_results(RESULTS, {"forward": forward, "sampling": rows}, host,
+                         {"device": args.device, "threads": args.threads},
+                         {"paper_table2_cpu_hz": PAPER_TABLE2_CPU_HZ, "paper_table2_note": PAPER_TABLE2_NOTE})
+    chart(data["sampling"], args.device)
     print(f"wrote {RESULTS} and {CHART}")
 
 

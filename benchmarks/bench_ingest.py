@@ -12,7 +12,6 @@ second (and per CPU second, which other load on the machine does not skew) to
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -27,6 +26,7 @@ import soundfile as sf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from melody.data.ingest import ingest  # noqa: E402
+from melody.io import write_json_atomic  # noqa: E402
 
 SR = 44_100
 FORMATS = (".flac", ".wav", ".ogg", ".mp3")
@@ -108,8 +108,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "load_average_1min_before": round(load, 2), "platform": platform.platform(), "python": platform.python_version()},
         "runs": runs,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(args.out, result)
     print(f"wrote {args.out}")
 
 

@@ -26,17 +26,16 @@ on each other for busy cores), so run `--threads 1` as well and compare.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (add_device_args, chart_title, clock, load_average, machine, merge_results, pyplot,  # noqa: E402
+                    save_chart, sync, timed)
 
 from melody.config import preset  # noqa: E402
 from melody.semantic.lm import SemanticLM, window_and_stride  # noqa: E402
@@ -46,11 +45,6 @@ RESULTS = Path(__file__).resolve().parent / "results" / "semantic_lm.json"
 CHART = RESULTS.with_suffix(".png")
 GUIDANCE = 3.0  # the CFG scale of the guided rows (see the docstring)
 WARMUP_TOKENS = 4
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def build(name: str, device: str):
@@ -75,10 +69,7 @@ def bench_generate(name: str, device: str, n_tokens: int) -> list[dict]:
     sync(device)
     rows = []
     for guidance in (1.0, GUIDANCE):
-        start = time.perf_counter()
-        result = run(n_tokens, guidance)
-        sync(device)
-        wall = time.perf_counter() - start
+        result, wall = clock(lambda: run(n_tokens, guidance), device)
         music = n_tokens / rate
         tokens_per_s = n_tokens / wall
         rows.append({
@@ -100,15 +91,7 @@ def bench_prefill(name: str, device: str, repeats: int) -> dict:
     window, _ = window_and_stride(cfg.semantic_lm, cfg.tokenizer.frame_rate)
     semantic = torch.randint(0, cfg.tokenizer.codebook_size, (1, window),
                              generator=torch.Generator().manual_seed(0)).to(device)
-    lm(mulan, semantic)
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        lm(mulan, semantic)
-        sync(device)
-        times.append(time.perf_counter() - start)
-    median = statistics.median(times)
+    median = timed(lambda: lm(mulan, semantic), repeats, device)
     return {"preset": name, "device": device, "params": lm.num_parameters(), "batch": 1, "window_tokens": window,
             "stream_positions": lm.mulan_levels + 1 + window, "repeats": repeats, "prefill_s": round(median, 4),
             "prefill_positions_per_s": round((lm.mulan_levels + 1 + window) / median, 1)}
@@ -116,11 +99,7 @@ def bench_prefill(name: str, device: str, repeats: int) -> dict:
 
 def chart(runs: list[dict], device: str) -> None:
     """Tokens/s of every run of `device` in the JSON: presets on x, one bar per (guidance, threads)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = [r for r in runs if r["device"] == device]
     presets = list(dict.fromkeys(r["preset"] for r in rows))
     series = sorted({(r["guidance"], r["threads"]) for r in rows}, key=lambda s: (s[1], s[0]))
@@ -142,35 +121,23 @@ def chart(runs: list[dict], device: str) -> None:
     ax.set_xticks(range(len(presets)), [f"{p}\n{next(r['params'] for r in rows if r['preset'] == p) / 1e6:.1f} M"
                                         for p in presets])
     ax.set_ylabel("semantic tokens / s (log)")
-    first = rows[0]
-    where = first["gpu"] or f"{first['cpu']} CPU ({first['cpu_count']} cores)"
-    loads = ", ".join(f"{t} thr. {next(r['load_avg_start'][0] for r in rows if r['threads'] == t):.1f}"
-                      for t in sorted({r["threads"] for r in rows}))
-    ax.set_title(f"Semantic LM generation, batch 1, random weights — {where}, torch {first['torch']}\n"
-                 f"1-min load average at start ({loads}): the machine was shared", fontsize=8)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(CHART, dpi=120)
-    plt.close(fig)
+    ax.set_title(chart_title("Semantic LM generation, batch 1, random weights", rows), fontsize=8)
+    save_chart(fig, ax, CHART)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    add_device_args(parser)
     parser.add_argument("--tokens-tiny", type=int, default=500)
     parser.add_argument("--tokens-paper", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=3, help="timed prefill passes (median)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    load_start = [round(x, 2) for x in os.getloadavg()]
+    load_start = load_average()
     tokens = {"tiny": args.tokens_tiny, "paper": args.tokens_paper}
     rows = [row for name in ("tiny", "paper") for row in bench_generate(name, args.device, tokens[name])]
     prefill = [bench_prefill(name, args.device, args.repeats) for name in ("tiny", "paper")]
-    machine = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "threads": args.threads,
-               "torch": torch.__version__,
-               "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
-               "load_avg_start": load_start, "load_avg_end": [round(x, 2) for x in os.getloadavg()]}
+    host = machine(args.device, args.threads, load_start)
     for row in rows:
         print(f"{row['preset']:>5} on {row['device']}, guidance {row['guidance']:g}: {row['tokens_per_s']} tokens/s, "
               f"{row['x_realtime']}× real time, {row['forward_passes']} passes for {row['n_tokens']} tokens "
@@ -179,17 +146,9 @@ def main() -> None:
     for row in prefill:
         print(f"{row['preset']:>5} on {row['device']}: prefill of a {row['window_tokens']}-token window "
               f"{row['prefill_s']} s")
-    print(f"load average {machine['load_avg_start']} at start, {machine['load_avg_end']} at end")
-    old = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": [], "prefill": []}
-
-    def same(r: dict) -> bool:
-        return (r["device"], r["threads"]) == (args.device, args.threads)
-
-    old["runs"] = [r for r in old["runs"] if not same(r)] + [{**r, **machine} for r in rows]
-    old["prefill"] = [r for r in old["prefill"] if not same(r)] + [{**r, **machine} for r in prefill]
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(old, indent=2) + "\n")
-    chart(old["runs"], args.device)
+    print(f"load average {host['load_avg_start']} at start, {host['load_avg_end']} at end")
+    data = merge_results(RESULTS, {"runs": rows, "prefill": prefill}, host, {"device": args.device, "threads": args.threads})
+    chart(data["runs"], args.device)
     print(f"wrote {RESULTS} and {CHART}")
 
 

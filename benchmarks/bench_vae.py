@@ -11,39 +11,21 @@ Random weights (speed does not depend on training). For each preset and device: 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import add_device_args, machine, merge_results, timed  # noqa: E402
 
 from melody.config import preset  # noqa: E402
 from melody.discriminators import Discriminators  # noqa: E402
 from melody.vae import VAE, count_parameters  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vae.json"
-
-
-def timed(fn, repeats: int, device: str) -> float:
-    def sync():
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 @torch.inference_mode()
@@ -66,8 +48,7 @@ def bench(name: str, device: str, seconds: float, repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    add_device_args(parser)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
@@ -76,12 +57,7 @@ def main() -> None:
     for row in rows:
         print(f"{row['preset']:>5} on {row['device']}: encode {row['encode_x_realtime']}× real time, "
               f"decode {row['decode_x_realtime']}× real time")
-    old = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": []}
-    machine = {"cpu": platform.processor() or platform.machine(), "threads": args.threads, "torch": torch.__version__,
-               "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None}
-    old["runs"] = [r for r in old["runs"] if r["device"] != args.device] + [{**r, **machine} for r in rows]
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(old, indent=2) + "\n")
+    merge_results(RESULTS, {"runs": rows}, machine(args.device, args.threads), {"device": args.device})
     print(f"wrote {RESULTS}")
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import statistics
 import sys
 import time
@@ -26,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from melody.config import preset  # noqa: E402
 from melody.data.loader import ShardDataset, make_loader  # noqa: E402
+from melody.io import write_json_atomic  # noqa: E402
 from melody.losses import mel_loss_per_example  # noqa: E402
 from melody.vae import VAE, count_parameters  # noqa: E402
 
@@ -83,9 +83,7 @@ def main() -> None:
     rows = [run(name, over, args.data, args.steps, args.seed) for name, over in ARCHITECTURES.items()]
     for row in rows:
         print(row)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"threads": args.threads, "data": args.data, "torch": torch.__version__, "runs": rows},
-                                  indent=2) + "\n")
+    write_json_atomic(RESULTS, {"threads": args.threads, "data": args.data, "torch": torch.__version__, "runs": rows})
     print(f"wrote {RESULTS}")
 
 
