@@ -386,6 +386,46 @@ def eval_semantic(
     typer.echo(f"wrote {paths[0]} and {paths[1]}")
 
 
+@eval_app.command("dpd")
+def eval_dpd(
+    run: Annotated[Path, typer.Argument(help="Run folder of `melody train dpd` (or any folder with dpd.safetensors).")],
+    data: DataOpt,
+    vae: Annotated[Path, typer.Option("--vae", help="The VAE-GAN the DPD was trained with.")],
+    tokenizer: TokenizerRunOpt,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Report folder (default: RUN/eval).")] = None,
+    split: Annotated[str, typer.Option("--split", help="Held-out split.")] = "test",
+    steps: Annotated[str, typer.Option("--steps", help="Sampling step counts, comma-separated (one row each).")] = "10",
+    seconds: Annotated[float, typer.Option("--seconds", help="Seconds of each clip to regenerate.")] = 10.0,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many clips.")] = None,
+    tagger: Annotated[bool, typer.Option("--tagger/--no-tagger", help="Compare musicnn's top tags.")] = True,
+    progress: ProgressOpt = True,
+) -> None:
+    """Regenerate held-out clips from their own semantic tokens; mel distance and tag agreement vs chance and the VAE floor."""
+    from tqdm.auto import tqdm
+
+    from melody.eval.dpd import evaluate_dpd, summary, write_dpd_report
+
+    try:
+        counts = tuple(int(t) for t in steps.split(",") if t.strip())
+    except ValueError:
+        raise MelodyError(f"--steps wants comma-separated integers, e.g. 5,10,20; got '{steps}'") from None
+    if not counts or min(counts) < 1:
+        raise MelodyError(f"--steps wants step counts of at least 1, got '{steps}'")
+    dpd, cfg = _load_stage(run, "dpd")
+    vae_model, tokenizer_model = _load_stage(vae, "vae")[0], _load_stage(tokenizer, "tokenizer")[0]
+    judge = None
+    if tagger:
+        from melody.ears.musicnn import MusicnnTagger
+
+        judge = MusicnnTagger.load("MTT_musicnn")
+    with tqdm(desc="eval dpd", unit="clip", total=limit, disable=not progress) as bar:
+        report, examples = evaluate_dpd(dpd, vae_model, tokenizer_model, data, split, seconds, counts, cfg.dpd.guidance,
+                                        limit=limit, tagger=judge, progress=lambda: bar.update(1))
+    paths = write_dpd_report(report, examples, vae_model.cfg.sample_rate, out or run / "eval")
+    typer.echo(summary(report))
+    typer.echo(f"wrote {paths[0]} and {paths[1]}")
+
+
 def _group(meta: dict) -> str:
     style = (meta.get("attributes") or {}).get("style")
     if meta.get("source") == "recording" or not style:
