@@ -27,6 +27,11 @@ Samplers (k-diffusion's signature): `sample(model, x, deltas, cond, guidance, ge
 where `model(x, delta, cond)` → v̂ and cond=None is the unconditional branch. `known` (a clean
 latent and a `(b, L)` bool mask) is continuation and inpainting: those frames sit at δ = 0 and are
 written back to their known values after every step.
+
+**Continuation** (`continue_latents`, §4 and the lineage's rule): the next window holds the last
+`context` frames of what exists, clean (δ = 0, written back after every step), followed by the new
+frames, which start from noise at δ = π/2; the model sees both, so the new frames continue the
+old ones, and only the new frames are kept. Repeating it writes latents of any length.
 """
 
 from __future__ import annotations
@@ -186,3 +191,21 @@ def _check_steps(steps: int) -> None:
         from melody.errors import MelodyError
 
         raise MelodyError(f"the sampler needs at least 1 step, got {steps}")
+
+
+@torch.no_grad()
+def continue_latents(model: Callable, previous: torch.Tensor, new_frames: int, cond, deltas: torch.Tensor,
+                     guidance: float = 1.0, generator: torch.Generator | None = None, context: int | None = None,
+                     callback: Callable[[dict], None] | None = None) -> torch.Tensor:
+    """`new_frames` latents `(b, new_frames, d)` that continue `previous` `(b, P, d)`: a window of its last
+    `context` frames (all of them by default) kept clean, then fresh noise from `generator`, sampled with
+    `sample`; `cond` is the window's condition (e.g. its semantic tokens, covering context + new frames)."""
+    b, _, d = previous.shape
+    keep = previous[:, previous.shape[1] - (previous.shape[1] if context is None else min(context, previous.shape[1])):]
+    device = generator.device if generator is not None else previous.device
+    noise = torch.randn(b, new_frames, d, generator=generator, device=device).to(previous)
+    window = torch.cat((keep, noise), dim=1)
+    mask = torch.zeros(b, window.shape[1], dtype=torch.bool, device=previous.device)
+    mask[:, : keep.shape[1]] = True
+    out = sample(model, window, deltas, cond, guidance, known=Known(window, mask), callback=callback)
+    return out[:, keep.shape[1]:]

@@ -159,3 +159,45 @@ def test_known_frames_stay_exactly_as_given():
     mask[:, :15] = True
     out = sample(model, draws(1, 40, 4, seed=15), angles_from_steps(melody_steps(5)), known=Known(z0, mask))
     assert torch.equal(out[:, :15], z0[:, :15])
+
+
+def test_continuation_in_windows_reproduces_a_long_clip_seamlessly_with_an_oracle():
+    from melody.diffusion import continue_latents
+
+    long = draws(1, 100, 4, seed=16)
+
+    def windowed(offset):  # an oracle that knows the whole clip, asked about the window starting at `offset`
+        return lambda x, delta, cond: _window_oracle(long[:, offset:offset + x.shape[1]])(x, delta, cond)
+
+    made = long[:, :40]  # the first window is given
+    g = torch.Generator().manual_seed(0)
+    while made.shape[1] < 100:
+        start = made.shape[1] - 20  # 20 frames of clean context
+        new = min(20, 100 - made.shape[1])
+        made = torch.cat((made, continue_latents(windowed(start), made, new, "c", angles_from_steps(melody_steps(5)),
+                                                 generator=g, context=20).to(made)), dim=1)
+    torch.testing.assert_close(made, long, rtol=0, atol=1e-9)
+
+
+def _window_oracle(z0):
+    def model(x, delta, cond):
+        alpha, sigma = torch.cos(delta)[..., None], torch.sin(delta)[..., None]
+        return alpha * (x - alpha * z0) / sigma.clamp_min(1e-300) - sigma * z0
+    return model
+
+
+def test_continuation_returns_only_new_frames_and_is_seeded():
+    from melody.diffusion import continue_latents
+
+    calls = []
+
+    def zero_velocity_model(x, delta, cond):
+        calls.append(cond)
+        return torch.zeros_like(x)
+
+    previous = draws(2, 30, 4, seed=17)
+    deltas = angles_from_steps(melody_steps(3))
+    a = continue_latents(zero_velocity_model, previous, 12, None, deltas, generator=torch.Generator().manual_seed(5), context=8)
+    b = continue_latents(zero_velocity_model, previous, 12, None, deltas, generator=torch.Generator().manual_seed(5), context=8)
+    assert a.shape == (2, 12, 4) and torch.equal(a, b)
+    assert len(calls) == 6  # 3 steps per call, unguided
