@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange, repeat
+from einops import rearrange
 from torch import nn
 
 from melody.config import DPDConfig, MelodyConfig
@@ -164,8 +164,7 @@ class DualPathBlock(nn.Module):
         columns = k // self.merge
         merged = x.reshape(b, s, columns, self.merge, h).mean(3)  # (b, S, K/f, h)
         seq = rearrange(merged, "b s c h -> (b c) s h")
-        seq = self.roformer(seq, memory=repeat(memory, "b t h -> (b c) t h", c=columns),
-                            memory_mask=repeat(memory_mask, "b t -> (b c) t", c=columns))
+        seq = self.roformer(seq, memory=memory, memory_mask=memory_mask, memory_repeat=columns)  # one memory per column
         coarse = rearrange(seq, "(b c) s h -> b s c h", b=b).repeat_interleave(self.merge, dim=2)  # (b, S, K, h)
         x = self.coarse_norm(x + coarse)
         # fine: a recurrence along each segment's K frames, FiLM-modulated by the condition there

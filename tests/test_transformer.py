@@ -166,3 +166,15 @@ def test_same_seed_gives_same_parameters_and_outputs():
     with torch.no_grad():
         assert torch.equal(a(x, memory=mem), b(x, memory=mem))
     assert not torch.equal(tiny(seed=8).blocks[0].attn.qkv.weight, a.blocks[0].attn.qkv.weight)
+
+
+def test_shared_memory_rows_give_the_same_output_as_repeated_memory():
+    from melody.modules.transformer import Transformer, TransformerConfig
+
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(16, 2, 2, causal=False, cross_dim=8)).eval()
+    x, memory = torch.randn(6, 5, 16), torch.randn(2, 7, 8)
+    mask = torch.tensor([[True] * 7, [True] * 3 + [False] * 4])
+    repeated = model(x, memory=memory.repeat_interleave(3, 0), memory_mask=mask.repeat_interleave(3, 0))
+    shared = model(x, memory=memory, memory_mask=mask, memory_repeat=3)
+    torch.testing.assert_close(shared, repeated, rtol=0, atol=1e-6)

@@ -222,9 +222,15 @@ class CrossAttention(nn.Module):
         self.kv = nn.Linear(memory_dim, 2 * dim, bias=False)
         self.out = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor | None = None,
+                memory_repeat: int = 1) -> torch.Tensor:
+        """`memory_repeat` r: x holds r consecutive rows per memory row (`(b·r, t, dim)` against `(b, s, ·)`),
+        so keys and values are projected once per memory row, not once per query row."""
         q = rearrange(self.q(x), "b t (h d) -> b h t d", h=self.heads)
         k, v = rearrange(self.kv(memory), "b s (two h d) -> two b h s d", two=2, h=self.heads)
+        if memory_repeat > 1:
+            k, v = (repeat(t, "b h s d -> (b r) h s d", r=memory_repeat) for t in (k, v))
+            memory_mask = None if memory_mask is None else repeat(memory_mask, "b s -> (b r) s", r=memory_repeat)
         allowed = allowed_keys(x.shape[1], memory.shape[1], causal=False, keep=memory_mask, device=x.device)
         return self.out(rearrange(masked_attention(q, k, v, allowed), "b h t d -> b t (h d)"))
 
@@ -268,13 +274,13 @@ class TransformerBlock(nn.Module):
         self.drop = nn.Dropout(c.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, memory: torch.Tensor | None = None,
-                memory_mask: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+                memory_mask: torch.Tensor | None = None, cache: KVCache | None = None, memory_repeat: int = 1) -> torch.Tensor:
         """x `(b, t, dim)` → `(b, t, dim)`. memory=None on a cross block: no condition (as if all masked)."""
         x = x + self.drop(self.attn(self.attn_norm(x), cache=cache, mask=mask))
         if memory is not None:
             if self.cross is None:
                 raise ValueError("memory given to a block built without cross-attention (cross_dim=None)")
-            x = x + self.drop(self.cross(self.cross_norm(x), memory, memory_mask))
+            x = x + self.drop(self.cross(self.cross_norm(x), memory, memory_mask, memory_repeat))
         return x + self.drop(self.ff(self.ff_norm(x)))
 
 
@@ -283,7 +289,8 @@ class Transformer(nn.Module):
 
     Embeddings and output heads belong to the stage models. mask `(b, t)` True = keep (for the
     tokens in x; with a cache, earlier tokens' padding is in the cache); memory `(b, s, cross_dim)`
-    with memory_mask `(b, s)`; cache: one `KVCache` per block (from `new_cache`), extended in place.
+    with memory_mask `(b, s)` (or `(b / r, s)` shared by r consecutive rows of x with `memory_repeat` r);
+    cache: one `KVCache` per block (from `new_cache`), extended in place.
     """
 
     def __init__(self, config: TransformerConfig) -> None:
@@ -298,9 +305,11 @@ class Transformer(nn.Module):
         return [KVCache(offset=offset) for _ in self.blocks]
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, memory: torch.Tensor | None = None,
-                memory_mask: torch.Tensor | None = None, cache: list[KVCache] | None = None) -> torch.Tensor:
+                memory_mask: torch.Tensor | None = None, cache: list[KVCache] | None = None,
+                memory_repeat: int = 1) -> torch.Tensor:
         if cache is not None and len(cache) != len(self.blocks):
             raise ValueError(f"cache has {len(cache)} layers, the transformer {len(self.blocks)}")
         for i, block in enumerate(self.blocks):
-            x = block(x, mask=mask, memory=memory, memory_mask=memory_mask, cache=None if cache is None else cache[i])
+            x = block(x, mask=mask, memory=memory, memory_mask=memory_mask, cache=None if cache is None else cache[i],
+                      memory_repeat=memory_repeat)
         return self.norm(x)
