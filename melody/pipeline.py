@@ -1,0 +1,202 @@
+"""MeLoDy end to end (paper Fig. 1, sampling): text → MuLan tokens → semantic LM → DPD → VAE decoder → audio.
+
+`MeLoDy.from_pretrained(folder)` loads a bundle: one sub-folder per stage (`mulan`, `tokenizer`,
+`semantic_lm`, `dpd`, `vae`), each as its training run exported it (`<stage>.safetensors` +
+`config.json`), checked for consistency (the LM's vocabulary is the tokenizer's, its condition
+MuLan's RVQ, the DPD's latents the VAE's). `generate` reads like the paper's inference:
+
+1. the prompts' MuLan tokens (text tower → RVQ), or a music prompt's (audio tower → RVQ);
+2. ⌈25 · duration⌉ semantic tokens from the LM (`melody.semantic.sampling.generate`: KV cache,
+   guidance, 10 s sliding windows);
+3. latents from the DPD, window by window (`melody.diffusion`): the first window from noise,
+   each next one continuing the previous with half a window of clean context
+   (`continue_latents`); each window cross-attends to the semantic tokens covering it;
+4. the VAE decoder → exactly round(duration · sample_rate) samples.
+
+Randomness: one seed; the LM's generator and each DPD window's generator derive from
+(seed, stage, window index), so a window's noise does not depend on how many tokens came before.
+Every stage's network calls and wall time are counted (`GenerateOutput.forward_passes`, `seconds`).
+
+Choices where the paper is silent: the DPD window is the length it was trained on
+(`dpd.crop_seconds`) and advances by half of it; a window's tokens are those whose 25 Hz frames
+overlap its latent frames (latent rate / 25 must be an integer: 5 for `tiny`, 10 for `paper`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from melody.checkpoint import load_model_and_config
+from melody.config import MelodyConfig
+from melody.data.loader import mix_seeds
+from melody.diffusion import SCHEDULES, angles_from_steps, continue_latents, sample
+from melody.dpd import DPD
+from melody.errors import MelodyError
+from melody.mulan import MuLan
+from melody.semantic.lm import SemanticLM, window_and_stride
+from melody.semantic.sampling import generate as generate_tokens
+from melody.semantic.tokenizer import SemanticTokenizer
+from melody.vae import VAE
+
+STAGES = ("mulan", "tokenizer", "semantic_lm", "dpd", "vae")
+MAX_SECONDS = 600.0  # a stated limit on one call's duration
+MAX_PROMPT_CHARS = 1000
+
+
+@dataclass
+class GenerateOutput:
+    audio: torch.Tensor  # (b, channels, round(duration · sample_rate)) float32 in [-1, 1]
+    sample_rate: int
+    semantic_tokens: torch.Tensor  # (b, ⌈25 · duration⌉) long
+    latents: torch.Tensor  # (b, frames, latent_dim) in [-1, 1]
+    forward_passes: dict[str, int] = field(default_factory=dict)  # per stage, network calls
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage, wall time
+
+
+class _Counted:
+    """Wraps a model's forward to count its calls."""
+
+    def __init__(self, model) -> None:
+        self.model, self.calls = model, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.model(*args, **kwargs)
+
+
+def check_prompts(prompts: list[str]) -> list[str]:
+    if isinstance(prompts, str) or not prompts:
+        raise MelodyError("give a list of one or more prompts")
+    for p in prompts:
+        if not isinstance(p, str) or not p.strip():
+            raise MelodyError("a prompt is empty; describe the music, e.g. 'an upbeat funk groove with slap bass'")
+        if len(p) > MAX_PROMPT_CHARS:
+            raise MelodyError(f"a prompt is {len(p)} characters long; keep it under {MAX_PROMPT_CHARS}")
+    return [p.strip() for p in prompts]
+
+
+def check_duration(seconds: float) -> float:
+    if not (isinstance(seconds, (int, float)) and math.isfinite(seconds)) or seconds <= 0:
+        raise MelodyError(f"duration must be a positive number of seconds, got {seconds}")
+    if seconds > MAX_SECONDS:
+        raise MelodyError(f"duration {seconds:g} s is beyond the limit of {MAX_SECONDS:g} s; generate less, or continue a clip")
+    return float(seconds)
+
+
+class MeLoDy:
+    """The five trained stages and the procedure that joins them."""
+
+    def __init__(self, mulan: MuLan, tokenizer: SemanticTokenizer, semantic_lm: SemanticLM, dpd: DPD, vae: VAE,
+                 cfg: MelodyConfig) -> None:
+        self.mulan, self.tokenizer, self.semantic_lm, self.dpd, self.vae, self.cfg = mulan, tokenizer, semantic_lm, dpd, vae, cfg
+        if (semantic_lm.vocab_size, semantic_lm.mulan_levels, semantic_lm.mulan_codebook_size) != (
+                tokenizer.quantizer.codebook_size, mulan.rvq.levels, mulan.rvq.codebook_size):
+            raise MelodyError("the bundle's semantic LM was trained with another tokenizer or MuLan; re-export the bundle")
+        if (dpd.vocab_size, dpd.latent_dim) != (tokenizer.quantizer.codebook_size, vae.cfg.latent_dim):
+            raise MelodyError("the bundle's DPD was trained with another tokenizer or VAE; re-export the bundle")
+        self.token_rate = cfg.tokenizer.frame_rate
+        ratio = vae.latent_rate / self.token_rate
+        if abs(ratio - round(ratio)) > 1e-9:
+            raise MelodyError(f"the VAE's {vae.latent_rate:g} Hz latents are not a whole multiple of the "
+                              f"{self.token_rate} Hz semantic tokens")
+        self.frames_per_token = round(ratio)
+        for model in (mulan, tokenizer, semantic_lm, dpd, vae):
+            model.eval()
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> MeLoDy:
+        """Load a bundle folder (one sub-folder per stage); one-line errors for anything missing or mismatched."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise MelodyError(f"{folder}: no such bundle folder; give a folder with {', '.join(STAGES)} sub-folders")
+        builders = {
+            "mulan": lambda c: MuLan.from_config(c.mulan, c.vae.sample_rate),
+            "tokenizer": lambda c: SemanticTokenizer.from_config(c.tokenizer, c.vae.sample_rate),
+            "semantic_lm": SemanticLM.from_config,
+            "dpd": DPD.from_config,
+            "vae": lambda c: VAE(c.vae),
+        }
+        models, configs = {}, {}
+        for stage in STAGES:
+            if not (folder / stage).is_dir():
+                raise MelodyError(f"{folder}: the bundle has no '{stage}' folder; export it with `melody export RUN "
+                                  f"--out {folder / stage} --stage {stage}`")
+            models[stage], configs[stage] = load_model_and_config(folder / stage, stage, stage, builders[stage])
+        cfg = configs["dpd"]
+        cfg.mulan, cfg.semantic_lm = configs["mulan"].mulan, configs["semantic_lm"].semantic_lm
+        return cls(**models, cfg=cfg)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], duration: float, steps: int | None = None, guidance: float | None = None,
+                 temperature: float | None = None, top_k: int | None = None, lm_guidance: float | None = None,
+                 seed: int = 0) -> GenerateOutput:
+        """Music for each prompt `(b, channels, round(duration · rate))`; None takes the config's value."""
+        prompts, duration = check_prompts(prompts), check_duration(duration)
+        d, lm_cfg = self.cfg.dpd, self.cfg.semantic_lm
+        steps = d.steps if steps is None else steps
+        guidance = d.guidance if guidance is None else guidance
+        times, passes = {}, {}
+
+        clock = time.perf_counter()
+        mulan_tokens = self.mulan.tokens_from_text(prompts)  # (b, L)
+        times["mulan"], passes["mulan"] = time.perf_counter() - clock, 1
+
+        clock = time.perf_counter()
+        n_tokens = math.ceil(duration * self.token_rate)
+        window, stride = window_and_stride(lm_cfg, self.token_rate)
+        lm_generator = torch.Generator(device=self._device).manual_seed(mix_seeds(seed, 1))
+        result = generate_tokens(self.semantic_lm, mulan_tokens.to(self._device), n_tokens,
+                                 temperature=lm_cfg.temperature if temperature is None else temperature,
+                                 top_k=lm_cfg.top_k if top_k is None else top_k, top_p=lm_cfg.top_p,
+                                 guidance=lm_cfg.guidance if lm_guidance is None else lm_guidance,
+                                 generator=lm_generator, window=window, stride=stride)
+        times["semantic_lm"], passes["semantic_lm"] = time.perf_counter() - clock, result.forward_passes
+
+        clock = time.perf_counter()
+        counted = _Counted(self.dpd)
+        latents = self.latents(counted, result.tokens, duration, steps, guidance, seed)
+        times["dpd"], passes["dpd"] = time.perf_counter() - clock, counted.calls
+
+        clock = time.perf_counter()
+        samples = round(duration * self.vae.cfg.sample_rate)
+        audio = self.vae.decode_latents(latents, samples).clamp(-1.0, 1.0).float()
+        times["vae"], passes["vae"] = time.perf_counter() - clock, 1
+        return GenerateOutput(audio, self.vae.cfg.sample_rate, result.tokens, latents, passes, times)
+
+    @property
+    def _device(self) -> torch.device:
+        return next(self.dpd.parameters()).device
+
+    def latents(self, model, tokens: torch.Tensor, duration: float, steps: int, guidance: float, seed: int) -> torch.Tensor:
+        """DPD latents `(b, frames, d)` for `duration` seconds, window by window with clean-context continuation."""
+        total = math.ceil(duration * self.vae.latent_rate)
+        window = max(self.frames_per_token, round(self.cfg.dpd.crop_seconds * self.vae.latent_rate))
+        window -= window % self.frames_per_token  # whole tokens per window
+        context = window // 2 - (window // 2) % self.frames_per_token
+        deltas = angles_from_steps(SCHEDULES["melody"](steps))
+        b = tokens.shape[0]
+
+        def window_tokens(start: int, frames: int) -> torch.Tensor:
+            first, last = start // self.frames_per_token, math.ceil((start + frames) / self.frames_per_token)
+            return tokens[:, first:min(last, tokens.shape[1])]
+
+        def generator(k: int) -> torch.Generator:
+            return torch.Generator(device=self._device).manual_seed(mix_seeds(seed, 2, k))
+
+        first = min(window, total)
+        noise = torch.randn(b, first, self.vae.cfg.latent_dim, generator=generator(0), device=self._device)
+        latents = sample(model, noise, deltas, window_tokens(0, first), guidance)
+        k = 1
+        while latents.shape[1] < total:
+            new = min(window - context, total - latents.shape[1])
+            start = latents.shape[1] - context
+            made = continue_latents(model, latents, new, window_tokens(start, context + new), deltas, guidance,
+                                    generator(k), context=context)
+            latents = torch.cat((latents, made), dim=1)
+            k += 1
+        return latents

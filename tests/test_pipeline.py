@@ -1,0 +1,103 @@
+"""MeLoDy end to end on a tiny random bundle made here (untrained weights: shapes, counts, seeds, errors)."""
+
+import math
+
+import pytest
+import torch
+from test_cli import TINY_VAE
+from test_mulan import tiny_bert
+from test_semantic_stages import TINY_STACK
+
+from melody.checkpoint import save_model
+from melody.config import preset
+from melody.dpd import DPD
+from melody.errors import MelodyError
+from melody.mulan import MuLan
+from melody.pipeline import STAGES, MeLoDy
+from melody.semantic.lm import SemanticLM
+from melody.semantic.tokenizer import SemanticTokenizer
+from melody.vae import VAE
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TINY_DPD = ["dpd.hidden=32", "dpd.blocks=2", "dpd.segment_size=8", "dpd.merge_factors=2,4", "dpd.angle_dim=16",
+            "dpd.heads=2", "dpd.crop_seconds=1", "dpd.steps=2", "vae.strides=2,4,4,5"]  # 8 kHz / 160 = 50 Hz latents
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bundle")
+    (root / "bert").mkdir()
+    model, tokenizer = tiny_bert(root / "bert", words=["funk", "piano", "calm"])
+    model.save_pretrained(root / "bert")
+    tokenizer.save_pretrained(root / "bert")
+    cfg = preset("tiny", [*TINY_STACK, *TINY_VAE, *TINY_DPD, f"mulan.text_encoder={root / 'bert'}"])
+    torch.manual_seed(0)
+    mulan = MuLan.from_config(cfg.mulan, cfg.vae.sample_rate)
+    mulan.fit_tokens(torch.nn.functional.normalize(torch.randn(64, cfg.mulan.embed_dim), dim=-1))
+    tok = SemanticTokenizer.from_config(cfg.tokenizer, cfg.vae.sample_rate)
+    tok.quantizer.centroids.normal_()
+    models = {"mulan": mulan, "tokenizer": tok, "semantic_lm": SemanticLM.from_config(cfg), "dpd": DPD.from_config(cfg),
+              "vae": VAE(cfg.vae)}
+    with torch.no_grad():
+        models["dpd"].output.weight.normal_(0, 0.05)  # untrained DPDs predict 0: give it a voice
+    for stage, m in models.items():
+        save_model(root / "bundle" / stage, stage, m, cfg, stage)
+    return root / "bundle"
+
+
+@pytest.fixture(scope="module")
+def melody(bundle):
+    return MeLoDy.from_pretrained(bundle)
+
+
+@pytest.mark.parametrize("duration", [0.3, 1.0, 2.7])
+def test_output_length_is_duration_times_rate_exactly(melody, duration):
+    out = melody.generate(["calm piano"], duration)
+    rate = melody.vae.cfg.sample_rate
+    assert out.audio.shape == (1, 1, round(duration * rate)) and out.audio.dtype == torch.float32
+    assert out.semantic_tokens.shape == (1, math.ceil(duration * 25))
+    assert out.latents.shape[1] == math.ceil(duration * melody.vae.latent_rate)
+    assert bool(torch.isfinite(out.audio).all()) and float(out.audio.abs().max()) <= 1.0
+
+
+def test_forward_passes_follow_the_papers_count(melody):
+    out = melody.generate(["funk"], 2.7, steps=3, guidance=2.5)
+    windows = 1 + math.ceil((math.ceil(2.7 * 50) - 50) / 25)  # 1 s windows (50 frames) advancing by 0.5 s
+    assert out.forward_passes == {"mulan": 1, "semantic_lm": math.ceil(2.7 * 25), "dpd": windows * 3 * 2, "vae": 1}
+    assert set(out.seconds) == set(out.forward_passes)
+
+
+def test_seed_reproduces_and_another_seed_differs(melody):
+    a = melody.generate(["funk", "calm piano"], 1.5, seed=3)
+    b = melody.generate(["funk", "calm piano"], 1.5, seed=3)
+    c = melody.generate(["funk", "calm piano"], 1.5, seed=4)
+    assert torch.equal(a.audio, b.audio) and torch.equal(a.semantic_tokens, b.semantic_tokens)
+    assert not torch.equal(a.audio, c.audio)
+
+
+@pytest.mark.parametrize("prompts, duration, message", [
+    ([""], 1.0, "a prompt is empty"),
+    (["x" * 1001], 1.0, "keep it under 1000"),
+    ("funk", 1.0, "give a list"),
+    (["funk"], 0.0, "positive number of seconds"),
+    (["funk"], -2.0, "positive number of seconds"),
+    (["funk"], float("nan"), "positive number of seconds"),
+    (["funk"], 601.0, "beyond the limit"),
+])
+def test_bad_input_is_a_one_line_error(melody, prompts, duration, message):
+    with pytest.raises(MelodyError, match=message):
+        melody.generate(prompts, duration)
+
+
+def test_a_missing_or_incomplete_bundle_is_a_one_line_error(bundle, tmp_path):
+    with pytest.raises(MelodyError, match="no such bundle folder"):
+        MeLoDy.from_pretrained(tmp_path / "nope")
+    import shutil
+
+    partial = tmp_path / "partial"
+    shutil.copytree(bundle, partial)
+    shutil.rmtree(partial / "dpd")
+    with pytest.raises(MelodyError, match="no 'dpd' folder"):
+        MeLoDy.from_pretrained(partial)
+    assert set(STAGES) == {p.name for p in bundle.iterdir()}
