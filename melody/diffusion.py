@@ -193,17 +193,28 @@ def _check_steps(steps: int) -> None:
         raise MelodyError(f"the sampler needs at least 1 step, got {steps}")
 
 
+def noise_like_rows(batch: int, frames: int, dim: int, generator, device: torch.device | str) -> torch.Tensor:
+    """Gaussian noise `(batch, frames, dim)` from one generator, or row i from `generator[i]` (a sequence),
+    so that a row's noise does not depend on the other rows of the batch."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != batch:
+            raise ValueError(f"{len(generator)} generators for {batch} rows")
+        return torch.cat([torch.randn(1, frames, dim, generator=g, device=g.device) for g in generator]).to(device)
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(batch, frames, dim, generator=generator, device=gen_device).to(device)
+
+
 @torch.no_grad()
 def continue_latents(model: Callable, previous: torch.Tensor, new_frames: int, cond, deltas: torch.Tensor,
-                     guidance: float = 1.0, generator: torch.Generator | None = None, context: int | None = None,
+                     guidance: float = 1.0, generator=None, context: int | None = None,
                      callback: Callable[[dict], None] | None = None) -> torch.Tensor:
     """`new_frames` latents `(b, new_frames, d)` that continue `previous` `(b, P, d)`: a window of its last
-    `context` frames (all of them by default) kept clean, then fresh noise from `generator`, sampled with
+    `context` frames (all of them by default) kept clean, then fresh noise from `generator` (or one
+    generator per row, `noise_like_rows`), sampled with
     `sample`; `cond` is the window's condition (e.g. its semantic tokens, covering context + new frames)."""
     b, _, d = previous.shape
     keep = previous[:, previous.shape[1] - (previous.shape[1] if context is None else min(context, previous.shape[1])):]
-    device = generator.device if generator is not None else previous.device
-    noise = torch.randn(b, new_frames, d, generator=generator, device=device).to(previous)
+    noise = noise_like_rows(b, new_frames, d, generator, previous.device).to(previous)
     window = torch.cat((keep, noise), dim=1)
     mask = torch.zeros(b, window.shape[1], dtype=torch.bool, device=previous.device)
     mask[:, : keep.shape[1]] = True

@@ -13,8 +13,9 @@ MuLan's RVQ, the DPD's latents the VAE's). `generate` reads like the paper's inf
    (`continue_latents`); each window cross-attends to the semantic tokens covering it;
 4. the VAE decoder → exactly round(duration · sample_rate) samples.
 
-Randomness: one seed; the LM's generator and each DPD window's generator derive from
-(seed, stage, window index), so a window's noise does not depend on how many tokens came before.
+Randomness: prompt i of a batch uses seed + i, so a batch gives each prompt exactly what a run of
+that prompt alone with seed + i gives; per prompt, the LM's generator and each DPD window's derive
+from (seed, stage, window index), so a window's noise does not depend on how many tokens came before.
 Every stage's network calls and wall time are counted (`GenerateOutput.forward_passes`, `seconds`).
 
 Choices where the paper is silent: the DPD window is the length it was trained on
@@ -34,7 +35,7 @@ import torch
 from melody.checkpoint import load_model_and_config
 from melody.config import MelodyConfig
 from melody.data.loader import mix_seeds
-from melody.diffusion import SCHEDULES, angles_from_steps, continue_latents, sample
+from melody.diffusion import SCHEDULES, angles_from_steps, continue_latents, noise_like_rows, sample
 from melody.dpd import DPD
 from melody.errors import MelodyError
 from melody.mulan import MuLan
@@ -149,7 +150,7 @@ class MeLoDy:
         clock = time.perf_counter()
         n_tokens = math.ceil(duration * self.token_rate)
         window, stride = window_and_stride(lm_cfg, self.token_rate)
-        lm_generator = torch.Generator(device=self._device).manual_seed(mix_seeds(seed, 1))
+        lm_generator = [torch.Generator(device=self._device).manual_seed(mix_seeds(seed + i, 1)) for i in range(len(prompts))]
         result = generate_tokens(self.semantic_lm, mulan_tokens.to(self._device), n_tokens,
                                  temperature=lm_cfg.temperature if temperature is None else temperature,
                                  top_k=lm_cfg.top_k if top_k is None else top_k, top_p=lm_cfg.top_p,
@@ -185,11 +186,11 @@ class MeLoDy:
             first, last = start // self.frames_per_token, math.ceil((start + frames) / self.frames_per_token)
             return tokens[:, first:min(last, tokens.shape[1])]
 
-        def generator(k: int) -> torch.Generator:
-            return torch.Generator(device=self._device).manual_seed(mix_seeds(seed, 2, k))
+        def generator(k: int) -> list[torch.Generator]:  # window k's noise, one generator per prompt
+            return [torch.Generator(device=self._device).manual_seed(mix_seeds(seed + i, 2, k)) for i in range(b)]
 
         first = min(window, total)
-        noise = torch.randn(b, first, self.vae.cfg.latent_dim, generator=generator(0), device=self._device)
+        noise = noise_like_rows(b, first, self.vae.cfg.latent_dim, generator(0), self._device)
         latents = sample(model, noise, deltas, window_tokens(0, first), guidance)
         k = 1
         while latents.shape[1] < total:

@@ -101,3 +101,12 @@ def test_a_missing_or_incomplete_bundle_is_a_one_line_error(bundle, tmp_path):
     with pytest.raises(MelodyError, match="no 'dpd' folder"):
         MeLoDy.from_pretrained(partial)
     assert set(STAGES) == {p.name for p in bundle.iterdir()}
+
+
+def test_a_batch_gives_each_prompt_what_it_gets_alone_with_seed_plus_its_index(melody):
+    both = melody.generate(["funk", "calm piano"], 1.3, seed=7)
+    first = melody.generate(["funk"], 1.3, seed=7)
+    second = melody.generate(["calm piano"], 1.3, seed=8)
+    torch.testing.assert_close(both.audio[0], first.audio[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(both.audio[1], second.audio[0], rtol=0, atol=1e-5)
+    assert torch.equal(both.semantic_tokens, torch.cat((first.semantic_tokens, second.semantic_tokens)))

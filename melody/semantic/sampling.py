@@ -31,7 +31,7 @@ Choices where the papers are silent:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -74,13 +74,18 @@ def cfg_logits(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.
 
 
 def sample_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | Sequence[torch.Generator] | None = None) -> torch.Tensor:
     """One token per row of `logits` `(b, V)` → `(b,)` long: greedy at temperature 0, else a draw from
-    softmax(top_p(top_k(ℓ / τ))) with `generator`."""
+    softmax(top_p(top_k(ℓ / τ))) with `generator` — or with one generator per row (a sequence of b),
+    so that a row's tokens do not depend on the other rows of the batch."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    filtered = top_p_filter(top_k_filter(apply_temperature(logits.float(), temperature), top_k), top_p)
-    return torch.multinomial(filtered.softmax(dim=-1), 1, generator=generator)[:, 0]
+    probs = top_p_filter(top_k_filter(apply_temperature(logits.float(), temperature), top_k), top_p).softmax(dim=-1)
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != probs.shape[0]:
+            raise ValueError(f"{len(generator)} generators for {probs.shape[0]} rows")
+        return torch.cat([torch.multinomial(probs[i:i + 1], 1, generator=g)[:, 0] for i, g in enumerate(generator)])
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
 @dataclass
@@ -96,7 +101,7 @@ class GenerateResult:
 @torch.no_grad()
 def generate(lm: SemanticLM, mulan_tokens: torch.Tensor | None, n_tokens: int, prefix: torch.Tensor | None = None, *,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, guidance: float = 1.0,
-             generator: torch.Generator | None = None, window: int = 250, stride: int = 125,
+             generator: torch.Generator | Sequence[torch.Generator] | None = None, window: int = 250, stride: int = 125,
              callback: Callable[[dict], None] | None = None) -> GenerateResult:
     """Ancestral sampling of `n_tokens` semantic tokens with a KV cache, guidance and sliding windows.
 
