@@ -173,31 +173,94 @@ class MeLoDy:
     def _device(self) -> torch.device:
         return next(self.dpd.parameters()).device
 
-    def latents(self, model, tokens: torch.Tensor, duration: float, steps: int, guidance: float, seed: int) -> torch.Tensor:
-        """DPD latents `(b, frames, d)` for `duration` seconds, window by window with clean-context continuation."""
-        total = math.ceil(duration * self.vae.latent_rate)
+    def _window(self) -> tuple[int, int]:
+        """(frames per DPD window, frames of clean context when continuing), in whole tokens."""
         window = max(self.frames_per_token, round(self.cfg.dpd.crop_seconds * self.vae.latent_rate))
-        window -= window % self.frames_per_token  # whole tokens per window
-        context = window // 2 - (window // 2) % self.frames_per_token
+        window -= window % self.frames_per_token
+        return window, window // 2 - (window // 2) % self.frames_per_token
+
+    def latents(self, model, tokens: torch.Tensor, duration: float, steps: int, guidance: float, seed: int,
+                start: torch.Tensor | None = None) -> torch.Tensor:
+        """DPD latents `(b, frames, d)` for `duration` seconds, window by window with clean-context continuation;
+        `start` `(b, P, d)`: latents that already exist (continuation), kept as they are."""
+        total = math.ceil(duration * self.vae.latent_rate)
+        window, context = self._window()
         deltas = angles_from_steps(SCHEDULES["melody"](steps))
         b = tokens.shape[0]
 
-        def window_tokens(start: int, frames: int) -> torch.Tensor:
-            first, last = start // self.frames_per_token, math.ceil((start + frames) / self.frames_per_token)
+        def window_tokens(first_frame: int, frames: int) -> torch.Tensor:
+            first, last = first_frame // self.frames_per_token, math.ceil((first_frame + frames) / self.frames_per_token)
             return tokens[:, first:min(last, tokens.shape[1])]
 
         def generator(k: int) -> list[torch.Generator]:  # window k's noise, one generator per prompt
             return [torch.Generator(device=self._device).manual_seed(mix_seeds(seed + i, 2, k)) for i in range(b)]
 
-        first = min(window, total)
-        noise = noise_like_rows(b, first, self.vae.cfg.latent_dim, generator(0), self._device)
-        latents = sample(model, noise, deltas, window_tokens(0, first), guidance)
+        if start is None:
+            first = min(window, total)
+            noise = noise_like_rows(b, first, self.vae.cfg.latent_dim, generator(0), self._device)
+            latents = sample(model, noise, deltas, window_tokens(0, first), guidance)
+        else:
+            latents = start
         k = 1
         while latents.shape[1] < total:
             new = min(window - context, total - latents.shape[1])
-            start = latents.shape[1] - context
-            made = continue_latents(model, latents, new, window_tokens(start, context + new), deltas, guidance,
-                                    generator(k), context=context)
+            keep = min(context, latents.shape[1])
+            made = continue_latents(model, latents, new, window_tokens(latents.shape[1] - keep, keep + new), deltas,
+                                    guidance, generator(k), context=keep)
             latents = torch.cat((latents, made), dim=1)
             k += 1
         return latents
+
+    @torch.no_grad()
+    def continue_(self, audio: torch.Tensor, seconds: float, prompts: list[str] | None = None, steps: int | None = None,
+                  guidance: float | None = None, temperature: float | None = None, top_k: int | None = None,
+                  lm_guidance: float | None = None, seed: int = 0) -> GenerateOutput:
+        """`audio` `(b, channels, n)` at the VAE's rate, extended by `seconds`: the output starts with the input,
+        sample for sample. The condition is the prompts' MuLan tokens, or the input's own (a music prompt)."""
+        rate, channels = self.vae.cfg.sample_rate, self.vae.cfg.channels
+        if audio.dim() != 3 or audio.shape[1] != channels or audio.shape[-1] < 1:
+            raise MelodyError(f"the audio to continue must be (batch, {channels}, samples) at {rate} Hz, got {tuple(audio.shape)}")
+        seconds = check_duration(seconds)
+        d, lm_cfg = self.cfg.dpd, self.cfg.semantic_lm
+        steps = d.steps if steps is None else steps
+        guidance = d.guidance if guidance is None else guidance
+        audio = audio.to(self._device, torch.float32)
+        b, n_in = audio.shape[0], audio.shape[-1]
+        times, passes = {}, {}
+
+        clock = time.perf_counter()
+        mono = audio.mean(1)
+        mulan_tokens = self.mulan.tokens_from_text(check_prompts(prompts)) if prompts is not None else self.mulan.tokens_from_audio(mono)
+        if mulan_tokens.shape[0] != b:
+            raise MelodyError(f"{mulan_tokens.shape[0]} prompts for {b} clips; give one prompt per clip")
+        times["mulan"], passes["mulan"] = time.perf_counter() - clock, 1
+
+        clock = time.perf_counter()
+        prefix = self.tokenizer.tokens(mono)  # (b, ⌈n_in / hop⌉): the input's own semantic tokens lead
+        times["tokenizer"], passes["tokenizer"] = time.perf_counter() - clock, 1
+
+        clock = time.perf_counter()
+        total_seconds = n_in / rate + seconds
+        window, stride = window_and_stride(lm_cfg, self.token_rate)
+        n_new = max(0, math.ceil(total_seconds * self.token_rate) - prefix.shape[1])
+        generators = [torch.Generator(device=self._device).manual_seed(mix_seeds(seed + i, 1)) for i in range(b)]
+        result = generate_tokens(self.semantic_lm, mulan_tokens.to(self._device), n_new, prefix,
+                                 temperature=lm_cfg.temperature if temperature is None else temperature,
+                                 top_k=lm_cfg.top_k if top_k is None else top_k, top_p=lm_cfg.top_p,
+                                 guidance=lm_cfg.guidance if lm_guidance is None else lm_guidance,
+                                 generator=generators, window=window, stride=stride)
+        tokens = torch.cat((prefix, result.tokens), dim=1)
+        times["semantic_lm"], passes["semantic_lm"] = time.perf_counter() - clock, result.forward_passes
+
+        clock = time.perf_counter()
+        start = self.vae.encode_latents(audio, torch.Generator(device=self._device).manual_seed(mix_seeds(seed, 3)))
+        counted = _Counted(self.dpd)
+        latents = self.latents(counted, tokens, total_seconds, steps, guidance, seed, start=start)
+        times["dpd"], passes["dpd"] = time.perf_counter() - clock, counted.calls
+
+        clock = time.perf_counter()
+        samples = n_in + round(seconds * rate)
+        decoded = self.vae.decode_latents(latents, samples).clamp(-1.0, 1.0).float()
+        out = torch.cat((audio, decoded[..., n_in:]), dim=-1)  # the input, untouched, then what follows it
+        times["vae"], passes["vae"] = time.perf_counter() - clock, 2  # encode the input, decode the whole
+        return GenerateOutput(out, rate, tokens, latents, passes, times)

@@ -110,3 +110,22 @@ def test_a_batch_gives_each_prompt_what_it_gets_alone_with_seed_plus_its_index(m
     torch.testing.assert_close(both.audio[0], first.audio[0], rtol=0, atol=1e-5)
     torch.testing.assert_close(both.audio[1], second.audio[0], rtol=0, atol=1e-5)
     assert torch.equal(both.semantic_tokens, torch.cat((first.semantic_tokens, second.semantic_tokens)))
+
+
+def test_continuation_keeps_the_input_as_its_prefix_and_adds_the_asked_length(melody):
+    rate = melody.vae.cfg.sample_rate
+    g = torch.Generator().manual_seed(0)
+    clip = (0.1 * torch.randn(2, 1, round(1.37 * rate), generator=g)).clamp(-1, 1)
+    out = melody.continue_(clip, 1.2, seed=5)
+    assert out.audio.shape == (2, 1, clip.shape[-1] + round(1.2 * rate))
+    assert torch.equal(out.audio[..., : clip.shape[-1]], clip)
+    assert out.semantic_tokens.shape == (2, math.ceil((clip.shape[-1] / rate + 1.2) * 25))
+    assert torch.equal(out.semantic_tokens[:, :35], melody.tokenizer.tokens(clip.mean(1)))  # the input's own tokens lead
+    again = melody.continue_(clip, 1.2, seed=5)
+    assert torch.equal(out.audio, again.audio)
+    texted = melody.continue_(clip, 1.2, prompts=["funk", "calm piano"], seed=5)
+    assert not torch.equal(texted.audio, out.audio)  # the prompt's tokens condition the continuation
+    with pytest.raises(MelodyError, match="one prompt per clip"):
+        melody.continue_(clip, 1.0, prompts=["funk"])
+    with pytest.raises(MelodyError, match="must be \\(batch, 1, samples\\)"):
+        melody.continue_(clip[:, 0], 1.0)
