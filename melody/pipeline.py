@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,10 @@ from melody.vae import VAE
 STAGES = ("mulan", "tokenizer", "semantic_lm", "dpd", "vae")
 MAX_SECONDS = 600.0  # a stated limit on one call's duration
 MAX_PROMPT_CHARS = 1000
+# A streamed chunk is decoded with this much of the latents before it and after it (both beyond the VAE
+# decoder's receptive field), so chunks join exactly as one decode of everything would.
+DECODE_CONTEXT_SECONDS = 1.0
+DECODE_LOOKAHEAD_SECONDS = 0.5
 
 
 @dataclass
@@ -264,3 +269,40 @@ class MeLoDy:
         out = torch.cat((audio, decoded[..., n_in:]), dim=-1)  # the input, untouched, then what follows it
         times["vae"], passes["vae"] = time.perf_counter() - clock, 2  # encode the input, decode the whole
         return GenerateOutput(out, rate, tokens, latents, passes, times)
+
+    @torch.no_grad()
+    def stream(self, prompts: Iterable[str], chunk_seconds: float = 5.0, steps: int | None = None,
+               guidance: float | None = None, temperature: float | None = None, top_k: int | None = None,
+               lm_guidance: float | None = None, seed: int = 0) -> Iterator[torch.Tensor]:
+        """Music chunk by chunk, one chunk `(channels, round(chunk_seconds · rate))` per prompt of `prompts` (any
+        iterable, endless ones too): the prompt may change between chunks, and the music goes on from what was
+        written — the LM from its token history, the DPD from the latents' clean tail. Chunk k's randomness
+        derives from (seed, k) only, so a re-run gives the same chunks. Tokens and latents are written
+        `DECODE_LOOKAHEAD_SECONDS` ahead of the audio handed out, and each chunk is decoded with the latents
+        around it, so the chunks join exactly as one decode of everything would; a new prompt is therefore
+        heard from that far into its chunk."""
+        chunk_seconds = check_duration(chunk_seconds)
+        d, lm_cfg = self.cfg.dpd, self.cfg.semantic_lm
+        steps = d.steps if steps is None else steps
+        guidance = d.guidance if guidance is None else guidance
+        rate, hop = self.vae.cfg.sample_rate, self.vae.hop
+        window, stride = window_and_stride(lm_cfg, self.token_rate)
+        tokens = torch.zeros(1, 0, dtype=torch.long, device=self._device)
+        latents, emitted = None, 0
+        for k, prompt in enumerate(prompts):
+            end = round((k + 1) * chunk_seconds * rate)  # the chunk's last sample (exclusive)
+            ahead = (k + 1) * chunk_seconds + DECODE_LOOKAHEAD_SECONDS  # what tokens and latents must cover
+            cond = self.mulan.tokens_from_text(check_prompts([prompt])).to(self._device)
+            n_new = math.ceil(ahead * self.token_rate) - tokens.shape[1]
+            made = generate_tokens(self.semantic_lm, cond, n_new, tokens if tokens.shape[1] else None,
+                                   temperature=lm_cfg.temperature if temperature is None else temperature,
+                                   top_k=lm_cfg.top_k if top_k is None else top_k, top_p=lm_cfg.top_p,
+                                   guidance=lm_cfg.guidance if lm_guidance is None else lm_guidance,
+                                   generator=torch.Generator(device=self._device).manual_seed(mix_seeds(seed, 1, k)),
+                                   window=window, stride=stride)
+            tokens = torch.cat((tokens, made.tokens), dim=1)
+            latents = self.latents(self.dpd, tokens, ahead, steps, guidance, mix_seeds(seed, 2, k), start=latents)
+            first_frame = max(0, emitted // hop - round(DECODE_CONTEXT_SECONDS * self.vae.latent_rate))
+            audio = self.vae.decode_latents(latents[:, first_frame:]).clamp(-1.0, 1.0).float()
+            yield audio[0, :, emitted - first_frame * hop:end - first_frame * hop]
+            emitted = end

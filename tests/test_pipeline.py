@@ -129,3 +129,49 @@ def test_continuation_keeps_the_input_as_its_prefix_and_adds_the_asked_length(me
         melody.continue_(clip, 1.0, prompts=["funk"])
     with pytest.raises(MelodyError, match="must be \\(batch, 1, samples\\)"):
         melody.continue_(clip[:, 0], 1.0)
+
+
+def test_stream_chunks_have_the_asked_length_rerun_identically_and_join_like_one_decode(melody):
+    import itertools
+
+    rate = melody.vae.cfg.sample_rate
+    chunks = list(itertools.islice(melody.stream(itertools.repeat("funk"), chunk_seconds=0.9, seed=2), 4))
+    assert [c.shape for c in chunks] == [(1, round(0.9 * rate))] * 4
+    joined = torch.cat(chunks, dim=-1)
+    assert joined.shape == (1, round(4 * 0.9 * rate))
+    again = torch.cat(list(melody.stream(["funk"] * 4, chunk_seconds=0.9, seed=2)), dim=-1)
+    assert torch.equal(joined, again)  # chunk k's randomness comes from (seed, k): a re-run is identical
+    # chunked decoding adds no seam: the chunks equal one decode of all the stream's latents
+    latents = _stream_latents(melody, ["funk"] * 4, 0.9, 2)
+    whole = melody.vae.decode_latents(latents).clamp(-1, 1)[0, :, : joined.shape[-1]]
+    torch.testing.assert_close(joined, whole, rtol=0, atol=1e-5)
+
+
+def _stream_latents(melody, prompts, chunk, seed):
+    """The latents the stream builds, by running its steps without decoding (same seeds)."""
+    import math as m
+
+    from melody.data.loader import mix_seeds
+    from melody.pipeline import DECODE_LOOKAHEAD_SECONDS
+    from melody.semantic.lm import window_and_stride
+    from melody.semantic.sampling import generate
+
+    window, stride = window_and_stride(melody.cfg.semantic_lm, 25)
+    tokens, latents = torch.zeros(1, 0, dtype=torch.long), None
+    for k, p in enumerate(prompts):
+        end = (k + 1) * chunk + DECODE_LOOKAHEAD_SECONDS
+        made = generate(melody.semantic_lm, melody.mulan.tokens_from_text([p]), m.ceil(end * 25) - tokens.shape[1],
+                        tokens if tokens.shape[1] else None, guidance=melody.cfg.semantic_lm.guidance,
+                        generator=torch.Generator().manual_seed(mix_seeds(seed, 1, k)), window=window, stride=stride)
+        tokens = torch.cat((tokens, made.tokens), dim=1)
+        latents = melody.latents(melody.dpd, tokens, end, melody.cfg.dpd.steps, melody.cfg.dpd.guidance,
+                                 mix_seeds(seed, 2, k), start=latents)
+    return latents
+
+
+def test_a_prompt_change_takes_effect_from_its_chunk_on(melody):
+    # a random LM barely hears its condition: strong guidance makes the prompts' difference audible
+    same = list(melody.stream(["funk", "funk", "funk"], chunk_seconds=0.8, seed=1, lm_guidance=30.0))
+    changed = list(melody.stream(["funk", "funk", "calm piano"], chunk_seconds=0.8, seed=1, lm_guidance=30.0))
+    assert torch.equal(same[0], changed[0]) and torch.equal(same[1], changed[1])
+    assert not torch.equal(same[2], changed[2])
