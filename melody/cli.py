@@ -165,6 +165,199 @@ def data_spectrograms(
     typer.echo(f"wrote {out} ({len(rows)} rows)")
 
 
+# --- generate ---------------------------------------------------------------------------------
+
+BundleOpt = Annotated[Optional[Path], typer.Option("--bundle", help="Model bundle folder (default: the bundled tiny model).")]
+StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="DPD sampling steps (default: the bundle's, 10).")]
+GuidanceOpt = Annotated[Optional[float], typer.Option("--guidance", help="DPD classifier-free guidance (default 2.5).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed: the same seed reproduces the same music.")]
+PlotOpt = Annotated[bool, typer.Option("--plot", help="Also write a spectrogram PNG beside the audio.")]
+ShowProgress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar over the stages.")]
+
+
+class _StageBar:
+    """A progress bar over the pipeline's stages, told each stage's name as it starts."""
+
+    def __init__(self, stages: int, enabled: bool) -> None:
+        from tqdm.auto import tqdm
+
+        # only on a terminal: a log file or a pipe gets the result lines, not bar redraws
+        self.bar = tqdm(total=stages, desc="generate", unit="stage", disable=not enabled or not sys.stderr.isatty(), leave=False)
+        self.started = False
+
+    def __call__(self, stage: str) -> None:
+        if self.started:
+            self.bar.update(1)
+        self.started = True
+        self.bar.set_description(stage)
+
+    def close(self) -> None:
+        self.bar.update(self.bar.total - self.bar.n)
+        self.bar.close()
+
+
+def _melody(bundle: Optional[Path]):
+    from melody.bundled import BUNDLE
+    from melody.pipeline import MeLoDy
+
+    return MeLoDy.from_pretrained(bundle or BUNDLE)
+
+
+def _write_result(out: Path, audio, rate: int, record: dict, plot: bool) -> list[Path]:
+    """The audio (atomically), its JSON sidecar and optionally a spectrogram, beside each other."""
+    from melody.audio import save_audio
+    from melody.io import write_json_atomic
+
+    paths = [save_audio(out, audio, rate), write_json_atomic(out.with_suffix(".json"), record)]
+    if plot:
+        from melody.data.plots import spectrogram_grid
+
+        paths.append(spectrogram_grid({"": [(record.get("prompt") or out.name, audio.mean(0))]}, rate, out.with_suffix(".png")))
+    return paths
+
+
+def _record(model, output, **fields) -> dict:
+    from melody import __version__
+
+    return {**fields, "sample_rate": output.sample_rate, "forward_passes": output.forward_passes,
+            "seconds": {k: round(v, 4) for k, v in output.seconds.items()}, "melody": __version__,
+            "config": {"dpd": {"steps": model.cfg.dpd.steps, "guidance": model.cfg.dpd.guidance},
+                       "semantic_lm": {"guidance": model.cfg.semantic_lm.guidance,
+                                       "temperature": model.cfg.semantic_lm.temperature}}}
+
+
+def _check_out(out: Path) -> Path:
+    if out.suffix.lower() not in (".wav", ".flac"):
+        raise MelodyError(f"--out {out}: give a .wav or .flac file name")
+    if not out.parent.exists():
+        raise MelodyError(f"--out {out}: the folder {out.parent} does not exist")
+    return out
+
+
+@app.command("generate")
+def generate_command(
+    prompt: Annotated[Optional[str], typer.Argument(help="What the music should be, e.g. 'an upbeat funk groove with slap bass'.")] = None,
+    duration: Annotated[float, typer.Option("--duration", help="Seconds of music.")] = 10.0,
+    out: Annotated[Path, typer.Option("--out", help="Audio file to write (.wav or .flac); a .json sidecar goes beside it.")] = Path("music.wav"),
+    steps: StepsOpt = None, guidance: GuidanceOpt = None, seed: SeedOpt = 0,
+    prompt_audio: Annotated[Optional[Path], typer.Option("--prompt-audio", help="A music prompt instead of text.")] = None,
+    batch: Annotated[Optional[Path], typer.Option("--batch", help="A text file with one prompt per line.")] = None,
+    bundle: BundleOpt = None, plot: PlotOpt = False, progress: ShowProgress = True,
+) -> None:
+    """Text (or a music prompt) to music with MeLoDy."""
+    import torch
+
+    from melody.audio import audio_info
+    from melody.pipeline import check_duration, check_prompts
+
+    _check_out(out)
+    check_duration(duration)
+    sources = sum(x is not None for x in (prompt, prompt_audio, batch))
+    if sources != 1:
+        raise MelodyError("give exactly one of: a PROMPT, --prompt-audio FILE or --batch FILE")
+    if batch is not None:
+        if not batch.is_file():
+            raise MelodyError(f"--batch {batch}: no such file")
+        prompts = [line.strip() for line in batch.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not prompts:
+            raise MelodyError(f"--batch {batch}: holds no prompt (one per line)")
+    else:
+        prompts = [prompt] if prompt is not None else None
+    if prompts is not None:
+        check_prompts(prompts)  # before loading anything
+    if prompt_audio is not None:
+        audio_info(prompt_audio)  # a missing or unreadable file: one line, before loading the model
+    model = _melody(bundle)
+    music = None
+    if prompt_audio is not None:
+        from melody.audio import load_audio
+
+        music = torch.from_numpy(load_audio(prompt_audio, model.vae.cfg.sample_rate, 1)).float()  # (1, samples)
+    bar = _StageBar(4, progress)
+    try:
+        output = model.generate(prompts, duration, steps, guidance, seed=seed, prompt_audio=music, progress=bar)
+    finally:
+        bar.close()
+    names = [out] if output.audio.shape[0] == 1 else [out.with_name(f"{out.stem}-{i:03d}{out.suffix}")
+                                                      for i in range(output.audio.shape[0])]
+    for i, name in enumerate(names):
+        record = _record(model, output, prompt=None if prompts is None else prompts[i],
+                         prompt_audio=None if prompt_audio is None else str(prompt_audio), seed=seed + i,
+                         duration=duration, steps=steps or model.cfg.dpd.steps)
+        _write_result(name, output.audio[i].numpy(), output.sample_rate, record, plot)
+        typer.echo(f"wrote {name} ({duration:g} s)")
+    total = sum(output.seconds.values())
+    typer.echo(f"{len(names) * duration:g} s of music in {total:.2f} s; forward passes "
+               + ", ".join(f"{k} {v}" for k, v in output.forward_passes.items()))
+
+
+@app.command("continue")
+def continue_command(
+    audio: Annotated[Path, typer.Argument(help="The clip to continue.")],
+    seconds: Annotated[float, typer.Option("--seconds", help="Seconds to add.")] = 10.0,
+    out: Annotated[Path, typer.Option("--out", help="Audio file to write: the input followed by its continuation.")] = Path("continued.wav"),
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="Steer the continuation with text (default: the clip itself).")] = None,
+    steps: StepsOpt = None, guidance: GuidanceOpt = None, seed: SeedOpt = 0, bundle: BundleOpt = None, plot: PlotOpt = False,
+    progress: ShowProgress = True,
+) -> None:
+    """Extend a clip: the output starts with the input, unchanged."""
+    import torch
+
+    from melody.audio import audio_info, load_audio
+    from melody.pipeline import check_duration
+
+    _check_out(out)
+    check_duration(seconds)
+    audio_info(audio)  # a missing or unreadable file: one line, before loading the model
+    model = _melody(bundle)
+    clip = torch.from_numpy(load_audio(audio, model.vae.cfg.sample_rate, model.vae.cfg.channels)).float()[None]
+    bar = _StageBar(5, progress)
+    try:
+        output = model.continue_(clip, seconds, None if prompt is None else [prompt], steps, guidance, seed=seed, progress=bar)
+    finally:
+        bar.close()
+    record = _record(model, output, input=str(audio), prompt=prompt, seed=seed, seconds_added=seconds)
+    _write_result(out, output.audio[0].numpy(), output.sample_rate, record, plot)
+    typer.echo(f"wrote {out} ({output.audio.shape[-1] / output.sample_rate:.2f} s)")
+
+
+@app.command("stream")
+def stream_command(
+    prompts: Annotated[Path, typer.Option("--prompts", help="A text file: one prompt per chunk, in order.")],
+    out: Annotated[str, typer.Option("--out", help="Audio file to write, or '-' for raw 16-bit PCM on stdout.")] = "stream.wav",
+    chunk_seconds: Annotated[float, typer.Option("--chunk-seconds", help="Seconds per chunk.")] = 5.0,
+    steps: StepsOpt = None, guidance: GuidanceOpt = None, seed: SeedOpt = 0, bundle: BundleOpt = None,
+    progress: ShowProgress = True,
+) -> None:
+    """Music that follows a story: one chunk per line of --prompts, each continuing the last without a seam."""
+    import numpy as np
+
+    if not prompts.is_file():
+        raise MelodyError(f"--prompts {prompts}: no such file")
+    story = [line.strip() for line in prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not story:
+        raise MelodyError(f"--prompts {prompts}: holds no prompt (one per line)")
+    if out != "-":
+        _check_out(Path(out))
+    model = _melody(bundle)
+    from tqdm.auto import tqdm
+
+    rate, pieces = model.vae.cfg.sample_rate, []
+    chunks = model.stream(story, chunk_seconds, steps, guidance, seed=seed)
+    for chunk in tqdm(chunks, total=len(story), desc="stream", unit="chunk", disable=not progress or not sys.stderr.isatty()):
+        if out == "-":
+            pcm = (np.clip(chunk.numpy().T, -1, 1) * 32767).astype("<i2")  # interleaved frames
+            sys.stdout.buffer.write(pcm.tobytes())
+            sys.stdout.buffer.flush()
+        else:
+            pieces.append(chunk.numpy())
+    if out != "-":
+        from melody.audio import save_audio
+
+        save_audio(Path(out), np.concatenate(pieces, axis=-1), rate)
+        typer.echo(f"wrote {out} ({len(story) * chunk_seconds:g} s, {len(story)} chunks)")
+
+
 # --- train ------------------------------------------------------------------------------------
 
 DataOpt = Annotated[Path, typer.Option("--data", help="Corpus folder (melody-shards) to train on.")]

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,24 +138,41 @@ class MeLoDy:
         return cls(**models, cfg=cfg)
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], duration: float, steps: int | None = None, guidance: float | None = None,
+    def generate(self, prompts: list[str] | None, duration: float, steps: int | None = None, guidance: float | None = None,
                  temperature: float | None = None, top_k: int | None = None, lm_guidance: float | None = None,
-                 seed: int = 0) -> GenerateOutput:
-        """Music for each prompt `(b, channels, round(duration · rate))`; None takes the config's value."""
-        prompts, duration = check_prompts(prompts), check_duration(duration)
+                 seed: int = 0, prompt_audio: torch.Tensor | None = None,
+                 progress: Callable[[str], None] | None = None) -> GenerateOutput:
+        """Music for each prompt `(b, channels, round(duration · rate))`; None takes the config's value.
+
+        `prompt_audio` `(b, samples)` mono at the VAE's rate: music prompts instead of text (their MuLan
+        tokens come from the audio tower, §3.1)."""
+        duration = check_duration(duration)
+        if prompt_audio is None:
+            prompts = check_prompts(prompts)
+        elif prompts is not None:
+            raise MelodyError("give text prompts or a music prompt, not both")
+        elif prompt_audio.dim() != 2 or prompt_audio.shape[-1] < 1:
+            raise MelodyError(f"a music prompt must be mono audio (batch, samples), got {tuple(prompt_audio.shape)}")
         d, lm_cfg = self.cfg.dpd, self.cfg.semantic_lm
         steps = d.steps if steps is None else steps
         guidance = d.guidance if guidance is None else guidance
         times, passes = {}, {}
+        tell = progress or (lambda stage: None)  # told the name of each stage as it starts
 
+        tell("mulan")
         clock = time.perf_counter()
-        mulan_tokens = self.mulan.tokens_from_text(prompts)  # (b, L)
+        if prompt_audio is None:
+            mulan_tokens = self.mulan.tokens_from_text(prompts)  # (b, L)
+        else:
+            mulan_tokens = self.mulan.tokens_from_audio(prompt_audio.to(self._device, torch.float32))
         times["mulan"], passes["mulan"] = time.perf_counter() - clock, 1
 
+        tell("semantic_lm")
         clock = time.perf_counter()
         n_tokens = math.ceil(duration * self.token_rate)
         window, stride = window_and_stride(lm_cfg, self.token_rate)
-        lm_generator = [torch.Generator(device=self._device).manual_seed(mix_seeds(seed + i, 1)) for i in range(len(prompts))]
+        lm_generator = [torch.Generator(device=self._device).manual_seed(mix_seeds(seed + i, 1))
+                        for i in range(mulan_tokens.shape[0])]
         result = generate_tokens(self.semantic_lm, mulan_tokens.to(self._device), n_tokens,
                                  temperature=lm_cfg.temperature if temperature is None else temperature,
                                  top_k=lm_cfg.top_k if top_k is None else top_k, top_p=lm_cfg.top_p,
@@ -163,11 +180,13 @@ class MeLoDy:
                                  generator=lm_generator, window=window, stride=stride)
         times["semantic_lm"], passes["semantic_lm"] = time.perf_counter() - clock, result.forward_passes
 
+        tell("dpd")
         clock = time.perf_counter()
         counted = _Counted(self.dpd)
         latents = self.latents(counted, result.tokens, duration, steps, guidance, seed)
         times["dpd"], passes["dpd"] = time.perf_counter() - clock, counted.calls
 
+        tell("vae")
         clock = time.perf_counter()
         samples = round(duration * self.vae.cfg.sample_rate)
         audio = self.vae.decode_latents(latents, samples).clamp(-1.0, 1.0).float()
@@ -219,7 +238,8 @@ class MeLoDy:
     @torch.no_grad()
     def continue_(self, audio: torch.Tensor, seconds: float, prompts: list[str] | None = None, steps: int | None = None,
                   guidance: float | None = None, temperature: float | None = None, top_k: int | None = None,
-                  lm_guidance: float | None = None, seed: int = 0) -> GenerateOutput:
+                  lm_guidance: float | None = None, seed: int = 0,
+                  progress: Callable[[str], None] | None = None) -> GenerateOutput:
         """`audio` `(b, channels, n)` at the VAE's rate, extended by `seconds`: the output starts with the input,
         sample for sample. The condition is the prompts' MuLan tokens, or the input's own (a music prompt)."""
         rate, channels = self.vae.cfg.sample_rate, self.vae.cfg.channels
@@ -232,7 +252,9 @@ class MeLoDy:
         audio = audio.to(self._device, torch.float32)
         b, n_in = audio.shape[0], audio.shape[-1]
         times, passes = {}, {}
+        tell = progress or (lambda stage: None)
 
+        tell("mulan")
         clock = time.perf_counter()
         mono = audio.mean(1)
         mulan_tokens = self.mulan.tokens_from_text(check_prompts(prompts)) if prompts is not None else self.mulan.tokens_from_audio(mono)
@@ -240,10 +262,12 @@ class MeLoDy:
             raise MelodyError(f"{mulan_tokens.shape[0]} prompts for {b} clips; give one prompt per clip")
         times["mulan"], passes["mulan"] = time.perf_counter() - clock, 1
 
+        tell("tokenizer")
         clock = time.perf_counter()
         prefix = self.tokenizer.tokens(mono)  # (b, ⌈n_in / hop⌉): the input's own semantic tokens lead
         times["tokenizer"], passes["tokenizer"] = time.perf_counter() - clock, 1
 
+        tell("semantic_lm")
         clock = time.perf_counter()
         total_seconds = n_in / rate + seconds
         window, stride = window_and_stride(lm_cfg, self.token_rate)
@@ -257,12 +281,14 @@ class MeLoDy:
         tokens = torch.cat((prefix, result.tokens), dim=1)
         times["semantic_lm"], passes["semantic_lm"] = time.perf_counter() - clock, result.forward_passes
 
+        tell("dpd")
         clock = time.perf_counter()
         start = self.vae.encode_latents(audio, torch.Generator(device=self._device).manual_seed(mix_seeds(seed, 3)))
         counted = _Counted(self.dpd)
         latents = self.latents(counted, tokens, total_seconds, steps, guidance, seed, start=start)
         times["dpd"], passes["dpd"] = time.perf_counter() - clock, counted.calls
 
+        tell("vae")
         clock = time.perf_counter()
         samples = n_in + round(seconds * rate)
         decoded = self.vae.decode_latents(latents, samples).clamp(-1.0, 1.0).float()

@@ -1,0 +1,83 @@
+"""`melody generate`, `continue` and `stream` through the CLI on a tiny random bundle: files, sidecars, errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+from test_cli import melody_one_thread
+from test_pipeline import bundle  # noqa: F401 (the fixture)
+from test_semantic_stages import one_line_error, run_ok
+
+RATE = 8_000
+
+
+def test_generate_writes_audio_sidecar_and_plot(bundle, tmp_path):  # noqa: F811
+    out = tmp_path / "song.wav"
+    done = run_ok("generate", "calm piano", "--duration", "1.5", "--out", str(out), "--bundle", str(bundle), "--seed", "4",
+                  "--steps", "2", "--plot")
+    audio, rate = sf.read(out)
+    assert rate == RATE and audio.shape == (round(1.5 * RATE),)
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["prompt"] == "calm piano" and record["seed"] == 4 and record["steps"] == 2
+    assert record["forward_passes"]["semantic_lm"] == 38 and record["forward_passes"]["vae"] == 1
+    assert out.with_suffix(".png").is_file() and "forward passes" in done.stdout
+    again = tmp_path / "again.wav"
+    run_ok("generate", "calm piano", "--duration", "1.5", "--out", str(again), "--bundle", str(bundle), "--seed", "4", "--steps", "2")
+    assert np.array_equal(sf.read(again)[0], audio)  # the seed reproduces
+
+
+def test_generate_a_batch_and_from_a_music_prompt(bundle, tmp_path):  # noqa: F811
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("funk\n\ncalm piano\n")
+    run_ok("generate", "--batch", str(prompts), "--duration", "1", "--out", str(tmp_path / "b.wav"), "--bundle", str(bundle))
+    assert [json.loads((tmp_path / f"b-{i:03d}.json").read_text())["prompt"] for i in range(2)] == ["funk", "calm piano"]
+    music = tmp_path / "prompt.wav"
+    sf.write(music, 0.2 * np.sin(np.arange(RATE) * 0.05), RATE)
+    run_ok("generate", "--prompt-audio", str(music), "--duration", "1", "--out", str(tmp_path / "m.wav"), "--bundle", str(bundle))
+    assert sf.read(tmp_path / "m.wav")[0].shape == (RATE,)
+
+
+def test_continue_keeps_the_input_and_stream_writes_every_chunk(bundle, tmp_path):  # noqa: F811
+    clip = tmp_path / "in.wav"
+    original = (0.2 * np.sin(np.arange(int(1.3 * RATE)) * 0.03)).astype(np.float32)
+    sf.write(clip, original, RATE, subtype="FLOAT")
+    run_ok("continue", str(clip), "--seconds", "1", "--out", str(tmp_path / "c.wav"), "--bundle", str(bundle))
+    continued = sf.read(tmp_path / "c.wav", dtype="float32")[0]
+    assert continued.shape == (original.size + RATE,)
+    np.testing.assert_allclose(continued[: original.size], original, atol=1 / 32767)  # 16-bit file
+    story = tmp_path / "story.txt"
+    story.write_text("funk\nfunk\ncalm piano\n")
+    run_ok("stream", "--prompts", str(story), "--chunk-seconds", "0.6", "--out", str(tmp_path / "s.wav"), "--bundle", str(bundle))
+    assert sf.read(tmp_path / "s.wav")[0].shape == (round(3 * 0.6 * RATE),)
+    raw = subprocess.run([sys.executable, "-m", "melody.cli", "stream", "--prompts", str(story), "--chunk-seconds", "0.6",
+                          "--out", "-", "--bundle", str(bundle)], capture_output=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert raw.returncode == 0, raw.stderr
+    pcm = np.frombuffer(raw.stdout, dtype="<i2")  # raw 16-bit PCM, chunk by chunk: the same music as the file
+    assert pcm.size == round(3 * 0.6 * RATE)
+    np.testing.assert_allclose(pcm / 32767, sf.read(tmp_path / "s.wav")[0], atol=2 / 32767)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate", "", "--duration", "1"], "a prompt is empty"),
+    (["generate", "funk", "--duration", "0"], "positive number of seconds"),
+    (["generate", "funk", "--duration", "-3"], "positive number of seconds"),
+    (["generate", "funk", "--duration", "100000"], "beyond the limit"),
+    (["generate", "--duration", "1"], "exactly one of"),
+    (["generate", "funk", "--out", "x.mp3"], "give a .wav or .flac"),
+    (["generate", "--prompt-audio", "/nonexistent.wav"], "no such audio file"),
+    (["continue", "/nonexistent.wav"], "no such audio file"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(bundle, tmp_path, args, message):  # noqa: F811
+    out = melody_one_thread(*args, "--bundle", str(bundle), *(() if "--out" in args else ("--out", str(tmp_path / "x.wav"))))
+    assert message in one_line_error(out)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_bundle_is_one_line(tmp_path):
+    out = melody_one_thread("generate", "funk", "--bundle", str(tmp_path / "nope"), "--out", str(tmp_path / "x.wav"))
+    assert "no such bundle folder" in one_line_error(out)
