@@ -33,6 +33,9 @@ app.add_typer(eval_app, name="eval")
 
 PresetOpt = Annotated[str, typer.Option("--preset", help="Named preset: tiny (CPU) or paper (the paper's sizes).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key, e.g. --set dpd.blocks=8 (repeatable).")]
+ReportOpt = Annotated[Optional[Path], typer.Option("--out", help="Report folder (default: RUN/eval).")]
+SplitOpt = Annotated[str, typer.Option("--split", help="Held-out split.")]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="At most this many clips.")]
 
 
 def _version(value: bool) -> None:
@@ -116,7 +119,7 @@ def data_check(
     out: Annotated[Optional[Path], typer.Option("--out", help="Report folder (default: ROOT/check).")] = None,
     judge: Annotated[str, typer.Option("--judge", help="Which tagger judges: mtt, msd or both.")] = "both",
     split: Annotated[Optional[str], typer.Option("--split", help="Only this split.")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many clips.")] = None,
+    limit: LimitOpt = None,
     k: Annotated[int, typer.Option("--k", help="A hit is an expected tag among the clip's top k.")] = 5,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
@@ -499,9 +502,9 @@ def _stage_builders() -> dict:
 def eval_vae(
     run: Annotated[Path, typer.Argument(help="Run folder of `melody train vae` (or any folder with vae.safetensors + config.json).")],
     data: DataOpt,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Report folder (default: RUN/eval).")] = None,
+    out: ReportOpt = None,
     split: Annotated[str, typer.Option("--split", help="Held-out split to reconstruct.")] = "test",
-    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many clips.")] = None,
+    limit: LimitOpt = None,
     tagger: Annotated[bool, typer.Option("--tagger/--no-tagger", help="Compare musicnn's top tags of original and reconstruction.")] = True,
     progress: ProgressOpt = True,
 ) -> None:
@@ -531,9 +534,9 @@ def eval_vae(
 def eval_mulan(
     run: Annotated[Path, typer.Argument(help="Run folder of `melody train mulan` (or any folder with mulan.safetensors + config.json).")],
     data: DataOpt,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Report folder (default: RUN/eval).")] = None,
-    split: Annotated[str, typer.Option("--split", help="Held-out split.")] = "test",
-    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many clips.")] = None,
+    out: ReportOpt = None,
+    split: SplitOpt = "test",
+    limit: LimitOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
     """Text→audio and audio→text retrieval on held-out clips, matched vs mismatched cosine, token agreement."""
@@ -555,9 +558,9 @@ def eval_semantic(
     data: DataOpt,
     mulan: MuLanRunOpt,
     tokenizer: TokenizerRunOpt,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Report folder (default: RUN/eval).")] = None,
-    split: Annotated[str, typer.Option("--split", help="Held-out split.")] = "test",
-    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many clips.")] = None,
+    out: ReportOpt = None,
+    split: SplitOpt = "test",
+    limit: LimitOpt = None,
     progress: ProgressOpt = True,
 ) -> None:
     """Held-out perplexity of the semantic LM (audio, text and null condition) against unigram and bigram baselines."""
@@ -585,11 +588,11 @@ def eval_dpd(
     data: DataOpt,
     vae: Annotated[Path, typer.Option("--vae", help="The VAE-GAN the DPD was trained with.")],
     tokenizer: TokenizerRunOpt,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Report folder (default: RUN/eval).")] = None,
-    split: Annotated[str, typer.Option("--split", help="Held-out split.")] = "test",
+    out: ReportOpt = None,
+    split: SplitOpt = "test",
     steps: Annotated[str, typer.Option("--steps", help="Sampling step counts, comma-separated (one row each).")] = "10",
     seconds: Annotated[float, typer.Option("--seconds", help="Seconds of each clip to regenerate.")] = 10.0,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="At most this many clips.")] = None,
+    limit: LimitOpt = None,
     tagger: Annotated[bool, typer.Option("--tagger/--no-tagger", help="Compare musicnn's top tags.")] = True,
     progress: ProgressOpt = True,
 ) -> None:
