@@ -34,6 +34,9 @@ from melody.data.shards import decode_sample, shard_paths
 from melody.errors import MelodyError
 
 
+MAX_CLIP_SECONDS = 60.0  # the longest "whole clip" read from a corpus whose manifest names no clip length
+
+
 @dataclass(frozen=True)
 class Crop:
     """Where a crop of `crop` samples starts in a clip of `total` samples (pure, seeded)."""
@@ -89,6 +92,16 @@ class ShardDataset(IterableDataset):
     @classmethod
     def from_corpus(cls, root: str | Path, split: str = "train", **kwargs) -> ShardDataset:
         return cls(shard_paths(root, split), **kwargs)
+
+    @classmethod
+    def whole_clips(cls, root: str | Path, split: str, sample_rate: int = 24_000, channels: int = 1) -> ShardDataset:
+        """Every clip of `split` whole, in corpus order (no shuffle, crops from 0 as long as the manifest's
+        `clip_seconds`, or `MAX_CLIP_SECONDS`): what evaluations and k-means fits read."""
+        from melody.data.shards import read_manifest
+
+        longest = float(read_manifest(root).get("clip_seconds") or MAX_CLIP_SECONDS)
+        return cls.from_corpus(root, split, crop_seconds=longest, sample_rate=sample_rate, channels=channels,
+                               shuffle=0, random_offset=False)
 
     def set_epoch(self, epoch: int) -> None:
         self.set_position(epoch, 0, self.batch_size)

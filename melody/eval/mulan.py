@@ -22,8 +22,6 @@ from melody.io import write_json_atomic
 from melody.mulan import MuLan, retrieval_metrics, same_caption
 from melody.modules.rvq import code_perplexity
 
-MAX_CLIP_SECONDS = 60.0  # for corpora whose manifest names no clip length
-
 
 @dataclass
 class SplitEmbeddings:
@@ -37,11 +35,7 @@ class SplitEmbeddings:
 def embed_split(mulan: MuLan, data_root: str | Path, split: str, limit: int | None = None, batch_size: int = 16,
                 progress=None) -> SplitEmbeddings:
     """Embed every clip of `split` (whole, in corpus order) and its caption with both towers."""
-    from melody.data.shards import read_manifest
-
-    longest = float(read_manifest(data_root).get("clip_seconds") or MAX_CLIP_SECONDS)
-    dataset = ShardDataset.from_corpus(data_root, split, crop_seconds=longest, sample_rate=mulan.audio.sample_rate,
-                                       channels=1, shuffle=0, random_offset=False)
+    dataset = ShardDataset.whole_clips(data_root, split, mulan.audio.sample_rate)
     device = next(mulan.parameters()).device
     audio, text, captions, keys = [], [], [], []
     for batch in make_loader(dataset, batch_size, 0, drop_last=False):

@@ -26,8 +26,6 @@ from melody.losses import mel_loss_per_example, stft_distance_per_example
 from melody.vae import VAE
 
 
-MAX_CLIP_SECONDS = 60.0  # for corpora whose manifest names no clip length
-
 
 @dataclass
 class VAEReport:
@@ -55,13 +53,8 @@ class VAEReport:
 def evaluate_vae(vae: VAE, data_root: str | Path, split: str = "test", limit: int | None = None, tagger=None,
                  seed: int = 0, progress=None) -> tuple[VAEReport, list[tuple[str, np.ndarray, np.ndarray]]]:
     """Reconstruct the clips of `split`, each whole; returns the report and (key, real, reconstructed) for pictures."""
-    from melody.data.shards import read_manifest
-
-    manifest = read_manifest(data_root)
     rate = vae.cfg.sample_rate
-    longest = float(manifest.get("clip_seconds") or MAX_CLIP_SECONDS)
-    dataset = ShardDataset.from_corpus(data_root, split, crop_seconds=longest, sample_rate=rate,
-                                       channels=vae.cfg.channels, shuffle=0, random_offset=False)
+    dataset = ShardDataset.whole_clips(data_root, split, rate, vae.cfg.channels)
     device = next(vae.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     rows, examples, cut, total, means, sigmas, seconds = [], [], 0, 0, [], [], 0.0

@@ -86,11 +86,7 @@ class TokenizerStage(Stage):
                                         sample_rate=self.cfg.vae.sample_rate, channels=1, seed=self.cfg.train.seed)
 
     def _whole_clips(self, split: str) -> ShardDataset:
-        from melody.data.shards import read_manifest
-
-        seconds = float(read_manifest(self.data_root).get("clip_seconds") or self.cfg.tokenizer.crop_seconds)
-        return ShardDataset.from_corpus(self.data_root, split, crop_seconds=seconds, sample_rate=self.cfg.vae.sample_rate,
-                                        channels=1, shuffle=0, random_offset=False)
+        return ShardDataset.whole_clips(self.data_root, split, self.cfg.vae.sample_rate)
 
     def targets(self, engine: Engine, wav: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The masked-prediction targets `(b, frames)` long: the teacher's tokens, or log-mel k-means classes."""
