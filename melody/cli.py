@@ -480,19 +480,9 @@ def _load_stage(run: Path, stage: str):
 
 
 def _stage_builders() -> dict:
-    from melody.dpd import DPD
-    from melody.mulan import MuLan
-    from melody.semantic.lm import SemanticLM
-    from melody.semantic.tokenizer import SemanticTokenizer
-    from melody.vae import VAE
+    from melody.pipeline import STAGE_BUILDERS
 
-    return {
-        "vae": lambda cfg: VAE(cfg.vae),
-        "mulan": lambda cfg: MuLan.from_config(cfg.mulan, cfg.vae.sample_rate),
-        "tokenizer": lambda cfg: SemanticTokenizer.from_config(cfg.tokenizer, cfg.vae.sample_rate),
-        "semantic_lm": SemanticLM.from_config,
-        "dpd": DPD.from_config,
-    }
+    return STAGE_BUILDERS
 
 
 # --- eval -------------------------------------------------------------------------------------

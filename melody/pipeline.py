@@ -45,6 +45,14 @@ from melody.semantic.sampling import generate as generate_tokens
 from melody.semantic.tokenizer import SemanticTokenizer
 from melody.vae import VAE
 
+# Each stage's model, built from the config it was trained with (what `load_model_and_config` calls).
+STAGE_BUILDERS = {
+    "mulan": lambda c: MuLan.from_config(c.mulan, c.vae.sample_rate),
+    "tokenizer": lambda c: SemanticTokenizer.from_config(c.tokenizer, c.vae.sample_rate),
+    "semantic_lm": SemanticLM.from_config,
+    "dpd": DPD.from_config,
+    "vae": lambda c: VAE(c.vae),
+}
 STAGES = ("mulan", "tokenizer", "semantic_lm", "dpd", "vae")
 MAX_SECONDS = 600.0  # a stated limit on one call's duration
 MAX_PROMPT_CHARS = 1000
@@ -120,19 +128,12 @@ class MeLoDy:
         folder = Path(folder)
         if not folder.is_dir():
             raise MelodyError(f"{folder}: no such bundle folder; give a folder with {', '.join(STAGES)} sub-folders")
-        builders = {
-            "mulan": lambda c: MuLan.from_config(c.mulan, c.vae.sample_rate),
-            "tokenizer": lambda c: SemanticTokenizer.from_config(c.tokenizer, c.vae.sample_rate),
-            "semantic_lm": SemanticLM.from_config,
-            "dpd": DPD.from_config,
-            "vae": lambda c: VAE(c.vae),
-        }
         models, configs = {}, {}
         for stage in STAGES:
             if not (folder / stage).is_dir():
                 raise MelodyError(f"{folder}: the bundle has no '{stage}' folder; export it with `melody export RUN "
                                   f"--out {folder / stage} --stage {stage}`")
-            models[stage], configs[stage] = load_model_and_config(folder / stage, stage, stage, builders[stage])
+            models[stage], configs[stage] = load_model_and_config(folder / stage, stage, stage, STAGE_BUILDERS[stage])
         cfg = configs["dpd"]
         cfg.mulan, cfg.semantic_lm = configs["mulan"].mulan, configs["semantic_lm"].semantic_lm
         return cls(**models, cfg=cfg)
@@ -153,7 +154,7 @@ class MeLoDy:
             raise MelodyError("give text prompts or a music prompt, not both")
         elif prompt_audio.dim() != 2 or prompt_audio.shape[-1] < 1:
             raise MelodyError(f"a music prompt must be mono audio (batch, samples), got {tuple(prompt_audio.shape)}")
-        d, lm_cfg = self.cfg.dpd, self.cfg.semantic_lm
+        d = self.cfg.dpd
         steps = d.steps if steps is None else steps
         guidance = d.guidance if guidance is None else guidance
         times, passes = {}, {}
@@ -169,15 +170,8 @@ class MeLoDy:
 
         tell("semantic_lm")
         clock = time.perf_counter()
-        n_tokens = math.ceil(duration * self.token_rate)
-        window, stride = window_and_stride(lm_cfg, self.token_rate)
-        lm_generator = [torch.Generator(device=self._device).manual_seed(mix_seeds(seed + i, 1))
-                        for i in range(mulan_tokens.shape[0])]
-        result = generate_tokens(self.semantic_lm, mulan_tokens.to(self._device), n_tokens,
-                                 temperature=lm_cfg.temperature if temperature is None else temperature,
-                                 top_k=lm_cfg.top_k if top_k is None else top_k, top_p=lm_cfg.top_p,
-                                 guidance=lm_cfg.guidance if lm_guidance is None else lm_guidance,
-                                 generator=lm_generator, window=window, stride=stride)
+        result = self._semantic_tokens(mulan_tokens, math.ceil(duration * self.token_rate), None,
+                                       self._seeded(seed, 1, rows=mulan_tokens.shape[0]), temperature, top_k, lm_guidance)
         times["semantic_lm"], passes["semantic_lm"] = time.perf_counter() - clock, result.forward_passes
 
         tell("dpd")
@@ -192,6 +186,21 @@ class MeLoDy:
         audio = self.vae.decode_latents(latents, samples).clamp(-1.0, 1.0).float()
         times["vae"], passes["vae"] = time.perf_counter() - clock, 1
         return GenerateOutput(audio, self.vae.cfg.sample_rate, result.tokens, latents, passes, times)
+
+    def _semantic_tokens(self, mulan_tokens: torch.Tensor, n_tokens: int, prefix: torch.Tensor | None, generator,
+                         temperature: float | None, top_k: int | None, lm_guidance: float | None):
+        """`n_tokens` semantic tokens from the LM after `prefix`, with the config's sampling settings where None."""
+        lm_cfg = self.cfg.semantic_lm
+        window, stride = window_and_stride(lm_cfg, self.token_rate)
+        return generate_tokens(self.semantic_lm, mulan_tokens.to(self._device), n_tokens, prefix,
+                               temperature=lm_cfg.temperature if temperature is None else temperature,
+                               top_k=lm_cfg.top_k if top_k is None else top_k, top_p=lm_cfg.top_p,
+                               guidance=lm_cfg.guidance if lm_guidance is None else lm_guidance,
+                               generator=generator, window=window, stride=stride)
+
+    def _seeded(self, seed: int, *parts: int, rows: int) -> list[torch.Generator]:
+        """One generator per prompt i, seeded by (seed + i, *parts)."""
+        return [torch.Generator(device=self._device).manual_seed(mix_seeds(seed + i, *parts)) for i in range(rows)]
 
     @property
     def _device(self) -> torch.device:
@@ -217,7 +226,7 @@ class MeLoDy:
             return tokens[:, first:min(last, tokens.shape[1])]
 
         def generator(k: int) -> list[torch.Generator]:  # window k's noise, one generator per prompt
-            return [torch.Generator(device=self._device).manual_seed(mix_seeds(seed + i, 2, k)) for i in range(b)]
+            return self._seeded(seed, 2, k, rows=b)
 
         if start is None:
             first = min(window, total)
@@ -246,7 +255,7 @@ class MeLoDy:
         if audio.dim() != 3 or audio.shape[1] != channels or audio.shape[-1] < 1:
             raise MelodyError(f"the audio to continue must be (batch, {channels}, samples) at {rate} Hz, got {tuple(audio.shape)}")
         seconds = check_duration(seconds)
-        d, lm_cfg = self.cfg.dpd, self.cfg.semantic_lm
+        d = self.cfg.dpd
         steps = d.steps if steps is None else steps
         guidance = d.guidance if guidance is None else guidance
         audio = audio.to(self._device, torch.float32)
@@ -270,14 +279,9 @@ class MeLoDy:
         tell("semantic_lm")
         clock = time.perf_counter()
         total_seconds = n_in / rate + seconds
-        window, stride = window_and_stride(lm_cfg, self.token_rate)
         n_new = max(0, math.ceil(total_seconds * self.token_rate) - prefix.shape[1])
-        generators = [torch.Generator(device=self._device).manual_seed(mix_seeds(seed + i, 1)) for i in range(b)]
-        result = generate_tokens(self.semantic_lm, mulan_tokens.to(self._device), n_new, prefix,
-                                 temperature=lm_cfg.temperature if temperature is None else temperature,
-                                 top_k=lm_cfg.top_k if top_k is None else top_k, top_p=lm_cfg.top_p,
-                                 guidance=lm_cfg.guidance if lm_guidance is None else lm_guidance,
-                                 generator=generators, window=window, stride=stride)
+        result = self._semantic_tokens(mulan_tokens, n_new, prefix, self._seeded(seed, 1, rows=b), temperature, top_k,
+                                       lm_guidance)
         tokens = torch.cat((prefix, result.tokens), dim=1)
         times["semantic_lm"], passes["semantic_lm"] = time.perf_counter() - clock, result.forward_passes
 
@@ -308,11 +312,10 @@ class MeLoDy:
         around it, so the chunks join exactly as one decode of everything would; a new prompt is therefore
         heard from that far into its chunk."""
         chunk_seconds = check_duration(chunk_seconds)
-        d, lm_cfg = self.cfg.dpd, self.cfg.semantic_lm
+        d = self.cfg.dpd
         steps = d.steps if steps is None else steps
         guidance = d.guidance if guidance is None else guidance
         rate, hop = self.vae.cfg.sample_rate, self.vae.hop
-        window, stride = window_and_stride(lm_cfg, self.token_rate)
         tokens = torch.zeros(1, 0, dtype=torch.long, device=self._device)
         latents, emitted = None, 0
         for k, prompt in enumerate(prompts):
@@ -320,12 +323,9 @@ class MeLoDy:
             ahead = (k + 1) * chunk_seconds + DECODE_LOOKAHEAD_SECONDS  # what tokens and latents must cover
             cond = self.mulan.tokens_from_text(check_prompts([prompt])).to(self._device)
             n_new = math.ceil(ahead * self.token_rate) - tokens.shape[1]
-            made = generate_tokens(self.semantic_lm, cond, n_new, tokens if tokens.shape[1] else None,
-                                   temperature=lm_cfg.temperature if temperature is None else temperature,
-                                   top_k=lm_cfg.top_k if top_k is None else top_k, top_p=lm_cfg.top_p,
-                                   guidance=lm_cfg.guidance if lm_guidance is None else lm_guidance,
-                                   generator=torch.Generator(device=self._device).manual_seed(mix_seeds(seed, 1, k)),
-                                   window=window, stride=stride)
+            made = self._semantic_tokens(cond, n_new, tokens if tokens.shape[1] else None,
+                                         torch.Generator(device=self._device).manual_seed(mix_seeds(seed, 1, k)),
+                                         temperature, top_k, lm_guidance)
             tokens = torch.cat((tokens, made.tokens), dim=1)
             latents = self.latents(self.dpd, tokens, ahead, steps, guidance, mix_seeds(seed, 2, k), start=latents)
             first_frame = max(0, emitted // hop - round(DECODE_CONTEXT_SECONDS * self.vae.latent_rate))

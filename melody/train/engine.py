@@ -103,6 +103,22 @@ class Stage(ABC):
         """Settle what is measured from the trained model (e.g. a latent scale in `self.cfg`) before the export."""
 
 
+class PerCaption:
+    """What a frozen model makes of a caption, computed once per distinct caption and kept (on the CPU).
+
+    `cache(captions, compute)` → the rows of `compute(new captions)` `(n, ...)` for every caption, stacked `(b, ...)`.
+    """
+
+    def __init__(self) -> None:
+        self.rows: dict[str, torch.Tensor] = {}
+
+    def __call__(self, captions: list[str], compute) -> torch.Tensor:
+        new = [c for c in dict.fromkeys(captions) if c not in self.rows]
+        if new:
+            self.rows.update(zip(new, compute(new).cpu(), strict=True))
+        return torch.stack([self.rows[c] for c in captions])
+
+
 def check_frozen(run_dir: Path, models: dict[str, nn.Module]) -> None:
     """Record the fingerprints of the frozen models a stage trains against (`RUN/conditioners.json`),
     or, when the run has a record, refuse different ones: the stage's targets would change under it."""

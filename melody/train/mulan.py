@@ -27,7 +27,7 @@ from melody.data.loader import ShardDataset
 from melody.eval.mulan import embed_split
 from melody.io import write_json_atomic
 from melody.mulan import MuLan, retrieval_metrics, same_caption
-from melody.train.engine import Engine, Stage
+from melody.train.engine import Engine, PerCaption, Stage
 
 BETAS = (0.9, 0.98)
 
@@ -45,7 +45,7 @@ class MuLanStage(Stage):
         self.models = {"mulan": mulan}
         self.optimizers = {"mulan": torch.optim.AdamW(mulan.parameters(), lr=cfg.train.lr, betas=BETAS,
                                                       weight_decay=cfg.train.weight_decay)}
-        self._sentences: dict[str, torch.Tensor] = {}
+        self._sentences = PerCaption()
 
     def dataset(self, split: str) -> ShardDataset:
         return ShardDataset.from_corpus(self.data_root, split, crop_seconds=self.cfg.mulan.crop_seconds,
@@ -53,11 +53,7 @@ class MuLanStage(Stage):
 
     def sentences(self, mulan: MuLan, captions: list[str]) -> torch.Tensor:
         """The frozen encoder's sentence embeddings `(b, encoder_dim)`, each caption encoded once."""
-        new = [c for c in dict.fromkeys(captions) if c not in self._sentences]
-        if new:
-            encoded = mulan.text.sentence_embedding(mulan.text.tokenize(new)).cpu()
-            self._sentences.update(zip(new, encoded, strict=True))
-        return torch.stack([self._sentences[c] for c in captions])
+        return self._sentences(captions, lambda new: mulan.text.sentence_embedding(mulan.text.tokenize(new)))
 
     def train_step(self, engine: Engine, batch: dict, generator: torch.Generator) -> dict[str, float]:
         mulan = engine.unwrapped("mulan")

@@ -42,7 +42,7 @@ from melody.io import write_json_atomic
 from melody.mulan import MuLan
 from melody.semantic.lm import SemanticLM, condition_dropout_mask, lm_loss
 from melody.semantic.tokenizer import SemanticTokenizer, frame_count
-from melody.train.engine import Engine, Stage, check_frozen
+from melody.train.engine import Engine, PerCaption, Stage, check_frozen
 
 BETAS = (0.9, 0.95)  # LLaMA's
 
@@ -71,7 +71,7 @@ class SemanticLMStage(Stage):
         self.optimizers = {"semantic_lm": torch.optim.AdamW(lm.parameters(), lr=cfg.train.lr, betas=BETAS,
                                                             weight_decay=cfg.train.weight_decay)}
         self._valid = None
-        self._caption_tokens: dict[str, torch.Tensor] = {}
+        self._caption_tokens = PerCaption()
 
     def dataset(self, split: str) -> ShardDataset:
         return ShardDataset.from_corpus(self.data_root, split, crop_seconds=self.cfg.semantic_lm.window_seconds,
@@ -89,11 +89,8 @@ class SemanticLMStage(Stage):
     @torch.no_grad()
     def caption_tokens(self, captions: list[str], device: torch.device) -> torch.Tensor:
         """MuLan tokens of each caption `(b, L)`, each caption quantised once."""
-        new = [c for c in dict.fromkeys(captions) if c not in self._caption_tokens]
-        if new:
-            self.mulan.to(device)
-            self._caption_tokens.update(zip(new, self.mulan.tokens_from_text(new).cpu(), strict=True))
-        return torch.stack([self._caption_tokens[c] for c in captions]).to(device)
+        self.mulan.to(device)
+        return self._caption_tokens(captions, self.mulan.tokens_from_text).to(device)
 
     def train_step(self, engine: Engine, batch: dict, generator: torch.Generator) -> dict[str, float]:
         mulan_tokens, semantic, keep = self.condition_and_targets(batch["audio"][:, 0], batch["length"])
