@@ -7,17 +7,17 @@ paper) and round(seconds × 25) random semantic tokens. Measured:
 - `forward`: one conditional pass `model(x, delta = π/4, tokens)` under `torch.inference_mode()`,
   median of `--repeats` (tiny) or `--paper-repeats` (paper, default 1) after one warm-up.
 - `sampling`: the whole `melody.diffusion.sample` with MeLoDy's step schedule (`melody_steps`) and
-  the preset's guidance (2.5: a conditional and an unconditional call per step), for each step
-  count of `--steps` (default 5, 10, 20: the paper's Table 2), one timed call each (the forward
-  timing is its warm-up). The model is wrapped in a call counter, so `forward_passes` is measured
-  (2T). Reported: wall seconds, passes per second of music, × real time, and samples/s
+  the preset's guidance (2.5: the conditional and the unconditional branch in one call over a batch
+  of 2 per step, `guided_in_one_call`, as the pipeline runs it), for each step count of `--steps`
+  (default 5, 10, 20: the paper's Table 2), one timed call each (the forward timing is its
+  warm-up). The model is wrapped in a call counter, so `forward_passes` is measured (T). Reported: wall seconds, passes per second of music, × real time, and samples/s
   (= 24 000 × seconds / wall, the unit of the paper's Table 2, which gives 1472 / 893 / 498 Hz on a
   CPU for 5 / 10 / 20 steps; those are stored as `paper_table2_cpu_hz`, but they time the paper's
   *whole pipeline* (semantic LM, DPD sampling, VAE decoder) on an unnamed CPU, so the paper's DPD
   alone was at least that fast: a lower bound on its speed, not a like-for-like figure).
 The paper shape (314 M parameters over 2500 frames, with the SRU's Python loop) takes ~17 s per
 pass on one thread here (the 5-step row alone is ~3 min), so only the step counts of
-`--paper-steps` (default 5) are measured for it; the others are *estimated* as 2T × the per-pass
+`--paper-steps` (default 5) are measured for it; the others are *estimated* as T × the per-pass
 time of the largest measured run (`estimated: true`, hollow markers in the chart). Give
 `--paper-steps 5,10,20` to measure them all. The load average is recorded before and after: these
 figures are only as good as the machine was idle.
@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (add_device_args, chart_title, clock, load_average, machine, merge_results, pyplot,  # noqa: E402
                     save_chart, timed)
 from melody.config import preset  # noqa: E402
-from melody.diffusion import angles_from_steps, melody_steps, sample  # noqa: E402
+from melody.diffusion import angles_from_steps, guided_in_one_call, melody_steps, sample  # noqa: E402
 from melody.dpd import DPD  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "dpd.json"
@@ -99,8 +99,8 @@ def bench(name: str, device: str, seconds: float, repeats: int, steps: list[int]
         counted = Counted(model)
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1)).to(device)
         deltas = angles_from_steps(melody_steps(t))
-        _, wall = clock(lambda: sample(counted, noise, deltas, tokens, guidance), device)
-        expected = 2 * t if guidance != 1.0 else t
+        _, wall = clock(lambda: sample(guided_in_one_call(counted, guidance), noise, deltas, tokens), device)
+        expected = t
         if counted.calls != expected:
             raise RuntimeError(f"{name}, {t} steps: {counted.calls} forward passes, expected {expected}")
         rows[t] = {"estimated": False, "forward_passes": counted.calls, "wall_s": wall}
@@ -111,7 +111,7 @@ def bench(name: str, device: str, seconds: float, repeats: int, steps: list[int]
         per_call = rows[basis]["wall_s"] / rows[basis]["forward_passes"]
         for t in steps:
             if t not in rows:
-                passes = 2 * t if guidance != 1.0 else t
+                passes = t
                 rows[t] = {"estimated": True, "estimated_from": f"{basis}-step run: {per_call:.3f} s per pass × {passes}",
                            "forward_passes": passes, "wall_s": per_call * passes}
     sampling = []
@@ -147,11 +147,11 @@ def chart(runs: list[dict], device: str) -> None:
     ax.plot(steps, [SAMPLE_RATE * 10 / PAPER_TABLE2_CPU_HZ[str(s)] for s in steps], "k--", linewidth=0.8,
             label="paper Table 2, CPU, whole pipeline")
     ax.plot([], [], "o", color="gray", label="measured")
-    ax.plot([], [], "o", color="gray", markerfacecolor="white", label="estimated (2T × per-pass time)")
+    ax.plot([], [], "o", color="gray", markerfacecolor="white", label="estimated (T × per-pass time)")
     ax.set_yscale("log")
     all_steps = sorted({r["steps"] for r in rows} | set(steps))
     ax.set_xticks(all_steps)
-    ax.set_xlabel("sampling steps T (2T network calls with guidance)")
+    ax.set_xlabel("sampling steps T (T batched network calls with guidance)")
     ax.set_ylabel("wall seconds per 10 s of music (log)")
     ax.set_title(chart_title(f"DPD sampling, batch 1, guidance {rows[0]['guidance']:g}, random weights", rows), fontsize=8)
     save_chart(fig, ax, CHART)

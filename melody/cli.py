@@ -245,13 +245,17 @@ def generate_command(
     steps: StepsOpt = None, guidance: GuidanceOpt = None, seed: SeedOpt = 0,
     prompt_audio: Annotated[Optional[Path], typer.Option("--prompt-audio", help="A music prompt instead of text.")] = None,
     batch: Annotated[Optional[Path], typer.Option("--batch", help="A text file with one prompt per line.")] = None,
+    bpm: Annotated[Optional[float], typer.Option("--bpm", help="Tempo in beats per minute, said in the prompt (wins over a tempo the text names).")] = None,
+    key: Annotated[Optional[str], typer.Option("--key", help="Key and mode, e.g. 'A minor' or 'Bb dorian' (wins over a key the text names).")] = None,
+    best_of: Annotated[int, typer.Option("--best-of", help="Draw N candidates per prompt; keep the one MuLan finds closest to the prompt.")] = 1,
     bundle: BundleOpt = None, plot: PlotOpt = False, progress: ShowProgress = True,
 ) -> None:
     """Text (or a music prompt) to music with MeLoDy."""
     import torch
 
     from melody.audio import audio_info
-    from melody.pipeline import check_duration, check_prompts
+    from melody.data.synth.captions import with_controls
+    from melody.pipeline import MAX_BEST_OF, check_duration, check_prompts
 
     _check_out(out)
     check_duration(duration)
@@ -267,7 +271,11 @@ def generate_command(
     else:
         prompts = [prompt] if prompt is not None else None
     if prompts is not None:
-        check_prompts(prompts)  # before loading anything
+        prompts = [with_controls(p, bpm, key) for p in check_prompts(prompts)]  # before loading anything
+    elif bpm is not None or key is not None:
+        raise MelodyError("--bpm and --key steer a text prompt; give a PROMPT or --batch with them")
+    if not 1 <= best_of <= MAX_BEST_OF:
+        raise MelodyError(f"--best-of {best_of}: draw between 1 and {MAX_BEST_OF} candidates")
     if prompt_audio is not None:
         audio_info(prompt_audio)  # a missing or unreadable file: one line, before loading the model
     model = _melody(bundle)
@@ -276,9 +284,10 @@ def generate_command(
         from melody.audio import load_audio
 
         music = torch.from_numpy(load_audio(prompt_audio, model.vae.cfg.sample_rate, 1)).float()  # (1, samples)
-    bar = _StageBar(4, progress)
+    bar = _StageBar(1 + 3 * best_of + (best_of > 1), progress)
     try:
-        output = model.generate(prompts, duration, steps, guidance, seed=seed, prompt_audio=music, progress=bar)
+        output = model.generate(prompts, duration, steps, guidance, seed=seed, prompt_audio=music, best_of=best_of,
+                                progress=bar)
     finally:
         bar.close()
     names = [out] if output.audio.shape[0] == 1 else [out.with_name(f"{out.stem}-{i:03d}{out.suffix}")
@@ -286,7 +295,10 @@ def generate_command(
     for i, name in enumerate(names):
         record = _record(model, output, prompt=None if prompts is None else prompts[i],
                          prompt_audio=None if prompt_audio is None else str(prompt_audio), seed=seed + i,
-                         duration=duration, steps=steps or model.cfg.dpd.steps)
+                         duration=duration, steps=steps or model.cfg.dpd.steps, bpm=bpm, key=key)
+        if best_of > 1:
+            record["best_of"] = {"candidates": best_of, "kept": output.candidate[i],
+                                 "mulan_scores": [round(x, 4) for x in output.mulan_scores[i]]}
         _write_result(name, output.audio[i].numpy(), output.sample_rate, record, plot)
         typer.echo(f"wrote {name} ({duration:g} s)")
     total = sum(output.seconds.values())
@@ -322,6 +334,42 @@ def continue_command(
     record = _record(model, output, input=str(audio), prompt=prompt, seed=seed, seconds_added=seconds)
     _write_result(out, output.audio[0].numpy(), output.sample_rate, record, plot)
     typer.echo(f"wrote {out} ({output.audio.shape[-1] / output.sample_rate:.2f} s)")
+
+
+@app.command("inpaint")
+def inpaint_command(
+    audio: Annotated[Path, typer.Argument(help="The clip to repair or rework.")],
+    start: Annotated[float, typer.Option("--start", help="Where the region to regenerate starts, in seconds.")],
+    end: Annotated[float, typer.Option("--end", help="Where it ends, in seconds.")],
+    prompt: Annotated[Optional[str], typer.Argument(help="What the region should become (default: the clip itself).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Audio file to write: the input, region made anew.")] = Path("inpainted.wav"),
+    blend: Annotated[float, typer.Option("--blend", help="Seconds of crossfade on each side of the region.")] = 0.1,
+    steps: StepsOpt = None, guidance: GuidanceOpt = None, seed: SeedOpt = 0, bundle: BundleOpt = None, plot: PlotOpt = False,
+    progress: ShowProgress = True,
+) -> None:
+    """Regenerate the region --start … --end of a clip; the rest stays the input's own, sample for sample."""
+    import torch
+
+    from melody.audio import audio_info, load_audio
+    from melody.pipeline import check_prompts, check_region
+
+    _check_out(out)
+    info = audio_info(audio)  # a missing or unreadable file: one line, before loading the model
+    check_region(start, end, info.frames / info.sample_rate, blend=blend)
+    if prompt is not None:
+        check_prompts([prompt])
+    model = _melody(bundle)
+    clip = torch.from_numpy(load_audio(audio, model.vae.cfg.sample_rate, model.vae.cfg.channels)).float()[None]
+    bar = _StageBar(5, progress)
+    try:
+        output = model.inpaint(clip, start, end, None if prompt is None else [prompt], steps, guidance, seed=seed,
+                               blend=blend, progress=bar)
+    finally:
+        bar.close()
+    record = _record(model, output, input=str(audio), prompt=prompt, seed=seed, start=start, end=end, blend=blend,
+                     steps=steps or model.cfg.dpd.steps)
+    _write_result(out, output.audio[0].numpy(), output.sample_rate, record, plot)
+    typer.echo(f"wrote {out} ({start:g} s … {end:g} s regenerated)")
 
 
 @app.command("stream")
@@ -369,45 +417,26 @@ ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in -
 ProgressOpt = Annotated[bool, typer.Option(help="Show a progress bar.")]
 
 
-def _run_config(out: Path, preset: str, overrides: list[str], resume: bool):
-    """A new run starts from the preset; a resumed one from its own config.json (overrides on top)."""
-    from melody.config import apply_overrides, load_config
-    from melody.config import preset as make_preset
+def _train(name: str, data: Path, out: Path, preset: str, overrides: list[str], resume: bool, progress: bool,
+           frozen: Optional[dict] = None, teacher=None) -> None:
+    """Train stage `name` to `train.steps` (or until stopped) and say where its model is."""
+    from melody.train.recipes import train_stage
 
-    if resume and (out / "config.json").is_file():
-        return apply_overrides(load_config(out / "config.json"), overrides)
-    return make_preset(preset, overrides)
-
-
-def _train(stage_factory, data: Path, out: Path, preset: str, overrides: list[str], resume: bool, progress: bool):
-    """Build the stage from the run's config and train it to `train.steps` (or until stopped)."""
-    from melody.data.shards import read_manifest
-    from melody.train.engine import Engine
-
-    read_manifest(data)
-    cfg = _run_config(out, preset, overrides, resume)
-    stage = stage_factory(cfg)
-    position = Engine(stage, out, resume=resume, progress=progress).fit()
-    models = ", ".join(str(out / f"{name}.safetensors") for name in stage.export)
-    typer.echo(f"trained {stage.name} to step {position.step}; model: {models}")
+    typer.echo(train_stage(name, data, out, preset, overrides, resume, progress, frozen, teacher).summary())
 
 
 @train_app.command("vae")
 def train_vae(data: DataOpt, out: RunOpt, preset: PresetOpt = "tiny", set_: SetOpt = None, resume: ResumeOpt = False,
               progress: ProgressOpt = True) -> None:
     """Train the audio VAE-GAN (waveform ⇄ latents)."""
-    from melody.train.vae import VAEStage
-
-    _train(lambda cfg: VAEStage(cfg, data), data, out, preset, set_ or [], resume, progress)
+    _train("vae", data, out, preset, set_ or [], resume, progress)
 
 
 @train_app.command("mulan")
 def train_mulan(data: DataOpt, out: RunOpt, preset: PresetOpt = "tiny", set_: SetOpt = None, resume: ResumeOpt = False,
                 progress: ProgressOpt = True) -> None:
     """Train the MuLan joint text/audio embedding (contrastive), then fit its RVQ tokens."""
-    from melody.train.mulan import MuLanStage
-
-    _train(lambda cfg: MuLanStage(cfg, data), data, out, preset, set_ or [], resume, progress)
+    _train("mulan", data, out, preset, set_ or [], resume, progress)
 
 
 @train_app.command("tokenizer")
@@ -418,10 +447,8 @@ def train_tokenizer(
     progress: ProgressOpt = True,
 ) -> None:
     """Train the HuBERT-style semantic tokenizer by masked prediction, then fit its k-means codebook."""
-    from melody.train.tokenizer import TokenizerStage
-
     previous = _load_stage(teacher, "tokenizer")[0] if teacher is not None else None
-    _train(lambda cfg: TokenizerStage(cfg, data, out, previous), data, out, preset, set_ or [], resume, progress)
+    _train("tokenizer", data, out, preset, set_ or [], resume, progress, teacher=previous)
 
 
 MuLanRunOpt = Annotated[Path, typer.Option("--mulan", help="Trained MuLan run (or model folder).")]
@@ -432,10 +459,8 @@ TokenizerRunOpt = Annotated[Path, typer.Option("--tokenizer", help="Trained sema
 def train_semantic(data: DataOpt, out: RunOpt, mulan: MuLanRunOpt, tokenizer: TokenizerRunOpt, preset: PresetOpt = "tiny",
                    set_: SetOpt = None, resume: ResumeOpt = False, progress: ProgressOpt = True) -> None:
     """Train the semantic LM: MuLan tokens of a clip's audio → its semantic tokens (both conditioners frozen)."""
-    from melody.train.semantic import SemanticLMStage
-
-    conditioners = _load_stage(mulan, "mulan"), _load_stage(tokenizer, "tokenizer")
-    _train(lambda cfg: SemanticLMStage(cfg, data, out, *conditioners), data, out, preset, set_ or [], resume, progress)
+    frozen = {"mulan": _load_stage(mulan, "mulan"), "tokenizer": _load_stage(tokenizer, "tokenizer")}
+    _train("semantic", data, out, preset, set_ or [], resume, progress, frozen)
 
 
 @train_app.command("dpd")
@@ -446,10 +471,27 @@ def train_dpd(
     preset: PresetOpt = "tiny", set_: SetOpt = None, resume: ResumeOpt = False, progress: ProgressOpt = True,
 ) -> None:
     """Train the dual-path diffusion model: semantic tokens + noise → VAE latents (both frozen, run on the fly)."""
-    from melody.train.dpd import DPDStage
+    frozen = {"vae": _load_stage(vae, "vae"), "tokenizer": _load_stage(tokenizer, "tokenizer")}
+    _train("dpd", data, out, preset, set_ or [], resume, progress, frozen)
 
-    frozen = _load_stage(vae, "vae"), _load_stage(tokenizer, "tokenizer")
-    _train(lambda cfg: DPDStage(cfg, data, out, *frozen), data, out, preset, set_ or [], resume, progress)
+
+@train_app.command("all")
+def train_all(
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", help="Runs folder: one run per stage (OUT/vae, OUT/mulan, ...), "
+                                      "OUT/curves.png and the bundle.")],
+    preset: PresetOpt = "tiny", set_: SetOpt = None,
+    bundle: Annotated[Optional[Path], typer.Option("--bundle", help="Where to export the trained model "
+                                                   "(default: OUT/bundle).")] = None,
+    progress: ProgressOpt = True,
+) -> None:
+    """Train every stage in order (vae, mulan, tokenizer, semantic, dpd) with the bundled model's recipe, then bundle them.
+
+    Finished stages are skipped and an unfinished one resumed, so re-running after Ctrl-C continues. --set applies to every stage, after the recipe."""
+    from melody.train.recipes import train_all as train_everything
+
+    folder = train_everything(data, out, preset, set_ or [], bundle, progress, say=typer.echo)
+    typer.echo(f'generate with: melody generate "a calm piano piece" --bundle {folder}')
 
 
 @app.command("export")
@@ -460,29 +502,17 @@ def export(
     half: Annotated[bool, typer.Option("--half/--full", help="Store float16 (half the size; loads as float32).")] = False,
 ) -> None:
     """Copy a trained stage's model into a self-contained folder (e.g. to bundle or share it)."""
-    import torch
+    from melody.train.recipes import export_model
 
-    from melody.checkpoint import save_model
-
-    model, cfg = _load_stage(run, stage)
-    path = save_model(out, stage, model, cfg, stage, torch.float16 if half else None)
+    path = export_model(run, out, stage, half)
     typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 def _load_stage(run: Path, stage: str):
     """(model, config) of a stage from a run or model folder."""
-    from melody.checkpoint import load_model_and_config
+    from melody.train.recipes import load_stage
 
-    builders = _stage_builders()
-    if stage not in builders:
-        raise MelodyError(f"unknown stage '{stage}'; choose one of: {', '.join(builders)}")
-    return load_model_and_config(run, stage, stage, builders[stage])
-
-
-def _stage_builders() -> dict:
-    from melody.pipeline import STAGE_BUILDERS
-
-    return STAGE_BUILDERS
+    return load_stage(run, stage)
 
 
 # --- eval -------------------------------------------------------------------------------------

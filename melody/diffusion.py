@@ -32,6 +32,11 @@ written back to their known values after every step.
 `context` frames of what exists, clean (δ = 0, written back after every step), followed by the new
 frames, which start from noise at δ = π/2; the model sees both, so the new frames continue the
 old ones, and only the new frames are kept. Repeating it writes latents of any length.
+
+**Inpainting** (`inpaint_latents`, the multi-chunk noise levels of §3.2 put to the use the lineage
+names): a window whose frames first … first + count − 1 start from noise at δ = π/2 while the
+frames on either side are known (δ = 0, written back after every step); continuation is the case
+with nothing known on the right.
 """
 
 from __future__ import annotations
@@ -150,6 +155,23 @@ def guided(v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float) -> torch.
     return v_uncond + scale * (v_cond - v_uncond)
 
 
+def guided_in_one_call(model: Callable, scale: float) -> Callable:
+    """`model(x, delta, cond, drop=None)` → v̂ with classifier-free guidance folded in: the conditional and
+    the null branch in one call over the doubled batch (the rows, then the same rows with the condition
+    dropped), so a guided step is one network pass — as the paper counts DPD passes (Table 3: 25·T + 20)
+    and as audiocraft and k-diffusion batch guidance. Pass the result to `sample` with guidance 1."""
+
+    def velocity(x: torch.Tensor, delta: torch.Tensor, cond):
+        if cond is None or scale == 1.0:
+            return model(x, delta, cond)
+        b = x.shape[0]
+        drop = torch.arange(2 * b, device=x.device) >= b
+        both = model(torch.cat((x, x)), torch.cat((delta, delta)), torch.cat((cond, cond)), drop=drop)
+        return guided(both[:b], both[b:], scale)
+
+    return velocity
+
+
 @dataclass
 class Known:
     """Frames whose clean value is given: `latents` `(b, L, d)` where `mask` `(b, L)` is True."""
@@ -205,18 +227,31 @@ def noise_like_rows(batch: int, frames: int, dim: int, generator, device: torch.
 
 
 @torch.no_grad()
+def inpaint_latents(model: Callable, latents: torch.Tensor, first: int, count: int, cond, deltas: torch.Tensor,
+                    guidance: float = 1.0, generator=None, callback: Callable[[dict], None] | None = None) -> torch.Tensor:
+    """Frames `first … first + count − 1` of the window `latents` `(b, L, d)` sampled afresh → `(b, count, d)`:
+    they start from noise drawn from `generator` (or one generator per row, `noise_like_rows`), every
+    other frame is known (`Known`: δ = 0, written back after every step), sampled with `sample`; `cond`
+    is the window's condition (e.g. its semantic tokens). What `latents` holds in the sampled frames is
+    ignored."""
+    b, length, d = latents.shape
+    noise = noise_like_rows(b, count, d, generator, latents.device).to(latents)
+    window = torch.cat((latents[:, :first], noise, latents[:, first + count:]), dim=1)
+    mask = torch.ones(b, length, dtype=torch.bool, device=latents.device)
+    mask[:, first:first + count] = False
+    out = sample(model, window, deltas, cond, guidance, known=Known(window, mask), callback=callback)
+    return out[:, first:first + count]
+
+
+@torch.no_grad()
 def continue_latents(model: Callable, previous: torch.Tensor, new_frames: int, cond, deltas: torch.Tensor,
                      guidance: float = 1.0, generator=None, context: int | None = None,
                      callback: Callable[[dict], None] | None = None) -> torch.Tensor:
     """`new_frames` latents `(b, new_frames, d)` that continue `previous` `(b, P, d)`: a window of its last
     `context` frames (all of them by default) kept clean, then fresh noise from `generator` (or one
-    generator per row, `noise_like_rows`), sampled with
-    `sample`; `cond` is the window's condition (e.g. its semantic tokens, covering context + new frames)."""
+    generator per row, `noise_like_rows`), sampled with `sample` (`inpaint_latents` with nothing known
+    on the right); `cond` is the window's condition (e.g. its semantic tokens, covering context + new frames)."""
     b, _, d = previous.shape
     keep = previous[:, previous.shape[1] - (previous.shape[1] if context is None else min(context, previous.shape[1])):]
-    noise = noise_like_rows(b, new_frames, d, generator, previous.device).to(previous)
-    window = torch.cat((keep, noise), dim=1)
-    mask = torch.zeros(b, window.shape[1], dtype=torch.bool, device=previous.device)
-    mask[:, : keep.shape[1]] = True
-    out = sample(model, window, deltas, cond, guidance, known=Known(window, mask), callback=callback)
-    return out[:, keep.shape[1]:]
+    window = torch.cat((keep, keep.new_zeros(b, new_frames, d)), dim=1)
+    return inpaint_latents(model, window, keep.shape[1], new_frames, cond, deltas, guidance, generator, callback)

@@ -18,6 +18,9 @@ that prompt alone with seed + i gives; per prompt, the LM's generator and each D
 from (seed, stage, window index), so a window's noise does not depend on how many tokens came before.
 Every stage's network calls and wall time are counted (`GenerateOutput.forward_passes`, `seconds`).
 
+`continue_` extends a clip and `inpaint` regenerates a region of one (the DPD's per-frame noise levels
+keep the latents around the region clean); both return the input's own samples where they keep them.
+
 Choices where the paper is silent: the DPD window is the length it was trained on
 (`dpd.crop_seconds`) and advances by half of it; a window's tokens are those whose 25 Hz frames
 overlap its latent frames (latent rate / 25 must be an integer: 5 for `tiny`, 10 for `paper`).
@@ -36,7 +39,9 @@ import torch
 from melody.checkpoint import load_model_and_config
 from melody.config import MelodyConfig
 from melody.data.loader import mix_seeds
-from melody.diffusion import SCHEDULES, angles_from_steps, continue_latents, noise_like_rows, sample
+from melody.data.synth.captions import with_controls
+from melody.diffusion import (SCHEDULES, angles_from_steps, continue_latents, guided_in_one_call, inpaint_latents,
+                              noise_like_rows, sample)
 from melody.dpd import DPD
 from melody.errors import MelodyError
 from melody.mulan import MuLan
@@ -56,10 +61,12 @@ STAGE_BUILDERS = {
 STAGES = ("mulan", "tokenizer", "semantic_lm", "dpd", "vae")
 MAX_SECONDS = 600.0  # a stated limit on one call's duration
 MAX_PROMPT_CHARS = 1000
+MAX_BEST_OF = 16
 # A streamed chunk is decoded with this much of the latents before it and after it (both beyond the VAE
 # decoder's receptive field), so chunks join exactly as one decode of everything would.
 DECODE_CONTEXT_SECONDS = 1.0
 DECODE_LOOKAHEAD_SECONDS = 0.5
+BLEND_SECONDS = 0.1  # inpainting: the crossfade on each side of a regenerated region
 
 
 @dataclass
@@ -70,6 +77,9 @@ class GenerateOutput:
     latents: torch.Tensor  # (b, frames, latent_dim) in [-1, 1]
     forward_passes: dict[str, int] = field(default_factory=dict)  # per stage, network calls
     seconds: dict[str, float] = field(default_factory=dict)  # per stage, wall time
+    prompts: list[str] | None = None  # the texts the music was conditioned on (with bpm and key said)
+    candidate: list[int] | None = None  # best-of: the kept candidate per prompt
+    mulan_scores: list[list[float]] | None = None  # best-of: cosine(prompt, candidate) per prompt and candidate
 
 
 class _Counted:
@@ -100,6 +110,66 @@ def check_duration(seconds: float) -> float:
     if seconds > MAX_SECONDS:
         raise MelodyError(f"duration {seconds:g} s is beyond the limit of {MAX_SECONDS:g} s; generate less, or continue a clip")
     return float(seconds)
+
+
+def check_region(start: float, end: float, clip_seconds: float, shortest: float = 0.0,
+                 blend: float = 0.0) -> tuple[float, float]:
+    """A region start … end (seconds) of a clip `clip_seconds` long, at least `shortest` long, with crossfades of
+    `blend` seconds; an end within a millisecond past the clip's (rounding of a resampled file's length) is
+    taken as the clip's end."""
+    if not (isinstance(blend, (int, float)) and math.isfinite(blend)) or blend < 0:
+        raise MelodyError(f"the crossfade must be 0 or more seconds, got {blend}")
+    for name, value in (("start", start), ("end", end)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value)):
+            raise MelodyError(f"the region's {name} must be a number of seconds, got {value}")
+    if start < 0:
+        raise MelodyError(f"the region starts at {start:g} s, before the clip; give a start of 0 s or more")
+    if end <= start:
+        raise MelodyError(f"the region ends at {end:g} s, not after its start at {start:g} s; give an end after the start")
+    if end > clip_seconds + 1e-3:
+        raise MelodyError(f"the region ends at {end:g} s, beyond the end of the {clip_seconds:.3f} s clip")
+    if end - start < shortest:
+        raise MelodyError(f"the region is {end - start:g} s long, shorter than one semantic token ({shortest:g} s); "
+                          "give a longer one")
+    return float(start), min(float(end), clip_seconds)
+
+
+def region_windows(first: int, last: int, total: int, window: int, context: int,
+                   align: int = 1) -> list[tuple[int, int, int, int]]:
+    """The DPD windows that make frames first … last − 1 of `total` anew, left to right, as
+    (window start, first new frame, new frames, window end), each at most `window` frames and each with
+    `context` clean frames where the clip has them. While the rest of the region and `context` clean
+    frames do not fit one window, a window continues what is left of it: `context` clean frames on its
+    left and `window − context` new ones (as `MeLoDy.latents` continues). The last window holds the rest
+    with its clean frames shared evenly between both sides as far as the clip allows, its left share a
+    multiple of `align`."""
+    plan, at, size = [], first, min(window, total)
+    while at < last:
+        rest = last - at
+        if rest + min(context, total - rest) > size:  # continue, with clean context on the left
+            left, new = min(context, at), window - context
+            plan.append((at - left, at, new, at + new))
+            at += new
+        else:  # the rest fits: clean frames on both sides, the window inside the clip
+            spare = size - rest
+            left = min(at, max(spare // 2 - (spare // 2) % align, spare - (total - last)))
+            plan.append((at - left, at, rest, at - left + size))
+            at = last
+    return plan
+
+
+def splice(original: torch.Tensor, replacement: torch.Tensor, start: int, end: int, fade: int) -> torch.Tensor:
+    """`original` `(..., n)` with samples start … end − 1 from `replacement` (same shape), faded in linearly over
+    the `fade` samples before `start` and out over the `fade` after `end`; every other sample is `original`'s."""
+    n = original.shape[-1]
+    lo, hi = max(0, start - fade), min(n, end + fade)
+    position = torch.arange(lo, hi, device=original.device, dtype=torch.float64)
+    rising = (position - (start - fade) + 1) / (fade + 1)  # 1/(fade+1) … fade/(fade+1) before the region
+    falling = (end + fade - position) / (fade + 1)  # fade/(fade+1) … 1/(fade+1) after it
+    weight = rising.clamp(max=1.0).minimum(falling.clamp(max=1.0)).to(original.dtype)  # 1 inside the region
+    out = original.clone()
+    out[..., lo:hi] = (1 - weight) * original[..., lo:hi] + weight * replacement[..., lo:hi]
+    return out
 
 
 class MeLoDy:
@@ -141,33 +211,76 @@ class MeLoDy:
     @torch.no_grad()
     def generate(self, prompts: list[str] | None, duration: float, steps: int | None = None, guidance: float | None = None,
                  temperature: float | None = None, top_k: int | None = None, lm_guidance: float | None = None,
-                 seed: int = 0, prompt_audio: torch.Tensor | None = None,
+                 seed: int = 0, prompt_audio: torch.Tensor | None = None, bpm: float | None = None,
+                 key: str | None = None, best_of: int = 1,
                  progress: Callable[[str], None] | None = None) -> GenerateOutput:
         """Music for each prompt `(b, channels, round(duration · rate))`; None takes the config's value.
 
         `prompt_audio` `(b, samples)` mono at the VAE's rate: music prompts instead of text (their MuLan
-        tokens come from the audio tower, §3.1)."""
+        tokens come from the audio tower, §3.1). `bpm` and `key` ('A minor') are said in every prompt the
+        way the training captions say them (`with_controls`), replacing a tempo or key the text names.
+        `best_of` N draws N candidates per prompt and keeps the one whose MuLan audio embedding is closest
+        (cosine) to the prompt's embedding; candidate 0 is what `best_of=1` gives, candidate j > 0 uses
+        the seed mix(seed, 4, j), so more candidates never score lower."""
         duration = check_duration(duration)
         if prompt_audio is None:
             prompts = check_prompts(prompts)
+            if bpm is not None or key is not None:
+                prompts = [with_controls(p, bpm, key) for p in prompts]
         elif prompts is not None:
             raise MelodyError("give text prompts or a music prompt, not both")
+        elif bpm is not None or key is not None:
+            raise MelodyError("bpm and key steer a text prompt; give a text prompt with them")
         elif prompt_audio.dim() != 2 or prompt_audio.shape[-1] < 1:
             raise MelodyError(f"a music prompt must be mono audio (batch, samples), got {tuple(prompt_audio.shape)}")
+        if not isinstance(best_of, int) or not 1 <= best_of <= MAX_BEST_OF:
+            raise MelodyError(f"best_of {best_of}: draw between 1 and {MAX_BEST_OF} candidates")
         d = self.cfg.dpd
         steps = d.steps if steps is None else steps
         guidance = d.guidance if guidance is None else guidance
-        times, passes = {}, {}
         tell = progress or (lambda stage: None)  # told the name of each stage as it starts
 
         tell("mulan")
         clock = time.perf_counter()
         if prompt_audio is None:
-            mulan_tokens = self.mulan.tokens_from_text(prompts)  # (b, L)
+            reference = self.mulan.embed_text(prompts)  # (b, embed_dim) unit vectors
         else:
-            mulan_tokens = self.mulan.tokens_from_audio(prompt_audio.to(self._device, torch.float32))
-        times["mulan"], passes["mulan"] = time.perf_counter() - clock, 1
+            reference = self.mulan.embed_audio(prompt_audio.to(self._device, torch.float32))
+        mulan_tokens = self.mulan.tokens(reference)  # (b, L)
+        times, passes = {"mulan": time.perf_counter() - clock}, {"mulan": 1}
 
+        candidates = []
+        for j in range(best_of):
+            label = "" if best_of == 1 else f" (candidate {j + 1}/{best_of})"
+            out = self._music(mulan_tokens, duration, steps, guidance, temperature, top_k, lm_guidance,
+                              seed if j == 0 else mix_seeds(seed, 4, j), lambda stage: tell(stage + label))
+            candidates.append(out)
+            for stage in out.seconds:
+                times[stage] = times.get(stage, 0.0) + out.seconds[stage]
+                passes[stage] = passes.get(stage, 0) + out.forward_passes[stage]
+        if best_of == 1:
+            best = candidates[0]
+            best.prompts, best.forward_passes, best.seconds = prompts, passes, times
+            return best
+
+        tell("mulan (scoring candidates)")
+        clock = time.perf_counter()
+        scores = torch.stack([(self.mulan.embed_audio(c.audio.mean(1)) * reference).sum(-1) for c in candidates], 1)
+        pick = scores.argmax(1)  # (b,) the kept candidate per prompt
+        times["mulan"] += time.perf_counter() - clock
+        passes["mulan"] += best_of
+        rows = torch.arange(len(pick))
+
+        def kept(name: str) -> torch.Tensor:
+            return torch.stack([getattr(c, name) for c in candidates], 1)[rows, pick]
+
+        return GenerateOutput(kept("audio"), self.vae.cfg.sample_rate, kept("semantic_tokens"), kept("latents"),
+                              passes, times, prompts=prompts, candidate=pick.tolist(), mulan_scores=scores.tolist())
+
+    def _music(self, mulan_tokens: torch.Tensor, duration: float, steps: int, guidance: float, temperature: float | None,
+               top_k: int | None, lm_guidance: float | None, seed: int, tell: Callable[[str], None]) -> GenerateOutput:
+        """Semantic LM → DPD → VAE decoder for MuLan tokens `(b, L)`; row i seeded by seed + i."""
+        times, passes = {}, {}
         tell("semantic_lm")
         clock = time.perf_counter()
         result = self._semantic_tokens(mulan_tokens, math.ceil(duration * self.token_rate), None,
@@ -212,6 +325,15 @@ class MeLoDy:
         window -= window % self.frames_per_token
         return window, window // 2 - (window // 2) % self.frames_per_token
 
+    def _window_tokens(self, tokens: torch.Tensor, first_frame: int, frames: int) -> torch.Tensor:
+        """The semantic tokens `(b, t)` whose 25 Hz frames overlap latent frames first_frame … first_frame + frames − 1."""
+        first, last = first_frame // self.frames_per_token, math.ceil((first_frame + frames) / self.frames_per_token)
+        return tokens[:, first:min(last, tokens.shape[1])]
+
+    def _window_noise(self, seed: int, k: int, rows: int) -> list[torch.Generator]:
+        """DPD window k's noise: one generator per prompt i, seeded by (seed + i, 2, k)."""
+        return self._seeded(seed, 2, k, rows=rows)
+
     def latents(self, model, tokens: torch.Tensor, duration: float, steps: int, guidance: float, seed: int,
                 start: torch.Tensor | None = None) -> torch.Tensor:
         """DPD latents `(b, frames, d)` for `duration` seconds, window by window with clean-context continuation;
@@ -219,14 +341,14 @@ class MeLoDy:
         total = math.ceil(duration * self.vae.latent_rate)
         window, context = self._window()
         deltas = angles_from_steps(SCHEDULES["melody"](steps))
+        model, guidance = guided_in_one_call(model, guidance), 1.0  # one pass per step
         b = tokens.shape[0]
 
         def window_tokens(first_frame: int, frames: int) -> torch.Tensor:
-            first, last = first_frame // self.frames_per_token, math.ceil((first_frame + frames) / self.frames_per_token)
-            return tokens[:, first:min(last, tokens.shape[1])]
+            return self._window_tokens(tokens, first_frame, frames)
 
         def generator(k: int) -> list[torch.Generator]:  # window k's noise, one generator per prompt
-            return self._seeded(seed, 2, k, rows=b)
+            return self._window_noise(seed, k, b)
 
         if start is None:
             first = min(window, total)
@@ -251,14 +373,12 @@ class MeLoDy:
                   progress: Callable[[str], None] | None = None) -> GenerateOutput:
         """`audio` `(b, channels, n)` at the VAE's rate, extended by `seconds`: the output starts with the input,
         sample for sample. The condition is the prompts' MuLan tokens, or the input's own (a music prompt)."""
-        rate, channels = self.vae.cfg.sample_rate, self.vae.cfg.channels
-        if audio.dim() != 3 or audio.shape[1] != channels or audio.shape[-1] < 1:
-            raise MelodyError(f"the audio to continue must be (batch, {channels}, samples) at {rate} Hz, got {tuple(audio.shape)}")
+        audio = self._clip(audio, "the audio to continue")
+        rate = self.vae.cfg.sample_rate
         seconds = check_duration(seconds)
         d = self.cfg.dpd
         steps = d.steps if steps is None else steps
         guidance = d.guidance if guidance is None else guidance
-        audio = audio.to(self._device, torch.float32)
         b, n_in = audio.shape[0], audio.shape[-1]
         times, passes = {}, {}
         tell = progress or (lambda stage: None)
@@ -266,9 +386,7 @@ class MeLoDy:
         tell("mulan")
         clock = time.perf_counter()
         mono = audio.mean(1)
-        mulan_tokens = self.mulan.tokens_from_text(check_prompts(prompts)) if prompts is not None else self.mulan.tokens_from_audio(mono)
-        if mulan_tokens.shape[0] != b:
-            raise MelodyError(f"{mulan_tokens.shape[0]} prompts for {b} clips; give one prompt per clip")
+        mulan_tokens = self._condition(prompts, mono)
         times["mulan"], passes["mulan"] = time.perf_counter() - clock, 1
 
         tell("tokenizer")
@@ -287,7 +405,7 @@ class MeLoDy:
 
         tell("dpd")
         clock = time.perf_counter()
-        start = self.vae.encode_latents(audio, torch.Generator(device=self._device).manual_seed(mix_seeds(seed, 3)))
+        start = self._encode(audio, seed)
         counted = _Counted(self.dpd)
         latents = self.latents(counted, tokens, total_seconds, steps, guidance, seed, start=start)
         times["dpd"], passes["dpd"] = time.perf_counter() - clock, counted.calls
@@ -299,6 +417,119 @@ class MeLoDy:
         out = torch.cat((audio, decoded[..., n_in:]), dim=-1)  # the input, untouched, then what follows it
         times["vae"], passes["vae"] = time.perf_counter() - clock, 2  # encode the input, decode the whole
         return GenerateOutput(out, rate, tokens, latents, passes, times)
+
+    @torch.no_grad()
+    def inpaint(self, audio: torch.Tensor, start: float, end: float, prompts: list[str] | None = None,
+                steps: int | None = None, guidance: float | None = None, temperature: float | None = None,
+                top_k: int | None = None, lm_guidance: float | None = None, seed: int = 0, blend: float = BLEND_SECONDS,
+                progress: Callable[[str], None] | None = None) -> GenerateOutput:
+        """`audio` `(b, channels, n)` at the VAE's rate with the region `start` … `end` seconds regenerated; the
+        output has n samples, equal to the input's sample for sample outside start − blend … end + blend.
+
+        The region is widened to whole semantic tokens (25 Hz): tokens ⌊25·start⌋ … ⌈25·end⌉ − 1 and their
+        latent frames are made anew, everything else is the input's own.
+
+        1. condition: the prompts' MuLan tokens, or the input's own (a music prompt), as in `continue_`;
+        2. semantic tokens: the input's own (`tokenizer.tokens`) before the region; the region's from the
+           LM continuing them (seeded like `continue_`); the input's own after it. The LM is causal, so the
+           region's tokens do not see what follows; the DPD's clean right context joins the two (step 3);
+        3. latents: the input encoded by the VAE (a posterior sample, seeded like `continue_`); the region's
+           frames made again by the DPD with the paper's per-frame noise levels (multi-chunk, §3.2): frames
+           outside the region are known, clean at δ = 0 and written back after every step, while the
+           region's start from noise at δ = π/2 (`melody.diffusion.inpaint_latents`, `Known`). The DPD sees
+           windows of the length it was trained on, so the region is made window by window, left to right
+           (`region_windows`): while the rest of the region and half a window of clean frames do not fit one
+           window, a window continues it with that much clean context on its left (as `latents` does); the
+           last one holds the rest with its clean frames shared between both sides. Window k's noise comes
+           from (seed + i, 2, k);
+        4. the VAE decodes all the latents, and the decoded audio replaces the input on start … end, joined
+           by linear crossfades over the `blend` seconds just outside it (`splice`).
+
+        Choices where the paper is silent: the windows and their placement; the linear (not equal-power)
+        fade, since outside the region the decoded audio is the VAE's reconstruction of the input, which
+        is correlated with it; the tokens after the region are kept, not re-sampled. Forward passes: MuLan 1,
+        tokenizer 1, LM one per region token, DPD steps × (2 if guided) per window, VAE 2 (encode, decode)."""
+        audio = self._clip(audio, "the audio to inpaint")
+        rate = self.vae.cfg.sample_rate
+        b, n_in = audio.shape[0], audio.shape[-1]
+        start, end = check_region(start, end, n_in / rate, 1 / self.token_rate, blend)
+        d = self.cfg.dpd
+        steps = d.steps if steps is None else steps
+        guidance = d.guidance if guidance is None else guidance
+        # the region's tokens (a start or end within 1e-6 token of a token's edge is on it)
+        first, last = math.floor(start * self.token_rate + 1e-6), math.ceil(end * self.token_rate - 1e-6)
+        times, passes = {}, {}
+        tell = progress or (lambda stage: None)
+
+        tell("mulan")
+        clock = time.perf_counter()
+        mono = audio.mean(1)
+        mulan_tokens = self._condition(prompts, mono)
+        times["mulan"], passes["mulan"] = time.perf_counter() - clock, 1
+
+        tell("tokenizer")
+        clock = time.perf_counter()
+        own = self.tokenizer.tokens(mono)  # (b, ⌈n_in / hop⌉): the input's own semantic tokens
+        last = min(last, own.shape[1])
+        times["tokenizer"], passes["tokenizer"] = time.perf_counter() - clock, 1
+
+        tell("semantic_lm")
+        clock = time.perf_counter()
+        result = self._semantic_tokens(mulan_tokens, last - first, own[:, :first], self._seeded(seed, 1, rows=b),
+                                       temperature, top_k, lm_guidance)
+        tokens = torch.cat((own[:, :first], result.tokens, own[:, last:]), dim=1)
+        times["semantic_lm"], passes["semantic_lm"] = time.perf_counter() - clock, result.forward_passes
+
+        tell("dpd")
+        clock = time.perf_counter()
+        known = self._encode(audio, seed)  # (b, ⌈n_in / hop⌉, d)
+        counted = _Counted(self.dpd)
+        region = (first * self.frames_per_token, min(last * self.frames_per_token, known.shape[1]))
+        latents = self.regenerate_latents(counted, known, tokens, *region, steps, guidance, seed)
+        times["dpd"], passes["dpd"] = time.perf_counter() - clock, counted.calls
+
+        tell("vae")
+        clock = time.perf_counter()
+        decoded = self.vae.decode_latents(latents, n_in).clamp(-1.0, 1.0).float()
+        out = splice(audio, decoded, round(start * rate), round(end * rate), round(blend * rate))
+        times["vae"], passes["vae"] = time.perf_counter() - clock, 2  # encode the input, decode the whole
+        return GenerateOutput(out, rate, tokens, latents, passes, times)
+
+    def regenerate_latents(self, model, latents: torch.Tensor, tokens: torch.Tensor, first: int, last: int, steps: int,
+                           guidance: float, seed: int) -> torch.Tensor:
+        """`latents` `(b, F, d)` with frames first … last − 1 made anew by the DPD, window by window
+        (`region_windows`), each window conditioned on the tokens `(b, T)` covering it; the other frames
+        are returned as they are, exactly."""
+        window, context = self._window()
+        deltas = angles_from_steps(SCHEDULES["melody"](steps))
+        model, guidance = guided_in_one_call(model, guidance), 1.0  # one pass per step
+        out = latents.clone()
+        plan = region_windows(first, last, latents.shape[1], window, context, self.frames_per_token)
+        for k, (lo, new_first, new, hi) in enumerate(plan):
+            out[:, new_first:new_first + new] = inpaint_latents(
+                model, out[:, lo:hi], new_first - lo, new, self._window_tokens(tokens, lo, hi - lo), deltas, guidance,
+                self._window_noise(seed, k, out.shape[0]))
+        return out
+
+    def _clip(self, audio: torch.Tensor, what: str) -> torch.Tensor:
+        """`audio` checked to be `(b, channels, n ≥ 1)`, as float32 on the models' device."""
+        rate, channels = self.vae.cfg.sample_rate, self.vae.cfg.channels
+        if audio.dim() != 3 or audio.shape[1] != channels or audio.shape[-1] < 1:
+            raise MelodyError(f"{what} must be (batch, {channels}, samples) at {rate} Hz, got {tuple(audio.shape)}")
+        return audio.to(self._device, torch.float32)
+
+    def _condition(self, prompts: list[str] | None, mono: torch.Tensor) -> torch.Tensor:
+        """MuLan tokens `(b, L)` of the prompts (one per clip), or of the clips `mono` `(b, n)` themselves."""
+        if prompts is None:
+            return self.mulan.tokens_from_audio(mono)
+        mulan_tokens = self.mulan.tokens_from_text(check_prompts(prompts))
+        if mulan_tokens.shape[0] != mono.shape[0]:
+            raise MelodyError(f"{mulan_tokens.shape[0]} prompts for {mono.shape[0]} clips; give one prompt per clip")
+        return mulan_tokens
+
+    def _encode(self, audio: torch.Tensor, seed: int) -> torch.Tensor:
+        """The clips' latents `(b, ⌈n / hop⌉, d)`: a VAE posterior sample drawn with (seed, 3)."""
+        return self.vae.encode_latents(audio, torch.Generator(device=self._device).manual_seed(mix_seeds(seed, 3)))
 
     @torch.no_grad()
     def stream(self, prompts: Iterable[str], chunk_seconds: float = 5.0, steps: int | None = None,

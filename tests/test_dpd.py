@@ -137,3 +137,24 @@ def test_tiny_dpd_learns_one_clip_and_the_sampler_reproduces_it():
         out = sample(model, torch.randn(1, 32, 4, generator=g), angles_from_steps(melody_steps(10)), tokens[:1])
     error = float((out - z[:1]).abs().mean())
     assert error < 0.25 * float(z.abs().mean()), error  # measured 0.09 against |z| 0.63
+
+
+def test_guidance_in_one_batched_call_equals_the_two_branches_and_is_one_pass():
+    from melody.diffusion import guided, guided_in_one_call
+
+    model = tiny_dpd("gru", seed=3)
+    x, delta = torch.randn(2, 24, 4), torch.rand(2, 24)
+    tokens = torch.randint(0, 10, (2, 6))
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape[0])
+        return model(*args, **kwargs)
+
+    with torch.no_grad():
+        one = guided_in_one_call(counted, 2.5)(x, delta, tokens)
+        assert calls == [4]  # one pass over the doubled batch
+        two = guided(model(x, delta, tokens), model(x, delta, None), 2.5)
+        torch.testing.assert_close(one, two, rtol=0, atol=1e-5)
+        assert not torch.allclose(one, model(x, delta, tokens), atol=1e-3)  # the guidance did something
+        torch.testing.assert_close(guided_in_one_call(model, 1.0)(x, delta, tokens), model(x, delta, tokens))

@@ -81,3 +81,22 @@ def test_bad_input_is_one_line_and_writes_nothing(bundle, tmp_path, args, messag
 def test_a_missing_bundle_is_one_line(tmp_path):
     out = melody_one_thread("generate", "funk", "--bundle", str(tmp_path / "nope"), "--out", str(tmp_path / "x.wav"))
     assert "no such bundle folder" in one_line_error(out)
+
+
+def test_a_corrupt_or_mismatched_bundle_is_one_line_and_writes_nothing(bundle, tmp_path):  # noqa: F811
+    import shutil
+
+    out = tmp_path / "out"
+    out.mkdir()
+    truncated = tmp_path / "truncated"
+    shutil.copytree(bundle, truncated)
+    weights = truncated / "dpd" / "dpd.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    message = one_line_error(melody_one_thread("generate", "funk", "--bundle", str(truncated), "--out", str(out / "x.wav")))
+    assert "dpd.safetensors" in message and "corrupt or truncated" in message
+    swapped = tmp_path / "swapped"
+    shutil.copytree(bundle, swapped)
+    shutil.copy(swapped / "vae" / "vae.safetensors", swapped / "dpd" / "dpd.safetensors")  # another stage's weights
+    message = one_line_error(melody_one_thread("generate", "funk", "--bundle", str(swapped), "--out", str(out / "x.wav")))
+    assert "dpd.safetensors" in message
+    assert list(out.iterdir()) == []

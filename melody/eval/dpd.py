@@ -26,7 +26,7 @@ import torch
 
 from melody.data.loader import ShardDataset, make_loader
 from melody.data.plots import spectrogram_grid
-from melody.diffusion import SCHEDULES, angles_from_steps, sample
+from melody.diffusion import SCHEDULES, angles_from_steps, guided_in_one_call, sample
 from melody.dpd import DPD
 from melody.errors import MelodyError
 from melody.eval.metrics import mel_distance, top_k_overlap
@@ -77,7 +77,7 @@ def evaluate_dpd(dpd: DPD, vae: VAE, tokenizer: SemanticTokenizer, data_root: st
         recon.append(vae.decode_latents(z, n)[0].mean(0).cpu())
         for t in steps:
             noise = torch.randn(z.shape, generator=torch.Generator(device=device).manual_seed(seed), device=device)
-            latents = sample(dpd, noise, angles_from_steps(SCHEDULES[schedule](t)), tokens, guidance)
+            latents = sample(guided_in_one_call(dpd, guidance), noise, angles_from_steps(SCHEDULES[schedule](t)), tokens)
             made[t].append(vae.decode_latents(latents, n)[0].mean(0).cpu())
         keys.append(batch["key"][0])
         if progress is not None:

@@ -31,3 +31,22 @@ def mel_distance(estimate: torch.Tensor, reference: torch.Tensor, sample_rate: i
 def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int) -> float:
     """|top-k(a) ∩ top-k(b)| / k for two score vectors (tagger outputs)."""
     return len(set(np.argsort(-a)[:k]) & set(np.argsort(-b)[:k])) / k
+
+
+def spectral_flux(wav: torch.Tensor, sample_rate: int, hop: int = 256) -> torch.Tensor:
+    """Frame-to-frame change of the log mel spectrum, mean |log mel_t − log mel_{t−1}| over bins:
+    `(samples,)` → `(frames − 1,)`; entry t is the change into frame t + 1 (frames `hop` samples apart)."""
+    mel = log_mel(wav, sample_rate, hop=hop)
+    return (mel[..., 1:] - mel[..., :-1]).abs().mean(-2)
+
+
+def boundary_flux(wav: torch.Tensor, sample_rate: int, boundaries: list[int], hop: int = 256) -> tuple[float, float]:
+    """(mean spectral flux at the frames that cross `boundaries` (sample indices), mean flux of all the
+    other frames): a seam between two separately made chunks shows as a boundary flux above the inside one."""
+    flux = spectral_flux(wav, sample_rate, hop)
+    at = torch.zeros_like(flux, dtype=torch.bool)
+    for b in boundaries:
+        # with centred frames, frame f covers samples around f·hop: the changes into the frames nearest b cross it
+        f = round(b / hop)
+        at[max(0, f - 2):min(len(flux), f + 1)] = True
+    return float(flux[at].mean()), float(flux[~at].mean())

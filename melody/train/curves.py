@@ -11,7 +11,8 @@ from melody.data.plots import save_figure
 
 
 def read_metrics(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """`{key: (steps, values)}`; a step logged twice (a resumed run) keeps its last value."""
+    """`{key: (steps, values)}`. A step logged again (a resumed run) keeps the last row, whole; the held-out
+    figures a stage logs at a training step (a row with other keys) join that step's training scalars."""
     by_step: dict[int, dict[str, float]] = {}
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -22,7 +23,9 @@ def read_metrics(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a crash
-            by_step[int(row.pop("step"))] = row
+            step = int(row.pop("step"))
+            before = by_step.get(step)
+            by_step[step] = {**before, **row} if before is not None and not before.keys() & row.keys() else row
     keys = sorted({k for row in by_step.values() for k in row})
     out = {}
     for key in keys:
@@ -55,18 +58,78 @@ def plot_curves(metrics: str | Path, path: str | Path, title: str = "") -> Path:
     rows = max(1, -(-len(data) // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
     for ax, (key, (steps, values)) in zip(axes.flat, data.items(), strict=False):
-        if key.startswith("valid/"):
-            ax.plot(steps, values, color="tab:orange", marker="o", markersize=3, linewidth=1.2)
-        else:
-            ax.plot(steps, values, color="tab:blue", alpha=0.25, linewidth=0.8)
-            ax.plot(steps, smooth(values), color="tab:blue", linewidth=1.6)
+        _draw(ax, key, steps, values)
         ax.set_title(key, fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=7)
-        if values.size and values.min() > 0 and values.max() / values.min() > 20:
-            ax.set_yscale("log")
     for ax in list(axes.flat)[len(data):]:
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=10)
     return save_figure(fig, path, dpi=90)
+
+
+# Per stage (the engine's stage name): its training loss, the figure that says it learns, and the
+# floor or reference that figure is read against (dashed; None where the stage logs none).
+WATCH: dict[str, tuple[str, str, str | None]] = {
+    "vae": ("vae/total", "mel/loss", None),
+    "mulan": ("mulan/total", "valid/t2a_R@10", None),
+    "tokenizer": ("tokenizer/total", "valid/masked_acc", "valid/majority_acc"),
+    "semantic_lm": ("semantic_lm/total", "valid/ppl", None),
+    "dpd": ("dpd/total", "valid/mel_distance", "valid/mel_distance_vae"),
+}
+
+
+def plot_stages(metrics: dict[str, str | Path], path: str | Path, title: str = "") -> Path:
+    """One column per stage (`metrics[stage]`: its run's `metrics.jsonl`, in `WATCH`'s order): the training
+    loss on top, the figure to watch below it, each with its last (smoothed) value. A stage without metrics
+    yet gets an empty column."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = [s for s in WATCH if s in metrics]
+    fig, axes = plt.subplots(2, len(stages), figsize=(3.6 * len(stages), 5.4), squeeze=False)
+    for col, stage in enumerate(stages):
+        found = read_metrics(metrics[stage]) if Path(metrics[stage]).is_file() else {}
+        for row, key in enumerate(WATCH[stage][:2]):
+            ax = axes[row][col]
+            ax.set_title(f"{stage}: {key}" if row else f"{stage}: training loss ({key})", fontsize=9)
+            if key not in found:
+                ax.text(0.5, 0.5, "not logged yet", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                continue
+            steps, values = found[key]
+            last = _draw(ax, key, steps, values)
+            floor = WATCH[stage][2]
+            text = f"step · last {last:.3g}"
+            if row and floor in found:
+                ax.plot(*found[floor], color="0.4", linestyle="--", linewidth=1.0)
+                text += f" · dashed: {floor.split('/')[-1]} {found[floor][1][-1]:.3g}"
+            ax.set_xlabel(text, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path, dpi=90)
+
+
+def _draw(ax, key: str, steps: np.ndarray, values: np.ndarray) -> float:
+    """One logged key on `ax`: held-out figures as points, training scalars raw (faint) and smoothed; its last
+    (smoothed) value."""
+    if key.startswith("valid/"):
+        ax.plot(steps, values, color="tab:orange", marker="o", markersize=3, linewidth=1.2)
+        last = values[-1] if values.size else float("nan")
+    else:
+        smoothed = smooth(values)
+        ax.plot(steps, values, color="tab:blue", alpha=0.25, linewidth=0.8)
+        ax.plot(steps, smoothed, color="tab:blue", linewidth=1.6)
+        last = smoothed[-1] if values.size else float("nan")
+    ax.set_xlabel("step", fontsize=8)
+    ax.tick_params(labelsize=7)
+    if values.size and values.min() > 0 and values.max() / values.min() > 20:
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 0.1, not 10⁻¹
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    return float(last)

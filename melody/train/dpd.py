@@ -30,7 +30,8 @@ from melody.audio import save_audio
 from melody.config import MelodyConfig
 from melody.data.loader import ShardDataset
 from melody.data.plots import spectrogram_grid
-from melody.diffusion import SCHEDULES, angles_from_steps, multichunk_angles, multichunk_loss, noisy, sample, velocity_target
+from melody.diffusion import (SCHEDULES, angles_from_steps, guided_in_one_call, multichunk_angles, multichunk_loss, noisy, sample,
+                              velocity_target)
 from melody.dpd import DPD
 from melody.eval.metrics import mel_distance
 from melody.semantic.lm import condition_dropout_mask
@@ -96,7 +97,7 @@ class DPDStage(Stage):
         generator = torch.Generator(device=engine.device).manual_seed(self.cfg.train.seed)
         z, tokens = self.latents_and_tokens(real, lengths, None)
         start = torch.randn(z.shape, generator=generator, device=engine.device)
-        made = sample(dpd, start, angles_from_steps(SCHEDULES["melody"](d.steps)), tokens, d.guidance)
+        made = sample(guided_in_one_call(dpd, d.guidance), start, angles_from_steps(SCHEDULES["melody"](d.steps)), tokens)
         fake = self.vae.decode_latents(made, real.shape[-1])
         recon = self.vae.decode_latents(z, real.shape[-1])
         rows = {"real": [], "VAE reconstruction": [], "DPD from semantic tokens": []}

@@ -103,6 +103,14 @@ class Stage(ABC):
         """Settle what is measured from the trained model (e.g. a latent scale in `self.cfg`) before the export."""
 
 
+class TrainingStopped(MelodyError):
+    """Ctrl-C or SIGTERM stopped a run after its step and a checkpoint; `--resume` continues it."""
+
+    def __init__(self, signal_name: str, step: int) -> None:
+        self.signal_name, self.step = signal_name, step
+        super().__init__(f"stopped by {signal_name} at step {step}; saved — continue with --resume")
+
+
 class PerCaption:
     """What a frozen model makes of a caption, computed once per distinct caption and kept (on the CPU).
 
@@ -270,8 +278,7 @@ class Engine:
                 if self._stop_signal is not None:
                     bar.close()
                     self.save()
-                    raise MelodyError(f"stopped by {signal.Signals(self._stop_signal).name} at step {self.position.step}; "
-                                      "saved — continue with --resume")
+                    raise TrainingStopped(signal.Signals(self._stop_signal).name, self.position.step)
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)

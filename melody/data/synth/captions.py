@@ -26,6 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from melody.data.synth.arrange import MODES, key_name, pitch_class
+from melody.errors import MelodyError
+
 # Noun phrases per style; each contains its style's `_STYLE_ALIASES` entry (or the style itself).
 _STYLE_PHRASES: Mapping[str, tuple[str, ...]] = {
     "rock": ("rock track", "rock song", "rock instrumental", "rock tune"),
@@ -251,3 +254,43 @@ def _key_first(p: _Phrases) -> str:
 _TEMPLATES: tuple[Callable[[_Phrases], str], ...] = (
     _subject_first, _listing, _two_sentences, _players_first, _tags, _this_is, _played_on, _key_first,
 )  # fmt: skip
+
+
+# --- Direct controls: tempo and key said the way the corpus's captions say them -----------------------------
+
+BPM_RANGE = (30.0, 300.0)  # beyond any music the corpus holds, so a typo is caught rather than honoured
+_TEMPO_SAID = re.compile(r"\s*,?\s*\b(?:at\s+)?(?:a\s+tempo\s+of\s+)?(?:about\s+|around\s+|roughly\s+)?"
+                         r"\d+(?:\.\d+)?\s*(?:bpm|beats\s+per\s+minute)\b", re.IGNORECASE)
+_KEY_SAID = re.compile(r"\s*,?\s*\b(?:in\s+)?(?:the\s+key\s+of\s+)?[A-G](?:#|b)?\s+(?:" + "|".join(MODES) + r")\b",
+                       re.IGNORECASE)
+
+
+def parse_key(key: str) -> str:
+    """'a minor', 'F# major', 'Bb dorian' → the key as the corpus spells it ('A minor', 'F# major', 'Bb dorian')."""
+    parts = key.split()
+    if len(parts) != 2 or parts[1].lower() not in MODES:
+        raise MelodyError(f"key {key!r}: give a tonic and a mode, e.g. 'A minor' (modes: {', '.join(MODES)})")
+    tonic, mode = parts[0][:1].upper() + parts[0][1:], parts[1].lower()
+    return f"{key_name(pitch_class(tonic), mode)} {mode}"
+
+
+def check_bpm(bpm: float) -> float:
+    if not (isinstance(bpm, (int, float)) and BPM_RANGE[0] <= bpm <= BPM_RANGE[1]):
+        raise MelodyError(f"bpm {bpm}: give a tempo between {BPM_RANGE[0]:g} and {BPM_RANGE[1]:g} beats per minute")
+    return float(bpm)
+
+
+def with_controls(prompt: str, bpm: float | None = None, key: str | None = None) -> str:
+    """`prompt` with the tempo and key it must follow, worded as the training captions word them ("at 120 BPM",
+    "in A minor"), so that the text tower meets words it was trained on. A tempo or key the prompt already
+    names is replaced: the direct control wins over the text, and is honoured when the text says nothing."""
+    text = prompt.strip()
+    if bpm is not None:
+        text = _TEMPO_SAID.sub("", text)
+    if key is not None:
+        text = _KEY_SAID.sub("", text)
+    said = _commas(f"at {round(check_bpm(bpm))} BPM" if bpm is not None else "",
+                   f"in {parse_key(key)}" if key is not None else "")
+    if not said:
+        return prompt
+    return f"{text.rstrip(' .,;')}, {said}." if text.rstrip(" .,;") else f"Music {said}."

@@ -1,0 +1,195 @@
+"""Recipes: how the bundled model was trained, stage by stage, and `melody train all`, which replays it.
+
+MeLoDy (Fig. 1) is five separately trained models. The audio VAE-GAN, MuLan and the semantic
+tokenizer learn from the corpus alone; the semantic LM learns against frozen MuLan and tokenizer
+models, the DPD against a frozen VAE and tokenizer. `STAGES` is that order and those needs.
+
+`OVERRIDES[preset][stage]` is what each bundled run set on top of its preset, in `--set` syntax.
+For `tiny` they are the commands in docs/vae.md, docs/semantic.md and docs/dpd.md, completed with
+what those commands leave out but the runs' own `config.json` records (`melody/bundled/<model>/config.json`;
+for the DPD, still training, `training/dpd-tiny/config.json`): the MuLan, tokenizer and LM runs
+also set `train.num_workers=1` and their own `train.checkpoint_every` / `train.sample_every`.
+`tests/test_train_all.py` checks each recipe against those files, so neither can drift alone.
+The paper's sizes were never trained here, so `paper` has no recipe: each stage runs on the preset.
+
+`train_all` trains the stages in order into `RUNS/<stage>`, exports each finished one into the
+bundle at once (the VAE in float16, as bundled), and has later stages train against the bundle's
+copies: the bundled DPD learned the latents of the float16 VAE that the pipeline decodes with. A
+stage whose run has exported its model is skipped, an unfinished one resumed (`--resume`), so
+re-running after Ctrl-C continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from melody.config import MelodyConfig, apply_overrides, load_config
+from melody.config import preset as make_preset
+from melody.errors import MelodyError
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One step of `melody train all`."""
+
+    name: str  # `melody train <name>`, and its run folder RUNS/<name>
+    model: str  # what it exports: RUN/<model>.safetensors, and BUNDLE/<model>/
+    needs: tuple[str, ...] = ()  # frozen models it trains against, by model name (from the bundle)
+    half: bool = False  # bundled in float16 (half the size; loads as float32)
+
+
+STAGES: tuple[StagePlan, ...] = (
+    StagePlan("vae", "vae", half=True),
+    StagePlan("mulan", "mulan"),
+    StagePlan("tokenizer", "tokenizer"),
+    StagePlan("semantic", "semantic_lm", needs=("mulan", "tokenizer")),
+    StagePlan("dpd", "dpd", needs=("vae", "tokenizer")),
+)
+
+# What each bundled run set on top of its preset (see the module docstring for where each comes from).
+OVERRIDES: dict[str, dict[str, tuple[str, ...]]] = {
+    "paper": {},
+    "tiny": {
+        # docs/vae.md: 11 000 steps (10 000 reconstruction-only, 1 000 with the discriminators)
+        "vae": ("train.steps=11000", "train.lr=1e-3", "train.num_workers=1"),
+        # docs/semantic.md: 5 s crops and weight decay stop MuLan memorising the corpus
+        "mulan": ("train.steps=1500", "train.batch_size=32", "train.weight_decay=0.1", "mulan.crop_seconds=5",
+                  "train.checkpoint_every=250", "train.sample_every=250", "train.num_workers=1"),
+        "tokenizer": ("train.steps=2000", "train.batch_size=16", "train.lr=5e-4",
+                      "train.checkpoint_every=250", "train.sample_every=250", "train.num_workers=1"),
+        "semantic": ("train.steps=1000", "train.batch_size=16", "train.lr=1e-3", "train.weight_decay=0.1",
+                     "train.checkpoint_every=125", "train.sample_every=125", "train.num_workers=1"),
+        # docs/dpd.md and training/dpd-tiny/config.json: a 30 000-step schedule with EMA
+        "dpd": ("train.lr=5e-4", "train.ema_decay=0.999", "train.steps=30000", "train.checkpoint_every=500",
+                "train.log_every=25", "train.sample_every=1000", "train.num_workers=1"),
+    },
+}
+
+
+def stage_overrides(preset_name: str, stage: str, user: typing.Sequence[str] = ()) -> list[str]:
+    """A stage's overrides: its recipe for the preset, then the user's (which win)."""
+    if preset_name not in OVERRIDES:
+        raise MelodyError(f"no training recipe for preset '{preset_name}'; choose one of: {', '.join(OVERRIDES)}")
+    return [*OVERRIDES[preset_name].get(stage, ()), *user]
+
+
+def run_config(run_dir: Path, preset_name: str, overrides: typing.Sequence[str], resume: bool) -> MelodyConfig:
+    """A new run starts from the preset; a resumed one from its own config.json (overrides on top)."""
+    if resume and (run_dir / "config.json").is_file():
+        return apply_overrides(load_config(run_dir / "config.json"), overrides)
+    return make_preset(preset_name, overrides)
+
+
+def build_stage(name: str, cfg: MelodyConfig, data: Path, run_dir: Path, frozen: dict[str, tuple] | None = None,
+                teacher=None):
+    """The engine's `Stage` for `melody train <name>`; `frozen` maps a needed model's name to its (model, config)."""
+    frozen = frozen or {}
+    if name == "vae":
+        from melody.train.vae import VAEStage
+
+        return VAEStage(cfg, data)
+    if name == "mulan":
+        from melody.train.mulan import MuLanStage
+
+        return MuLanStage(cfg, data)
+    if name == "tokenizer":
+        from melody.train.tokenizer import TokenizerStage
+
+        return TokenizerStage(cfg, data, run_dir, teacher)
+    if name == "semantic":
+        from melody.train.semantic import SemanticLMStage
+
+        return SemanticLMStage(cfg, data, run_dir, frozen["mulan"], frozen["tokenizer"])
+    if name == "dpd":
+        from melody.train.dpd import DPDStage
+
+        return DPDStage(cfg, data, run_dir, frozen["vae"], frozen["tokenizer"])
+    raise MelodyError(f"unknown stage '{name}'; choose one of: {', '.join(p.name for p in STAGES)}")
+
+
+@dataclass
+class Trained:
+    """What one `melody train <stage>` run reached."""
+
+    stage: str  # the engine's stage name, e.g. "semantic_lm"
+    step: int
+    models: list[Path]  # the exported model files
+
+    def summary(self) -> str:
+        return f"trained {self.stage} to step {self.step}; model: {', '.join(str(p) for p in self.models)}"
+
+
+def train_stage(name: str, data: Path, run_dir: Path, preset_name: str, overrides: typing.Sequence[str], resume: bool,
+                progress: bool, frozen: dict[str, tuple] | None = None, teacher=None) -> Trained:
+    """Build stage `name` from the run's config and train it to `train.steps` (or until stopped)."""
+    from melody.data.shards import read_manifest
+    from melody.train.engine import Engine
+
+    read_manifest(data)
+    cfg = run_config(run_dir, preset_name, overrides, resume)
+    stage = build_stage(name, cfg, data, run_dir, frozen, teacher)
+    position = Engine(stage, run_dir, resume=resume, progress=progress).fit()
+    return Trained(stage.name, position.step, [run_dir / f"{model}.safetensors" for model in stage.export])
+
+
+def load_stage(run: Path, model: str):
+    """(model, config) of a trained model from a run or model folder."""
+    from melody.checkpoint import load_model_and_config
+    from melody.pipeline import STAGE_BUILDERS
+
+    if model not in STAGE_BUILDERS:
+        raise MelodyError(f"unknown stage '{model}'; choose one of: {', '.join(STAGE_BUILDERS)}")
+    return load_model_and_config(run, model, model, STAGE_BUILDERS[model])
+
+
+def export_model(run: Path, out: Path, model: str, half: bool = False) -> Path:
+    """Copy a trained model (its export, or the run's newest checkpoint) into a self-contained folder."""
+    import torch
+
+    from melody.checkpoint import save_model
+
+    module, cfg = load_stage(run, model)
+    return save_model(out, model, module, cfg, model, torch.float16 if half else None)
+
+
+def is_finished(run_dir: Path, plan: StagePlan) -> bool:
+    """The engine writes `RUN/<model>.safetensors` only when the run reaches `train.steps`."""
+    return (run_dir / f"{plan.model}.safetensors").is_file()
+
+
+def train_all(data: Path, runs: Path, preset_name: str = "tiny", user: typing.Sequence[str] = (), bundle: Path | None = None,
+              progress: bool = True, say: Callable[[str], None] = print) -> Path:
+    """Every stage in order into `runs/<stage>`, each exported into `bundle` (default `runs/bundle`) once
+    finished; finished runs are skipped, unfinished ones resumed. Writes `runs/curves.png`; returns the bundle."""
+    from melody.data.shards import read_manifest
+    from melody.train.curves import plot_stages
+    from melody.train.engine import TrainingStopped
+
+    read_manifest(data)
+    for plan in STAGES:  # a bad preset or key: one line now, not after hours of training
+        make_preset(preset_name, stage_overrides(preset_name, plan.name, user))
+    runs = Path(runs)
+    bundle = Path(bundle) if bundle is not None else runs / "bundle"
+    for plan in STAGES:
+        run_dir = runs / plan.name
+        if is_finished(run_dir, plan):
+            say(f"{plan.name}: finished ({run_dir / plan.model}.safetensors), skipped")
+        else:
+            resume = (run_dir / "latest.json").is_file()
+            say(f"{plan.name}: {'resuming' if resume else 'training'} in {run_dir}")
+            frozen = {need: load_stage(bundle / need, need) for need in plan.needs}
+            try:
+                trained = train_stage(plan.name, data, run_dir, preset_name, stage_overrides(preset_name, plan.name, user),
+                                      resume, progress, frozen)
+            except TrainingStopped as stop:
+                raise MelodyError(f"{plan.name}: stopped by {stop.signal_name} at step {stop.step}; saved — run the same "
+                                  "`melody train all` again to continue") from None
+            say(trained.summary())
+        export_model(run_dir, bundle / plan.model, plan.model, plan.half)
+    curves = plot_stages({plan.model: runs / plan.name / "metrics.jsonl" for plan in STAGES}, runs / "curves.png",
+                         f"melody train all: {runs}")
+    say(f"wrote the bundle {bundle} ({', '.join(plan.model for plan in STAGES)}) and the loss curves {curves}")
+    return bundle

@@ -1,0 +1,94 @@
+"""Direct controls beside the text: `--bpm`/`--key` said in the prompt, `--best-of N` kept by MuLan's judgement."""
+
+import json
+
+import pytest
+import torch
+from test_cli import melody_one_thread
+from test_pipeline import bundle, melody  # noqa: F401 (the fixtures)
+from test_semantic_stages import one_line_error, run_ok
+
+from melody.data.synth.captions import caption_mentions, parse_key, with_controls
+from melody.errors import MelodyError
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.mark.parametrize("prompt, bpm, key, said", [
+    ("a funk groove with slap bass", 120, "a# minor", "a funk groove with slap bass, at 120 BPM, in Bb minor."),
+    ("A jazz tune at 96 BPM in the key of C major with piano.", 140, None,
+     "A jazz tune in the key of C major with piano, at 140 BPM."),
+    ("A jazz tune at 96 BPM in the key of C major with piano.", None, "Eb dorian",
+     "A jazz tune at 96 BPM with piano, in Eb dorian."),
+    ("A rock song, at about 100 bpm, in A minor", 80.4, "E major", "A rock song, at 80 BPM, in E major."),
+    ("a calm piece", None, None, "a calm piece"),
+])
+def test_controls_are_said_as_the_captions_say_them_and_replace_what_the_text_says(prompt, bpm, key, said):
+    assert with_controls(prompt, bpm, key) == said
+
+
+def test_a_controlled_prompt_passes_the_corpus_caption_check():
+    text = with_controls("a funk groove at 90 BPM in C major", 118, "G# minor")
+    assert caption_mentions(text, {"style": "funk", "tempo_bpm": 118, "key": "G#", "mode": "minor"})
+    assert not caption_mentions(text, {"style": "funk", "tempo_bpm": 90, "key": "C", "mode": "major"})
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: parse_key("H minor"), "unknown note name"),
+    (lambda: parse_key("A"), "give a tonic and a mode"),
+    (lambda: parse_key("A sad"), "give a tonic and a mode"),
+    (lambda: with_controls("funk", 1000, None), "between 30 and 300"),
+    (lambda: with_controls("funk", -5, None), "between 30 and 300"),
+])
+def test_bad_controls_are_one_line_errors(call, message):
+    with pytest.raises(MelodyError, match=message):
+        call()
+
+
+def test_bpm_and_key_condition_like_the_text_that_says_them(melody):  # noqa: F811
+    controlled = melody.generate(["calm piano"], 0.6, bpm=72, key="D minor", seed=3)
+    said = melody.generate(["calm piano, at 72 BPM, in D minor."], 0.6, seed=3)
+    assert controlled.prompts == ["calm piano, at 72 BPM, in D minor."]
+    assert torch.equal(controlled.audio, said.audio)
+    with pytest.raises(MelodyError, match="steer a text prompt"):
+        melody.generate(None, 0.6, prompt_audio=torch.zeros(1, 8000), bpm=100)
+
+
+def test_best_of_keeps_the_candidate_mulan_scores_highest_and_candidate_zero_is_best_of_one(melody):  # noqa: F811
+    prompts = ["funk", "calm piano"]
+    one = melody.generate(prompts, 0.6, seed=5)
+    three = melody.generate(prompts, 0.6, seed=5, best_of=3)
+    scores = torch.tensor(three.mulan_scores)
+    assert scores.shape == (2, 3) and three.candidate == scores.argmax(1).tolist()
+    reference = melody.mulan.embed_text(prompts)
+    score = lambda audio: (melody.mulan.embed_audio(audio.mean(1)) * reference).sum(-1)  # noqa: E731
+    torch.testing.assert_close(scores[:, 0], score(one.audio))  # candidate 0 is what best_of=1 gives
+    torch.testing.assert_close(score(three.audio), scores.max(1).values)  # the kept audio is the top scorer
+    assert (scores.max(1).values >= scores[:, 0]).all()
+    assert all(len(set(row)) == 3 for row in scores.tolist())  # three different candidates
+    assert three.forward_passes["mulan"] == 1 + 3 and three.forward_passes["dpd"] == 3 * one.forward_passes["dpd"]
+    assert three.audio.shape == one.audio.shape and three.latents.shape == one.latents.shape
+    with pytest.raises(MelodyError, match="between 1 and 16"):
+        melody.generate(prompts, 0.6, best_of=0)
+
+
+def test_cli_records_controls_and_best_of_in_the_sidecar(bundle, tmp_path):  # noqa: F811
+    out = tmp_path / "song.wav"
+    run_ok("generate", "calm piano", "--duration", "0.6", "--out", str(out), "--bundle", str(bundle), "--bpm", "96",
+           "--key", "f# minor", "--best-of", "2", "--steps", "2")
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["prompt"] == "calm piano, at 96 BPM, in F# minor." and record["bpm"] == 96 and record["key"] == "f# minor"
+    assert record["best_of"]["candidates"] == 2 and record["best_of"]["kept"] in (0, 1)
+    assert len(record["best_of"]["mulan_scores"]) == 2 and record["forward_passes"]["mulan"] == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate", "funk", "--bpm", "1000"], "between 30 and 300"),
+    (["generate", "funk", "--key", "H minor"], "unknown note name"),
+    (["generate", "funk", "--best-of", "0"], "between 1 and 16"),
+    (["generate", "--prompt-audio", "x.wav", "--bpm", "120"], "steer a text prompt"),
+])
+def test_bad_controls_on_the_cli_are_one_line_and_write_nothing(bundle, tmp_path, args, message):  # noqa: F811
+    out = melody_one_thread(*args, "--bundle", str(bundle), "--out", str(tmp_path / "x.wav"))
+    assert message in one_line_error(out)
+    assert list(tmp_path.iterdir()) == []
