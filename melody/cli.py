@@ -642,6 +642,41 @@ def eval_dpd(
     typer.echo(f"wrote {paths[0]} and {paths[1]}")
 
 
+@eval_app.command("music")
+def eval_music(
+    data: DataOpt,
+    bundle: Annotated[Optional[Path], typer.Argument(help="Model bundle folder, or a `melody train all` run holding "
+                                                     "one in RUN/bundle (default: the bundled tiny model).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Report folder.")] = Path("music_eval"),
+    split: SplitOpt = "test",
+    limit: LimitOpt = None,
+    seconds: Annotated[float, typer.Option("--seconds", help="Seconds of each clip to compare and of music to make.")] = 10.0,
+    steps: StepsOpt = None, guidance: GuidanceOpt = None, seed: SeedOpt = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts per generate call.")] = 4,
+    progress: ProgressOpt = True,
+) -> None:
+    """Generate music from the held-out clips' captions; FAD, MuLan cycle consistency, tag and tempo adherence vs the real clips.
+
+    The whole model (a bundle) is judged here, so this is `eval music` beside the per-stage `eval vae|mulan|semantic|dpd`
+    (issue 7 calls it `melody eval RUN_OR_BUNDLE`). Writes OUT/music_eval.json, .md (the table) and .png."""
+    from tqdm.auto import tqdm
+
+    from melody.bundled import BUNDLE
+    from melody.data.shards import shard_paths
+    from melody.eval.music import evaluate_music, summary, write_music_report
+
+    shard_paths(data, split)  # a missing corpus or split: one line, before loading the model
+    if bundle is not None and (bundle / "bundle").is_dir():
+        bundle = bundle / "bundle"
+    model = _melody(bundle)
+    with tqdm(desc="eval music", unit="clip", total=limit, disable=not progress) as bar:
+        report, examples = evaluate_music(model, data, split, seconds, limit, steps, guidance, seed, batch_size,
+                                          bundle=str(bundle or BUNDLE), progress=bar.update)
+    paths = write_music_report(report, examples, out)
+    typer.echo(summary(report))
+    typer.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
 def _group(meta: dict) -> str:
     style = (meta.get("attributes") or {}).get("style")
     if meta.get("source") == "recording" or not style:

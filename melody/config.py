@@ -172,6 +172,7 @@ class DPDConfig:
     steps: int = 10
     clean_prob: float = 0.5  # share of training windows with a clean left or right stretch (continuation)
     crop_seconds: float = 10.0  # training window
+    window_seconds: float = 10.0  # sampling window (rotary positions and recurrence: any length works)
 
 
 @dataclass

@@ -321,7 +321,7 @@ class MeLoDy:
 
     def _window(self) -> tuple[int, int]:
         """(frames per DPD window, frames of clean context when continuing), in whole tokens."""
-        window = max(self.frames_per_token, round(self.cfg.dpd.crop_seconds * self.vae.latent_rate))
+        window = max(self.frames_per_token, round(self.cfg.dpd.window_seconds * self.vae.latent_rate))
         window -= window % self.frames_per_token
         return window, window // 2 - (window // 2) % self.frames_per_token
 
@@ -383,16 +383,7 @@ class MeLoDy:
         times, passes = {}, {}
         tell = progress or (lambda stage: None)
 
-        tell("mulan")
-        clock = time.perf_counter()
-        mono = audio.mean(1)
-        mulan_tokens = self._condition(prompts, mono)
-        times["mulan"], passes["mulan"] = time.perf_counter() - clock, 1
-
-        tell("tokenizer")
-        clock = time.perf_counter()
-        prefix = self.tokenizer.tokens(mono)  # (b, ⌈n_in / hop⌉): the input's own semantic tokens lead
-        times["tokenizer"], passes["tokenizer"] = time.perf_counter() - clock, 1
+        mulan_tokens, prefix = self._read_clip(audio, prompts, times, passes, tell)  # the input's own tokens lead
 
         tell("semantic_lm")
         clock = time.perf_counter()
@@ -448,7 +439,7 @@ class MeLoDy:
         Choices where the paper is silent: the windows and their placement; the linear (not equal-power)
         fade, since outside the region the decoded audio is the VAE's reconstruction of the input, which
         is correlated with it; the tokens after the region are kept, not re-sampled. Forward passes: MuLan 1,
-        tokenizer 1, LM one per region token, DPD steps × (2 if guided) per window, VAE 2 (encode, decode)."""
+        tokenizer 1, LM one per region token, DPD one per step and window (guidance batched in), VAE 2 (encode, decode)."""
         audio = self._clip(audio, "the audio to inpaint")
         rate = self.vae.cfg.sample_rate
         b, n_in = audio.shape[0], audio.shape[-1]
@@ -461,17 +452,8 @@ class MeLoDy:
         times, passes = {}, {}
         tell = progress or (lambda stage: None)
 
-        tell("mulan")
-        clock = time.perf_counter()
-        mono = audio.mean(1)
-        mulan_tokens = self._condition(prompts, mono)
-        times["mulan"], passes["mulan"] = time.perf_counter() - clock, 1
-
-        tell("tokenizer")
-        clock = time.perf_counter()
-        own = self.tokenizer.tokens(mono)  # (b, ⌈n_in / hop⌉): the input's own semantic tokens
+        mulan_tokens, own = self._read_clip(audio, prompts, times, passes, tell)  # (b, L), (b, ⌈n_in / hop⌉)
         last = min(last, own.shape[1])
-        times["tokenizer"], passes["tokenizer"] = time.perf_counter() - clock, 1
 
         tell("semantic_lm")
         clock = time.perf_counter()
@@ -510,6 +492,21 @@ class MeLoDy:
                 model, out[:, lo:hi], new_first - lo, new, self._window_tokens(tokens, lo, hi - lo), deltas, guidance,
                 self._window_noise(seed, k, out.shape[0]))
         return out
+
+    def _read_clip(self, audio: torch.Tensor, prompts: list[str] | None, times: dict, passes: dict,
+                   tell: Callable[[str], None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(MuLan tokens `(b, L)` of the prompts or of the clips themselves, the clips' own semantic tokens
+        `(b, ⌈n / hop⌉)`) for clips `(b, channels, n)`; each stage's time and passes written to `times`, `passes`."""
+        tell("mulan")
+        clock = time.perf_counter()
+        mono = audio.mean(1)
+        mulan_tokens = self._condition(prompts, mono)
+        times["mulan"], passes["mulan"] = time.perf_counter() - clock, 1
+        tell("tokenizer")
+        clock = time.perf_counter()
+        own = self.tokenizer.tokens(mono)
+        times["tokenizer"], passes["tokenizer"] = time.perf_counter() - clock, 1
+        return mulan_tokens, own
 
     def _clip(self, audio: torch.Tensor, what: str) -> torch.Tensor:
         """`audio` checked to be `(b, channels, n ≥ 1)`, as float32 on the models' device."""

@@ -21,7 +21,7 @@ from melody.vae import VAE
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY_DPD = ["dpd.hidden=32", "dpd.blocks=2", "dpd.segment_size=8", "dpd.merge_factors=2,4", "dpd.angle_dim=16",
-            "dpd.heads=2", "dpd.crop_seconds=1", "dpd.steps=2", "vae.strides=2,4,4,5"]  # 8 kHz / 160 = 50 Hz latents
+            "dpd.heads=2", "dpd.crop_seconds=1", "dpd.window_seconds=1", "dpd.steps=2", "vae.strides=2,4,4,5"]  # 8 kHz / 160 = 50 Hz latents
 
 
 @pytest.fixture(scope="module")

@@ -105,7 +105,7 @@ def evaluate_dpd(dpd: DPD, vae: VAE, tokenizer: SemanticTokenizer, data_root: st
                    mel_distance=float(np.mean([distance(made[t][i], real[i]) for i in range(k)])),
                    mel_distance_other_clip=float(np.mean([distance(made[t][i], real[other[i]]) for i in range(k)])),
                    tag_top5_overlap=overlap(made[t]),
-                   forward_passes_per_clip=t * (2 if guidance != 1.0 else 1))
+                   forward_passes_per_clip=t)  # guidance batched into the same pass
             for t in steps]
     report = DPDReport(
         clips=k, split=split, seconds=seconds, guidance=guidance, schedule=schedule,
