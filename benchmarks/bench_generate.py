@@ -12,7 +12,7 @@ what a user's process holds) is that run's alone. In the child:
 - `stream`: `MeLoDy.stream` over `--chunks` chunks of `--chunk-seconds`, the prompt changing half way
   (story mode). Reported: time to first audio (from the call, after loading), each chunk's ready time,
   and whether generation keeps ahead of playback: playback starts when chunk 0 is ready, so chunk k
-  must be ready by ready₀ + k · chunk_seconds (the smallest margin is reported). Join quality: the
+  must be ready by ready₀ + k · chunk_seconds (the smallest margin over k ≥ 1 is reported). Join quality: the
   spectral flux (mean |Δ log mel| between 256-sample frames) at the frames that cross a chunk
   boundary against the flux of all the other frames (`melody.eval.metrics.boundary_flux`): a seam
   would show as a boundary flux above the inside one.
@@ -92,7 +92,7 @@ def child_stream(args) -> list[dict]:
         for chunk in model.stream(prompts, args.chunk_seconds, steps=steps, seed=0):
             ready.append(time.perf_counter() - start)
             chunks.append(chunk)
-        margins = [ready[0] + k * args.chunk_seconds - ready[k] for k in range(len(ready))]
+        margins = [ready[0] + k * args.chunk_seconds - ready[k] for k in range(1, len(ready))] or [float("inf")]
         audio = torch.cat(chunks, dim=-1).mean(0)
         rate = model.vae.cfg.sample_rate
         edges = [sum(c.shape[-1] for c in chunks[:k]) for k in range(1, len(chunks))]

@@ -250,6 +250,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
         "dpd.roformer_layers=1",
         "dpd.recurrence=gru",  # the SRU's step loop costs 1.5× the step on a CPU; the GRU is one fused op
         "dpd.crop_seconds=2.56",  # 320 latent frames, 64 semantic tokens
+    "dpd.steps=5",  # 10 s in one 10 s window: 1.0 s of DPD on 2 threads; 10 steps: 2.1 s (benchmarks/dpd_windows.py)
         "train.batch_size=8",
         "train.lr=3e-4",
         "train.steps=2000",

@@ -21,9 +21,12 @@ Every stage's network calls and wall time are counted (`GenerateOutput.forward_p
 `continue_` extends a clip and `inpaint` regenerates a region of one (the DPD's per-frame noise levels
 keep the latents around the region clean); both return the input's own samples where they keep them.
 
-Choices where the paper is silent: the DPD window is the length it was trained on
-(`dpd.crop_seconds`) and advances by half of it; a window's tokens are those whose 25 Hz frames
-overlap its latent frames (latent rate / 25 must be an integer: 5 for `tiny`, 10 for `paper`).
+Choices where the paper is silent: the DPD samples `dpd.window_seconds` windows (10 s, as the paper's
+lineage continues; longer than the `tiny` model's 2.56 s training crops, which costs no measurable
+quality and half the time: benchmarks/dpd_windows.py) advancing by half of one; guidance runs both
+branches in one batched call (`guided_in_one_call`), one DPD pass per step; a window's tokens are
+those whose 25 Hz frames overlap its latent frames (latent rate / 25 must be an integer: 5 for
+`tiny`, 10 for `paper`).
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def test_eval_dpd_reports_every_step_count_against_chance_and_the_vae_floor(trai
                  "--out", str(tmp_path))
     report = json.loads((tmp_path / "dpd_eval.json").read_text())
     assert report["clips"] == 2 and [r["steps"] for r in report["rows"]] == [1, 3]
-    assert [r["forward_passes_per_clip"] for r in report["rows"]] == [2, 6]  # guided: two calls per step
+    assert [r["forward_passes_per_clip"] for r in report["rows"]] == [1, 3]  # guided, both branches in one call per step
     assert all(r["mel_distance"] > 0 and r["mel_distance_other_clip"] > 0 for r in report["rows"])
     assert report["mel_distance_vae"] > 0 and "VAE floor" in out.stdout and (tmp_path / "dpd_eval.png").is_file()
     bad = melody_one_thread("eval", "dpd", str(runs["dpd"]), "--data", str(corpus), "--vae", str(runs["vae"]),

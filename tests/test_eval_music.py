@@ -85,14 +85,19 @@ def test_real_mcc_is_quality_mulan_cycle_consistency_of_the_real_clips(evaluated
     samples = list(iter_samples(corpus, "test"))[:4]
     audio = torch.stack([torch.from_numpy(s["audio"][0, :RATE]) for s in samples])  # the first second
     mulan = MeLoDy.from_pretrained(bundle).mulan
-    direct = mulan_cycle_consistency(mulan, [s["meta"]["caption"] for s in samples], audio)
+    captions = [s["meta"]["caption"] for s in samples]
+    direct = mulan_cycle_consistency(mulan, captions, audio)
     assert report["mcc"]["real"] == pytest.approx(direct, abs=1e-6)
+    # the chance column: clip i against clip i + n/2's caption
+    shuffled = mulan_cycle_consistency(mulan, captions[2:] + captions[:2], audio)
+    assert report["mcc"]["mismatched"] is not None and report["tag_adherence"]["mismatched"] is not None
+    assert shuffled != pytest.approx(direct, abs=1e-6)
 
 
 def test_the_markdown_table_and_the_picture(evaluated):
     _, out, _, _ = evaluated
     table = (out / "music_eval.md").read_text()
-    assert "| metric | generated | real (reference) | note |" in table
+    assert "| metric | generated | real (reference) | generated vs another clip's caption (chance) | note |" in table
     for row in ("FAD, musicnn (200-d)", "FAD, mulan (16-d)", "MCC (MuLan cycle consistency)", "tag adherence",
                 "tempo error at the asked octave", "tempo octave errors", "forward passes per clip",
                 "seconds per generated clip"):

@@ -60,10 +60,12 @@ TEXT_BATCH = 16  # captions per MuLan text-tower call, as `quality.mulan_cycle_c
 
 @dataclass
 class Compared:
-    """One measure of the generated clips beside the same measure of the real clips of the same captions."""
+    """One measure of the generated clips beside the same measure of the real clips of the same captions, and
+    of the generated clips against another clip's caption (clip i against caption i + n/2: the chance level)."""
 
     generated: float | None
     real: float | None
+    mismatched: float | None = None
 
 
 @dataclass
@@ -78,6 +80,7 @@ class TempoReport:
     clips: int  # clips whose caption states a tempo
     generated: dict[str, float]  # quality.tempo_summary of the generated clips
     real: dict[str, float]  # ... of the real clips
+    mismatched: dict[str, float] | None = None  # ... of the generated clips against another caption's tempo
 
 
 @dataclass
@@ -206,13 +209,18 @@ def evaluate_music(model: MeLoDy, data_root: str | Path, split: str = "test", se
     # 4. MCC, tags, tempo: every clip, generated vs real of the same caption
     cosine = {k: torch.nn.functional.cosine_similarity(text.double(), v.double(), dim=1).tolist() for k, v in mulan.items()}
     adherence = {k: tag_adherence(captions, v.tag_scores) for k, v in judged.items()}
+    other = [(i + n // 2) % n for i in range(n)]  # another clip's caption: what chance agreement looks like
+    adherence["mismatched"] = tag_adherence([captions[j] for j in other], judged["generated"].tag_scores)
     asked = [prompt_bpm(c) for c in captions]
-    tempo = {"generated": {}, "real": {}}
+    tempo = {"generated": {}, "real": {}, "mismatched": {}}
     for i, bpm in enumerate(asked):
         if bpm is not None and bpm > 0:
             tempo["generated"][i] = tempo_error(generated_np[i], rate, bpm)
             tempo["real"][i] = tempo_error(real.audio[i], rate, bpm)
+        if asked[other[i]] is not None and asked[other[i]] > 0:
+            tempo["mismatched"][i] = tempo_error(generated_np[i], rate, asked[other[i]])
     tagged = ~np.isnan(adherence["real"])
+    mismatched_tagged = ~np.isnan(adherence["mismatched"])
 
     def measured(kind: str, i: int) -> float | None:
         return tempo[kind][i].measured_bpm if i in tempo[kind] else None
@@ -225,11 +233,13 @@ def evaluate_music(model: MeLoDy, data_root: str | Path, split: str = "test", se
     report = MusicReport(
         bundle=bundle, split=split, clips=n, skipped_uncaptioned=real.skipped_uncaptioned, seconds=seconds,
         sample_rate=rate, steps=steps, guidance=guidance, seed=seed, batch_size=batch_size, fad=fad,
-        mcc=Compared(cycle_consistency(text, mulan["generated"]), cycle_consistency(text, mulan["real"])),
-        tag_adherence=Compared(*(float(adherence[k][tagged].mean()) if tagged.any() else None for k in ("generated", "real"))),
+        mcc=Compared(cycle_consistency(text, mulan["generated"]), cycle_consistency(text, mulan["real"]),
+                     cycle_consistency(text[other], mulan["generated"])),
+        tag_adherence=Compared(*(float(adherence[k][tagged].mean()) if tagged.any() else None for k in ("generated", "real")),
+                               float(adherence["mismatched"][mismatched_tagged].mean()) if mismatched_tagged.any() else None),
         tag_clips=int(tagged.sum()),
         tempo=TempoReport(len(tempo["real"]), tempo_summary(list(tempo["generated"].values())),
-                          tempo_summary(list(tempo["real"].values()))),
+                          tempo_summary(list(tempo["real"].values())), tempo_summary(list(tempo["mismatched"].values()))),
         forward_passes=passes, seconds_per_clip=per_clip_seconds,
         speed_x_real_time=seconds / total if total > 0 else math.inf,
         per_clip=per_clip,
@@ -251,7 +261,8 @@ def write_music_report(report: MusicReport, examples, out: str | Path) -> tuple[
 def markdown(report: MusicReport) -> str:
     """The report as a Markdown table: metric | generated | real (reference) | note."""
     t, g, r = report.tempo, report.tempo.generated, report.tempo.real
-    fad_rows = [(f"FAD, {name} ({f.dims}-d) ↓", _fmt(f.fad.generated_vs_real), _fmt(f.fad.real_vs_real) + " (floor)",
+    m = report.tempo.mismatched or {}
+    fad_rows = [(f"FAD, {name} ({f.dims}-d) ↓", _fmt(f.fad.generated_vs_real), _fmt(f.fad.real_vs_real) + " (floor)", "—",
                  f"{f.embedding}; generated: the music of real half B's captions ({f.fad.n_generated} clips), real: "
                  f"half B itself ({f.fad.n_real_split}), each against real half A ({f.fad.n_real})")
                 for name, f in report.fad.items()]
@@ -259,27 +270,30 @@ def markdown(report: MusicReport) -> str:
     seconds = ", ".join(f"{k} {v:.3f}" for k, v in report.seconds_per_clip.items())
     rows = [
         *fad_rows,
-        ("MCC (MuLan cycle consistency) ↑", _fmt(report.mcc.generated), _fmt(report.mcc.real),
+        ("MCC (MuLan cycle consistency) ↑", _fmt(report.mcc.generated), _fmt(report.mcc.real), _fmt(report.mcc.mismatched),
          f"mean cos(MuLan text of the caption, MuLan audio of the clip) over {report.clips} clips"),
         ("tag adherence ↑", _fmt(report.tag_adherence.generated), _fmt(report.tag_adherence.real),
+         _fmt(report.tag_adherence.mismatched),
          f"asked musicnn tags' mean score ÷ all 50 tags' mean (1: no preference); {report.tag_clips} of "
          f"{report.clips} captions ask for tags"),
         ("tempo error at the asked octave (BPM) ↓", _fmt(g["mean_abs_error_bpm"], 1), _fmt(r["mean_abs_error_bpm"], 1),
+         _fmt(m.get("mean_abs_error_bpm"), 1),
          f"mean abs(measured − asked) over clips heard at the asked tempo; {t.clips} captions state a tempo"),
-        ("tempo octave errors", _pct(g["octave_error_rate"]), _pct(r["octave_error_rate"]),
+        ("tempo octave errors", _pct(g["octave_error_rate"]), _pct(r["octave_error_rate"]), _pct(m.get("octave_error_rate")),
          "share of clips heard at ×2 or ×½ the asked tempo"),
         ("tempo error against the nearest octave (BPM) ↓", _fmt(g["mean_abs_octave_error_bpm"], 1),
-         _fmt(r["mean_abs_octave_error_bpm"], 1),
+         _fmt(r["mean_abs_octave_error_bpm"], 1), _fmt(m.get("mean_abs_octave_error_bpm"), 1),
          "mean abs(measured − nearest of ½, 1, 2 × asked) over every clip that states a tempo"),
-        ("forward passes per clip", f"{passes} (total {sum(report.forward_passes.values())})", "—",
+        ("forward passes per clip", f"{passes} (total {sum(report.forward_passes.values())})", "—", "—",
          "one generate call; the prompts of a batch share its passes"),
         ("seconds per generated clip", f"{seconds} (total {sum(report.seconds_per_clip.values()):.3f}, "
-         f"{report.speed_x_real_time:.1f}× real time)", "—", f"batches of {report.batch_size} on this machine"),
+         f"{report.speed_x_real_time:.1f}× real time)", "—", "—", f"batches of {report.batch_size} on this machine"),
     ]
     head = (f"# Generated vs real music: `{report.bundle}`, '{report.split}' split\n\n"
             f"{report.clips} clips of {report.seconds:g} s, music from each clip's caption (DPD {report.steps} steps, "
             f"guidance {report.guidance:g}, clip i seeded {report.seed} + i).\n\n"
-            "| metric | generated | real (reference) | note |\n|---|---|---|---|\n")
+            "| metric | generated | real (reference) | generated vs another clip's caption (chance) | note |\n"
+            "|---|---|---|---|---|\n")
     return head + "".join(f"| {' | '.join(row)} |\n" for row in rows)
 
 
@@ -288,8 +302,9 @@ def summary(report: MusicReport) -> str:
                     for name, f in report.fad.items())
     g, r = report.tempo.generated, report.tempo.real
     return (f"{report.clips} {report.split} clips of {report.seconds:g} s: {fad}; MCC {_fmt(report.mcc.generated)} "
-            f"(real {_fmt(report.mcc.real)}); tag adherence {_fmt(report.tag_adherence.generated)} "
-            f"(real {_fmt(report.tag_adherence.real)}); tempo error {_fmt(g['mean_abs_error_bpm'], 1)} BPM "
+            f"(real {_fmt(report.mcc.real)}, another caption {_fmt(report.mcc.mismatched)}); tag adherence "
+            f"{_fmt(report.tag_adherence.generated)} (real {_fmt(report.tag_adherence.real)}, another caption "
+            f"{_fmt(report.tag_adherence.mismatched)}); tempo error {_fmt(g['mean_abs_error_bpm'], 1)} BPM "
             f"(real {_fmt(r['mean_abs_error_bpm'], 1)}), octave errors {_pct(g['octave_error_rate'])} "
             f"(real {_pct(r['octave_error_rate'])}); {sum(report.seconds_per_clip.values()):.2f} s per clip "
             f"({report.speed_x_real_time:.1f}× real time)")

@@ -62,8 +62,9 @@ OVERRIDES: dict[str, dict[str, tuple[str, ...]]] = {
                       "train.checkpoint_every=250", "train.sample_every=250", "train.num_workers=1"),
         "semantic": ("train.steps=1000", "train.batch_size=16", "train.lr=1e-3", "train.weight_decay=0.1",
                      "train.checkpoint_every=125", "train.sample_every=125", "train.num_workers=1"),
-        # docs/dpd.md and training/dpd-tiny/config.json: a 30 000-step schedule with EMA
-        "dpd": ("train.lr=5e-4", "train.ema_decay=0.999", "train.steps=30000", "train.checkpoint_every=500",
+        # docs/dpd.md and training/dpd-tiny/config.json: lr 5e-4 with EMA; the bundled run began on a 30 000-step
+        # schedule, was re-scheduled at step 5 398 to end at 12 000 (cosine decay from there) and stopped at 11 330
+        "dpd": ("train.lr=5e-4", "train.ema_decay=0.999", "train.steps=12000", "train.checkpoint_every=500",
                 "train.log_every=25", "train.sample_every=1000", "train.num_workers=1"),
     },
 }
