@@ -1,0 +1,69 @@
+"""Does `--bpm` change the tempo of the music? The bundle generates each prompt at each asked tempo
+(`generate(..., bpm=)`, which says the tempo in the prompt as the training captions do) with a few
+seeds; librosa's beat tracker (`melody.eval.quality.tempo_error`) measures each clip. Reported per
+asked tempo: the measured tempos, their median, the mean error at the asked octave and the share of
+octave errors; and the rank correlation between asked and measured tempo over all clips (0: the
+control is ignored). Writes `benchmarks/results/bpm_control.json`.
+
+    .venv/bin/python benchmarks/bpm_control.py --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import add_device_args, load_average, machine  # noqa: E402
+from melody.eval.quality import tempo_error  # noqa: E402
+from melody.io import write_json_atomic  # noqa: E402
+from melody.pipeline import MeLoDy  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "bpm_control.json"
+PROMPTS = ("a funk groove with slap bass and drums", "a rock song with electric guitar and drums",
+           "an electronic dance track with synth bass")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_device_args(parser)
+    parser.add_argument("--bundle", type=Path, default=Path(__file__).resolve().parents[1] / "melody" / "bundled")
+    parser.add_argument("--bpm", type=lambda s: [float(x) for x in s.split(",")], default=[70.0, 100.0, 140.0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    load_start = load_average()
+    model = MeLoDy.from_pretrained(args.bundle)
+    rate = model.vae.cfg.sample_rate
+    rows, asked_all, measured_all = [], [], []
+    for bpm in args.bpm:
+        errors = []
+        for seed in range(args.seeds):
+            out = model.generate(list(PROMPTS), args.seconds, bpm=bpm, seed=100 * seed)
+            errors += [tempo_error(a.mean(0).numpy(), rate, bpm) for a in out.audio]
+        measured = [e.measured_bpm for e in errors]
+        asked_all += [bpm] * len(measured)
+        measured_all += measured
+        same = [abs(e.error_bpm) for e in errors if not e.is_octave_error]
+        rows.append({"asked_bpm": bpm, "clips": len(errors), "measured_bpm": [round(m, 1) for m in measured],
+                     "median_bpm": round(float(np.median(measured)), 1),
+                     "mean_abs_error_bpm": round(float(np.mean(same)), 1) if same else None,
+                     "octave_error_rate": round(float(np.mean([e.is_octave_error for e in errors])), 3)})
+        print(rows[-1], flush=True)
+    rho = float(spearmanr(asked_all, measured_all).statistic)
+    data = {"prompts": list(PROMPTS), "seconds": args.seconds, "seeds": args.seeds, "rows": rows,
+            "spearman_asked_vs_measured": round(rho, 3), **machine(args.device, args.threads, load_start)}
+    write_json_atomic(RESULTS, data)
+    print(f"Spearman rank correlation asked vs measured tempo: {rho:.3f}; wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
