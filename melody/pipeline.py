@@ -528,8 +528,8 @@ class MeLoDy:
         return mulan_tokens
 
     def _encode(self, audio: torch.Tensor, seed: int) -> torch.Tensor:
-        """The clips' latents `(b, ⌈n / hop⌉, d)`: a VAE posterior sample drawn with (seed, 3)."""
-        return self.vae.encode_latents(audio, torch.Generator(device=self._device).manual_seed(mix_seeds(seed, 3)))
+        """The clips' latents `(b, ⌈n / hop⌉, d)`: clip i's VAE posterior sample drawn with (seed + i, 3)."""
+        return self.vae.encode_latents(audio, self._seeded(seed, 3, rows=audio.shape[0]))
 
     @torch.no_grad()
     def stream(self, prompts: Iterable[str], chunk_seconds: float = 5.0, steps: int | None = None,

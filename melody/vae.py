@@ -36,9 +36,16 @@ from melody.modules.conv import DecoderBlock, EncoderBlock, Snake, conv1d
 from melody.modules.convnext import ConvNeXtStack
 
 
-def reparameterise(mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """z = μ + σ·ε, ε ~ N(0, I) (Kingma & Welling 2014, Eq. 10); ε is drawn from `generator`."""
-    eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+def reparameterise(mean: torch.Tensor, logvar: torch.Tensor, generator=None) -> torch.Tensor:
+    """z = μ + σ·ε, ε ~ N(0, I) (Kingma & Welling 2014, Eq. 10); ε is drawn from `generator`, or row i of the
+    batch from `generator[i]` (a sequence), so that a row's sample does not depend on the other rows."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != mean.shape[0]:
+            raise ValueError(f"{len(generator)} generators for {mean.shape[0]} rows")
+        eps = torch.cat([torch.randn(1, *mean.shape[1:], generator=g, device=g.device, dtype=mean.dtype)
+                         for g in generator]).to(mean.device)
+    else:
+        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
     return mean + torch.exp(0.5 * logvar) * eps
 
 

@@ -21,7 +21,8 @@ from melody.vae import VAE
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY_DPD = ["dpd.hidden=32", "dpd.blocks=2", "dpd.segment_size=8", "dpd.merge_factors=2,4", "dpd.angle_dim=16",
-            "dpd.heads=2", "dpd.crop_seconds=1", "dpd.window_seconds=1", "dpd.steps=2", "vae.strides=2,4,4,5"]  # 8 kHz / 160 = 50 Hz latents
+            "dpd.heads=2", "dpd.crop_seconds=1", "dpd.window_seconds=1", "dpd.steps=2",
+            "vae.strides=2,4,4,5"]  # 8 kHz / 160 = 50 Hz latents
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +126,10 @@ def test_continuation_keeps_the_input_as_its_prefix_and_adds_the_asked_length(me
     assert torch.equal(out.audio, again.audio)
     texted = melody.continue_(clip, 1.2, prompts=["funk", "calm piano"], seed=5)
     assert not torch.equal(texted.audio, out.audio)  # the prompt's tokens condition the continuation
+    for i in range(2):  # clip i of a batch gets what it gets alone with seed + i (the VAE's posterior noise too)
+        alone = melody.continue_(clip[i:i + 1], 1.2, seed=5 + i)
+        torch.testing.assert_close(alone.audio, out.audio[i:i + 1], rtol=0, atol=1e-5)
+        torch.testing.assert_close(alone.latents, out.latents[i:i + 1], rtol=0, atol=1e-5)
     with pytest.raises(MelodyError, match="one prompt per clip"):
         melody.continue_(clip, 1.0, prompts=["funk"])
     with pytest.raises(MelodyError, match="must be \\(batch, 1, samples\\)"):
