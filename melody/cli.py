@@ -171,7 +171,7 @@ def data_spectrograms(
 # --- generate ---------------------------------------------------------------------------------
 
 BundleOpt = Annotated[Optional[Path], typer.Option("--bundle", help="Model bundle folder (default: the bundled tiny model).")]
-StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="DPD sampling steps (default: the bundle's, 10).")]
+StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="DPD sampling steps (default: the bundle's; 5 for the bundled model).")]
 GuidanceOpt = Annotated[Optional[float], typer.Option("--guidance", help="DPD classifier-free guidance (default 2.5).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed: the same seed reproduces the same music.")]
 PlotOpt = Annotated[bool, typer.Option("--plot", help="Also write a spectrogram PNG beside the audio.")]

@@ -238,9 +238,7 @@ class MeLoDy:
             raise MelodyError(f"a music prompt must be mono audio (batch, samples), got {tuple(prompt_audio.shape)}")
         if not isinstance(best_of, int) or not 1 <= best_of <= MAX_BEST_OF:
             raise MelodyError(f"best_of {best_of}: draw between 1 and {MAX_BEST_OF} candidates")
-        d = self.cfg.dpd
-        steps = d.steps if steps is None else steps
-        guidance = d.guidance if guidance is None else guidance
+        steps, guidance = self._sampling(steps, guidance)
         tell = progress or (lambda stage: None)  # told the name of each stage as it starts
 
         tell("mulan")
@@ -314,6 +312,11 @@ class MeLoDy:
                                guidance=lm_cfg.guidance if lm_guidance is None else lm_guidance,
                                generator=generator, window=window, stride=stride)
 
+    def _sampling(self, steps: int | None, guidance: float | None) -> tuple[int, float]:
+        """The DPD's sampling steps and guidance scale, the bundle's own where None."""
+        d = self.cfg.dpd
+        return (d.steps if steps is None else steps), (d.guidance if guidance is None else guidance)
+
     def _seeded(self, seed: int, *parts: int, rows: int) -> list[torch.Generator]:
         """One generator per prompt i, seeded by (seed + i, *parts)."""
         return [torch.Generator(device=self._device).manual_seed(mix_seeds(seed + i, *parts)) for i in range(rows)]
@@ -379,9 +382,7 @@ class MeLoDy:
         audio = self._clip(audio, "the audio to continue")
         rate = self.vae.cfg.sample_rate
         seconds = check_duration(seconds)
-        d = self.cfg.dpd
-        steps = d.steps if steps is None else steps
-        guidance = d.guidance if guidance is None else guidance
+        steps, guidance = self._sampling(steps, guidance)
         b, n_in = audio.shape[0], audio.shape[-1]
         times, passes = {}, {}
         tell = progress or (lambda stage: None)
@@ -430,8 +431,8 @@ class MeLoDy:
         3. latents: the input encoded by the VAE (a posterior sample, seeded like `continue_`); the region's
            frames made again by the DPD with the paper's per-frame noise levels (multi-chunk, §3.2): frames
            outside the region are known, clean at δ = 0 and written back after every step, while the
-           region's start from noise at δ = π/2 (`melody.diffusion.inpaint_latents`, `Known`). The DPD sees
-           windows of the length it was trained on, so the region is made window by window, left to right
+           region's start from noise at δ = π/2 (`melody.diffusion.inpaint_latents`, `Known`). The DPD samples
+           windows of `dpd.window_seconds`, so the region is made window by window, left to right
            (`region_windows`): while the rest of the region and half a window of clean frames do not fit one
            window, a window continues it with that much clean context on its left (as `latents` does); the
            last one holds the rest with its clean frames shared between both sides. Window k's noise comes
@@ -447,9 +448,7 @@ class MeLoDy:
         rate = self.vae.cfg.sample_rate
         b, n_in = audio.shape[0], audio.shape[-1]
         start, end = check_region(start, end, n_in / rate, 1 / self.token_rate, blend)
-        d = self.cfg.dpd
-        steps = d.steps if steps is None else steps
-        guidance = d.guidance if guidance is None else guidance
+        steps, guidance = self._sampling(steps, guidance)
         # the region's tokens (a start or end within 1e-6 token of a token's edge is on it)
         first, last = math.floor(start * self.token_rate + 1e-6), math.ceil(end * self.token_rate - 1e-6)
         times, passes = {}, {}
@@ -543,9 +542,7 @@ class MeLoDy:
         around it, so the chunks join exactly as one decode of everything would; a new prompt is therefore
         heard from that far into its chunk."""
         chunk_seconds = check_duration(chunk_seconds)
-        d = self.cfg.dpd
-        steps = d.steps if steps is None else steps
-        guidance = d.guidance if guidance is None else guidance
+        steps, guidance = self._sampling(steps, guidance)
         rate, hop = self.vae.cfg.sample_rate, self.vae.hop
         tokens = torch.zeros(1, 0, dtype=torch.long, device=self._device)
         latents, emitted = None, 0

@@ -23,8 +23,8 @@ Choices where the issue is silent:
   FAD(G_B, A), G_B the music generated from B's captions, as many clips as B and asking for the same
   music. MCC, tags and tempo use every clip. With few clips (fewer than the embedding's dimensions)
   both numbers are large and mostly the sample-size bias: read them against each other.
-- MuLan embeddings are computed once and shared by FAD and MCC: MCC is `quality.cycle_consistency` of
-  the text and audio embeddings, exactly what `quality.mulan_cycle_consistency` computes.
+- MuLan embeddings are computed once and shared by FAD and MCC: MCC is the mean of the per-clip
+  `quality.pair_cosines` of the text and audio embeddings, exactly what `quality.mulan_cycle_consistency` computes.
 - Forward passes are those of one `generate` call: the prompts of a batch go through the same network
   calls, so they are what one clip alone needs (the paper's count). Seconds per clip: each call's wall
   time ÷ its prompts, so batching makes them lower than a clip alone.
@@ -48,7 +48,7 @@ from melody.data.shards import shard_paths
 from melody.ears.musicnn import MusicnnTagger
 from melody.errors import MelodyError
 from melody.eval.quality import (FADReport, cycle_consistency, disjoint_halves, fad_report, mulan_embeddings,
-                                 musicnn_outputs, prompt_bpm, tag_adherence, tempo_error, tempo_summary)
+                                 musicnn_outputs, pair_cosines, prompt_bpm, tag_adherence, tempo_error, tempo_summary)
 from melody.io import write_json_atomic, write_text_atomic
 from melody.pipeline import MeLoDy
 
@@ -207,7 +207,7 @@ def evaluate_music(model: MeLoDy, data_root: str | Path, split: str = "test", se
     }
 
     # 4. MCC, tags, tempo: every clip, generated vs real of the same caption
-    cosine = {k: torch.nn.functional.cosine_similarity(text.double(), v.double(), dim=1).tolist() for k, v in mulan.items()}
+    cosine = {k: pair_cosines(text, v) for k, v in mulan.items()}  # (n,) per clip; their mean is the MCC
     adherence = {k: tag_adherence(captions, v.tag_scores) for k, v in judged.items()}
     other = [(i + n // 2) % n for i in range(n)]  # another clip's caption: what chance agreement looks like
     adherence["mismatched"] = tag_adherence([captions[j] for j in other], judged["generated"].tag_scores)
@@ -225,7 +225,7 @@ def evaluate_music(model: MeLoDy, data_root: str | Path, split: str = "test", se
     def measured(kind: str, i: int) -> float | None:
         return tempo[kind][i].measured_bpm if i in tempo[kind] else None
 
-    per_clip = [ClipResult(real.keys[i], captions[i], seed + i, cosine["generated"][i], cosine["real"][i],
+    per_clip = [ClipResult(real.keys[i], captions[i], seed + i, float(cosine["generated"][i]), float(cosine["real"][i]),
                            _number(adherence["generated"][i]), _number(adherence["real"][i]), asked[i],
                            measured("generated", i), measured("real", i)) for i in range(n)]
     per_clip_seconds = {stage: s / n for stage, s in wall.items()}
@@ -233,7 +233,7 @@ def evaluate_music(model: MeLoDy, data_root: str | Path, split: str = "test", se
     report = MusicReport(
         bundle=bundle, split=split, clips=n, skipped_uncaptioned=real.skipped_uncaptioned, seconds=seconds,
         sample_rate=rate, steps=steps, guidance=guidance, seed=seed, batch_size=batch_size, fad=fad,
-        mcc=Compared(cycle_consistency(text, mulan["generated"]), cycle_consistency(text, mulan["real"]),
+        mcc=Compared(float(cosine["generated"].mean()), float(cosine["real"].mean()),
                      cycle_consistency(text[other], mulan["generated"])),
         tag_adherence=Compared(*(float(adherence[k][tagged].mean()) if tagged.any() else None for k in ("generated", "real")),
                                float(adherence["mismatched"][mismatched_tagged].mean()) if mismatched_tagged.any() else None),

@@ -183,12 +183,17 @@ def mulan_embeddings(mulan: MuLan, audio: torch.Tensor, lengths: torch.Tensor | 
 # --- MuLan cycle consistency -------------------------------------------------------------------
 
 
-def cycle_consistency(text_embeddings: torch.Tensor, audio_embeddings: torch.Tensor) -> float:
-    """Mean cosine between row i of `text_embeddings` `(b, e)` and row i of `audio_embeddings` `(b, e)`."""
+def pair_cosines(text_embeddings: torch.Tensor, audio_embeddings: torch.Tensor) -> torch.Tensor:
+    """cos(row i of `text_embeddings` `(b, e)`, row i of `audio_embeddings` `(b, e)`) → `(b,)` float64."""
     if text_embeddings.shape != audio_embeddings.shape or text_embeddings.dim() != 2:
         raise MelodyError(f"cycle consistency pairs texts with clips one to one; got text "
                           f"{tuple(text_embeddings.shape)} and audio {tuple(audio_embeddings.shape)}")
-    return float(torch.nn.functional.cosine_similarity(text_embeddings.double(), audio_embeddings.double(), dim=1).mean())
+    return torch.nn.functional.cosine_similarity(text_embeddings.double(), audio_embeddings.double(), dim=1)
+
+
+def cycle_consistency(text_embeddings: torch.Tensor, audio_embeddings: torch.Tensor) -> float:
+    """Mean cosine between row i of `text_embeddings` `(b, e)` and row i of `audio_embeddings` `(b, e)`."""
+    return float(pair_cosines(text_embeddings, audio_embeddings).mean())
 
 
 @torch.no_grad()

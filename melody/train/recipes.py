@@ -7,7 +7,7 @@ models, the DPD against a frozen VAE and tokenizer. `STAGES` is that order and t
 `OVERRIDES[preset][stage]` is what each bundled run set on top of its preset, in `--set` syntax.
 For `tiny` they are the commands in docs/vae.md, docs/semantic.md and docs/dpd.md, completed with
 what those commands leave out but the runs' own `config.json` records (`melody/bundled/<model>/config.json`;
-for the DPD, still training, `training/dpd-tiny/config.json`): the MuLan, tokenizer and LM runs
+the DPD's run is recorded in `training/dpd-tiny/`): the MuLan, tokenizer and LM runs
 also set `train.num_workers=1` and their own `train.checkpoint_every` / `train.sample_every`.
 `tests/test_train_all.py` checks each recipe against those files, so neither can drift alone.
 The paper's sizes were never trained here, so `paper` has no recipe: each stage runs on the preset.
