@@ -9,7 +9,7 @@ from test_shards import RATE, make_corpus
 
 from melody.checkpoint import load_model, save_model
 from melody.config import preset
-from melody.eval.metrics import mel_distance, si_sdr, top_k_overlap
+from melody.eval.metrics import boundary_flux, mel_distance, si_sdr, spectral_flux, top_k_overlap
 from melody.eval.vae import evaluate_vae
 from melody.vae import VAE
 
@@ -35,6 +35,19 @@ def test_mel_distance_is_zero_for_the_same_audio_and_grows_with_noise():
     d = [mel_distance(s + a * n, s, 24_000) for a in (0.0, 0.01, 0.1)]
     assert d[0].shape == (2,) and d[0].abs().max() < 1e-6
     assert (d[1] > 0).all() and (d[2] > d[1]).all()
+
+
+def test_spectral_flux_marks_a_seam_and_not_a_steady_tone():
+    rate, n = 24_000, 48_000
+    t = torch.arange(n) / rate
+    steady = 0.3 * torch.sin(2 * torch.pi * 440 * t)
+    flux = spectral_flux(steady, rate)
+    assert flux.shape == (n // 256,)  # centred frames: n / hop + 1 of them, one change fewer
+    at_joins, inside = boundary_flux(steady, rate, [n // 2])
+    assert at_joins == pytest.approx(inside, rel=0.2)  # a tone has no seam
+    seam = torch.cat((steady[: n // 2], 0.3 * torch.sin(2 * torch.pi * 1320 * t[n // 2:])))  # the pitch jumps at n/2
+    at_joins, inside = boundary_flux(seam, rate, [n // 2])
+    assert at_joins > 5 * inside  # measured: 1.45 vs 0.16
 
 
 def test_top_k_overlap_counts_shared_tags():

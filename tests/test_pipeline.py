@@ -69,6 +69,17 @@ def test_forward_passes_follow_the_papers_count(melody):
     assert set(out.seconds) == set(out.forward_passes)
 
 
+def test_the_dpd_samples_windows_of_window_seconds_not_of_its_training_crop(melody):
+    assert melody.cfg.dpd.crop_seconds == 1
+    melody.cfg.dpd.window_seconds = 2.0  # 100 frames advancing by 50
+    try:
+        out = melody.generate(["funk"], 2.7, steps=3)
+    finally:
+        melody.cfg.dpd.window_seconds = 1.0
+    windows = 1 + math.ceil((math.ceil(2.7 * 50) - 100) / 50)
+    assert windows == 2 and out.forward_passes["dpd"] == windows * 3  # 1 s windows would be 5
+
+
 def test_seed_reproduces_and_another_seed_differs(melody):
     a = melody.generate(["funk", "calm piano"], 1.5, seed=3)
     b = melody.generate(["funk", "calm piano"], 1.5, seed=3)
