@@ -5,6 +5,7 @@ A `MelodyError` from anywhere below becomes one line on stderr and exit status 2
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -390,18 +391,21 @@ def stream_command(
         raise MelodyError(f"--prompts {prompts}: holds no prompt (one per line)")
     if out != "-":
         _check_out(Path(out))
-    model = _melody(bundle)
-    from tqdm.auto import tqdm
+    pcm_out = sys.stdout.buffer
+    # With --out -, stdout carries nothing but PCM: whatever else anything prints goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr) if out == "-" else contextlib.nullcontext():
+        model = _melody(bundle)
+        from tqdm.auto import tqdm
 
-    rate, pieces = model.vae.cfg.sample_rate, []
-    chunks = model.stream(story, chunk_seconds, steps, guidance, seed=seed)
-    for chunk in tqdm(chunks, total=len(story), desc="stream", unit="chunk", disable=not progress or not sys.stderr.isatty()):
-        if out == "-":
-            pcm = (np.clip(chunk.numpy().T, -1, 1) * 32767).astype("<i2")  # interleaved frames
-            sys.stdout.buffer.write(pcm.tobytes())
-            sys.stdout.buffer.flush()
-        else:
-            pieces.append(chunk.numpy())
+        rate, pieces = model.vae.cfg.sample_rate, []
+        chunks = model.stream(story, chunk_seconds, steps, guidance, seed=seed)
+        for chunk in tqdm(chunks, total=len(story), desc="stream", unit="chunk", disable=not progress or not sys.stderr.isatty()):
+            if out == "-":
+                pcm = (np.clip(chunk.numpy().T, -1, 1) * 32767).astype("<i2")  # interleaved frames
+                pcm_out.write(pcm.tobytes())
+                pcm_out.flush()
+            else:
+                pieces.append(chunk.numpy())
     if out != "-":
         from melody.audio import save_audio
 

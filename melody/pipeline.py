@@ -42,13 +42,13 @@ import torch
 from melody.checkpoint import load_model_and_config
 from melody.config import MelodyConfig
 from melody.data.loader import mix_seeds
-from melody.data.synth.captions import with_controls
+from melody.data.synth.captions import prompt_bpm, with_controls
 from melody.diffusion import (SCHEDULES, angles_from_steps, continue_latents, guided_in_one_call, inpaint_latents,
                               noise_like_rows, sample)
 from melody.dpd import DPD
 from melody.errors import MelodyError
 from melody.mulan import MuLan
-from melody.semantic.lm import SemanticLM, window_and_stride
+from melody.semantic.lm import SemanticLM, tempo_bucket, window_and_stride
 from melody.semantic.sampling import generate as generate_tokens
 from melody.semantic.tokenizer import SemanticTokenizer
 from melody.vae import VAE
@@ -254,7 +254,8 @@ class MeLoDy:
         for j in range(best_of):
             label = "" if best_of == 1 else f" (candidate {j + 1}/{best_of})"
             out = self._music(mulan_tokens, duration, steps, guidance, temperature, top_k, lm_guidance,
-                              seed if j == 0 else mix_seeds(seed, 4, j), lambda stage: tell(stage + label))
+                              seed if j == 0 else mix_seeds(seed, 4, j), lambda stage: tell(stage + label),
+                              None if prompt_audio is not None else prompts)
             candidates.append(out)
             for stage in out.seconds:
                 times[stage] = times.get(stage, 0.0) + out.seconds[stage]
@@ -279,13 +280,16 @@ class MeLoDy:
                               passes, times, prompts=prompts, candidate=pick.tolist(), mulan_scores=scores.tolist())
 
     def _music(self, mulan_tokens: torch.Tensor, duration: float, steps: int, guidance: float, temperature: float | None,
-               top_k: int | None, lm_guidance: float | None, seed: int, tell: Callable[[str], None]) -> GenerateOutput:
-        """Semantic LM → DPD → VAE decoder for MuLan tokens `(b, L)`; row i seeded by seed + i."""
+               top_k: int | None, lm_guidance: float | None, seed: int, tell: Callable[[str], None],
+               prompts: list[str] | None = None) -> GenerateOutput:
+        """Semantic LM → DPD → VAE decoder for MuLan tokens `(b, L)` (of `prompts`, None for music prompts);
+        row i seeded by seed + i."""
         times, passes = {}, {}
         tell("semantic_lm")
         clock = time.perf_counter()
         result = self._semantic_tokens(mulan_tokens, math.ceil(duration * self.token_rate), None,
-                                       self._seeded(seed, 1, rows=mulan_tokens.shape[0]), temperature, top_k, lm_guidance)
+                                       self._seeded(seed, 1, rows=mulan_tokens.shape[0]), temperature, top_k, lm_guidance,
+                                       prompts)
         times["semantic_lm"], passes["semantic_lm"] = time.perf_counter() - clock, result.forward_passes
 
         tell("dpd")
@@ -302,15 +306,25 @@ class MeLoDy:
         return GenerateOutput(audio, self.vae.cfg.sample_rate, result.tokens, latents, passes, times)
 
     def _semantic_tokens(self, mulan_tokens: torch.Tensor, n_tokens: int, prefix: torch.Tensor | None, generator,
-                         temperature: float | None, top_k: int | None, lm_guidance: float | None):
-        """`n_tokens` semantic tokens from the LM after `prefix`, with the config's sampling settings where None."""
+                         temperature: float | None, top_k: int | None, lm_guidance: float | None,
+                         prompts: list[str] | None = None):
+        """`n_tokens` semantic tokens from the LM after `prefix`, with the config's sampling settings where None;
+        an LM with a tempo token gets the tempo each of `prompts` states (none for a prompt naming none)."""
         lm_cfg = self.cfg.semantic_lm
         window, stride = window_and_stride(lm_cfg, self.token_rate)
         return generate_tokens(self.semantic_lm, mulan_tokens.to(self._device), n_tokens, prefix,
                                temperature=lm_cfg.temperature if temperature is None else temperature,
                                top_k=lm_cfg.top_k if top_k is None else top_k, top_p=lm_cfg.top_p,
                                guidance=lm_cfg.guidance if lm_guidance is None else lm_guidance,
-                               generator=generator, window=window, stride=stride)
+                               generator=generator, window=window, stride=stride, tempo=self.tempo_tokens(prompts))
+
+    def tempo_tokens(self, prompts: list[str] | None) -> torch.Tensor | None:
+        """The LM's tempo token for each prompt `(b,)` (0 where it states no tempo); None without prompts or tempo token."""
+        lm_cfg = self.semantic_lm.config
+        if prompts is None or self.semantic_lm.tempo_embedding is None:
+            return None
+        bpm = torch.tensor([math.nan if prompt_bpm(p) is None else prompt_bpm(p) for p in prompts], dtype=torch.float64)
+        return tempo_bucket(bpm, lm_cfg.tempo_buckets, lm_cfg.tempo_range).to(self._device)
 
     def _sampling(self, steps: int | None, guidance: float | None) -> tuple[int, float]:
         """The DPD's sampling steps and guidance scale, the bundle's own where None."""
@@ -394,7 +408,7 @@ class MeLoDy:
         total_seconds = n_in / rate + seconds
         n_new = max(0, math.ceil(total_seconds * self.token_rate) - prefix.shape[1])
         result = self._semantic_tokens(mulan_tokens, n_new, prefix, self._seeded(seed, 1, rows=b), temperature, top_k,
-                                       lm_guidance)
+                                       lm_guidance, prompts)
         tokens = torch.cat((prefix, result.tokens), dim=1)
         times["semantic_lm"], passes["semantic_lm"] = time.perf_counter() - clock, result.forward_passes
 
@@ -460,7 +474,7 @@ class MeLoDy:
         tell("semantic_lm")
         clock = time.perf_counter()
         result = self._semantic_tokens(mulan_tokens, last - first, own[:, :first], self._seeded(seed, 1, rows=b),
-                                       temperature, top_k, lm_guidance)
+                                       temperature, top_k, lm_guidance, prompts)
         tokens = torch.cat((own[:, :first], result.tokens, own[:, last:]), dim=1)
         times["semantic_lm"], passes["semantic_lm"] = time.perf_counter() - clock, result.forward_passes
 
@@ -553,7 +567,7 @@ class MeLoDy:
             n_new = math.ceil(ahead * self.token_rate) - tokens.shape[1]
             made = self._semantic_tokens(cond, n_new, tokens if tokens.shape[1] else None,
                                          torch.Generator(device=self._device).manual_seed(mix_seeds(seed, 1, k)),
-                                         temperature, top_k, lm_guidance)
+                                         temperature, top_k, lm_guidance, [prompt])
             tokens = torch.cat((tokens, made.tokens), dim=1)
             latents = self.latents(self.dpd, tokens, ahead, steps, guidance, mix_seeds(seed, 2, k), start=latents)
             first_frame = max(0, emitted // hop - round(DECODE_CONTEXT_SECONDS * self.vae.latent_rate))

@@ -1,6 +1,7 @@
 """Direct controls beside the text: `--bpm`/`--key` said in the prompt, `--best-of N` kept by MuLan's judgement."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from test_semantic_stages import one_line_error, run_ok
 
 from melody.data.synth.captions import caption_mentions, parse_key, with_controls
 from melody.errors import MelodyError
+from melody.semantic.lm import tempo_bucket
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -52,6 +54,36 @@ def test_bpm_and_key_condition_like_the_text_that_says_them(melody):  # noqa: F8
     assert torch.equal(controlled.audio, said.audio)
     with pytest.raises(MelodyError, match="steer a text prompt"):
         melody.generate(None, 0.6, prompt_audio=torch.zeros(1, 8000), bpm=100)
+
+
+def test_the_tempo_a_prompt_states_reaches_the_lm_as_its_tempo_token_in_every_mode(melody):  # noqa: F811
+    lm_cfg = melody.semantic_lm.config
+    assert lm_cfg.tempo_buckets > 0  # the tiny preset's LM has the token
+
+    def bucket(*bpm):
+        return tempo_bucket(torch.tensor(bpm, dtype=torch.float64), lm_cfg.tempo_buckets, lm_cfg.tempo_range)
+
+    assert torch.equal(melody.tempo_tokens(["calm piano at 70 BPM", "calm piano", "funk, 140 beats per minute"]),
+                       bucket(70.0, math.nan, 140.0))
+    assert melody.tempo_tokens(None) is None  # music prompts: no tempo given
+    seen = []
+    hook = melody.semantic_lm.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs.get("tempo")),
+                                                        with_kwargs=True)
+    try:
+        melody.generate(["calm piano"], 0.3, bpm=150)
+        assert torch.equal(seen[0], bucket(150.0, 150.0))  # the cond and uncond rows; the model drops the uncond's
+        seen.clear()
+        clip = torch.zeros(1, 1, 4000)
+        melody.continue_(clip, 0.2, prompts=["funk at 90 BPM"])
+        assert torch.equal(seen[0], bucket(90.0, 90.0))
+        seen.clear()
+        melody.inpaint(torch.zeros(1, 1, 16000), 0.8, 1.2, prompts=["funk at 100 BPM"])
+        assert torch.equal(seen[0], bucket(100.0, 100.0))
+        seen.clear()
+        list(melody.stream(["funk at 60 BPM", "funk at 180 BPM"], 0.3))
+        assert [t.tolist() for t in seen if t is not None] == [bucket(60.0, 60.0).tolist(), bucket(180.0, 180.0).tolist()]
+    finally:
+        hook.remove()
 
 
 def test_best_of_keeps_the_candidate_mulan_scores_highest_and_candidate_zero_is_best_of_one(melody):  # noqa: F811

@@ -42,6 +42,8 @@ def bundle(tmp_path_factory):
               "vae": VAE(cfg.vae)}
     with torch.no_grad():
         models["dpd"].output.weight.normal_(0, 0.05)  # untrained DPDs predict 0: give it a voice
+        for block in models["semantic_lm"].transformer.blocks:  # and a fresh LM barely listens to its condition
+            block.attn.qkv.weight.mul_(4)
     for stage, m in models.items():
         save_model(root / "bundle" / stage, stage, m, cfg, stage)
     return root / "bundle"
@@ -191,3 +193,4 @@ def test_a_prompt_change_takes_effect_from_its_chunk_on(melody):
     changed = list(melody.stream(["funk", "funk", "calm piano"], chunk_seconds=0.8, seed=1, lm_guidance=30.0))
     assert torch.equal(same[0], changed[0]) and torch.equal(same[1], changed[1])
     assert not torch.equal(same[2], changed[2])
+

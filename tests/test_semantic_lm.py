@@ -5,7 +5,9 @@ import torch
 
 from melody.config import MelodyConfig, SemanticLMConfig, preset
 from melody.modules.transformer import swiglu_hidden_dim
-from melody.semantic.lm import SemanticLM, condition_dropout_mask, lm_loss, parameter_count, window_and_stride
+from melody.errors import MelodyError
+from melody.semantic.lm import (SemanticLM, bucket_tempo, condition_dropout_mask, lm_loss, parameter_count, tempo_bucket,
+                                window_and_stride)
 from melody.semantic.sampling import cfg_logits, generate, sample_token
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -18,12 +20,15 @@ def tiny(seed: int = 0, sharp: bool = False) -> SemanticLM:
     initialised LM mostly follows the last token, and its greedy output falls into a short loop)."""
     torch.manual_seed(seed)
     lm = SemanticLM(SemanticLMConfig(dim=32, depth=2, heads=4), VOCAB, LEVELS, CODES).eval()
-    if sharp:
-        with torch.no_grad():
-            for block in lm.transformer.blocks:
-                block.attn.qkv.weight.mul_(4)
-                block.attn.out.weight.mul_(4)
-            lm.head.weight.mul_(4)
+    return sharpen(lm) if sharp else lm
+
+
+@torch.no_grad()
+def sharpen(lm: SemanticLM) -> SemanticLM:
+    for block in lm.transformer.blocks:
+        block.attn.qkv.weight.mul_(4)
+        block.attn.out.weight.mul_(4)
+    lm.head.weight.mul_(4)
     return lm
 
 
@@ -119,7 +124,8 @@ def test_lm_loss_per_example_and_mask():
 
 
 def naive_generate(lm: SemanticLM, m: torch.Tensor | None, n: int, window: int, stride: int,
-                   prefix: torch.Tensor | None = None, guidance: float = 1.0, seed: int | None = None) -> torch.Tensor:
+                   prefix: torch.Tensor | None = None, guidance: float = 1.0, seed: int | None = None,
+                   tempo: torch.Tensor | None = None) -> torch.Tensor:
     """No cache: the whole window is recomputed for every token; greedy, or sampled with `seed`. The
     windowing rule written out: a window holds at most `window` tokens; to sample one more from a full
     window, keep its last `window − stride` tokens; a prefix of `window` tokens or more is a full window."""
@@ -132,7 +138,7 @@ def naive_generate(lm: SemanticLM, m: torch.Tensor | None, n: int, window: int, 
     for _ in range(n):
         if content.shape[1] == window:
             content = content[:, stride:]
-        logits = lm(m, content).next_logits
+        logits = lm(m, content, tempo=tempo).next_logits
         if guidance != 1.0:
             logits = cfg_logits(logits, lm(None, content).next_logits, guidance)
         token = logits.argmax(-1) if seed is None else sample_token(logits, 1.0, generator=generator)
@@ -253,3 +259,86 @@ def test_parameter_count_at_paper_shapes():
     assert tiny().num_parameters() == parameter_count(SemanticLMConfig(dim=32, depth=2, heads=4), VOCAB, LEVELS, CODES)
     assert window_and_stride(c, cfg.tokenizer.frame_rate) == (250, 125)
     assert SemanticLM.from_config(preset("tiny")).vocab_size == preset("tiny").tokenizer.codebook_size
+
+
+# --- the tempo token -----------------------------------------------------------------------------
+
+BUCKETS, TEMPO_RANGE = 6, (40.0, 240.0)
+
+
+def tempo_lm(seed: int = 0) -> SemanticLM:
+    torch.manual_seed(seed)
+    return SemanticLM(SemanticLMConfig(dim=32, depth=2, heads=4, tempo_buckets=BUCKETS, tempo_range=TEMPO_RANGE),
+                      VOCAB, LEVELS, CODES).eval()
+
+
+def test_tempo_bucket_is_log_spaced_clamped_and_zero_for_no_tempo():
+    edges = [40 * 6 ** (k / BUCKETS) for k in range(BUCKETS + 1)]  # 40 … 240, equal ratios
+    bpm = torch.tensor([math.nan, 0.0, -5.0, 10.0, 40.0, edges[1] - 1e-6, edges[1] + 1e-6, 120.0, 239.9, 500.0],
+                       dtype=torch.float64)
+    assert tempo_bucket(bpm, BUCKETS, TEMPO_RANGE).tolist() == [0, 0, 0, 1, 1, 1, 2, 4, 6, 6]
+    # each bucket's centre lies inside it and comes back to it; 0 stands for no tempo
+    tokens = torch.arange(BUCKETS + 1)
+    centres = bucket_tempo(tokens, BUCKETS, TEMPO_RANGE)
+    assert math.isnan(centres[0])
+    torch.testing.assert_close(centres[1:], torch.tensor([math.sqrt(a * b) for a, b in zip(edges, edges[1:])], dtype=torch.float64))
+    assert torch.equal(tempo_bucket(centres, BUCKETS, TEMPO_RANGE), tokens)
+    with pytest.raises(MelodyError, match="tempo_range"):
+        tempo_bucket(bpm, BUCKETS, (120.0, 60.0))
+
+
+@torch.no_grad()
+def test_the_tempo_token_conditions_the_lm_and_dropping_the_condition_drops_it():
+    lm = tempo_lm()
+    assert lm.condition_length == LEVELS + 1
+    m, s = mulan(2), semantic(2, 8)
+    slow, fast = torch.tensor([1, 1]), torch.tensor([5, 5])
+    assert not torch.allclose(lm(m, s, tempo=slow).logits, lm(m, s, tempo=fast).logits)
+    torch.testing.assert_close(lm(m, s).logits, lm(m, s, tempo=torch.zeros(2, dtype=torch.long)).logits, atol=0, rtol=0)
+    everything = torch.ones(2, dtype=torch.bool)
+    assert torch.equal(lm(m, s, everything, tempo=fast).logits, lm(None, s).logits)  # the null condition has no tempo
+    with pytest.raises(ValueError, match="tempo"):
+        lm(m, s, tempo=torch.tensor([BUCKETS + 1, 0]))
+    with pytest.raises(ValueError, match="tempo"):
+        tiny()(m, s, tempo=fast)  # an LM without the token cannot be asked for a tempo
+
+
+@torch.no_grad()
+def test_tempo_goes_into_every_window_and_the_cache_matches_the_full_pass():
+    lm = tempo_lm(seed=2)
+    m, tempo = mulan(2), torch.tensor([2, 6])
+    full = lm(m, semantic(2, 9), tempo=tempo)
+    cache = lm.new_cache()
+    pieces = [lm(m, semantic(2, 9)[:, :3], tempo=tempo, cache=cache).logits]
+    pieces += [lm(None, semantic(2, 9)[:, j:j + 1], cache=cache).logits for j in range(3, 9)]
+    assert cache.length == LEVELS + 2 + 9
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full.logits, atol=1e-5, rtol=0)
+    # generation across windows follows the windowing rule with the tempo in every window's condition
+    sharpen(lm)  # a fresh LM barely listens to one condition position
+
+    def run(t):
+        return generate(lm, m, 20, guidance=2.0, window=8, stride=3, tempo=t, generator=torch.Generator().manual_seed(3))
+
+    result = run(tempo)
+    assert torch.equal(result.tokens, naive_generate(lm, m, 20, 8, 3, guidance=2.0, seed=3, tempo=tempo))
+    assert not torch.equal(result.tokens, run(torch.tensor([5, 1])).tokens)
+    assert result.positions == (20 - result.windows) + result.windows * (LEVELS + 2) + (result.windows - 1) * 5
+
+
+def test_an_lm_learns_the_tempo_token_when_only_it_tells_two_sequences_apart():
+    lm = tempo_lm().train()
+    m = mulan(1, seed=7).repeat(2, 1)  # the same MuLan tokens: only the tempo differs
+    s = semantic(2, 16, seed=9)
+    tempo = torch.tensor([1, 6])
+    opt = torch.optim.Adam(lm.parameters(), lr=3e-3)
+    first = lm_loss(lm(m, s, tempo=tempo).logits, s).loss.item()
+    for _ in range(300):
+        opt.zero_grad()
+        loss = lm_loss(lm(m, s, tempo=tempo).logits, s).loss
+        loss.backward()
+        opt.step()
+        if loss.item() < first / 20:
+            break
+    lm.eval()
+    with torch.no_grad():
+        assert torch.equal(generate(lm, m, 16, temperature=0.0, window=32, stride=16, tempo=tempo).tokens, s)

@@ -18,6 +18,7 @@ A clip shorter than the crop is zero-padded on the right; `length` says how many
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import signal
 from collections.abc import Iterator, Sequence
@@ -182,3 +183,9 @@ def _key_seed(key: str) -> int:
 def mix_seeds(*parts: int) -> int:
     """One 32-bit seed from several integers (numpy's SeedSequence hashing): `(seed, epoch, ...)`."""
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+def clip_bpm(meta: dict) -> float:
+    """The tempo a clip's metadata states (`attributes.tempo_bpm`), NaN where it states none."""
+    bpm = (meta.get("attributes") or {}).get("tempo_bpm")
+    return float(bpm) if isinstance(bpm, (int, float)) and not isinstance(bpm, bool) else math.nan

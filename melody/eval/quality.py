@@ -57,6 +57,7 @@ import numpy as np
 import torch
 
 from melody.data.check import MTT, STYLE_TAGS
+from melody.data.synth.captions import prompt_bpm
 from melody.ears.musicnn import TAGS, MusicnnTagger
 from melody.errors import MelodyError
 
@@ -251,15 +252,6 @@ CAPTION_TAGS: Mapping[str, tuple[str, ...]] = _caption_tags()
 _PHRASE = re.compile(
     r"(?<![\w-])(" + "|".join(re.escape(p) for p in sorted(CAPTION_TAGS, key=len, reverse=True)) + r")(?![\w-])"
 )
-_BPM = re.compile(r"(\d+(?:\.\d+)?)\s*(?:bpm|beats per minute)", re.IGNORECASE)
-
-
-def prompt_bpm(prompt: str) -> float | None:
-    """The tempo a prompt states ("at 112 BPM", "at about 90 beats per minute"), or None."""
-    found = _BPM.search(prompt)
-    return float(found.group(1)) if found else None
-
-
 def prompt_tags(prompt: str) -> tuple[str, ...]:
     """The MTT tags that name what `prompt` asks for, in order of mention, without repeats.
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from melody.data.loader import ShardDataset, make_loader
+from melody.data.loader import ShardDataset, clip_bpm, make_loader
 from melody.errors import MelodyError
 from melody.io import write_json_atomic
 from melody.mulan import MuLan
@@ -52,6 +52,7 @@ class TokenizedSplit:
     text_mulan: torch.Tensor  # (n, L) long: MuLan tokens of its caption
     captions: list[str]
     keys: list[str]
+    bpm: torch.Tensor  # (n,) float64: the tempo its metadata states, NaN where none
 
 
 @torch.no_grad()
@@ -61,7 +62,7 @@ def tokenize_split(mulan: MuLan, tokenizer: SemanticTokenizer, data_root: str | 
     dataset = ShardDataset.from_corpus(data_root, split, crop_seconds=seconds, sample_rate=mulan.audio.sample_rate,
                                        channels=1, shuffle=0, random_offset=False)
     device = next(tokenizer.parameters()).device
-    parts: dict[str, list] = {"semantic": [], "keep": [], "audio_mulan": [], "text_mulan": [], "captions": [], "keys": []}
+    parts: dict[str, list] = {"semantic": [], "keep": [], "audio_mulan": [], "text_mulan": [], "captions": [], "keys": [], "bpm": []}
     for batch in make_loader(dataset, batch_size, 0, drop_last=False):
         if limit is not None:
             batch = {k: v[: limit - len(parts["keys"])] for k, v in batch.items()}
@@ -73,6 +74,7 @@ def tokenize_split(mulan: MuLan, tokenizer: SemanticTokenizer, data_root: str | 
         parts["audio_mulan"].append(mulan.tokens_from_audio(wav, lengths).cpu())
         parts["text_mulan"].append(mulan.tokens_from_text(batch["caption"]).cpu())
         parts["captions"] += batch["caption"]
+        parts["bpm"] += [clip_bpm(meta) for meta in batch["meta"]]
         parts["keys"] += batch["key"]
         if progress is not None:
             progress(len(batch["key"]))
@@ -81,7 +83,8 @@ def tokenize_split(mulan: MuLan, tokenizer: SemanticTokenizer, data_root: str | 
     if not parts["keys"]:
         raise MelodyError(f"{data_root}: the '{split}' split has no clips; choose another --split")
     tensors = {k: torch.cat(parts[k]) for k in ("semantic", "keep", "audio_mulan", "text_mulan")}
-    return TokenizedSplit(**tensors, captions=parts["captions"], keys=parts["keys"])
+    return TokenizedSplit(**tensors, captions=parts["captions"], keys=parts["keys"],
+                          bpm=torch.tensor(parts["bpm"], dtype=torch.float64))
 
 
 # --- baselines (pure functions) -----------------------------------------------------------------
@@ -112,14 +115,15 @@ def ngram_nll(tokens: torch.Tensor, keep: torch.Tensor, unigram: torch.Tensor, b
 
 @torch.no_grad()
 def lm_nll(lm: SemanticLM, mulan_tokens: torch.Tensor | None, semantic: torch.Tensor, keep: torch.Tensor,
-           batch_size: int = 16) -> float:
-    """Mean −log p(s_i | condition, s_<i) per kept token, teacher-forced (None: the null condition)."""
+           batch_size: int = 16, tempo: torch.Tensor | None = None) -> float:
+    """Mean −log p(s_i | condition, s_<i) per kept token, teacher-forced (None: the null condition;
+    `tempo` `(n,)`: the LM's tempo tokens, None: no tempo given)."""
     device = lm.bos.device
     total, count = 0.0, 0
     for start in range(0, semantic.shape[0], batch_size):
         rows = slice(start, start + batch_size)
         cond = None if mulan_tokens is None else mulan_tokens[rows].to(device)
-        out = lm(cond, semantic[rows].to(device))
+        out = lm(cond, semantic[rows].to(device), tempo=None if tempo is None else tempo[rows].to(device))
         loss = lm_loss(out.logits, semantic[rows].to(device), keep[rows].to(device))
         total += float(loss.loss) * int(loss.tokens)
         count += int(loss.tokens)

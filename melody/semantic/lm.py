@@ -25,6 +25,12 @@ Choices where the paper is silent:
   L learned *null* vectors (`null_condition`), per example (`drop_condition`); training drops it for
   `cond_dropout` = 10 % of the examples (`condition_dropout_mask`, seeded). `mulan_tokens=None` is
   the null condition for every row.
+- **Tempo token** (`tempo_buckets` > 0; outside the paper): one more condition position after the
+  MuLan tokens, [c_1 … c_L τ | BOS | s …], τ = the bucket of the clip's BPM (`tempo_bucket`, log-spaced,
+  so a bucket is the same share of tempo at 60 and at 180 BPM) or row 0, "no tempo given". The
+  bundled LM needed it: MuLan's text tokens do change with a stated tempo (70 vs 140 BPM: 10 of 12
+  tokens differ), but the LM never learnt to turn them into a pace, since a clip's tempo is one of many
+  things its MuLan tokens say. A dropped condition (guidance) drops τ too.
 - Width, depth and heads come from `SemanticLMConfig` (the paper gives none); at the `paper`
   defaults (1024 × 24 layers, 16 heads, SwiGLU 2752) the model has ≈ 318 M parameters
   (`parameter_count`), against the paper's 429.5 M.
@@ -38,6 +44,7 @@ Choices where the paper is silent:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -75,7 +82,7 @@ class SemanticLMCache:
 
     @property
     def length(self) -> int:
-        """Stream positions held: L + 1 + the semantic tokens fed so far (0 for a fresh cache)."""
+        """Stream positions held: the condition (`condition_length`) + BOS + the semantic tokens fed so far (0 when fresh)."""
         return self.layers[0].length if self.layers else 0
 
 
@@ -101,6 +108,29 @@ def condition_dropout_mask(batch: int, p: float, generator: torch.Generator | No
     return torch.rand(batch, generator=generator, device=device) < p
 
 
+def tempo_bucket(bpm: torch.Tensor, buckets: int, tempo_range: tuple[float, ...]) -> torch.Tensor:
+    """BPM `(b,)` float → tempo token `(b,)` long: 1 … `buckets` over log-spaced bins of [low, high]
+    (tempos outside go to the end bins), 0 where the BPM is NaN or ≤ 0 (no tempo given)."""
+    low, high = _tempo_range(tempo_range)
+    known = torch.isfinite(bpm) & (bpm > 0)
+    share = torch.log(bpm.clamp(min=1e-6) / low) / math.log(high / low)  # 0 at low, 1 at high
+    token = (share * buckets).floor().clamp(0, buckets - 1).long() + 1
+    return torch.where(known, token, torch.zeros_like(token))
+
+
+def bucket_tempo(token: torch.Tensor, buckets: int, tempo_range: tuple[float, ...]) -> torch.Tensor:
+    """The BPM a tempo token stands for `(b,)` float: its bin's geometric centre, NaN for token 0."""
+    low, high = _tempo_range(tempo_range)
+    centre = low * (high / low) ** ((token.double() - 0.5) / buckets)
+    return torch.where(token > 0, centre, torch.full_like(centre, math.nan))
+
+
+def _tempo_range(tempo_range: tuple[float, ...]) -> tuple[float, float]:
+    if len(tempo_range) != 2 or not 0 < tempo_range[0] < tempo_range[1]:
+        raise MelodyError(f"tempo range {tempo_range}: give two BPMs, 0 < low < high, in semantic_lm.tempo_range")
+    return float(tempo_range[0]), float(tempo_range[1])
+
+
 def window_and_stride(config: SemanticLMConfig, frame_rate: int) -> tuple[int, int]:
     """Tokens per window and per slide: 10 s and 5 s at 25 Hz → (250, 125)."""
     window, stride = round(config.window_seconds * frame_rate), round(config.stride_seconds * frame_rate)
@@ -114,7 +144,7 @@ class SemanticLM(nn.Module):
     """p(s_0 … s_{t−1} | MuLan tokens): embeddings → causal `Transformer` → logits over semantic tokens.
 
     forward(mulan_tokens `(b, L)` long or None, semantic `(b, t)` long, drop_condition `(b,)` bool or
-    None, cache) → `LMOutput`. With a fresh cache (`new_cache()`) the call encodes the whole stream
+    None, cache, tempo `(b,)` long tokens (`tempo_bucket`) or None) → `LMOutput`. With a fresh cache (`new_cache()`) the call encodes the whole stream
     and fills the cache; with a filled one, `mulan_tokens` and `drop_condition` must be None and
     `semantic` continues the stream (one token at a time when decoding).
     """
@@ -127,6 +157,8 @@ class SemanticLM(nn.Module):
         self.mulan_embedding = nn.Embedding(mulan_levels * mulan_codebook_size, d)  # row l·K + k: code k at level l
         self.register_buffer("level_offsets", torch.arange(mulan_levels) * mulan_codebook_size, persistent=False)
         self.null_condition = nn.Parameter(torch.randn(mulan_levels, d))  # (L, d) the dropped condition
+        # row 0: no tempo given (and the dropped condition's); rows 1 … buckets: `tempo_bucket`
+        self.tempo_embedding = nn.Embedding(config.tempo_buckets + 1, d) if config.tempo_buckets > 0 else None
         self.bos = nn.Parameter(torch.randn(d))  # (d,) separator; its output predicts s_0
         self.token_embedding = nn.Embedding(vocab_size, d)
         self.transformer = Transformer(TransformerConfig(d, config.depth, config.heads, causal=True, dropout=config.dropout))
@@ -143,33 +175,52 @@ class SemanticLM(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def condition(self, mulan_tokens: torch.Tensor | None, drop_condition: torch.Tensor | None, batch: int) -> torch.Tensor:
-        """The condition prefix `(b, L, d)`: embedded MuLan tokens, or the null condition where dropped."""
+    @property
+    def condition_length(self) -> int:
+        """Stream positions before BOS: the L MuLan tokens, and the tempo token where the LM has one."""
+        return self.mulan_levels + (self.tempo_embedding is not None)
+
+    def condition(self, mulan_tokens: torch.Tensor | None, drop_condition: torch.Tensor | None, batch: int,
+                  tempo: torch.Tensor | None = None) -> torch.Tensor:
+        """The condition prefix `(b, condition_length, d)`: embedded MuLan tokens (and tempo token), or the
+        null condition (and "no tempo") where dropped."""
+        drop = None if drop_condition is None else drop_condition.to(torch.bool).view(batch)
         null = self.null_condition.expand(batch, -1, -1)
         if mulan_tokens is None:
-            return null
-        if mulan_tokens.shape != (batch, self.mulan_levels):
-            raise ValueError(f"mulan_tokens must be (b={batch}, {self.mulan_levels}), got {tuple(mulan_tokens.shape)}")
-        if ((mulan_tokens < 0) | (mulan_tokens >= self.mulan_codebook_size)).any():
-            raise ValueError(f"MuLan tokens must lie in [0, {self.mulan_codebook_size})")  # else they land on another level
-        cond = self.mulan_embedding(mulan_tokens + self.level_offsets)  # (b, L, d)
-        if drop_condition is None:
+            cond = null
+        else:
+            if mulan_tokens.shape != (batch, self.mulan_levels):
+                raise ValueError(f"mulan_tokens must be (b={batch}, {self.mulan_levels}), got {tuple(mulan_tokens.shape)}")
+            if ((mulan_tokens < 0) | (mulan_tokens >= self.mulan_codebook_size)).any():
+                raise ValueError(f"MuLan tokens must lie in [0, {self.mulan_codebook_size})")  # else they land on another level
+            cond = self.mulan_embedding(mulan_tokens + self.level_offsets)  # (b, L, d)
+            if drop is not None:
+                cond = torch.where(drop.view(batch, 1, 1), null, cond)
+        if self.tempo_embedding is None:
+            if tempo is not None and bool((tempo != 0).any()):
+                raise ValueError("this LM was trained without a tempo token (semantic_lm.tempo_buckets = 0)")
             return cond
-        return torch.where(drop_condition.to(torch.bool).view(batch, 1, 1), null, cond)
+        tempo = torch.zeros(batch, dtype=torch.long, device=cond.device) if tempo is None else tempo.to(cond.device)
+        if tempo.shape != (batch,) or ((tempo < 0) | (tempo >= self.tempo_embedding.num_embeddings)).any():
+            raise ValueError(f"tempo must be (b={batch},) tokens in [0, {self.tempo_embedding.num_embeddings})")
+        if drop is not None:
+            tempo = tempo.masked_fill(drop, 0)
+        return torch.cat((cond, self.tempo_embedding(tempo)[:, None]), dim=1)
 
     def forward(self, mulan_tokens: torch.Tensor | None, semantic: torch.Tensor,
-                drop_condition: torch.Tensor | None = None, cache: SemanticLMCache | None = None) -> LMOutput:
+                drop_condition: torch.Tensor | None = None, cache: SemanticLMCache | None = None,
+                tempo: torch.Tensor | None = None) -> LMOutput:
         b, t = semantic.shape
         if cache is None or cache.length == 0:
-            # stream [c_1 … c_L | BOS | s_0 … s_{t−1}]; outputs at BOS … s_{t−1} predict s_0 … s_t
+            # stream [c_1 … c_L (τ) | BOS | s_0 … s_{t−1}]; outputs at BOS … s_{t−1} predict s_0 … s_t
             bos = self.bos.expand(b, 1, -1)
-            x = torch.cat((self.condition(mulan_tokens, drop_condition, b), bos, self.token_embedding(semantic)), dim=1)
+            x = torch.cat((self.condition(mulan_tokens, drop_condition, b, tempo), bos, self.token_embedding(semantic)), dim=1)
             h = self.transformer(x, cache=None if cache is None else cache.layers)
             scores = self.head(h[:, -(t + 1):])  # (b, t + 1, V)
             logits, next_logits = scores[:, :t], scores[:, t]
         else:
-            if mulan_tokens is not None or drop_condition is not None:
-                raise ValueError("the condition is already in the cache; pass mulan_tokens=None and drop_condition=None")
+            if mulan_tokens is not None or drop_condition is not None or tempo is not None:
+                raise ValueError("the condition is already in the cache; pass mulan_tokens, drop_condition and tempo as None")
             if t == 0:
                 return LMOutput(cache.next_logits.new_empty(b, 0, self.vocab_size), cache.next_logits)
             # the stream goes on: the output at s_j predicts s_{j+1}; s_0 of this call was scored by the last one

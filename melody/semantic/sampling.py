@@ -95,18 +95,19 @@ class GenerateResult:
     tokens: torch.Tensor  # (b, n_tokens) long: the new tokens, without the prefix
     forward_passes: int  # network calls, cond + uncond counted once (a batch): == n_tokens
     windows: int  # windows encoded from a fresh cache (the first one included)
-    positions: int  # stream positions processed per row: L + 1 + context per window, 1 per step
+    positions: int  # stream positions processed per row: condition + BOS + context per window, 1 per step
 
 
 @torch.no_grad()
 def generate(lm: SemanticLM, mulan_tokens: torch.Tensor | None, n_tokens: int, prefix: torch.Tensor | None = None, *,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, guidance: float = 1.0,
              generator: torch.Generator | Sequence[torch.Generator] | None = None, window: int = 250, stride: int = 125,
-             callback: Callable[[dict], None] | None = None) -> GenerateResult:
+             callback: Callable[[dict], None] | None = None, tempo: torch.Tensor | None = None) -> GenerateResult:
     """Ancestral sampling of `n_tokens` semantic tokens with a KV cache, guidance and sliding windows.
 
     mulan_tokens `(b, L)` long (None: unconditional, one row unless `prefix` gives b); prefix `(b, P)`
-    long, tokens to continue. `callback` gets {"i", "token" (b,), "window"} after every token. The
+    long, tokens to continue; tempo `(b,)` long, the LM's tempo tokens (`tempo_bucket`; None or 0: no
+    tempo given), part of the condition that guidance strengthens. `callback` gets {"i", "token" (b,), "window"} after every token. The
     caller puts `lm` in eval mode.
     """
     if n_tokens < 0:
@@ -129,14 +130,15 @@ def generate(lm: SemanticLM, mulan_tokens: torch.Tensor | None, n_tokens: int, p
     rows = 2 if guided else 1  # [conditional rows | unconditional rows], one batch
     branch_mulan = None if mulan_tokens is None else mulan_tokens.to(device).repeat(rows, 1)
     drop = torch.arange(rows * b, device=device) >= b if guided else None
+    branch_tempo = None if tempo is None else tempo.to(device).repeat(rows)
 
     def guide(logits: torch.Tensor) -> torch.Tensor:  # (rows·b, V) → (b, V)
         return cfg_logits(*logits.chunk(2), guidance) if guided else logits
 
     # a window: [condition | BOS | content] from a fresh cache, in one pass
     cache = lm.new_cache()
-    logits = lm(branch_mulan, content.repeat(rows, 1), drop, cache=cache).next_logits
-    passes, windows, positions = 1, 1, lm.mulan_levels + 1 + content.shape[1]
+    logits = lm(branch_mulan, content.repeat(rows, 1), drop, cache=cache, tempo=branch_tempo).next_logits
+    passes, windows, positions = 1, 1, lm.condition_length + 1 + content.shape[1]
     for i in range(n_tokens):
         # sample s ~ p(· | condition, window content), guided
         token = sample_token(guide(logits), temperature, top_k, top_p, generator)
@@ -150,9 +152,9 @@ def generate(lm: SemanticLM, mulan_tokens: torch.Tensor | None, n_tokens: int, p
             # the window is full: the next one starts from its last `keep` tokens, re-encoded
             content = content[:, stride:]
             cache = lm.new_cache()
-            logits = lm(branch_mulan, content.repeat(rows, 1), drop, cache=cache).next_logits
+            logits = lm(branch_mulan, content.repeat(rows, 1), drop, cache=cache, tempo=branch_tempo).next_logits
             windows += 1
-            positions += lm.mulan_levels + 1 + keep
+            positions += lm.condition_length + 1 + keep
         else:
             # feed the token to the cache: the next token's scores
             logits = lm(None, token.repeat(rows)[:, None], cache=cache).next_logits

@@ -10,7 +10,9 @@ caching to shards is `melody data encode` (issue 8).
 One step: teacher-forced next-token cross-entropy over the valid frames (`lm_loss`); the
 condition is replaced by the learned null condition for `semantic_lm.cond_dropout` of the
 examples (`condition_dropout_mask`, from the step's generator), which is what classifier-free
-guidance needs at sampling.
+guidance needs at sampling. Where the LM has a tempo token (`semantic_lm.tempo_buckets`), it is the
+bucket of the clip's `attributes.tempo_bpm`, left out ("no tempo") for `semantic_lm.tempo_dropout`
+of the examples and for clips whose metadata states none.
 
 With a captioned corpus, `semantic_lm.text_condition_prob` of the examples are conditioned on the
 MuLan tokens of their *caption* instead (a departure from the paper, whose MuLan was trained on
@@ -35,12 +37,12 @@ from pathlib import Path
 import torch
 
 from melody.config import MelodyConfig
-from melody.data.loader import ShardDataset
+from melody.data.loader import ShardDataset, clip_bpm
 from melody.errors import MelodyError
 from melody.eval.semantic import lm_nll, tokenize_split
 from melody.io import write_json_atomic
 from melody.mulan import MuLan
-from melody.semantic.lm import SemanticLM, condition_dropout_mask, lm_loss
+from melody.semantic.lm import SemanticLM, condition_dropout_mask, lm_loss, tempo_bucket
 from melody.semantic.tokenizer import SemanticTokenizer, frame_count
 from melody.train.engine import Engine, PerCaption, Stage, check_frozen
 
@@ -101,8 +103,13 @@ class SemanticLMStage(Stage):
                         < lm_cfg.text_condition_prob).to(semantic.device)
             texts = self.caption_tokens(batch["caption"], semantic.device)
             mulan_tokens = torch.where(use_text[:, None], texts, mulan_tokens)
+        tempo = None
+        if lm_cfg.tempo_buckets > 0:
+            bpm = torch.tensor([clip_bpm(meta) for meta in batch["meta"]], dtype=torch.float64)
+            unsaid = torch.rand(bpm.shape[0], generator=generator, device=generator.device).cpu() < lm_cfg.tempo_dropout
+            tempo = tempo_bucket(bpm.masked_fill(unsaid, math.nan), lm_cfg.tempo_buckets, lm_cfg.tempo_range).to(semantic.device)
         with engine.autocast():
-            out = engine.model("semantic_lm")(mulan_tokens, semantic, drop.to(semantic.device))
+            out = engine.model("semantic_lm")(mulan_tokens, semantic, drop.to(semantic.device), tempo=tempo)
         loss = lm_loss(out.logits, semantic, keep)
         grad_norm = engine.optimize("semantic_lm", loss.loss)
         return {"semantic_lm/total": loss.loss.item(), "semantic_lm/ppl": math.exp(min(loss.loss.item(), 50.0)),
@@ -122,5 +129,8 @@ class SemanticLMStage(Stage):
                 "valid/ppl_null": math.exp(lm_nll(lm, None, v.semantic, v.keep)),
                 "valid/ppl_first_second_text": math.exp(lm_nll(lm, v.text_mulan, v.semantic, first)),
                 "valid/ppl_first_second_null": math.exp(lm_nll(lm, None, v.semantic, first))}
+        if lm.tempo_embedding is not None:
+            tempo = tempo_bucket(v.bpm, lm.config.tempo_buckets, lm.config.tempo_range)
+            logs["valid/ppl_first_second_text_tempo"] = math.exp(lm_nll(lm, v.text_mulan, v.semantic, first, tempo=tempo))
         engine.log(logs, engine.step)
         write_json_atomic(folder / "perplexity.json", logs)

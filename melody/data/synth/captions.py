@@ -274,6 +274,15 @@ def parse_key(key: str) -> str:
     return f"{key_name(pitch_class(tonic), mode)} {mode}"
 
 
+_STATED_BPM = re.compile(r"(\d+(?:\.\d+)?)\s*(?:bpm|beats per minute)", re.IGNORECASE)
+
+
+def prompt_bpm(prompt: str) -> float | None:
+    """The tempo a prompt states ("at 112 BPM", "at about 90 beats per minute"), or None."""
+    found = _STATED_BPM.search(prompt)
+    return float(found.group(1)) if found else None
+
+
 def check_bpm(bpm: float) -> float:
     if not (isinstance(bpm, (int, float)) and BPM_RANGE[0] <= bpm <= BPM_RANGE[1]):
         raise MelodyError(f"bpm {bpm}: give a tempo between {BPM_RANGE[0]:g} and {BPM_RANGE[1]:g} beats per minute")
