@@ -14,6 +14,9 @@ caption (clip i with seed + i, a few prompts per call); then, with the measures 
 - tag adherence: the musicnn tags the caption asks for (`quality.prompt_tags`), their mean score ÷
   the clip's mean tag score, on generated vs real clips of the same captions;
 - tempo: librosa's beat tracker against the BPM the caption states, octave errors (×2, ×½) apart;
+- attribute classifiers (`melody.eval.attributes`): style, lead instrument family, tempo class and mode, each
+  learnt from musicnn embeddings of train-split clips during the run; their accuracy on the real clips and, against
+  the attributes of the clip whose caption was the prompt, on the generated ones;
 - forward passes per stage and seconds per generated clip, from `GenerateOutput`.
 
 Choices where the issue is silent:
@@ -30,6 +33,8 @@ Choices where the issue is silent:
   time ÷ its prompts, so batching makes them lower than a clip alone.
 - Clips without a caption are skipped (and counted); real clips shorter than `seconds` are measured as
   they are (MuLan with their valid length), the generated ones are always `seconds` long.
+- Attribute classifiers need the corpus' train split: a corpus without one (or `attribute_clips` 0) gets the
+  rest of the report and a note saying the attributes were not measured.
 """
 
 from __future__ import annotations
@@ -44,9 +49,10 @@ import torch
 
 from melody.data.loader import ShardDataset, make_loader
 from melody.data.plots import spectrogram_grid
-from melody.data.shards import shard_paths
+from melody.data.shards import read_manifest, shard_paths
 from melody.ears.musicnn import MusicnnTagger
 from melody.errors import MelodyError
+from melody.eval.attributes import FEATURES, TRAIN_SPLIT, AttributeReport, score_attributes, spread_clips, train_classifiers
 from melody.eval.quality import (FADReport, cycle_consistency, disjoint_halves, fad_report, mulan_embeddings,
                                  musicnn_outputs, pair_cosines, prompt_bpm, tag_adherence, tempo_error, tempo_summary)
 from melody.io import write_json_atomic, write_text_atomic
@@ -56,6 +62,7 @@ MIN_CLIPS = 4  # two real halves of at least 2 clips each: a covariance needs 2
 BATCH_SIZE = 4  # prompts per `generate` call
 PICTURE_CLIPS = 4  # real vs generated spectrograms in the picture
 TEXT_BATCH = 16  # captions per MuLan text-tower call, as `quality.mulan_cycle_consistency`
+ATTRIBUTE_CLIPS = 400  # train clips the attribute classifiers learn from
 
 
 @dataclass
@@ -114,6 +121,7 @@ class MusicReport:
     tag_adherence: Compared  # mean over the clips whose caption asks for tags
     tag_clips: int
     tempo: TempoReport
+    attributes: AttributeReport  # classifiers of style, lead instrument family, tempo class, mode
     forward_passes: dict[str, int]  # per stage, one generate call (= one clip alone)
     seconds_per_clip: dict[str, float]  # per stage, wall time ÷ clips
     speed_x_real_time: float  # seconds of music per second of generation
@@ -125,6 +133,7 @@ class RealClips:
     keys: list[str]
     captions: list[str]
     audio: list[np.ndarray]  # mono (n_i,) float32, n_i ≤ seconds · rate
+    metas: list[dict]  # the clips' metadata (their attributes label them for the attribute classifiers)
     skipped_uncaptioned: int
 
 
@@ -138,7 +147,7 @@ def read_clips(data_root: str | Path, split: str, seconds: float, sample_rate: i
         raise MelodyError(f"{data_root}: the '{split}' split holds no clips")
     dataset = ShardDataset(paths, crop_seconds=seconds, sample_rate=sample_rate, channels=1, shuffle=0,
                            random_offset=False)
-    clips = RealClips([], [], [], 0)
+    clips = RealClips([], [], [], [], 0)
     for batch in make_loader(dataset, 1, 0, drop_last=False):
         if limit is not None and len(clips.keys) >= limit:
             break
@@ -149,6 +158,7 @@ def read_clips(data_root: str | Path, split: str, seconds: float, sample_rate: i
         clips.keys.append(batch["key"][0])
         clips.captions.append(caption)
         clips.audio.append(batch["audio"][0, 0, : int(batch["length"][0])].numpy())
+        clips.metas.append(batch["meta"][0])
     if len(clips.keys) < MIN_CLIPS:
         raise MelodyError(f"{data_root}: {len(clips.keys)} captioned clip(s) of the '{split}' split to evaluate; the "
                           f"report needs at least {MIN_CLIPS} (two real halves for the FAD floor)")
@@ -159,16 +169,23 @@ def read_clips(data_root: str | Path, split: str, seconds: float, sample_rate: i
 def evaluate_music(model: MeLoDy, data_root: str | Path, split: str = "test", seconds: float = 10.0,
                    limit: int | None = None, steps: int | None = None, guidance: float | None = None, seed: int = 0,
                    batch_size: int = BATCH_SIZE, tagger: MusicnnTagger | None = None, bundle: str = "",
-                   progress: Callable[[int], None] | None = None) -> tuple[MusicReport, list[tuple[str, np.ndarray, np.ndarray]]]:
+                   progress: Callable[[int], None] | None = None,
+                   attribute_clips: int = ATTRIBUTE_CLIPS) -> tuple[MusicReport, list[tuple[str, np.ndarray, np.ndarray]]]:
     """The report and (caption, real, generated) mono audio of the first clips, for the picture.
 
-    `progress(k)` is told after each `generate` call how many clips it made."""
+    `progress(k)` is told after each `generate` call how many clips it made. The attribute classifiers learn from
+    `attribute_clips` clips spread over the train split (0: none)."""
     if batch_size < 1:
         raise MelodyError(f"--batch-size must be at least 1, got {batch_size}")
+    if attribute_clips < 0:
+        raise MelodyError(f"--attribute-clips must be 0 (no attribute classifiers) or more, got {attribute_clips}")
     if steps is not None and steps < 1:
         raise MelodyError(f"--steps must be at least 1, got {steps}")
     rate = model.vae.cfg.sample_rate
     real = read_clips(data_root, split, seconds, rate, limit)
+    train = None  # the attribute classifiers' train clips, read lazily; a missing train split: no classifiers
+    if attribute_clips > 0 and TRAIN_SPLIT in read_manifest(data_root)["splits"]:
+        train = spread_clips(data_root, TRAIN_SPLIT, seconds, rate, attribute_clips)  # an empty split fails here, early
     n, captions = len(real.keys), real.captions
     steps = model.cfg.dpd.steps if steps is None else steps
     guidance = model.cfg.dpd.guidance if guidance is None else guidance
@@ -219,6 +236,17 @@ def evaluate_music(model: MeLoDy, data_root: str | Path, split: str = "test", se
             tempo["real"][i] = tempo_error(real.audio[i], rate, bpm)
         if asked[other[i]] is not None and asked[other[i]] > 0:
             tempo["mismatched"][i] = tempo_error(generated_np[i], rate, asked[other[i]])
+    # 5. attribute classifiers, learnt from train clips; the test and generated clips' embeddings are the FAD's
+    if train is None:
+        why = "--attribute-clips 0" if attribute_clips == 0 else f"the corpus has no '{TRAIN_SPLIT}' split"
+        attributes = AttributeReport(TRAIN_SPLIT, 0, FEATURES, {}, f"not measured: {why}")
+    else:
+        classifiers, read = train_classifiers(train, rate, tagger)
+        caveat = f"the '{split}' split is the classifiers' own: real accuracy is partly training accuracy"
+        attributes = AttributeReport(TRAIN_SPLIT, read, FEATURES,
+                                     score_attributes(classifiers, judged["real"].embeddings,
+                                                      judged["generated"].embeddings, real.metas, other),
+                                     caveat if split == TRAIN_SPLIT else "")
     tagged = ~np.isnan(adherence["real"])
     mismatched_tagged = ~np.isnan(adherence["mismatched"])
 
@@ -240,7 +268,7 @@ def evaluate_music(model: MeLoDy, data_root: str | Path, split: str = "test", se
         tag_clips=int(tagged.sum()),
         tempo=TempoReport(len(tempo["real"]), tempo_summary(list(tempo["generated"].values())),
                           tempo_summary(list(tempo["real"].values())), tempo_summary(list(tempo["mismatched"].values()))),
-        forward_passes=passes, seconds_per_clip=per_clip_seconds,
+        attributes=attributes, forward_passes=passes, seconds_per_clip=per_clip_seconds,
         speed_x_real_time=seconds / total if total > 0 else math.inf,
         per_clip=per_clip,
     )
@@ -284,6 +312,7 @@ def markdown(report: MusicReport) -> str:
         ("tempo error against the nearest octave (BPM) ↓", _fmt(g["mean_abs_octave_error_bpm"], 1),
          _fmt(r["mean_abs_octave_error_bpm"], 1), _fmt(m.get("mean_abs_octave_error_bpm"), 1),
          "mean abs(measured − nearest of ½, 1, 2 × asked) over every clip that states a tempo"),
+        *_attribute_rows(report.attributes),
         ("forward passes per clip", f"{passes} (total {sum(report.forward_passes.values())})", "—", "—",
          "one generate call; the prompts of a batch share its passes"),
         ("seconds per generated clip", f"{seconds} (total {sum(report.seconds_per_clip.values()):.3f}, "
@@ -291,7 +320,7 @@ def markdown(report: MusicReport) -> str:
     ]
     head = (f"# Generated vs real music: `{report.bundle}`, '{report.split}' split\n\n"
             f"{report.clips} clips of {report.seconds:g} s, music from each clip's caption (DPD {report.steps} steps, "
-            f"guidance {report.guidance:g}, clip i seeded {report.seed} + i).\n\n"
+            f"guidance {report.guidance:g}, clip i seeded {report.seed} + i).{_attribute_sentence(report.attributes)}\n\n"
             "| metric | generated | real (reference) | generated vs another clip's caption (chance) | note |\n"
             "|---|---|---|---|---|\n")
     return head + "".join(f"| {' | '.join(row)} |\n" for row in rows)
@@ -306,8 +335,42 @@ def summary(report: MusicReport) -> str:
             f"{_fmt(report.tag_adherence.generated)} (real {_fmt(report.tag_adherence.real)}, another caption "
             f"{_fmt(report.tag_adherence.mismatched)}); tempo error {_fmt(g['mean_abs_error_bpm'], 1)} BPM "
             f"(real {_fmt(r['mean_abs_error_bpm'], 1)}), octave errors {_pct(g['octave_error_rate'])} "
-            f"(real {_pct(r['octave_error_rate'])}); {sum(report.seconds_per_clip.values()):.2f} s per clip "
+            f"(real {_pct(r['octave_error_rate'])}); attribute accuracy generated / real (chance) "
+            f"{_attribute_summary(report.attributes)}; {sum(report.seconds_per_clip.values()):.2f} s per clip "
             f"({report.speed_x_real_time:.1f}× real time)")
+
+
+def _attribute_rows(attributes: AttributeReport) -> list[tuple[str, ...]]:
+    """One table row per attribute classifier (or one saying why there are none)."""
+    if not attributes.measured:
+        return [("attribute classifiers", "n/a", "n/a", "n/a", attributes.note)]
+    rows = []
+    for name, s in attributes.scores.items():
+        dropped = ", ".join(f"{c} ({k})" for c, k in s.dropped.items())
+        note = s.note or (f"{len(s.classes)} classes: chance 1/{len(s.classes)} = {_fmt(s.chance, 2)}, always the commonest "
+                          f"{_fmt(s.real.majority, 2)}; {s.real.clips} clips of a learnt class")
+        note += f"; learnt from {s.train_clips} of {attributes.train_clips} '{attributes.train_split}' clips"
+        if s.real.accuracy is not None and s.real.accuracy <= max(s.chance, s.real.majority):
+            note = "**not heard**: real clips score no better than chance, so the generated number means nothing; " + note
+        rows.append((f"{name} accuracy ↑", _fmt(s.generated.accuracy), _fmt(s.real.accuracy), _fmt(s.mismatched.accuracy),
+                     note + (f"; too few to learn: {dropped}" if dropped else "")))
+    return rows
+
+
+def _attribute_sentence(attributes: AttributeReport) -> str:
+    if not attributes.measured:
+        return ""
+    return (f" Attribute classifiers: balanced logistic regression on the {attributes.features}, learnt from "
+            f"{attributes.train_clips} clips spread over the '{attributes.train_split}' split; generated clip i is "
+            f"scored against the attributes of real clip i, whose caption was its prompt."
+            + (f" Note: {attributes.note}." if attributes.note else ""))
+
+
+def _attribute_summary(attributes: AttributeReport) -> str:
+    if not attributes.measured:
+        return attributes.note
+    return ", ".join(f"{name} {_fmt(s.generated.accuracy, 2)} / {_fmt(s.real.accuracy, 2)} ({_fmt(s.chance, 2)})"
+                     for name, s in attributes.scores.items())
 
 
 def _number(x: float) -> float | None:
