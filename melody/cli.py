@@ -479,6 +479,20 @@ def train_dpd(
     _train("dpd", data, out, preset, set_ or [], resume, progress, frozen)
 
 
+@train_app.command("musiclm")
+def train_musiclm(
+    data: DataOpt, out: RunOpt,
+    bundle: Annotated[Path, typer.Option("--bundle", help="The melody bundle whose MuLan, tokenizer, semantic LM and VAE "
+                                         "the baseline shares (e.g. melody/bundled).")],
+    preset: Annotated[str, typer.Option("--preset", help="MusicLM-style preset: tiny (CPU) or paper.")] = "tiny",
+    set_: SetOpt = None, resume: ResumeOpt = False, progress: ProgressOpt = True,
+) -> None:
+    """Train the MusicLM-style baseline: fit its codec (k-means RVQ), then its coarse and fine acoustic LMs."""
+    from melody.train.musiclm import train_musiclm as train_baseline
+
+    typer.echo(train_baseline(data, bundle, out, preset, set_ or [], resume, progress).summary())
+
+
 @train_app.command("all")
 def train_all(
     data: DataOpt,
@@ -657,6 +671,8 @@ def eval_music(
     seconds: Annotated[float, typer.Option("--seconds", help="Seconds of each clip to compare and of music to make.")] = 10.0,
     steps: StepsOpt = None, guidance: GuidanceOpt = None, seed: SeedOpt = 0,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts per generate call.")] = 4,
+    attribute_clips: Annotated[int, typer.Option("--attribute-clips", help="Train-split clips (spread over it) the style, "
+                                                 "instrument, tempo and mode classifiers learn from; 0: none.")] = 400,
     progress: ProgressOpt = True,
 ) -> None:
     """Generate music from the held-out clips' captions; FAD, MuLan cycle consistency, tag and tempo adherence vs the real clips.
@@ -675,8 +691,34 @@ def eval_music(
     model = _melody(bundle)
     with tqdm(desc="eval music", unit="clip", total=limit, disable=not progress) as bar:
         report, examples = evaluate_music(model, data, split, seconds, limit, steps, guidance, seed, batch_size,
-                                          bundle=str(bundle or BUNDLE), progress=bar.update)
+                                          bundle=str(bundle or BUNDLE), progress=bar.update, attribute_clips=attribute_clips)
     paths = write_music_report(report, examples, out)
+    typer.echo(summary(report))
+    typer.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
+@app.command("bench")
+def bench_command(
+    bundle: Annotated[Optional[Path], typer.Argument(help="Model bundle folder for the `bundled` shapes "
+                                                     "(default: the bundled tiny model).")] = None,
+    seconds: Annotated[Optional[list[float]], typer.Option("--seconds", help="Seconds of music per run "
+                                                           "(repeatable; default 10 and 30).")] = None,
+    shapes: Annotated[Optional[list[str]], typer.Option("--shapes", help="bundled, paper (random weights) or musicgen-small, "
+                                                        "optionally with its own durations, e.g. paper:10 "
+                                                        "(repeatable; default bundled).")] = None,
+    threads: Annotated[int, typer.Option("--threads", help="Intra-op threads of every run.")] = 2,
+    steps: StepsOpt = None,
+    device: Annotated[str, typer.Option("--device", help="cpu or cuda[:N].")] = "cpu",
+    out: Annotated[Path, typer.Option("--out", help="Report folder: bench.json, bench.md, bench.png.")] = Path("bench"),
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Print each run's steps.")] = True,
+) -> None:
+    """Forward passes, wall time, real-time factor, peak memory and roofline bounds per stage; MusicGen-small shapes beside."""
+    from melody.eval.bench import run_bench, summary, write_bench_report
+
+    report = run_bench(bundle, seconds or [10.0, 30.0], shapes or ["bundled"], threads, steps, device,
+                       progress=(lambda line: typer.echo(line, err=True)) if progress else None,
+                       partial=lambda done: write_bench_report(done, out))  # the runs done so far survive a stop
+    paths = write_bench_report(report, out)
     typer.echo(summary(report))
     typer.echo("wrote " + ", ".join(str(p) for p in paths))
 

@@ -52,7 +52,8 @@ from melody.data.plots import spectrogram_grid
 from melody.data.shards import read_manifest, shard_paths
 from melody.ears.musicnn import MusicnnTagger
 from melody.errors import MelodyError
-from melody.eval.attributes import FEATURES, TRAIN_SPLIT, AttributeReport, score_attributes, spread_clips, train_classifiers
+from melody.eval.attributes import (FEATURES, TRAIN_SPLIT, AttributeReport, score_attributes, spread_clips, spread_indices,
+                                    train_classifiers)
 from melody.eval.quality import (FADReport, cycle_consistency, disjoint_halves, fad_report, mulan_embeddings,
                                  musicnn_outputs, pair_cosines, prompt_bpm, tag_adherence, tempo_error, tempo_summary)
 from melody.io import write_json_atomic, write_text_atomic
@@ -139,7 +140,9 @@ class RealClips:
 
 def read_clips(data_root: str | Path, split: str, seconds: float, sample_rate: int,
                limit: int | None = None) -> RealClips:
-    """The first `seconds` of the split's captioned clips (mono, at `sample_rate`), in corpus order, up to `limit`."""
+    """The first `seconds` of the split's captioned clips (mono, at `sample_rate`), in corpus order; with a `limit`,
+    that many clips spread evenly over the split (`spread_indices`: a corpus is written source by source, so its
+    first clips would all come from one source)."""
     if not (math.isfinite(seconds) and seconds > 0):
         raise MelodyError(f"--seconds must be a positive number of seconds, got {seconds}")
     paths = shard_paths(data_root, split)  # one-line errors: no corpus folder, no such split
@@ -147,10 +150,16 @@ def read_clips(data_root: str | Path, split: str, seconds: float, sample_rate: i
         raise MelodyError(f"{data_root}: the '{split}' split holds no clips")
     dataset = ShardDataset(paths, crop_seconds=seconds, sample_rate=sample_rate, channels=1, shuffle=0,
                            random_offset=False)
+    wanted = None
+    if limit is not None:
+        total = int(read_manifest(data_root)["splits"][split].get("clips", 0))
+        wanted = set(spread_indices(total, limit)) if total else None
     clips = RealClips([], [], [], [], 0)
-    for batch in make_loader(dataset, 1, 0, drop_last=False):
+    for i, batch in enumerate(make_loader(dataset, 1, 0, drop_last=False)):
         if limit is not None and len(clips.keys) >= limit:
             break
+        if wanted is not None and i not in wanted:
+            continue
         caption = batch["caption"][0].strip()
         if not caption:
             clips.skipped_uncaptioned += 1
