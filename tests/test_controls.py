@@ -58,7 +58,7 @@ def test_bpm_and_key_condition_like_the_text_that_says_them(melody):  # noqa: F8
 
 def test_the_tempo_a_prompt_states_reaches_the_lm_as_its_tempo_token_in_every_mode(melody):  # noqa: F811
     lm_cfg = melody.semantic_lm.config
-    assert lm_cfg.tempo_buckets > 0  # the tiny preset's LM has the token
+    assert lm_cfg.tempo_buckets > 0  # the test bundle's LM has the token (TINY_STACK)
 
     def bucket(*bpm):
         return tempo_bucket(torch.tensor(bpm, dtype=torch.float64), lm_cfg.tempo_buckets, lm_cfg.tempo_range)
