@@ -1,0 +1,536 @@
+"""A MusicLM-style baseline run in the same process as melody: semantic LM → coarse → fine acoustic LMs → codec.
+
+MusicLM (Agostinelli et al. 2023) generates in AudioLM's hierarchy (Borsos et al. 2022):
+
+1. MuLan tokens of the prompt (12 RVQ levels of the text embedding);
+2. **semantic** tokens (25 Hz), an LM conditioned on the MuLan tokens;
+3. **coarse acoustic** tokens: the first 4 RVQ levels of a 50 Hz codec, an LM conditioned on the MuLan
+   tokens and the semantic tokens;
+4. **fine acoustic** tokens: the other 8 levels, an LM conditioned on the coarse tokens, in ~3 s windows;
+5. the codec decoder → audio.
+
+Every token costs one forward pass, so T seconds cost (25 + 50·4 + 50·8)·T = (25 + 200 + 400)·T passes
+(MeLoDy Table 3), against melody's 25·T + the DPD's steps. Steps 1–2 here *are* melody's: the same MuLan, the
+same semantic LM, the same sampling settings and seeds (`MusicLMStyle.generate` draws exactly the semantic
+tokens `MeLoDy.generate` draws for the same prompt and seed), so a comparison isolates the acoustic stage:
+melody's DPD + VAE decoder against the coarse and fine LMs + codec decoder. The codec is
+`melody.baselines.codec` (the bundled VAE's latents made 50 Hz × 12 RVQ levels: we have no SoundStream).
+
+The acoustic LMs (`CoarseLM`, `FineLM`, one base `AcousticLM`) are decoder-only `melody.modules.transformer.
+Transformer`s with a KV cache. A window's stream is
+
+    coarse: [ m_1 … m_12 | s_a … s_b | BOS | a_{f,1} a_{f,2} a_{f,3} a_{f,4} a_{f+1,1} … ]
+    fine:   [ a_{f,1} … a_{f,4} a_{f+1,1} … (the window's coarse tokens) | BOS | a_{f,5} … a_{f,12} a_{f+1,5} … ]
+
+tokens flattened frame by frame in level order (AudioLM's flattening), MuLan tokens m, the semantic tokens s of the
+window's frames (a 50 Hz frame f lies in 25 Hz token ⌊f / 2⌋). As melody's semantic LM does for MuLan
+levels, code k at level l is row l·K + k of one embedding table, so each level has its own vectors; the
+output heads are per level too (`head` `(levels, K, dim)`: position i, of level i mod L, is scored by its
+level's head). Training is teacher-forced next-token cross-entropy (`melody.semantic.lm.lm_loss`).
+
+Sampling (`sample_acoustic`): temperature and top-k (`melody.semantic.sampling.sample_token`), one seeded
+`torch.Generator` per row, and windows so that any length works — the semantic LM's rule
+(`melody.semantic.sampling.generate`) in frames: a window holds at most `window` frames; when it is full and
+more are wanted, the next starts `stride` frames later from a fresh cache, re-encoding its condition (the
+semantic or coarse tokens of *its* frames) and its first `window − stride` frames in one pass. Every token's
+scores come from exactly one forward call, so `forward_passes` = tokens generated, however many windows.
+
+Choices where MusicLM's paper is silent or was not available to us (docs/baselines.md):
+- sizes: `paper` = 24 layers × 1024 wide, 16 heads for each acoustic LM (MusicLM's 430 M-parameter stages;
+  ours have SwiGLU and rotary positions, `parameter_count`: ≈ 325 M each); `tiny` = melody's tiny LM sizes;
+- windows: coarse 10 s advancing by 5 s (melody's semantic LM windows), fine 3 s advancing by 1.5 s;
+  `tiny` trains and samples 2.56 s coarse and 1.28 s fine windows (melody's DPD crop);
+- temperatures 0.95 (coarse) and 0.4 (fine), no top-k: our choice, cooler for the finer, noisier levels (MusicLM's
+  own values were not at hand); no classifier-free guidance in the acoustic stages (one pass per token, Table 3's count);
+- training: the coarse LM conditioned on the MuLan tokens of the crop's *audio* (MusicLM's recipe, as
+  melody's LM), never dropped; both LMs learn from the same crops in one step, each with its own AdamW;
+  `tiny` takes the data of melody's DPD run and the optimiser of melody's LM run, for the DPD run's wall clock
+  (5 500 steps, `benchmarks/musiclm_train_budget.py`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from melody.baselines.codec import CodecConfig, LatentCodec, decode_audio
+from melody.checkpoint import fingerprint, load_weights, prefixed, read_tensors, unprefixed, write_tensors
+from melody.config import MelodyConfig, TrainConfig, apply_overrides, from_dict, to_dict
+from melody.data.loader import mix_seeds
+from melody.errors import MelodyError
+from melody.io import read_json, write_json_atomic
+from melody.modules.transformer import KVCache, Transformer, TransformerConfig
+from melody.semantic.lm import LMOutput, window_and_stride
+from melody.semantic.sampling import generate as generate_semantic
+from melody.semantic.sampling import sample_token
+
+if typing.TYPE_CHECKING:
+    from melody.pipeline import MeLoDy
+
+FORMAT = "melody-musiclm"
+FORMAT_VERSION = 1
+FROZEN = ("mulan", "tokenizer", "vae")  # the melody models whose outputs the acoustic LMs learned
+
+
+# --- configuration ---------------------------------------------------------------------------------
+
+
+@dataclass
+class AcousticLMConfig:
+    """One acoustic LM: decoder sizes, its window (training crop and sampling window) and sampling settings."""
+
+    dim: int = 1024
+    depth: int = 24
+    heads: int = 16
+    dropout: float = 0.1  # MusicLM's
+    window_seconds: float = 10.0
+    stride_seconds: float = 5.0
+    temperature: float = 0.95
+    top_k: int = 0
+
+
+@dataclass
+class MusicLMConfig:
+    """The baseline's acoustic half; the semantic half is the melody bundle it runs beside. Defaults: `paper`."""
+
+    preset: str = "paper"
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    coarse: AcousticLMConfig = field(default_factory=AcousticLMConfig)
+    fine: AcousticLMConfig = field(default_factory=lambda: AcousticLMConfig(window_seconds=3.0, stride_seconds=1.5,
+                                                                            temperature=0.4))
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# Presets are overrides of the `paper` defaults, written as `--set` writes them (as melody.config's are).
+PRESETS: dict[str, tuple[str, ...]] = {
+    "paper": (),
+    "tiny": (
+        "codec.codebook_size=256",  # 12 levels: mel distance 0.464 vs 0.446 with 1024 (docs/baselines.md)
+        "coarse.dim=128", "coarse.depth=4", "coarse.heads=4",  # melody's tiny semantic LM
+        "coarse.window_seconds=2.56", "coarse.stride_seconds=1.28",  # melody's tiny DPD crop: 64 semantic tokens
+        "fine.dim=128", "fine.depth=4", "fine.heads=4",
+        "fine.window_seconds=1.28", "fine.stride_seconds=0.64",
+        # the data of melody's tiny DPD run (batch 8 × 2.56 s crops) with its LM's optimiser (lr 1e-3, weight decay
+        # 0.1, melody/train/recipes.py); steps: the DPD run's wall clock on 2 CPU cores (docs/baselines.md)
+        "train.batch_size=8", "train.lr=1e-3", "train.weight_decay=0.1", "train.steps=5500", "train.warmup_steps=100",
+        "train.checkpoint_every=250", "train.log_every=25", "train.sample_every=250", "train.num_workers=1",
+        "train.mixed_precision=no",
+    ),
+}
+
+
+def preset(name: str, overrides: Sequence[str] = ()) -> MusicLMConfig:
+    """The named preset with `section.key=value` overrides on top (`coarse.depth=2`, `train.steps=100`)."""
+    if name not in PRESETS:
+        raise MelodyError(f"unknown MusicLM preset '{name}'; choose one of: {', '.join(PRESETS)}")
+    return apply_overrides(apply_overrides(MusicLMConfig(preset=name), PRESETS[name]), overrides)
+
+
+def window_frames(config: AcousticLMConfig, frame_rate: int) -> tuple[int, int]:
+    """(frames per window, frames per slide): 10 s and 5 s at 50 Hz → (500, 250)."""
+    window, stride = round(config.window_seconds * frame_rate), round(config.stride_seconds * frame_rate)
+    if window < 1 or not 1 <= stride <= window:
+        raise MelodyError(f"acoustic LM window {window} and stride {stride} frames: need 1 ≤ stride ≤ window; "
+                          "check window_seconds and stride_seconds")
+    return window, stride
+
+
+# --- the acoustic LMs ------------------------------------------------------------------------------
+
+
+def flatten_codes(codes: torch.Tensor) -> torch.Tensor:
+    """Codes `(b, frames, levels)` → `(b, frames · levels)`, frame by frame in level order (AudioLM)."""
+    return rearrange(codes, "b n l -> b (n l)")
+
+
+def unflatten_codes(tokens: torch.Tensor, levels: int) -> torch.Tensor:
+    """The inverse of `flatten_codes`: `(b, n · levels)` → `(b, n, levels)`."""
+    return rearrange(tokens, "b (n l) -> b n l", l=levels)
+
+
+@dataclass
+class AcousticLMCache:
+    """The decoder's per-layer `KVCache`s, the scores of the next token, and how many target tokens were fed."""
+
+    layers: list[KVCache]
+    next_logits: torch.Tensor | None = None  # (b, K), None before the first call
+    fed: int = 0  # target tokens in the window so far: the next one is of level fed mod levels
+
+    @property
+    def length(self) -> int:
+        return self.layers[0].length if self.layers else 0
+
+
+class AcousticLM(nn.Module):
+    """p(target codes | condition): [condition | BOS | flattened codes of `levels` levels from `first_level`].
+
+    forward(tokens `(b, t)` long, flattened codes of the window's first frames; *condition, the subclass's
+    `condition` arguments (none with a filled cache); cache) → `LMOutput`: `logits[:, i]` scores tokens[:, i],
+    `next_logits` the token after the last (of level t mod levels). The embedding table holds
+    `embedded_levels` levels (the fine LM also embeds the coarse levels it is conditioned on).
+    """
+
+    def __init__(self, config: AcousticLMConfig, codebook_size: int, first_level: int, levels: int,
+                 embedded_levels: int) -> None:
+        super().__init__()
+        if first_level + levels > embedded_levels:
+            raise ValueError(f"levels {first_level} … {first_level + levels - 1} are not all embedded ({embedded_levels})")
+        self.config, self.codebook_size, self.first_level, self.levels = config, codebook_size, first_level, levels
+        d = config.dim
+        self.codec_embedding = nn.Embedding(embedded_levels * codebook_size, d)  # row l·K + k: code k at level l
+        self.bos = nn.Parameter(torch.randn(d))
+        self.transformer = Transformer(TransformerConfig(d, config.depth, config.heads, causal=True, dropout=config.dropout))
+        self.head = nn.Parameter(torch.empty(levels, codebook_size, d).uniform_(-d ** -0.5, d ** -0.5))  # per-level heads
+
+    def new_cache(self) -> AcousticLMCache:
+        return AcousticLMCache(self.transformer.new_cache())
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def embed_codes(self, tokens: torch.Tensor, first_level: int, levels: int, start: int = 0) -> torch.Tensor:
+        """Flattened codes `(b, t)` whose position j is of level first_level + (start + j) mod levels → `(b, t, dim)`."""
+        if ((tokens < 0) | (tokens >= self.codebook_size)).any():
+            raise ValueError(f"codec tokens must lie in [0, {self.codebook_size})")
+        level = first_level + (start + torch.arange(tokens.shape[1], device=tokens.device)) % levels
+        return self.codec_embedding(tokens + level * self.codebook_size)
+
+    def target_logits(self, h: torch.Tensor, start: int) -> torch.Tensor:
+        """Decoder outputs `(b, t, dim)` predicting target positions start … start + t − 1 → logits `(b, t, K)`,
+        each position by its level's head. Padded to whole frames, so all levels go in one einsum."""
+        b, t, _ = h.shape
+        front = start % self.levels
+        back = -(front + t) % self.levels
+        frames = rearrange(F.pad(h, (0, 0, front, back)), "b (n l) d -> b n l d", l=self.levels)
+        scores = torch.einsum("bnld,lkd->bnlk", frames, self.head.to(h.dtype))
+        return rearrange(scores, "b n l k -> b (n l) k")[:, front:front + t]
+
+    def condition(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """The embedded condition `(b, c, dim)` (the subclasses say of what)."""
+        raise NotImplementedError
+
+    def forward(self, tokens: torch.Tensor, *condition: torch.Tensor, cache: AcousticLMCache | None = None) -> LMOutput:
+        b, t = tokens.shape
+        if cache is None or cache.length == 0:
+            if not condition:
+                raise ValueError("a fresh stream needs its condition")
+            prefix = self.condition(*condition)  # (b, c, dim)
+            # [condition | BOS | targets]; outputs at BOS … target t − 1 predict targets 0 … t
+            x = torch.cat((prefix, self.bos.expand(b, 1, -1).to(prefix.dtype),
+                           self.embed_codes(tokens, self.first_level, self.levels)), dim=1)
+            h = self.transformer(x, cache=None if cache is None else cache.layers)
+            scores = self.target_logits(h[:, -(t + 1):], 0)  # (b, t + 1, K)
+            logits, next_logits, start = scores[:, :t], scores[:, t], 0
+        else:
+            if condition:
+                raise ValueError("the condition is already in the cache; pass none")
+            if t == 0:
+                return LMOutput(cache.next_logits.new_empty(b, 0, self.codebook_size), cache.next_logits)
+            start = cache.fed
+            h = self.transformer(self.embed_codes(tokens, self.first_level, self.levels, start), cache=cache.layers)
+            scores = self.target_logits(h, start + 1)  # the output at target j predicts target j + 1
+            logits = torch.cat((cache.next_logits[:, None], scores[:, :-1]), dim=1)
+            next_logits = scores[:, -1]
+        if cache is not None:
+            cache.next_logits, cache.fed = next_logits, start + t
+        return LMOutput(logits, next_logits)
+
+
+class CoarseLM(AcousticLM):
+    """Coarse acoustic tokens (codec levels 1–4) given MuLan tokens and semantic tokens (MusicLM)."""
+
+    def __init__(self, config: AcousticLMConfig, codebook_size: int, coarse_levels: int, mulan_levels: int,
+                 mulan_codebook_size: int, semantic_vocab: int) -> None:
+        super().__init__(config, codebook_size, 0, coarse_levels, coarse_levels)
+        self.mulan_levels, self.mulan_codebook_size, self.semantic_vocab = mulan_levels, mulan_codebook_size, semantic_vocab
+        self.mulan_embedding = nn.Embedding(mulan_levels * mulan_codebook_size, config.dim)  # row l·K_m + k
+        self.register_buffer("mulan_offsets", torch.arange(mulan_levels) * mulan_codebook_size, persistent=False)
+        self.semantic_embedding = nn.Embedding(semantic_vocab, config.dim)
+
+    @classmethod
+    def from_config(cls, cfg: MusicLMConfig, melody_cfg: MelodyConfig) -> CoarseLM:
+        return cls(cfg.coarse, cfg.codec.codebook_size, cfg.codec.coarse_levels, melody_cfg.mulan.rvq_levels,
+                   melody_cfg.mulan.codebook_size, melody_cfg.tokenizer.codebook_size)
+
+    def condition(self, mulan_tokens: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
+        """[MuLan tokens `(b, M)` | semantic tokens `(b, S)`] → `(b, M + S, dim)`."""
+        if mulan_tokens.shape[1] != self.mulan_levels or ((mulan_tokens < 0) | (mulan_tokens >= self.mulan_codebook_size)).any():
+            raise ValueError(f"MuLan tokens must be (b, {self.mulan_levels}) in [0, {self.mulan_codebook_size})")
+        if ((semantic < 0) | (semantic >= self.semantic_vocab)).any():
+            raise ValueError(f"semantic tokens must lie in [0, {self.semantic_vocab})")
+        return torch.cat((self.mulan_embedding(mulan_tokens + self.mulan_offsets), self.semantic_embedding(semantic)), dim=1)
+
+
+class FineLM(AcousticLM):
+    """Fine acoustic tokens (codec levels 5–12) given the coarse tokens of the same frames (AudioLM)."""
+
+    def __init__(self, config: AcousticLMConfig, codebook_size: int, coarse_levels: int, fine_levels: int) -> None:
+        super().__init__(config, codebook_size, coarse_levels, fine_levels, coarse_levels + fine_levels)
+        self.coarse_levels = coarse_levels
+
+    @classmethod
+    def from_config(cls, cfg: MusicLMConfig) -> FineLM:
+        return cls(cfg.fine, cfg.codec.codebook_size, cfg.codec.coarse_levels, cfg.codec.fine_levels)
+
+    def condition(self, coarse: torch.Tensor) -> torch.Tensor:
+        """Coarse codes `(b, n, coarse_levels)` → `(b, n · coarse_levels, dim)`, with the coarse levels' rows."""
+        return self.embed_codes(flatten_codes(coarse), 0, self.coarse_levels)
+
+
+def parameter_count(cfg: MusicLMConfig, melody_cfg: MelodyConfig) -> dict[str, int]:
+    """Parameters of the coarse and fine LMs at these sizes, counted on the meta device (no memory, no init)."""
+    with torch.device("meta"):
+        return {"coarse": CoarseLM.from_config(cfg, melody_cfg).num_parameters(),
+                "fine": FineLM.from_config(cfg).num_parameters()}
+
+
+# --- sampling --------------------------------------------------------------------------------------
+
+
+@dataclass
+class AcousticResult:
+    """What `sample_acoustic` returns; the counts are per call, the same for every row."""
+
+    codes: torch.Tensor  # (b, frames, levels) long
+    forward_passes: int  # network calls: == frames · levels
+    windows: int  # windows encoded from a fresh cache (the first one included)
+    positions: int  # stream positions processed per row: condition + BOS + kept frames per window, 1 per step
+
+
+@torch.no_grad()
+def sample_acoustic(lm: AcousticLM, condition: Callable[[int, int], tuple[torch.Tensor, ...]], frames: int, window: int,
+                    stride: int, *,
+                    temperature: float = 1.0, top_k: int = 0,
+                    generator: torch.Generator | Sequence[torch.Generator] | None = None) -> AcousticResult:
+    """Ancestral sampling of `frames` frames × `lm.levels` tokens with a KV cache and sliding windows.
+
+    `condition(first_frame, n_frames)` → the arguments of `lm.condition` for the window covering those frames
+    (e.g. `lambda f, n: (mulan, semantic[:, f // 2:ceil((f + n) / 2)])` for the coarse LM). The caller puts
+    `lm` in eval mode.
+    """
+    if frames < 0:
+        raise MelodyError(f"cannot generate {frames} frames; ask for 0 or more")
+    if window < 1 or not 1 <= stride <= window:
+        raise MelodyError(f"window {window} and stride {stride} frames: need 1 ≤ stride ≤ window")
+    levels = lm.levels
+    n = frames * levels
+    cond = condition(0, min(window, frames))
+    b, device = cond[0].shape[0], cond[0].device
+    tokens = torch.zeros(b, n, dtype=torch.long, device=device)
+    if n == 0:
+        return AcousticResult(unflatten_codes(tokens, levels), 0, 0, 0)
+    # the first window: [condition | BOS] from a fresh cache, in one pass
+    cache, first = lm.new_cache(), 0  # first: the window's first frame
+    logits = lm(tokens[:, :0], *cond, cache=cache).next_logits
+    passes, windows, positions = 1, 1, cache.length
+    for i in range(n):
+        token = sample_token(logits, temperature, top_k, 1.0, generator)  # a ~ p(· | condition, window so far)
+        tokens[:, i] = token
+        if i == n - 1:
+            break
+        if i + 1 == (first + window) * levels:
+            # the window is full: the next starts `stride` frames later, its kept frames re-encoded
+            first += stride
+            cond = condition(first, min(window, frames - first))
+            cache = lm.new_cache()
+            logits = lm(tokens[:, first * levels:i + 1], *cond, cache=cache).next_logits
+            windows += 1
+            positions += cache.length
+        else:
+            logits = lm(token[:, None], cache=cache).next_logits  # feed the token: the next one's scores
+            positions += 1
+        passes += 1
+    return AcousticResult(unflatten_codes(tokens, levels), passes, windows, positions)
+
+
+def semantic_span(first_frame: int, n_frames: int, ratio: Fraction, total: int) -> tuple[int, int]:
+    """The semantic tokens [a, b) whose frames overlap codec frames first_frame … first_frame + n_frames − 1,
+    `ratio` = token rate / codec rate (25 / 50), clipped to the `total` tokens there are."""
+    return math.floor(first_frame * ratio), min(total, math.ceil((first_frame + n_frames) * ratio))
+
+
+# --- end to end ------------------------------------------------------------------------------------
+
+
+@dataclass
+class MusicLMOutput:
+    """What `MusicLMStyle.generate` returns (melody's `GenerateOutput`, with acoustic tokens for latents)."""
+
+    audio: torch.Tensor  # (b, channels, round(seconds · sample_rate)) float32 in [-1, 1]
+    sample_rate: int
+    semantic_tokens: torch.Tensor  # (b, ⌈25 · seconds⌉) long: melody's own for the same prompt and seed
+    acoustic_tokens: torch.Tensor  # (b, ⌈50 · seconds⌉, 12) long: coarse levels then fine
+    forward_passes: dict[str, int] = field(default_factory=dict)  # per stage, network calls
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage, wall time
+
+
+class MusicLMStyle:
+    """The baseline: melody's MuLan and semantic LM, then `CoarseLM`, `FineLM` and the codec (`LatentCodec` + melody's VAE)."""
+
+    def __init__(self, melody: MeLoDy, codec: LatentCodec, coarse: CoarseLM, fine: FineLM, config: MusicLMConfig) -> None:
+        self.melody, self.codec, self.coarse, self.fine, self.config = melody, codec, coarse, fine, config
+        m = melody.cfg
+        if (coarse.mulan_levels, coarse.mulan_codebook_size, coarse.semantic_vocab) != (
+                m.mulan.rvq_levels, m.mulan.codebook_size, m.tokenizer.codebook_size):
+            raise MelodyError("this MusicLM-style model was built for another MuLan or tokenizer than the bundle's; "
+                              "pass the bundle it was trained with")
+        if (codec.latent_dim, codec.latent_rate) != (melody.vae.cfg.latent_dim, melody.vae.latent_rate):
+            raise MelodyError(f"the codec reads {codec.latent_rate:g} Hz × {codec.latent_dim} latents, the bundle's VAE makes "
+                              f"{melody.vae.latent_rate:g} Hz × {melody.vae.cfg.latent_dim}; pass the bundle it was trained with")
+        device = next(melody.semantic_lm.parameters()).device
+        for model in (codec, coarse, fine):
+            model.to(device).eval()
+
+    @staticmethod
+    def build(config: MusicLMConfig, melody_cfg: MelodyConfig) -> tuple[LatentCodec, CoarseLM, FineLM]:
+        """Untrained models of these sizes (PyTorch's initialisation; the codec has no codebooks yet)."""
+        vae = melody_cfg.vae
+        codec = LatentCodec(config.codec, vae.latent_dim, vae.sample_rate / math.prod(vae.strides))
+        return codec, CoarseLM.from_config(config, melody_cfg), FineLM.from_config(config)
+
+    @classmethod
+    def random(cls, config: MusicLMConfig, melody: MeLoDy, seed: int = 0) -> MusicLMStyle:
+        """Random weights and random codebooks (seeded): for forward-pass counts and speed, e.g. at `paper` shapes."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            codec, coarse, fine = cls.build(config, melody.cfg)
+        codec.randomize(torch.Generator().manual_seed(seed))
+        return cls(melody, codec, coarse, fine, config)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, melody: MeLoDy) -> MusicLMStyle:
+        """Load `folder/musiclm.safetensors` + `folder/musiclm.json` beside `melody`, the bundle it was trained against."""
+        folder = Path(folder)
+        if not (folder / "musiclm.json").is_file():
+            raise MelodyError(f"{folder}: holds no musiclm.json; give the folder `melody train musiclm` exported "
+                              "(its run folder, once finished)")
+        meta = read_json(folder / "musiclm.json", "MusicLM-style config")
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise MelodyError(f"{folder / 'musiclm.json'}: not a MusicLM-style model config (no '{FORMAT}' format); "
+                              "export it with melody")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise MelodyError(f"{folder / 'musiclm.json'}: format version {meta.get('format_version')} is not supported "
+                              f"(expected {FORMAT_VERSION}); re-export it with this version of melody")
+        config = from_dict(meta.get("config"), MusicLMConfig, "config")
+        tensors, info = read_tensors(folder / "musiclm.safetensors", "MusicLM-style weights")
+        if info.get("stage") != "musiclm":
+            raise MelodyError(f"{folder / 'musiclm.safetensors'}: holds '{info.get('stage')}' weights, not 'musiclm'")
+        for name in FROZEN:
+            recorded = (meta.get("trained_against") or {}).get(name)
+            if recorded is not None and recorded != fingerprint(getattr(melody, name)):
+                raise MelodyError(f"{folder}: was trained against another {name} than this bundle's (fingerprint {recorded}); "
+                                  "pass the bundle it was trained with")
+        codec, coarse, fine = cls.build(config, melody.cfg)
+        for name, module in (("codec", codec), ("coarse", coarse), ("fine", fine)):
+            load_weights(module, unprefixed(tensors, name), f"{folder / 'musiclm.safetensors'} [{name}]")
+        return cls(melody, codec, coarse, fine, config)
+
+    def save_pretrained(self, folder: str | Path, trained_against: dict[str, str] | None = None) -> Path:
+        """Write `folder/musiclm.safetensors` (codec codebooks and both LMs) and `folder/musiclm.json` (format,
+        version, config, and the fingerprints of the melody models it learned from: `trained_against`, by
+        default this bundle's)."""
+        folder = Path(folder)
+        if trained_against is None:
+            trained_against = {name: fingerprint(getattr(self.melody, name)) for name in FROZEN}
+        state = {**prefixed(self.codec.state_dict(), "codec"), **prefixed(self.coarse.state_dict(), "coarse"),
+                 **prefixed(self.fine.state_dict(), "fine")}
+        path = write_tensors(folder / "musiclm.safetensors", state, {"stage": "musiclm"})
+        write_json_atomic(folder / "musiclm.json", {"format": FORMAT, "format_version": FORMAT_VERSION,
+                                                    "config": to_dict(self.config), "trained_against": trained_against})
+        return path
+
+    @property
+    def frame_rate(self) -> int:
+        return self.config.codec.frame_rate
+
+    @property
+    def _device(self) -> torch.device:
+        return next(self.coarse.parameters()).device
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], seconds: float, seed: int = 0,
+                 progress: Callable[[str], None] | None = None) -> MusicLMOutput:
+        """Music for each prompt `(b, channels, round(seconds · rate))`: text → MuLan tokens → melody's semantic LM
+        → coarse LM → fine LM → codec decoder. Prompt i uses seed + i in every stage (a batch gives each prompt
+        what a run of it alone gives); the semantic stage draws what `MeLoDy.generate` draws."""
+        from melody.pipeline import check_duration, check_prompts
+
+        prompts, seconds = check_prompts(prompts), check_duration(seconds)
+        melody, tell = self.melody, progress or (lambda stage: None)
+        times, passes = {}, {}
+
+        tell("mulan")
+        clock = time.perf_counter()
+        mulan_tokens = melody.mulan.tokens(melody.mulan.embed_text(prompts))  # (b, 12)
+        times["mulan"], passes["mulan"] = time.perf_counter() - clock, 1
+
+        tell("semantic_lm")
+        clock = time.perf_counter()
+        semantic = self.semantic_tokens(mulan_tokens, math.ceil(seconds * melody.token_rate), seed, prompts)
+        times["semantic_lm"], passes["semantic_lm"] = time.perf_counter() - clock, semantic.forward_passes
+
+        codes = self.acoustic_tokens(mulan_tokens, semantic.tokens, math.ceil(seconds * self.frame_rate), seed, times,
+                                     passes, tell)
+
+        tell("codec")
+        clock = time.perf_counter()
+        audio = decode_audio(melody.vae, self.codec, codes, round(seconds * melody.vae.cfg.sample_rate))
+        times["codec"], passes["codec"] = time.perf_counter() - clock, 1
+        return MusicLMOutput(audio, melody.vae.cfg.sample_rate, semantic.tokens, codes, passes, times)
+
+    def semantic_tokens(self, mulan_tokens: torch.Tensor, n_tokens: int, seed: int, prompts: list[str] | None = None):
+        """melody's semantic LM with the bundle's sampling settings and melody's seeds (prompt i: (seed + i, 1)),
+        as `MeLoDy.generate` samples them → `melody.semantic.sampling.GenerateResult`."""
+        melody = self.melody
+        lm_cfg = melody.cfg.semantic_lm
+        window, stride = window_and_stride(lm_cfg, melody.token_rate)
+        device = next(melody.semantic_lm.parameters()).device
+        generators = [torch.Generator(device=device).manual_seed(mix_seeds(seed + i, 1)) for i in range(mulan_tokens.shape[0])]
+        return generate_semantic(melody.semantic_lm, mulan_tokens.to(device), n_tokens, None, temperature=lm_cfg.temperature,
+                                 top_k=lm_cfg.top_k, top_p=lm_cfg.top_p, guidance=lm_cfg.guidance, generator=generators,
+                                 window=window, stride=stride, tempo=melody.tempo_tokens(prompts))
+
+    def acoustic_tokens(self, mulan_tokens: torch.Tensor, semantic: torch.Tensor, frames: int, seed: int,
+                        times: dict | None = None, passes: dict | None = None,
+                        tell: Callable[[str], None] | None = None) -> torch.Tensor:
+        """Coarse then fine codes `(b, frames, levels)` for MuLan tokens `(b, M)` and semantic tokens `(b, S)`;
+        row i's draws come from (seed + i, 5) (coarse) and (seed + i, 6) (fine). Each stage's wall time and
+        forward passes go into `times` and `passes`."""
+        times, passes, tell = ({} if times is None else times), ({} if passes is None else passes), tell or (lambda s: None)
+        device, b = self._device, semantic.shape[0]
+        mulan_tokens, semantic = mulan_tokens.to(device), semantic.to(device)
+        ratio = Fraction(self.melody.token_rate, self.frame_rate)
+
+        def coarse_condition(first: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+            a, z = semantic_span(first, n, ratio, semantic.shape[1])
+            return mulan_tokens, semantic[:, a:z]
+
+        def seeded(stage: int) -> list[torch.Generator]:
+            return [torch.Generator(device=device).manual_seed(mix_seeds(seed + i, stage)) for i in range(b)]
+
+        tell("coarse")
+        clock = time.perf_counter()
+        c = self.config.coarse
+        coarse = sample_acoustic(self.coarse, coarse_condition, frames, *window_frames(c, self.frame_rate),
+                                 temperature=c.temperature, top_k=c.top_k, generator=seeded(5))
+        times["coarse"], passes["coarse"] = time.perf_counter() - clock, coarse.forward_passes
+
+        tell("fine")
+        clock = time.perf_counter()
+        f = self.config.fine
+        fine = sample_acoustic(self.fine, lambda first, n: (coarse.codes[:, first:first + n],), frames,
+                               *window_frames(f, self.frame_rate), temperature=f.temperature, top_k=f.top_k,
+                               generator=seeded(6))
+        times["fine"], passes["fine"] = time.perf_counter() - clock, fine.forward_passes
+        return torch.cat((coarse.codes, fine.codes), dim=-1)
+
