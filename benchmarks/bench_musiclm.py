@@ -30,6 +30,7 @@ import math
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -53,7 +54,8 @@ SECONDS = 10.0
 PROMPT = "a calm piano piece with soft strings"
 
 
-def call_plan(frames: int, window: int, stride: int, levels: int, condition: callable) -> tuple[list[int], list[int]]:
+def call_plan(frames: int, window: int, stride: int, levels: int,
+              condition: Callable[[int], int]) -> tuple[list[int], list[int]]:
     """The network calls `sample_acoustic` makes for `frames` frames: (prefill lengths, one per window;
     cache depth before each one-token step). `condition(n)`: condition positions for a window of n frames."""
     prefills, depths, first = [condition(min(window, frames)) + 1], [], 0

@@ -66,7 +66,8 @@ def main() -> None:
     dpd_cfg = melody_preset("tiny", [*stage_overrides("tiny", "dpd"), *quiet])
     musiclm_cfg = preset("tiny", quiet + ["codec.fit_clips=40"])  # the fit is outside the timed steps; fewer clips: quicker
     with tempfile.TemporaryDirectory() as runs:
-        stages = {"dpd": DPDStage(dpd_cfg, args.data, Path(runs) / "dpd", (melody.vae, melody.cfg), (melody.tokenizer, melody.cfg)),
+        frozen = {"vae": (melody.vae, melody.cfg), "tokenizer": (melody.tokenizer, melody.cfg)}
+        stages = {"dpd": DPDStage(dpd_cfg, args.data, Path(runs) / "dpd", **frozen),
                   "musiclm": MusicLMStage(musiclm_cfg, args.data, Path(runs) / "musiclm", melody)}
         engines = {name: Engine(stage, Path(runs) / name, progress=False) for name, stage in stages.items()}
         rounds = []
