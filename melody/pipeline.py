@@ -323,7 +323,8 @@ class MeLoDy:
         lm_cfg = self.semantic_lm.config
         if prompts is None or self.semantic_lm.tempo_embedding is None:
             return None
-        bpm = torch.tensor([math.nan if prompt_bpm(p) is None else prompt_bpm(p) for p in prompts], dtype=torch.float64)
+        stated = [prompt_bpm(p) for p in prompts]
+        bpm = torch.tensor([math.nan if b is None else b for b in stated], dtype=torch.float64)
         return tempo_bucket(bpm, lm_cfg.tempo_buckets, lm_cfg.tempo_range).to(self._device)
 
     def _sampling(self, steps: int | None, guidance: float | None) -> tuple[int, float]:
