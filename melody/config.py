@@ -185,7 +185,8 @@ class DPDConfig:
 class TrainConfig:
     """The shared training engine (accelerate)."""
 
-    batch_size: int = 16
+    batch_size: int = 16  # global: examples per optimiser step, over all processes and accumulation steps
+    grad_accum: int = 1  # micro-batches per optimiser step on each process
     lr: float = 2e-4
     weight_decay: float = 0.0
     steps: int = 100_000
@@ -197,6 +198,7 @@ class TrainConfig:
     log_every: int = 50
     sample_every: int = 5_000
     num_workers: int = 2
+    shuffle_buffer: int = 256  # clips in the loader's shuffle buffer (per reader); 0 reads shards in order
     seed: int = 0
 
 

@@ -86,6 +86,7 @@ class ShardDataset(IterableDataset):
         self.shuffle = shuffle
         self.seed = seed
         self.random_offset = random_offset
+        self.by_rank = True  # each distributed rank reads its own shards; off: every rank reads them all
         self.epoch = 0
         self.batches_done = 0
         self.batch_size = 1
@@ -97,12 +98,14 @@ class ShardDataset(IterableDataset):
     @classmethod
     def whole_clips(cls, root: str | Path, split: str, sample_rate: int = 24_000, channels: int = 1) -> ShardDataset:
         """Every clip of `split` whole, in corpus order (no shuffle, crops from 0 as long as the manifest's
-        `clip_seconds`, or `MAX_CLIP_SECONDS`): what evaluations and k-means fits read."""
+        `clip_seconds`, or `MAX_CLIP_SECONDS`), all of it on every distributed rank: what evaluations and k-means fits read."""
         from melody.data.shards import read_manifest
 
         longest = float(read_manifest(root).get("clip_seconds") or MAX_CLIP_SECONDS)
-        return cls.from_corpus(root, split, crop_seconds=longest, sample_rate=sample_rate, channels=channels,
-                               shuffle=0, random_offset=False)
+        dataset = cls.from_corpus(root, split, crop_seconds=longest, sample_rate=sample_rate, channels=channels,
+                                  shuffle=0, random_offset=False)
+        dataset.by_rank = False  # an evaluation or a k-means fit wants the whole split on whichever rank runs it
+        return dataset
 
     def set_epoch(self, epoch: int) -> None:
         self.set_position(epoch, 0, self.batch_size)
@@ -116,7 +119,7 @@ class ShardDataset(IterableDataset):
         workers = worker.num_workers if worker else 1
         reader = ((worker.id if worker else 0) + self.batches_done) % workers
         skip = max(0, -(-(self.batches_done - reader) // workers)) * self.batch_size
-        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+        dist = self.by_rank and torch.distributed.is_available() and torch.distributed.is_initialized()
         rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)
         urls = list(self.urls)
         if self.shuffle:

@@ -16,16 +16,30 @@ replaced atomically after it, so a crash or a full disk never leaves a half chec
 same random numbers (each step's noise also comes from a generator seeded by (seed, step, rank)).
 At the end, and on Ctrl-C or SIGTERM (after finishing the step under way), the engine saves; at the end it also exports the stage's model(s)
 (EMA weights when EMA is on) as `RUN/<name>.safetensors` + `RUN/config.json` for later stages.
+
+Batches (audiocraft's convention): `train.batch_size` is the *global* batch, the examples behind one
+optimiser step. Each of W processes reads `batch_size / (W · train.grad_accum)` examples per
+micro-batch, from its own shards (`melody.data.loader`), and steps after `grad_accum` of them, so a
+run means the same optimisation on 1 CPU, 8 GPUs or 4 nodes; the batch must divide evenly. Under
+DDP the gradient is the mean over the global batch (DDP averages the ranks' means; micro-batches
+are scaled by 1 / grad_accum); stages whose loss couples examples (MuLan's contrastive loss) gather
+across ranks themselves. At every save the ranks' weights are compared (a fingerprint each) and a
+divergence stops the run. A checkpoint holds one copy of everything (rank 0's RNG state; each
+rank's per-step noise comes from (seed, step, rank) anyway), so a run resumes on another number of
+processes: the optimisation continues exactly, and since the shards fall to the ranks differently,
+the data restarts at the next epoch (said in one line).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import random
 import shutil
 import signal
+import sys
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -56,7 +70,7 @@ from melody.errors import MelodyError
 from melody.io import read_json, write_json_atomic
 from melody.train.curves import plot_curves
 
-TRAINER_FORMAT_VERSION = 1
+TRAINER_FORMAT_VERSION = 1  # trainer.json may add keys within a version; readers take what they know
 KEEP_CHECKPOINTS = 3
 
 
@@ -156,15 +170,19 @@ class Engine:
             raise MelodyError(f"{self.run_dir}: holds a run already; pass --resume to continue it, or choose another --out")
         if resume and not latest.exists():
             raise MelodyError(f"{self.run_dir}: no checkpoint to resume from (no latest.json); start without --resume")
+        # accelerate sets up several CPU processes (gloo) only when told they are on the CPU
+        cpu = bool(cpu) or (not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1)
         self.accelerator = Accelerator(
             mixed_precision=self._mixed_precision(cpu),
-            cpu=bool(cpu),
+            cpu=cpu,
             log_with="tensorboard",
             project_dir=str(self.run_dir),
             # Our dataset splits shards across ranks itself; accelerate must not re-dispatch batches.
             dataloader_config=DataLoaderConfiguration(dispatch_batches=False, split_batches=False),
         )
         self.device = self.accelerator.device
+        self.micro_batch = micro_batch(self.train_cfg.batch_size, self.accelerator.num_processes, self.train_cfg.grad_accum)
+        self._sync = True
         unwrapped = dict(stage.models)
         self.emas: dict[str, AveragedModel] = {}
         if self.train_cfg.ema_decay > 0:
@@ -205,12 +223,23 @@ class Engine:
         return self.accelerator.autocast()
 
     def optimize(self, name: str, loss: torch.Tensor) -> float:
-        """Backward, clip, step, schedule and zero one optimiser; update EMAs of the models it trains. Returns the grad norm."""
+        """Backward `loss` into optimiser `name`'s gradients; on the last micro-batch of a step also clip,
+        step, schedule and zero it and update the EMAs of what it trains. Returns the grad norm (NaN
+        on a micro-batch that only accumulates)."""
         opt = self.optimizers[name]
-        # Another optimiser's loss may have reached these parameters (the generator's adversarial loss
-        # reaches the discriminators): drop those gradients, so each step follows its own loss only.
-        opt.zero_grad(set_to_none=True)
-        self.accelerator.backward(loss)
+        # Another optimiser's loss may reach these parameters (the generator's adversarial loss reaches
+        # the discriminators), and this loss may reach another optimiser's: each optimiser's gradients
+        # must hold its own losses only, summed over micro-batches. So the others' gradients are set
+        # aside during this backward and put back after it, dropping what this loss added to them.
+        others = [p for other, o in self.optimizers.items() if other != name for g in o.param_groups for p in g["params"]]
+        kept = [p.grad for p in others]
+        for p in others:
+            p.grad = None
+        self.accelerator.backward(loss / self.train_cfg.grad_accum)
+        for p, grad in zip(others, kept, strict=True):
+            p.grad = grad
+        if not self._sync:
+            return float("nan")
         params = [p for g in opt.param_groups for p in g["params"]]
         norm = self.accelerator.clip_grad_norm_(params, self.train_cfg.grad_clip) if self.train_cfg.grad_clip > 0 else None
         opt.step()
@@ -219,6 +248,32 @@ class Engine:
         if name in self.emas:
             self.emas[name].update_parameters(self._raw[name])
         return float(norm) if norm is not None else float("nan")
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """`(b, ...)` on each rank → `(W·b, ...)` in rank order on every rank, differentiable: the backward sends each
+        rank the gradient of its own rows summed over all ranks' losses (so a loss every rank computes alike on the
+        gathered batch, averaged by DDP, has the single-process gradient)."""
+        if self.world_size == 1:
+            return x
+        import torch.distributed.nn.functional as dist_fn
+
+        return torch.cat(dist_fn.all_gather(x.contiguous()))
+
+    def gather_objects(self, items: list) -> list:
+        """Every rank's list, concatenated in rank order (captions, keys)."""
+        if self.world_size == 1:
+            return list(items)
+        lists: list = [None] * self.world_size
+        torch.distributed.all_gather_object(lists, list(items))
+        return [item for part in lists for item in part]
+
+    @property
+    def world_size(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
 
     @property
     def step(self) -> int:
@@ -232,7 +287,12 @@ class Engine:
         target = min(tc.steps, stop_at) if stop_at is not None else tc.steps
         acc = self.accelerator
         dataset = self.stage.dataset("train")
-        loader = make_loader(dataset, tc.batch_size, tc.num_workers)
+        dataset.shuffle = tc.shuffle_buffer
+        if len(dataset.urls) < acc.num_processes:
+            # a rank without shards would wait forever for the others' gradients
+            raise MelodyError(f"the training split has {len(dataset.urls)} shard(s) for {acc.num_processes} processes; "
+                              "each process reads its own shards: write smaller shards (data.clips_per_shard) or use fewer processes")
+        loader = make_loader(dataset, self.micro_batch, tc.num_workers)
         acc.init_trackers(self.stage.name, config=_flat_config(to_dict(self.cfg)))
         sample_batch = self._sample_batch()
         bar = self._bar(target)
@@ -240,19 +300,30 @@ class Engine:
         self._stop_signal = None
         previous = self._catch_stop_signals()
         try:
+            micro, step_logs = 0, []
             while self.position.step < target:
-                dataset.set_position(self.position.epoch, self.position.batch_in_epoch, tc.batch_size)
+                dataset.set_position(self.position.epoch, self.position.batch_in_epoch, self.micro_batch)
                 served = False
                 for batch in loader:
                     served = True
                     batch = _to_device(batch, self.device)
                     generator = torch.Generator(device=self.device).manual_seed(
-                        mix_seeds(tc.seed, self.position.step, acc.process_index))
+                        mix_seeds(tc.seed, self.position.step, acc.process_index * tc.grad_accum + micro))
                     for model in self.models.values():
                         model.train()
-                    logs = self.stage.train_step(self, batch, generator)
-                    self.position.step += 1
+                    self._sync = micro == tc.grad_accum - 1
+                    with contextlib.ExitStack() as no_sync:
+                        if not self._sync:  # DDP all-reduces only on the step's last micro-batch
+                            for model in self.models.values():
+                                no_sync.enter_context(acc.no_sync(model))
+                        step_logs.append(self.stage.train_step(self, batch, generator))
                     self.position.batch_in_epoch += 1
+                    if not self._sync:
+                        micro += 1
+                        continue
+                    logs = _mean_logs(step_logs)
+                    micro, step_logs = 0, []
+                    self.position.step += 1
                     step = self.position.step
                     if step % tc.log_every == 0 or step == target:
                         now = time.perf_counter()
@@ -272,10 +343,10 @@ class Engine:
                 else:
                     if not served and self.position.batch_in_epoch == 0:
                         raise MelodyError("the training split yielded no batch; the corpus has fewer clips than one batch "
-                                          f"({tc.batch_size}); build a bigger corpus or lower train.batch_size")
+                                          f"({self.micro_batch} per process); build a bigger corpus or lower train.batch_size")
                     self.position.epoch += 1
                     self.position.batch_in_epoch = 0
-                if self._stop_signal is not None:
+                if self._stop_signal is not None and micro == 0:
                     bar.close()
                     self.save()
                     raise TrainingStopped(signal.Signals(self._stop_signal).name, self.position.step)
@@ -314,10 +385,23 @@ class Engine:
 
     # --- checkpoints -------------------------------------------------------------------------
 
+    def check_replicas(self) -> list[str]:
+        """Every rank's fingerprint of its weights; a run whose ranks disagree stops (DDP keeps them equal)."""
+        mine = fingerprint_all(self._raw)
+        if self.accelerator.num_processes == 1:
+            return [mine]
+        prints: list = [None] * self.accelerator.num_processes
+        torch.distributed.all_gather_object(prints, mine)
+        if len(set(prints)) > 1:
+            raise MelodyError(f"the {len(prints)} processes hold different weights at step {self.position.step} "
+                              f"({', '.join(prints)}); a model changed outside the optimiser on one rank — resume from the last checkpoint")
+        return prints
+
     def save(self) -> Path:
         """Write a complete checkpoint folder atomically and point latest.json at it."""
         acc = self.accelerator
         acc.wait_for_everyone()
+        replicas = self.check_replicas()
         folder = self.run_dir / "checkpoints" / f"step-{self.position.step:08d}"
         if acc.is_main_process:
             tmp = folder.with_name(folder.name + ".tmp")
@@ -348,6 +432,9 @@ class Engine:
                 "step": self.position.step,
                 "epoch": self.position.epoch,
                 "batch_in_epoch": self.position.batch_in_epoch,
+                "processes": acc.num_processes,
+                "micro_batch": self.micro_batch,
+                "replica_fingerprints": replicas,
                 "optimizers": opt_rest,
                 "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
                 "rng": {"python": _python_state(), "numpy": _numpy_state()},
@@ -401,6 +488,14 @@ class Engine:
         random.setstate(_python_tuple(trainer["rng"]["python"]))
         np.random.set_state(_numpy_tuple(trainer["rng"]["numpy"]))
         self.position = Position(trainer["step"], trainer["epoch"], trainer["batch_in_epoch"])
+        layout = (trainer.get("processes", 1), trainer.get("micro_batch", self.train_cfg.batch_size))
+        if layout != (self.accelerator.num_processes, self.micro_batch) and self.position.batch_in_epoch:
+            # the shards fall to the ranks differently now: where each rank stood cannot be found again
+            self.position = Position(self.position.step, self.position.epoch + 1, 0)
+            if self.accelerator.is_main_process:
+                print(f"resume: the run was on {layout[0]} process(es) × {layout[1]} examples, now "
+                      f"{self.accelerator.num_processes} × {self.micro_batch}; the data restarts at epoch {self.position.epoch}",
+                      file=sys.stderr)
 
     def _prune(self, keep: Path) -> None:
         folders = sorted(p for p in (self.run_dir / "checkpoints").glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
@@ -428,7 +523,7 @@ class Engine:
             dataset = self.stage.dataset("valid")
         except MelodyError:
             return None
-        dataset.shuffle, dataset.random_offset = 0, False
+        dataset.shuffle, dataset.random_offset, dataset.by_rank = 0, False, False
         batch = next(iter(make_loader(dataset, min(4, self.train_cfg.batch_size), 0, drop_last=False)), None)
         return None if batch is None else _to_device(batch, self.device)
 
@@ -453,6 +548,30 @@ class Engine:
         if wanted == "bf16" and not torch.cuda.is_bf16_supported():
             return "fp16"
         return wanted
+
+
+def micro_batch(batch_size: int, processes: int, grad_accum: int) -> int:
+    """Examples per process per micro-batch: the global `batch_size` over processes × accumulation steps."""
+    if grad_accum < 1:
+        raise MelodyError(f"train.grad_accum must be at least 1, got {grad_accum}")
+    share, rest = divmod(batch_size, processes * grad_accum)
+    if rest or share == 0:
+        raise MelodyError(f"train.batch_size={batch_size} (the global batch) does not split into {processes} process(es) × "
+                          f"{grad_accum} micro-batch(es); set it to a multiple of {processes * grad_accum}")
+    return share
+
+
+def fingerprint_all(models: dict[str, nn.Module]) -> str:
+    return "-".join(fingerprint(models[name]) for name in sorted(models))
+
+
+def _mean_logs(logs: list[dict[str, float]]) -> dict[str, float]:
+    """One step's logs: each value averaged over its micro-batches (NaN grad norms of accumulating ones left out)."""
+    out = {}
+    for key in logs[-1]:
+        values = [entry[key] for entry in logs if key in entry and not math.isnan(entry[key])]
+        out[key] = sum(values) / len(values) if values else math.nan
+    return out
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:

@@ -5,7 +5,10 @@ waveform, the text tower on the caption → symmetric InfoNCE with CLIP's learna
 (`melody.mulan`). Pairs with identical captions are not negatives of each other (their logits are
 left out: `same_caption`), since a corpus may repeat a caption. The text encoder is frozen, so
 its sentence embedding of a caption never changes: the stage computes it once per caption and
-keeps it (`_sentences`), and each step runs only the trained projection on it.
+keeps it (`_sentences`), and each step runs only the trained projection on it. Under DDP every rank
+gathers the global batch's embeddings (differentiably) and captions, so the negatives and the loss
+are those of one process holding the whole batch. With `train.grad_accum` > 1 the negatives are the
+micro-batch's (as in CLIP without gradient caching): prefer more processes to more accumulation.
 
 Every `train.sample_every` steps the whole valid split is embedded and its retrieval figures are
 logged (`valid/t2a_R@10`, …), so the curves show the joint space forming, not only the loss.
@@ -26,7 +29,7 @@ from melody.config import MelodyConfig
 from melody.data.loader import ShardDataset
 from melody.eval.mulan import embed_split
 from melody.io import write_json_atomic
-from melody.mulan import MuLan, retrieval_metrics, same_caption
+from melody.mulan import MuLan, contrastive_loss, retrieval_metrics, same_caption
 from melody.train.engine import Engine, PerCaption, Stage
 
 BETAS = (0.9, 0.98)
@@ -61,10 +64,15 @@ class MuLanStage(Stage):
         texts = self.sentences(mulan, captions).to(engine.device) if mulan.text.freeze else captions
         with engine.autocast():
             out = engine.model("mulan")(batch["audio"][:, 0], texts, batch["length"], same=same_caption(captions))
-        grad_norm = engine.optimize("mulan", out.loss)
+        loss = out.loss
+        if engine.world_size > 1:  # negatives from the whole global batch, as on one process (CLIP's gathering)
+            everyone = engine.gather_objects(captions)
+            audio, text = engine.gather(out.audio), engine.gather(out.text)
+            loss = contrastive_loss(audio, text, out.temperature, same_caption(everyone))
+        grad_norm = engine.optimize("mulan", loss)
         with torch.no_grad():
             hits = (out.audio @ out.text.T).argmax(-1) == torch.arange(len(captions), device=out.audio.device)
-        return {"mulan/total": out.loss.item(), "mulan/temperature": out.temperature.item(),
+        return {"mulan/total": loss.item(), "mulan/temperature": out.temperature.item(),
                 "mulan/batch_a2t_acc": hits.float().mean().item(), "mulan/grad_norm": grad_norm}
 
     def sample(self, engine: Engine, batch: dict, folder: Path) -> None:

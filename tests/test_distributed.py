@@ -1,0 +1,190 @@
+"""Distributed training, proven on CPU: 2 processes (gloo) under torchrun and `accelerate launch`.
+
+A 2-process run must equal a 1-process run with the same global batch: the ranks read disjoint shards
+whose union is the single process's batch (shards of one micro-batch each, no shuffle buffer), DDP
+averages the ranks' gradients, and MuLan's contrastive loss gathers the whole batch's embeddings.
+Then: the ranks hold identical weights (fingerprints recorded at every save), accumulation equals a
+bigger batch, and a run saved by 2 processes resumes on 1.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from test_mulan import tiny_bert
+from test_semantic_stages import TINY_STACK
+from test_shards import RATE, make_corpus
+
+from melody.checkpoint import read_tensors
+from melody.config import preset
+from melody.data.loader import ShardDataset
+from melody.errors import MelodyError
+from melody.train.engine import Engine, micro_batch
+from melody.mulan import MuLan
+from melody.semantic.tokenizer import SemanticTokenizer
+from melody.train.semantic import SemanticLMStage
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+MULAN = [
+    f"data.sample_rate={RATE}", f"vae.sample_rate={RATE}",
+    "mulan.embed_dim=16", "mulan.audio_dim=32", "mulan.audio_layers=1", "mulan.audio_heads=2", "mulan.n_mels=16",
+    "mulan.rvq_levels=2", "mulan.codebook_size=8", "mulan.crop_seconds=1",
+    # 4 examples per step: 2 per rank from shards of 2 clips; no shuffle buffer, so the 1-process run reads the
+    # same 4 clips per step as the two ranks together
+    "train.batch_size=4", "train.shuffle_buffer=0", "train.steps=3", "train.warmup_steps=1", "train.checkpoint_every=2",
+    "train.sample_every=0", "train.log_every=1", "train.num_workers=0", "train.lr=3e-3", "train.mixed_precision=no",
+]
+
+
+def sets(overrides):
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def launch(launcher: list[str], *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "1"}
+    out = subprocess.run([*launcher, *args, "--no-progress"], capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+SINGLE = [sys.executable, "-m", "melody.cli"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "melody.cli"]
+ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "melody.cli"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dist")
+    corpus = make_corpus(root / "corpus", clips=20, per_shard=2, seconds=(1.0,))  # 16 train clips in 8 shards
+    bert = root / "bert"
+    bert.mkdir()
+    model, tokenizer = tiny_bert(bert, words=[f"{i}" for i in range(20)] + ["clip", "number"])
+    model.save_pretrained(bert)
+    tokenizer.save_pretrained(bert)
+    return corpus, [*MULAN, f"mulan.text_encoder={bert}"]
+
+
+@pytest.fixture(scope="module")
+def runs(setup, tmp_path_factory):
+    corpus, overrides = setup
+    root = tmp_path_factory.mktemp("runs")
+    out = {}
+    for name, launcher in (("single", SINGLE), ("torchrun", TORCHRUN), ("accelerate", ACCELERATE)):
+        out[name] = root / name
+        launch(launcher, "train", "mulan", "--data", str(corpus), "--out", str(out[name]), *sets(overrides))
+    return out
+
+
+def weights(run) -> dict[str, torch.Tensor]:
+    return read_tensors(run / "mulan.safetensors", "model")[0]
+
+
+def trainer(run, step) -> dict:
+    return json.loads((run / "checkpoints" / f"step-{step:08d}" / "trainer.json").read_text())
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_processes_equal_one_with_the_same_global_batch(runs, launcher):
+    one, two = weights(runs["single"]), weights(runs[launcher])
+    assert one.keys() == two.keys()
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], atol=2e-5, rtol=1e-4, msg=key)
+    # and the three steps moved the weights well past that tolerance
+    at_2 = read_tensors(runs["single"] / "checkpoints" / "step-00000002" / "models.safetensors", "c")[0]
+    assert max((at_2[f"mulan.{k}"] - one[k]).abs().max().item() for k in one if one[k].is_floating_point()) > 1e-3
+    losses = {name: [json.loads(line)["mulan/total"] for line in (runs[name] / "metrics.jsonl").read_text().splitlines()]
+              for name in ("single", launcher)}
+    assert len(losses["single"]) == 3
+    np.testing.assert_allclose(losses[launcher], losses["single"], rtol=1e-4)  # rank 0 logs the global batch's loss
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_the_ranks_hold_identical_weights_at_every_save(runs, launcher):
+    for step in (2, 3):
+        record = trainer(runs[launcher], step)
+        assert record["processes"] == 2 and record["micro_batch"] == 2
+        prints = record["replica_fingerprints"]
+        assert len(prints) == 2 and prints[0] == prints[1]
+    single = trainer(runs["single"], 3)
+    assert single["processes"] == 1 and single["micro_batch"] == 4 and len(single["replica_fingerprints"]) == 1
+
+
+def test_a_run_of_two_processes_resumes_on_one(runs, setup, tmp_path):
+    corpus, overrides = setup
+    run = tmp_path / "resumed"
+    shutil.copytree(runs["torchrun"], run)
+    out = launch(SINGLE, "train", "mulan", "--data", str(corpus), "--out", str(run), "--resume",
+                 *sets([*overrides, "train.steps=5"]))
+    assert "now 1 × 4" in out.stderr and "data restarts at epoch 1" in out.stderr
+    record = trainer(run, 5)
+    assert record["step"] == 5 and record["processes"] == 1 and record["epoch"] == 1
+    before = read_tensors(run / "checkpoints" / "step-00000003" / "models.safetensors", "c")[0]
+    after = read_tensors(run / "checkpoints" / "step-00000005" / "models.safetensors", "c")[0]
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_ranks_read_disjoint_shards_that_cover_the_split(setup, monkeypatch):
+    corpus, _ = setup
+    seen = {}
+    for rank in (0, 1):
+        monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda r=rank: r)
+        monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+        data = ShardDataset.from_corpus(corpus, "train", crop_seconds=0.5, sample_rate=RATE, shuffle=16, seed=3)
+        seen[rank] = [s["key"] for s in data]
+    assert len(seen[0]) == len(seen[1]) == 8 and not set(seen[0]) & set(seen[1])
+    assert sorted(seen[0] + seen[1]) == sorted(f"clip-{i:03d}" for i in range(20) if i % 5 != 4)
+
+
+def semantic_stage(corpus, bert, run, *overrides):
+    """The semantic LM's stage on random frozen conditioners, with its random choices off (no condition
+    dropout, no caption conditions, no tempo token, no dropout): its loss is then a function of the batch alone."""
+    cfg = preset("tiny", [*TINY_STACK, f"mulan.text_encoder={bert}", "semantic_lm.cond_dropout=0", "semantic_lm.dropout=0",
+                          "semantic_lm.text_condition_prob=0", "semantic_lm.tempo_buckets=0", "semantic_lm.window_seconds=1",
+                          "train.shuffle_buffer=0", "train.num_workers=0", "train.sample_every=0", "train.checkpoint_every=100",
+                          "train.mixed_precision=no", "train.lr=3e-3", "train.warmup_steps=1", *overrides])
+    torch.manual_seed(1)
+    mulan = MuLan.from_config(cfg.mulan, cfg.vae.sample_rate)
+    mulan.fit_tokens(torch.nn.functional.normalize(torch.randn(64, cfg.mulan.embed_dim), dim=-1))
+    tokenizer = SemanticTokenizer.from_config(cfg.tokenizer, cfg.vae.sample_rate)
+    tokenizer.quantizer.centroids.normal_()
+    return SemanticLMStage(cfg, corpus, run, (mulan, cfg), (tokenizer, cfg))
+
+
+def test_accumulation_equals_the_bigger_batch(setup, tmp_path):
+    """4 examples a step, as 1 × 4 or as 2 micro-batches of 2: the same weights after 3 steps (every clip lasts
+    the whole 1 s window, so the token-mean loss of the batch is the mean of the micro-batches' means)."""
+    corpus, overrides = setup
+    bert = next(o.split("=", 1)[1] for o in overrides if o.startswith("mulan.text_encoder="))
+    runs = {}
+    for name, accum in (("whole", 1), ("accumulated", 2)):
+        stage = semantic_stage(corpus, bert, tmp_path / name, "train.batch_size=4", f"train.grad_accum={accum}", "train.steps=3")
+        engine = Engine(stage, tmp_path / name, progress=False, cpu=True)
+        steps = []
+        real_step = engine.optimizers["semantic_lm"].step
+        engine.optimizers["semantic_lm"].step = lambda *a, **k: (steps.append(1), real_step(*a, **k))[1]
+        runs[name] = (engine.fit(), len(steps), engine.unwrapped("semantic_lm").state_dict(), engine.micro_batch)
+    (whole, n_whole, w_whole, mb_whole), (accum, n_accum, w_accum, mb_accum) = runs["whole"], runs["accumulated"]
+    assert (whole.step, n_whole, mb_whole, whole.batch_in_epoch) == (3, 3, 4, 3)
+    assert (accum.step, n_accum, mb_accum, accum.batch_in_epoch) == (3, 3, 2, 6)
+    initial = semantic_stage(corpus, bert, tmp_path / "fresh", "train.batch_size=4").models["semantic_lm"].state_dict()
+    assert max((w_whole[k] - initial[k]).abs().max().item() for k in initial) > 1e-3
+    for key in w_whole:
+        torch.testing.assert_close(w_accum[key], w_whole[key], atol=1e-5, rtol=1e-4, msg=key)
+
+
+def test_a_batch_that_does_not_split_is_a_one_line_error():
+    assert micro_batch(16, 2, 2) == 4 and micro_batch(4, 1, 1) == 4
+    for args in ((6, 4, 1), (4, 2, 4), (4, 1, 0)):
+        with pytest.raises(MelodyError) as err:
+            micro_batch(*args)
+        assert "\n" not in str(err.value)
+    with pytest.raises(MelodyError, match="multiple of 4"):
+        micro_batch(6, 2, 2)
