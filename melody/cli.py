@@ -145,6 +145,34 @@ def data_info(root: Annotated[Path, typer.Argument(help="Corpus folder.")]) -> N
         typer.echo("sources: " + ", ".join(f"{k} {v / 3600:.2f} h" for k, v in manifest["seconds_by_source"].items()))
 
 
+@data_app.command("stats")
+def data_stats(
+    root: Annotated[Path, typer.Argument(help="Corpus folder.")],
+    split: Annotated[Optional[str], typer.Option("--split", help="Only this split (default: every split).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for stats.json + stats.png (default: ROOT/stats).")] = None,
+) -> None:
+    """Count a corpus from its metadata (no audio decoded): clips, hours, clip and caption lengths, attribute histograms."""
+    from melody.data.stats import corpus_stats, summary, write_stats
+
+    stats = corpus_stats(root, split)
+    paths = write_stats(stats, out or Path(root) / "stats")
+    typer.echo(summary(stats))
+    typer.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
+@data_app.command("manifest")
+def data_manifest(
+    src: Annotated[Path, typer.Argument(help="The corpus whose shards were copied elsewhere.")],
+    out: Annotated[Path, typer.Argument(help="Folder for the new manifest.json (the corpus to train from).")],
+    url: Annotated[str, typer.Option(help="Where each shard is now, with {shard} for its path in SRC: "
+                                          "'pipe:aws s3 cp s3://bucket/corpus/{shard} -', 'https://host/corpus/{shard}'.")],
+) -> None:
+    """Point a corpus at shards that live elsewhere (object store, web server, any `pipe:` command)."""
+    from melody.data.shards import relocate_manifest
+
+    typer.echo(f"wrote {relocate_manifest(src, out, url)}; train with --data {out}")
+
+
 @data_app.command("spectrograms")
 def data_spectrograms(
     root: Annotated[Path, typer.Argument(help="Corpus folder.")],

@@ -31,7 +31,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from melody.audio import resample, to_channels
-from melody.data.shards import decode_sample, shard_paths
+from melody.data.shards import decode_sample, shard_errors, shard_paths
 from melody.errors import MelodyError
 
 
@@ -128,9 +128,10 @@ class ShardDataset(IterableDataset):
         stages = [wds.SimpleShardList(urls), wds.tarfile_to_samples()]
         if self.shuffle:
             stages.append(wds.shuffle(self.shuffle, initial=min(self.shuffle, 64), seed=mix_seeds(self.seed, self.epoch, rank, reader)))
-        for i, raw in enumerate(wds.DataPipeline(*stages)):
-            if i >= skip:
-                yield self._prepare(decode_sample(raw))
+        with shard_errors():
+            for i, raw in enumerate(wds.DataPipeline(*stages)):
+                if i >= skip:
+                    yield self._prepare(decode_sample(raw))
 
     def _prepare(self, sample: dict) -> dict:
         audio = resample(to_channels(sample["audio"], self.channels), sample["sample_rate"], self.sample_rate)

@@ -11,6 +11,13 @@ training stage reads it, so it is the contract between data and models:
 Keys hold no dots (WebDataset splits a member name at its first dot). Shards are written
 atomically (temp file + rename) with fixed tar mtimes, so a re-run with the same inputs gives
 byte-identical shards.
+
+A manifest's shard entries may also be brace patterns (`train/shard-{000000..000099}.tar`) and
+URLs of any scheme WebDataset opens: `pipe:CMD` (the shard is CMD's standard output: `pipe:aws s3
+cp s3://bucket/train-000000.tar -`, `pipe:curl -s URL`, …), `http(s)://…`, `file:…`. So a corpus
+that lives elsewhere is a local folder holding only its manifest (`melody data manifest`), and
+every stage trains from it unchanged. Local shards are checked before a run starts; remote ones
+when they are read (a failing command or a truncated stream is a one-line error naming the shard).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import json
 import re
 import tarfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,17 +140,45 @@ def read_manifest(root: str | Path) -> dict:
     return manifest
 
 
-def shard_paths(root: str | Path, split: str | None = None) -> list[Path]:
-    """Paths of the shards of one split (or of every split), in manifest order."""
+def is_url(entry: str) -> bool:
+    """A shard entry WebDataset opens itself (`pipe:CMD`, `http://…`, `s3://…` via a user's handler, `file:…`)."""
+    return entry.startswith("pipe:") or bool(re.match(r"^[a-z][a-z0-9+.-]*:", entry)) and not re.match(r"^[A-Za-z]:[\\/]", entry)
+
+
+def expand_shards(root: Path, entries: list[str]) -> list[Path | str]:
+    """Manifest entries → shards: brace patterns expanded; local entries are paths under `root`, URLs stay strings."""
+    from braceexpand import braceexpand
+
+    return [one if is_url(one) else root / one for entry in entries for one in braceexpand(entry)]
+
+
+def relocate_manifest(src: str | Path, out: str | Path, template: str) -> Path:
+    """A manifest at `out` for corpus `src`'s shards where they now live: each entry becomes
+    `template` with `{shard}` replaced by the shard's path in `src` (e.g. `pipe:aws s3 cp s3://b/c/{shard} -`).
+    Clip counts, hours and the rest are kept, so `out` is the same corpus, read from elsewhere."""
+    if "{shard}" not in template:
+        raise MelodyError(f"the URL template {template!r} has no {{shard}} to put each shard's path in, "
+                          "e.g. 'pipe:curl -s https://host/corpus/{shard}'")
+    manifest = read_manifest(src)
+    if Path(out).resolve() == Path(src).resolve():
+        raise MelodyError(f"{out}: is the source corpus; write the relocated manifest to another folder")
+    for info in manifest["splits"].values():
+        info["shards"] = [template.replace("{shard}", str(entry)) for entry in info["shards"]]
+    Path(out).mkdir(parents=True, exist_ok=True)
+    return write_json_atomic(Path(out) / MANIFEST, manifest)
+
+
+def shard_paths(root: str | Path, split: str | None = None) -> list[Path | str]:
+    """The shards of one split (or of every split), in manifest order: local `Path`s, or URL strings."""
     root = Path(root)
     manifest = read_manifest(root)
     names = [split] if split else [s for s in SPLITS if s in manifest["splits"]]
-    paths: list[Path] = []
+    paths: list[Path | str] = []
     for name in names:
         if name not in manifest["splits"]:
             raise MelodyError(f"{root}: the corpus has no '{name}' split; it has {', '.join(manifest['splits'])}")
-        paths += [root / rel for rel in manifest["splits"][name]["shards"]]
-    missing = [p for p in paths if not p.is_file()]
+        paths += expand_shards(root, manifest["splits"][name]["shards"])
+    missing = [p for p in paths if isinstance(p, Path) and not p.is_file()]
     if missing:
         raise MelodyError(f"{missing[0]}: shard listed in the manifest is missing; rebuild the corpus")
     return paths
@@ -166,13 +202,27 @@ def iter_samples(root: str | Path, split: str | None = None) -> Iterator[dict]:
         yield from iter_shard(path)
 
 
-def iter_shard(path: Path) -> Iterator[dict]:
-    try:
+def iter_shard(path: Path | str) -> Iterator[dict]:
+    with shard_errors(path):
         for sample in wds.tarfile_to_samples()([{"url": str(path)}]):
             yield decode_sample(sample)
+
+
+@contextmanager
+def shard_errors(url: Path | str | None = None):
+    """Reading shard `url` (None: whichever shard of a pipeline failed, as WebDataset names it): a corrupt or
+    truncated tar, or a `pipe:` command that failed, → one line naming the shard."""
+    try:
+        yield
     except (OSError, EOFError, ValueError, tarfile.TarError) as err:
         reason = err.args[0] if err.args and isinstance(err.args[0], str) else type(err).__name__
-        raise MelodyError(f"{path}: corrupt or truncated shard ({reason.split(' @ ')[0]}); rebuild the corpus") from None
+        if url is None:  # WebDataset puts the URL last in a stream's error, or after " @ " in a tar's
+            named = [a for a in err.args[1:] if isinstance(a, str)]
+            url = named[-1] if named else reason.split(" @ ")[-1] if " @ " in reason else "a shard"
+        if isinstance(url, str) and is_url(url):
+            raise MelodyError(f"{url}: the shard could not be read ({reason.split(' @ ')[0][-160:]}); check the URL or "
+                              "command in the corpus manifest") from None
+        raise MelodyError(f"{url}: corrupt or truncated shard ({reason.split(' @ ')[0]}); rebuild the corpus") from None
 
 
 def read_tar_members(path: Path) -> list[str]:
@@ -183,6 +233,6 @@ def read_tar_members(path: Path) -> list[str]:
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "MANIFEST", "SPLITS", "ShardWriter", "decode_sample", "iter_samples",
-    "iter_shard", "read_manifest", "read_tar_members", "safe_key", "shard_name", "shard_paths", "split_of",
+    "expand_shards", "is_url", "iter_shard", "read_manifest", "relocate_manifest", "read_tar_members", "safe_key", "shard_name", "shard_paths", "split_of",
     "write_manifest", "write_shard",
 ]
