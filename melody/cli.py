@@ -173,6 +173,31 @@ def data_manifest(
     typer.echo(f"wrote {relocate_manifest(src, out, url)}; train with --data {out}")
 
 
+@data_app.command("encode")
+def data_encode(
+    root: Annotated[Path, typer.Argument(help="Corpus folder.")],
+    bundle: Annotated[Optional[Path], typer.Option(help="Take the VAE, tokenizer and MuLan from this bundle (e.g. melody/bundled).")] = None,
+    vae: Annotated[Optional[Path], typer.Option(help="VAE-GAN run or model folder (the DPD's latents).")] = None,
+    tokenizer: Annotated[Optional[Path], typer.Option(help="Semantic tokenizer run or model folder.")] = None,
+    mulan: Annotated[Optional[Path], typer.Option(help="MuLan run or model folder (the semantic LM's condition).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Clips per forward pass.")] = 8,
+    progress: ProgressOpt = True,
+) -> None:
+    """Cache VAE posteriors, semantic tokens and MuLan tokens of every clip (CORPUS/features/<checkpoints' hash>/),
+    for `--set train.cached_features=true` in `melody train dpd` and `melody train semantic`."""
+    from melody.data.features import encode_corpus
+    from melody.train.recipes import load_stage
+
+    paths = {"vae": vae, "tokenizer": tokenizer, "mulan": mulan}
+    if bundle is not None:
+        paths = {name: path or bundle / name for name, path in paths.items()}
+    if paths["vae"] is None or paths["tokenizer"] is None:
+        raise MelodyError("encode needs a VAE and a tokenizer: pass --bundle, or --vae and --tokenizer (and --mulan for the semantic LM)")
+    models = {name: load_stage(path, name)[0] for name, path in paths.items() if path is not None}
+    out = encode_corpus(root, models["vae"], models["tokenizer"], models.get("mulan"), batch_size=batch_size, progress=progress)
+    typer.echo(f"wrote {out}")
+
+
 @data_app.command("spectrograms")
 def data_spectrograms(
     root: Annotated[Path, typer.Argument(help="Corpus folder.")],

@@ -199,6 +199,7 @@ class TrainConfig:
     sample_every: int = 5_000
     num_workers: int = 2
     shuffle_buffer: int = 256  # clips in the loader's shuffle buffer (per reader); 0 reads shards in order
+    cached_features: bool = False  # DPD / semantic LM: read `melody data encode`'s features instead of running the frozen models
     seed: int = 0
 
 

@@ -235,8 +235,11 @@ class VAE(nn.Module):
 
     def encode_latents(self, audio: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Audio → diffusion-ready latents `(b, l, d)` in [−1, 1] (a posterior sample, §3.3)."""
-        z = self.encode(audio).sample(generator)
-        return to_diffusion_range(z, self.cfg.latent_clamp).transpose(1, 2)
+        return self.posterior_latents(self.encode(audio), generator)
+
+    def posterior_latents(self, posterior: Posterior, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A sample of `posterior` as diffusion-ready latents `(b, l, d)` in [−1, 1] (cached posteriors start here)."""
+        return to_diffusion_range(posterior.sample(generator), self.cfg.latent_clamp).transpose(1, 2)
 
     def decode_latents(self, x: torch.Tensor, length: int | None = None) -> torch.Tensor:
         """Diffusion latents `(b, l, d)` in [−1, 1] → audio `(b, c, t)`."""

@@ -87,6 +87,7 @@ class ShardDataset(IterableDataset):
         self.seed = seed
         self.random_offset = random_offset
         self.by_rank = True  # each distributed rank reads its own shards; off: every rank reads them all
+        self.collate = collate  # how `make_loader` batches this dataset's samples
         self.epoch = 0
         self.batches_done = 0
         self.batch_size = 1
@@ -131,11 +132,15 @@ class ShardDataset(IterableDataset):
         with shard_errors():
             for i, raw in enumerate(wds.DataPipeline(*stages)):
                 if i >= skip:
-                    yield self._prepare(decode_sample(raw))
+                    yield self._prepare(self.decode(raw))
+
+    def decode(self, raw: dict) -> dict:
+        """A raw WebDataset sample → what `_prepare` crops (audio here; cached features in `FeatureDataset`)."""
+        return decode_sample(raw)
 
     def _prepare(self, sample: dict) -> dict:
         audio = resample(to_channels(sample["audio"], self.channels), sample["sample_rate"], self.sample_rate)
-        rng = np.random.default_rng([self.seed, self.epoch, _key_seed(sample["key"])])
+        rng = np.random.default_rng([self.seed, self.epoch, key_seed(sample["key"])])
         where = choose_crop(audio.shape[-1], self.crop, rng, self.random_offset)
         return {
             "audio": torch.from_numpy(crop_audio(audio, self.crop, where)),
@@ -162,7 +167,7 @@ def make_loader(dataset: ShardDataset, batch_size: int, num_workers: int = 0, dr
         dataset,
         batch_size=batch_size,
         num_workers=num_workers,
-        collate_fn=collate,
+        collate_fn=dataset.collate,
         drop_last=drop_last,
         persistent_workers=False,
         # Its own generator: a DataLoader otherwise draws its base seed from the global RNG, which
@@ -180,7 +185,8 @@ def _ignore_interrupts(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-def _key_seed(key: str) -> int:
+def key_seed(key: str) -> int:
+    """A clip's own seed (its crop offsets): from its key, not from where the clip sits in a shard."""
     return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "little")
 
 

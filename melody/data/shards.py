@@ -63,7 +63,7 @@ class ShardWriter:
     shards: list[str] = field(default_factory=list)
     clips: int = 0
     seconds: float = 0.0
-    _buffer: list[tuple[str, bytes, bytes]] = field(default_factory=list, repr=False)
+    _buffer: list[tuple[str, str, bytes, bytes]] = field(default_factory=list, repr=False)  # key, member, payload, json
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
@@ -75,11 +75,18 @@ class ShardWriter:
         if not _KEY_RE.match(key):
             raise ValueError(f"shard key {key!r} must hold only letters, digits, '-' and '_'")
         audio = np.atleast_2d(audio)
-        meta = {**meta, "key": key, "split": self.split, "sample_rate": self.sample_rate,
-                "seconds": round(audio.shape[-1] / self.sample_rate, 6)}
-        self._buffer.append((key, encode_flac(audio, self.sample_rate), json.dumps(meta, sort_keys=True).encode()))
+        seconds = audio.shape[-1] / self.sample_rate
+        meta = {**meta, "key": key, "split": self.split, "sample_rate": self.sample_rate, "seconds": round(seconds, 6)}
+        self._append(key, "flac", encode_flac(audio, self.sample_rate), meta, seconds)
+
+    def add_raw(self, key: str, data: bytes, meta: dict, member: str = "npz") -> None:
+        """A sample whose payload is already encoded (`member` names its type, e.g. cached features as `npz`)."""
+        self._append(key, member, data, meta, float(meta.get("seconds", 0.0)))
+
+    def _append(self, key: str, member: str, data: bytes, meta: dict, seconds: float) -> None:
+        self._buffer.append((key, member, data, json.dumps(meta, sort_keys=True).encode()))
         self.clips += 1
-        self.seconds += audio.shape[-1] / self.sample_rate
+        self.seconds += seconds
         if len(self._buffer) >= self.clips_per_shard:
             self.flush()
 
@@ -111,12 +118,13 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}/shard-{index:06d}.tar"
 
 
-def write_shard(path: Path, samples: list[tuple[str, bytes, bytes]]) -> None:
-    """Write `(key, flac, json)` samples as one tar, atomically and reproducibly."""
+def write_shard(path: Path, samples: list[tuple]) -> None:
+    """Write `(key, flac, json)` (or `(key, member, payload, json)`) samples as one tar, atomically and reproducibly."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         sink = wds.TarWriter(f, mtime=0.0, user="melody", group="melody")
-        for key, flac, meta in samples:
-            sink.write({"__key__": key, "flac": flac, "json": meta})
+        for sample in samples:  # (key, flac, json), or (key, member, payload, json)
+            key, member, data, meta = sample if len(sample) == 4 else (sample[0], "flac", *sample[1:])
+            sink.write({"__key__": key, member: data, "json": meta})
         sink.close()
 
 

@@ -5,6 +5,9 @@ crops: the trained VAE-GAN's encoder gives the target latents (a posterior sampl
 [−1, 1], `VAE.encode_latents`, `(b, L, d)`), the trained semantic tokenizer the 25 Hz tokens of the
 same crop (its frames and the latents' frames start together, so token ⌊j T / L⌋ covers frame j).
 `RUN/conditioners.json` records both models' fingerprints: resuming with others is refused.
+With `train.cached_features`, the train split comes from `melody data encode`'s features of these two
+models instead (the VAE posterior and the tokens, computed once; a fresh posterior sample per step as
+on audio); the held-out samples still start from audio.
 
 One step (`melody.diffusion`): per-frame angles from `multichunk_angles` (`dpd.chunks` chunks with
 independent δ_m ~ U[0, π/2], and with probability `dpd.clean_prob` a clean left or right stretch,
@@ -28,6 +31,7 @@ import torch
 
 from melody.audio import save_audio
 from melody.config import MelodyConfig
+from melody.data.features import FeatureDataset, find_features
 from melody.data.loader import ShardDataset
 from melody.data.plots import spectrogram_grid
 from melody.diffusion import (SCHEDULES, angles_from_steps, guided_in_one_call, multichunk_angles, multichunk_loss, noisy, sample,
@@ -37,7 +41,7 @@ from melody.eval.metrics import mel_distance
 from melody.semantic.lm import condition_dropout_mask
 from melody.semantic.tokenizer import SemanticTokenizer
 from melody.train.engine import Engine, Stage, check_frozen
-from melody.vae import VAE
+from melody.vae import VAE, Posterior
 
 BETAS = (0.9, 0.99)
 SAMPLE_SECONDS = 4.0
@@ -62,8 +66,12 @@ class DPDStage(Stage):
         self.models = {"dpd": dpd}
         self.optimizers = {"dpd": torch.optim.AdamW(dpd.parameters(), lr=cfg.train.lr, betas=BETAS,
                                                     weight_decay=cfg.train.weight_decay)}
+        self.features = (find_features(self.data_root, {"vae": self.vae, "tokenizer": self.tokenizer})
+                         if cfg.train.cached_features else None)
 
     def dataset(self, split: str) -> ShardDataset:
+        if split == "train" and self.features is not None:
+            return FeatureDataset(self.features, split, self.cfg.dpd.crop_seconds, seed=self.cfg.train.seed)
         crop = self.cfg.dpd.crop_seconds if split == "train" else max(self.cfg.dpd.crop_seconds, SAMPLE_SECONDS)
         return ShardDataset.from_corpus(self.data_root, split, crop_seconds=crop, sample_rate=self.cfg.vae.sample_rate,
                                         channels=self.cfg.vae.channels, seed=self.cfg.train.seed)
@@ -78,7 +86,11 @@ class DPDStage(Stage):
 
     def train_step(self, engine: Engine, batch: dict, generator: torch.Generator) -> dict[str, float]:
         d = self.cfg.dpd
-        z, tokens = self.latents_and_tokens(batch["audio"], batch["length"], generator)
+        if "mean" in batch:  # cached features: the posterior's parameters, sampled here as `VAE.encode_latents` does
+            posterior = Posterior(batch["mean"].transpose(1, 2), batch["logvar"].transpose(1, 2))
+            z, tokens = self.vae.posterior_latents(posterior, generator), batch["tokens"]
+        else:
+            z, tokens = self.latents_and_tokens(batch["audio"], batch["length"], generator)
         b, length, _ = z.shape
         delta = multichunk_angles(b, length, d.chunks, generator, d.clean_prob).to(z.device)
         noise = torch.randn(z.shape, generator=generator, device=generator.device).to(z.device)

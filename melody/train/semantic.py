@@ -4,8 +4,9 @@ The LM learns p(semantic tokens | MuLan tokens) on `semantic_lm.window_seconds` 
 corpus (10 s: 250 tokens at 25 Hz), with both conditioners frozen and run on the fly on each
 batch: the trained tokenizer gives the semantic tokens, the trained MuLan the 12 tokens of the
 window's **audio** (MusicLM's recipe: text only enters at inference, through the same RVQ).
-Computing them per batch instead of caching them keeps every crop of a longer clip available;
-caching to shards is `melody data encode` (issue 8).
+With `train.cached_features` both come from `melody data encode`'s features of these two models
+instead (computed once per clip; the MuLan tokens are then those of the whole clip, which for the
+built-in corpus's 10 s clips is the window).
 
 One step: teacher-forced next-token cross-entropy over the valid frames (`lm_loss`); the
 condition is replaced by the learned null condition for `semantic_lm.cond_dropout` of the
@@ -37,6 +38,7 @@ from pathlib import Path
 import torch
 
 from melody.config import MelodyConfig
+from melody.data.features import FeatureDataset, find_features
 from melody.data.loader import ShardDataset, clip_bpm
 from melody.errors import MelodyError
 from melody.eval.semantic import lm_nll, tokenize_split
@@ -74,8 +76,12 @@ class SemanticLMStage(Stage):
                                                             weight_decay=cfg.train.weight_decay)}
         self._valid = None
         self._caption_tokens = PerCaption()
+        self.features = (find_features(self.data_root, {"mulan": self.mulan, "tokenizer": self.tokenizer})
+                         if cfg.train.cached_features else None)
 
     def dataset(self, split: str) -> ShardDataset:
+        if split == "train" and self.features is not None:
+            return FeatureDataset(self.features, split, self.cfg.semantic_lm.window_seconds, seed=self.cfg.train.seed)
         return ShardDataset.from_corpus(self.data_root, split, crop_seconds=self.cfg.semantic_lm.window_seconds,
                                         sample_rate=self.cfg.vae.sample_rate, channels=1, seed=self.cfg.train.seed)
 
@@ -95,7 +101,11 @@ class SemanticLMStage(Stage):
         return self._caption_tokens(captions, self.mulan.tokens_from_text).to(device)
 
     def train_step(self, engine: Engine, batch: dict, generator: torch.Generator) -> dict[str, float]:
-        mulan_tokens, semantic, keep = self.condition_and_targets(batch["audio"][:, 0], batch["length"])
+        if "tokens" in batch:  # cached features
+            mulan_tokens, semantic = batch["mulan"], batch["tokens"]
+            keep = torch.arange(semantic.shape[1], device=semantic.device)[None, :] < batch["token_length"][:, None]
+        else:
+            mulan_tokens, semantic, keep = self.condition_and_targets(batch["audio"][:, 0], batch["length"])
         lm_cfg = self.cfg.semantic_lm
         drop = condition_dropout_mask(semantic.shape[0], lm_cfg.cond_dropout, generator)
         if lm_cfg.text_condition_prob > 0:

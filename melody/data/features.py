@@ -1,0 +1,194 @@
+"""Cached features: a corpus's VAE posteriors, semantic tokens and MuLan tokens, computed once (`melody data encode`).
+
+The DPD and the semantic LM train against frozen models (the VAE-GAN's encoder, the semantic tokenizer,
+MuLan) that otherwise run on every batch: at scale that is most of a step's cost, repeated every epoch.
+`encode_corpus` runs them once over every whole clip of every split and writes WebDataset shards
+beside the corpus, under `CORPUS/features/<key>/`, where the key hashes the frozen models' weight
+fingerprints: features made by other checkpoints can never be used by mistake, and several sets live
+side by side. `FeatureDataset` reads them with the shard loader's sharding, shuffling and resume, and
+serves random crops whose latent frames and tokens start together.
+
+Per clip (`<key>.npz`, plus the clip's metadata as `<key>.json`):
+- `mean`, `logvar` `(l, d)` float16: the VAE posterior, not a sample of it, so training still draws
+  a fresh posterior sample per step (`VAE.encode_latents` does the same on audio);
+- `tokens` `(T,)` int16: the semantic tokens of the whole clip (25 Hz);
+- `mulan` `(levels,)` int16: the MuLan tokens of the clip's audio (when a MuLan is given).
+Whole-clip features differ from those of a crop only near the crop's edges (the encoders see more
+context); stages read them through the same crop grid as audio (`features.latents_per_token`).
+
+`features.json` records the format version, the corpus manifest's hash, the fingerprints, the rates
+and the per-split shards; a stage checks it against the models it is given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from melody.checkpoint import fingerprint
+from melody.data.loader import ShardDataset, choose_crop, key_seed, make_loader
+from melody.data.shards import MANIFEST, ShardWriter, read_manifest
+from melody.errors import MelodyError
+from melody.io import read_json, write_json_atomic
+
+FEATURES_FORMAT = "melody-features"
+FEATURES_VERSION = 1
+FEATURES_FILE = "features.json"
+
+
+def features_key(models: dict[str, nn.Module]) -> str:
+    """The cache's name: a hash of the named frozen models' weight fingerprints."""
+    text = ",".join(f"{name}={fingerprint(models[name])}" for name in sorted(models))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def features_dir(corpus: str | Path, models: dict[str, nn.Module]) -> Path:
+    """Where `encode_corpus` writes the features these models make: `CORPUS/features/<features_key>`."""
+    return Path(corpus) / "features" / features_key(models)
+
+
+def _manifest_hash(corpus: Path) -> str:
+    return hashlib.sha256((corpus / MANIFEST).read_bytes()).hexdigest()[:16]
+
+
+@torch.no_grad()
+def encode_corpus(corpus: str | Path, vae, tokenizer, mulan=None, batch_size: int = 8, progress: bool = True,
+                  splits: tuple[str, ...] | None = None) -> Path:
+    """Write every split's features under `features_dir(corpus, models)`; returns that folder."""
+    from tqdm.auto import tqdm
+
+    corpus = Path(corpus)
+    manifest = read_manifest(corpus)
+    models = {"vae": vae, "tokenizer": tokenizer} | ({"mulan": mulan} if mulan is not None else {})
+    out = features_dir(corpus, models)
+    for model in models.values():
+        model.eval()
+    rate = vae.cfg.sample_rate
+    record_splits = {}
+    for split in splits or tuple(manifest["splits"]):
+        dataset = ShardDataset.whole_clips(corpus, split, rate, vae.cfg.channels)
+        writer = ShardWriter(out, split, rate, clips_per_shard=int(manifest.get("data_config", {}).get("clips_per_shard", 256)))
+        total = int(manifest["splits"][split].get("clips") or 0) or None
+        bar = tqdm(total=total, desc=f"encode {split}", unit="clip", disable=not progress)
+        for batch in make_loader(dataset, batch_size, 0, drop_last=False):
+            arrays = {}
+            # clips of one length together, cut to it: a clip's features must not depend on what it was batched with
+            for n in sorted(set(batch["length"].tolist())):
+                rows = [i for i, m in enumerate(batch["length"].tolist()) if m == n]
+                audio, lengths = batch["audio"][rows, :, :n], batch["length"][rows]
+                posterior = vae.encode(audio)
+                tokens = tokenizer.tokens(audio.mean(1), lengths)
+                mulan_tokens = mulan.tokens_from_audio(audio.mean(1), lengths) if mulan is not None else None
+                for j, i in enumerate(rows):
+                    arrays[i] = {"mean": posterior.mean[j].T, "logvar": posterior.logvar[j].T, "tokens": tokens[j]}
+                    if mulan_tokens is not None:
+                        arrays[i]["mulan"] = mulan_tokens[j]
+            for i, key in enumerate(batch["key"]):
+                writer.add_raw(key, pack(arrays[i]), batch["meta"][i] | {"seconds": int(batch["length"][i]) / rate})
+            bar.update(len(batch["key"]))
+        bar.close()
+        writer.flush()
+        record_splits[split] = writer.summary()
+    write_json_atomic(out / FEATURES_FILE, {
+        "format": FEATURES_FORMAT, "version": FEATURES_VERSION, "corpus_manifest": _manifest_hash(corpus),
+        "fingerprints": {name: fingerprint(m) for name, m in models.items()}, "sample_rate": rate,
+        "latent_rate": rate / vae.hop, "token_rate": rate / tokenizer.hop, "splits": record_splits})
+    return out
+
+
+def pack(arrays: dict[str, torch.Tensor]) -> bytes:
+    """Feature tensors → `.npz` bytes (floats as float16, codes as int16: half the size, exact for codes < 32 768)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: v.cpu().numpy().astype(np.int16 if not v.is_floating_point() else np.float16) for k, v in arrays.items()})
+    return buffer.getvalue()
+
+
+def unpack(data: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:  # never unpickle what a file holds
+        return {k: npz[k] for k in npz.files}
+
+
+def find_features(corpus: str | Path, models: dict[str, nn.Module]) -> Path:
+    """The features of `corpus` made by (at least) exactly these models, or a one-line error saying how to make them."""
+    wanted = {name: fingerprint(model) for name, model in models.items()}
+    names = " + ".join(sorted(models))
+    candidates = sorted((Path(corpus) / "features").glob(f"*/{FEATURES_FILE}"))
+    for path in candidates:
+        record = read_json(path, "features record")
+        prints = record.get("fingerprints", {}) if isinstance(record, dict) else {}
+        if all(prints.get(name) == value for name, value in wanted.items()):
+            if record.get("format") != FEATURES_FORMAT or record.get("version") != FEATURES_VERSION:
+                raise MelodyError(f"{path}: not features this melody reads (format {record.get('format')} "
+                                  f"v{record.get('version')}); run `melody data encode` again")
+            if record.get("corpus_manifest") != _manifest_hash(Path(corpus)):
+                raise MelodyError(f"{path}: made from another version of the corpus (its manifest changed); "
+                                  "run `melody data encode` again")
+            return path.parent
+    raise MelodyError(f"{corpus}: no cached features for these {names} checkpoints ({len(candidates)} other set(s) in "
+                      f"{Path(corpus) / 'features'}); run `melody data encode {corpus}` with them, or train without train.cached_features")
+
+
+@dataclass
+class FeatureCrop:
+    latent_frames: int
+    tokens: int
+
+
+class FeatureDataset(ShardDataset):
+    """Random crops of cached features: `{"mean", "logvar" (l, d), "tokens" (T,), "mulan" (levels,), "length" (valid
+    latent frames), "token_length", "caption", "key", "meta"}`, crops starting on a token boundary so that latent frame
+    j is covered by token ⌊j / latents_per_token⌋, as on audio. Sharding, shuffling and resume are the shard loader's."""
+
+    def __init__(self, folder: str | Path, split: str, crop_seconds: float, *, shuffle: int = 256, seed: int = 0,
+                 random_offset: bool = True) -> None:
+        folder = Path(folder)
+        record = read_json(folder / FEATURES_FILE, "features record")
+        if split not in record["splits"]:
+            raise MelodyError(f"{folder}: the features have no '{split}' split; they have {', '.join(record['splits'])}")
+        super().__init__([folder / s for s in record["splits"][split]["shards"]], crop_seconds, record["sample_rate"],
+                         shuffle=shuffle, seed=seed, random_offset=random_offset)
+        ratio = record["latent_rate"] / record["token_rate"]
+        if abs(ratio - round(ratio)) > 1e-6:
+            raise MelodyError(f"{folder}: {record['latent_rate']} Hz latents are no whole multiple of {record['token_rate']} Hz tokens")
+        self.latents_per_token = round(ratio)
+        self.shape = FeatureCrop(round(crop_seconds * record["latent_rate"]), round(crop_seconds * record["token_rate"]))
+        self.collate = collate_features
+
+    def decode(self, raw: dict) -> dict:
+        try:
+            return {"key": raw["__key__"], "features": unpack(raw["npz"]), "meta": json.loads(raw["json"])}
+        except (KeyError, ValueError, OSError):
+            raise MelodyError(f"feature sample {raw.get('__key__')!r} is incomplete or corrupt; run `melody data encode` again") from None
+
+    def _prepare(self, sample: dict) -> dict:
+        f, crop = sample["features"], self.shape
+        rng = np.random.default_rng([self.seed, self.epoch, key_seed(sample["key"])])
+        where = choose_crop(len(f["tokens"]), crop.tokens, rng, self.random_offset)  # in tokens
+        first = where.start * self.latents_per_token
+        frames = max(0, min(where.length * self.latents_per_token, len(f["mean"]) - first, crop.latent_frames))
+        out = {"length": frames, "token_length": where.length, "caption": sample["meta"].get("caption", ""),
+               "key": sample["key"], "meta": sample["meta"]}
+        # padding frames: a posterior of exactly 0 (the variance of e^-30 is the VAE's own lower bound)
+        for name, pad in (("mean", 0.0), ("logvar", -30.0)):
+            x = np.full((crop.latent_frames, f[name].shape[1]), pad, np.float32)
+            x[:frames] = f[name][first:first + frames]
+            out[name] = torch.from_numpy(x)
+        tokens = np.zeros(crop.tokens, np.int64)
+        tokens[:where.length] = f["tokens"][where.start:where.start + where.length]
+        out["tokens"] = torch.from_numpy(tokens)
+        if "mulan" in f:
+            out["mulan"] = torch.from_numpy(f["mulan"].astype(np.int64))
+        return out
+
+
+def collate_features(batch: list[dict]) -> dict:
+    out = {k: torch.stack([b[k] for b in batch]) for k in ("mean", "logvar", "tokens") + (("mulan",) if "mulan" in batch[0] else ())}
+    out |= {k: torch.tensor([b[k] for b in batch]) for k in ("length", "token_length")}
+    return out | {k: [b[k] for b in batch] for k in ("caption", "key", "meta")}

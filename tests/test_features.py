@@ -1,0 +1,169 @@
+"""Cached features (`melody data encode`): what is stored equals what the frozen models compute, crops keep latents and
+tokens aligned, stages train from them, and features of other checkpoints or another corpus are refused."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_cli import TINY_VAE, melody_one_thread
+from test_distributed import semantic_stage
+from test_mulan import tiny_bert
+from test_pipeline import TINY_DPD
+from test_semantic_stages import TINY_STACK
+from test_shards import RATE, make_corpus
+
+from melody.checkpoint import save_model
+from melody.config import preset
+from melody.data.features import FEATURES_FILE, FeatureDataset, encode_corpus, find_features, unpack
+from melody.data.loader import ShardDataset, make_loader
+from melody.errors import MelodyError
+from melody.mulan import MuLan
+from melody.semantic.tokenizer import SemanticTokenizer
+from melody.train.dpd import DPDStage
+from melody.train.engine import Engine
+from melody.vae import VAE
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("features")
+    corpus = make_corpus(root / "corpus", clips=10, per_shard=3, seconds=(1.0, 2.0))
+    (root / "bert").mkdir()
+    model, tokenizer = tiny_bert(root / "bert", words=[f"{i}" for i in range(10)] + ["clip", "number"])
+    model.save_pretrained(root / "bert")
+    tokenizer.save_pretrained(root / "bert")
+    cfg = preset("tiny", [*TINY_STACK, *TINY_VAE, *TINY_DPD, f"mulan.text_encoder={root / 'bert'}"])
+    torch.manual_seed(1)
+    mulan = MuLan.from_config(cfg.mulan, cfg.vae.sample_rate)
+    mulan.fit_tokens(torch.nn.functional.normalize(torch.randn(64, cfg.mulan.embed_dim), dim=-1))
+    tok = SemanticTokenizer.from_config(cfg.tokenizer, cfg.vae.sample_rate)
+    tok.quantizer.centroids.normal_()
+    models = {"vae": VAE(cfg.vae).eval(), "tokenizer": tok.eval(), "mulan": mulan.eval()}
+    for name, m in models.items():
+        save_model(root / "models" / name, name, m, cfg, name)
+    out = melody_one_thread("data", "encode", str(corpus), "--bundle", str(root / "models"), "--batch-size", "3", "--no-progress")
+    assert out.returncode == 0, out.stderr
+    folder = find_features(corpus, models)
+    assert out.stdout.strip() == f"wrote {folder}"
+    return corpus, cfg, models, folder, root / "bert"
+
+
+def cached(folder, split):
+    import webdataset as wds
+
+    record = json.loads((folder / FEATURES_FILE).read_text())
+    for shard in record["splits"][split]["shards"]:
+        for raw in wds.tarfile_to_samples()([{"url": str(folder / shard)}]):
+            yield raw["__key__"], unpack(raw["npz"]), json.loads(raw["json"])
+
+
+def test_stored_features_are_what_the_models_compute(setup):
+    corpus, cfg, models, folder, _ = setup
+    record = json.loads((folder / FEATURES_FILE).read_text())
+    assert set(record["fingerprints"]) == {"vae", "tokenizer", "mulan"} and record["token_rate"] == 25
+    assert record["latent_rate"] == 50 and record["splits"]["train"]["clips"] == 8
+    whole = {s["key"]: s for s in ShardDataset.whole_clips(corpus, "train", RATE)}
+    seen = 0
+    for key, f, meta in cached(folder, "train"):
+        clip = whole[key]
+        n = int(clip["length"])
+        audio = clip["audio"][None, :, :n]
+        with torch.no_grad():
+            posterior = models["vae"].encode(audio)
+            tokens = models["tokenizer"].tokens(audio.mean(1), torch.tensor([n]))
+            mulan = models["mulan"].tokens_from_audio(audio.mean(1), torch.tensor([n]))
+        assert f["mean"].dtype == np.float16 and f["tokens"].dtype == np.int16
+        assert f["mean"].shape == (n // 160, 16) == f["logvar"].shape and f["tokens"].shape == (n // 320,)
+        np.testing.assert_allclose(f["mean"], posterior.mean[0].T.numpy(), atol=2e-3, rtol=2e-3)
+        np.testing.assert_array_equal(f["tokens"], tokens[0].numpy())
+        np.testing.assert_array_equal(f["mulan"], mulan[0].numpy())
+        assert meta["caption"] == clip["caption"] and meta["seconds"] == n / RATE
+        seen += 1
+    assert seen == 8
+
+
+def test_crops_start_latents_and_tokens_together(setup):
+    _, _, _, folder, _ = setup
+    whole = {key: f for key, f, _ in cached(folder, "train")}
+    data = FeatureDataset(folder, "train", 0.5, shuffle=0, seed=3)  # 25 latent frames, 12 tokens... of 1–2 s clips
+    assert data.latents_per_token == 2 and (data.shape.latent_frames, data.shape.tokens) == (25, 12)
+    starts = set()
+    for item in data:
+        f = whole[item["key"]]
+        t0 = next(t for t in range(len(f["tokens"]) - 11) if np.array_equal(f["tokens"][t:t + 12], item["tokens"].numpy())
+                  and np.allclose(f["mean"][2 * t:2 * t + 24], item["mean"][:24].numpy()))
+        starts.add(t0)
+        assert item["length"] == 24 and item["token_length"] == 12  # 12 tokens cover 24 latent frames; frame 25 is padding
+        assert item["logvar"][24:].eq(-30).all() and item["mean"][24:].eq(0).all()
+    assert len(starts) > 1  # random offsets, on the token grid
+    batch = next(iter(make_loader(data, 4)))
+    assert batch["mean"].shape == (4, 25, 16) and batch["tokens"].dtype == torch.int64 and batch["mulan"].shape == (4, 4)
+
+
+def test_the_semantic_lm_trains_from_features_as_from_audio(setup, tmp_path):
+    """The test clips fit in the 2 s window whole, so the cached tokens are the crops' own and the runs must agree."""
+    corpus, _, models, _, bert = setup
+    weights = {}
+    for name, extra in (("audio", []), ("cached", ["train.cached_features=true"])):
+        stage = semantic_stage(corpus, bert, tmp_path / name, "train.batch_size=4", "train.steps=2", "semantic_lm.window_seconds=2",
+                               *extra)
+        stage.mulan, stage.tokenizer = models["mulan"], models["tokenizer"]
+        if extra:
+            stage.features = find_features(corpus, {"mulan": stage.mulan, "tokenizer": stage.tokenizer})
+        engine = Engine(stage, tmp_path / name, progress=False, cpu=True)
+        assert isinstance(stage.dataset("train"), FeatureDataset) == bool(extra)
+        engine.fit()
+        weights[name] = engine.unwrapped("semantic_lm").state_dict()
+    for key in weights["audio"]:
+        torch.testing.assert_close(weights["cached"][key], weights["audio"][key], atol=1e-5, rtol=1e-4, msg=key)
+
+
+def test_the_dpd_trains_from_features(setup, tmp_path):
+    corpus, cfg, models, _, _ = setup
+    run = tmp_path / "dpd"
+    cfg = preset("tiny", [*TINY_STACK, *TINY_VAE, *TINY_DPD, "train.cached_features=true", "train.batch_size=2", "train.steps=2",
+                          "train.num_workers=0", "train.sample_every=0", "train.log_every=1", "train.checkpoint_every=100"])
+    stage = DPDStage(cfg, corpus, run, (models["vae"], cfg), (models["tokenizer"], cfg))
+    assert isinstance(stage.dataset("train"), FeatureDataset) and not isinstance(stage.dataset("valid"), FeatureDataset)
+    Engine(stage, run, progress=False, cpu=True).fit()
+    losses = [json.loads(line)["dpd/total"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+
+
+def test_features_of_other_checkpoints_or_another_corpus_are_refused(setup, tmp_path):
+    corpus, cfg, models, folder, _ = setup
+    other = VAE(cfg.vae)
+    with pytest.raises(MelodyError, match="no cached features for these tokenizer \\+ vae checkpoints") as err:
+        find_features(corpus, {"vae": other, "tokenizer": models["tokenizer"]})
+    assert "\n" not in str(err.value) and "melody data encode" in str(err.value)
+    copy = tmp_path / "corpus"
+    import shutil
+
+    shutil.copytree(corpus, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["edited"] = True
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(MelodyError, match="another version of the corpus"):
+        find_features(copy, {"vae": models["vae"], "tokenizer": models["tokenizer"]})
+
+
+def test_encode_needs_its_models(setup, tmp_path):
+    corpus = setup[0]
+    out = melody_one_thread("data", "encode", str(corpus))
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and "--bundle" in lines[0]
+
+
+def test_encoding_is_deterministic(setup, tmp_path):
+    corpus, _, models, folder, _ = setup
+    copy = tmp_path / "c"
+    import shutil
+
+    shutil.copytree(corpus, copy, ignore=shutil.ignore_patterns("features"))
+    again = encode_corpus(copy, models["vae"], models["tokenizer"], models["mulan"], batch_size=5, progress=False)
+    assert again.name == folder.name
+    for a, b in zip(sorted(folder.rglob("*.tar")), sorted(again.rglob("*.tar"))):
+        assert a.read_bytes() == b.read_bytes()
