@@ -126,10 +126,10 @@ def acoustic_rows(model: MusicLMStyle, steps: int, device: str) -> dict:
                         torch.randint(0, vocab, (1, math.ceil(n * semantic_per_frame)), generator=gen).to(device))
         else:
             def condition_length(n: int) -> int:
-                return n * cfg.codec.coarse_levels
+                return n * model.codec.coarse_levels
 
             def condition(n: int) -> tuple[torch.Tensor, ...]:
-                return (torch.randint(0, cfg.codec.codebook_size, (1, n, cfg.codec.coarse_levels), generator=gen).to(device),)
+                return (torch.randint(0, model.codec.codebook_size, (1, n, model.codec.coarse_levels), generator=gen).to(device),)
 
         full = condition_length(min(window, frames))
 

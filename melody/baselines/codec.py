@@ -27,6 +27,11 @@ VAE's own reconstruction 0.428; docs/baselines.md):
 Token counts: a clip of l latent frames has `frames(l)` codec frames (⌈l / p⌉·q for "group"); a
 generated clip of T seconds has ⌈50·T⌉, which `decode` pads to whole groups by repeating the last
 frame (at most q − 1 = 1 frame, 20 ms, and only when ⌈50·T⌉ is odd).
+
+`CodecConfig.kind` chooses the codec: "latent" (this one, the default) or a user's own pretrained EnCodec or
+DAC ("encodec", "dac": `melody.baselines.hf_codec`, read from `CodecConfig.path`). Both offer the baseline one
+interface: `encode_audio(audio, vae)`, `decode_audio(codes, samples, vae)`, `audio_frames(samples, vae)`,
+`frame_rate`, `levels`, `coarse_levels`, `fine_levels`, `codebook_size`.
 """
 
 from __future__ import annotations
@@ -46,23 +51,42 @@ from melody.modules.rvq import ResidualVQ
 from melody.vae import VAE
 
 MAPPINGS = ("group", "interpolate")
+KINDS = ("latent", "encodec", "dac")  # CodecConfig.kind: this module's codec, or a pretrained one (hf_codec.py)
 
 
 @dataclass
 class CodecConfig:
-    """MusicLM's acoustic tokens (SoundStream: 50 Hz, 12 levels × 1024 codes, coarse = the first 4)."""
+    """MusicLM's acoustic tokens (SoundStream: 50 Hz, 12 levels × 1024 codes, coarse = the first 4).
+
+    `kind` "latent" is this module's codec, which `frame_rate`, `levels`, `codebook_size`, `mapping`, `fit_clips`
+    and `kmeans_iters` describe; a pretrained codec ("encodec", "dac", read from `path`) has its own frame rate,
+    levels and codebook size (`melody.baselines.hf_codec`) and ignores them. `coarse_levels` applies to both.
+    """
 
     frame_rate: int = 50
     levels: int = 12
-    coarse_levels: int = 4
+    coarse_levels: int = 4  # the first levels are coarse; 0: a third of the codec's levels, rounded (MusicLM's 4 of 12)
     codebook_size: int = 1024
     mapping: str = "group"  # how 125 Hz VAE latents become 50 Hz frames: "group" or "interpolate" (module docstring)
     fit_clips: int = 400  # training clips (10 s each) whose frames the k-means fit reads
     kmeans_iters: int = 50  # per level (mini-batch epochs above 50 000 frames)
+    kind: str = "latent"  # "latent" (this module), or a pretrained "encodec" / "dac" (hf_codec.py)
+    path: str = ""  # a pretrained codec's local transformers folder (config.json + weights)
+    bandwidth: float = 6.0  # kbps, EnCodec only: one of its target_bandwidths, which sets its levels (6: 8 levels at 24 kHz)
 
     @property
     def fine_levels(self) -> int:
-        return self.levels - self.coarse_levels
+        return self.levels - coarse_split(self.coarse_levels, self.levels)
+
+
+def coarse_split(coarse_levels: int, levels: int) -> int:
+    """How many of a codec's `levels` levels are coarse: `coarse_levels`, or when 0 a third of them, rounded
+    (MusicLM's 4 of 12); a `MelodyError` unless it leaves at least one coarse and one fine level."""
+    coarse = max(1, round(levels / 3)) if coarse_levels == 0 else coarse_levels
+    if not 1 <= coarse < levels:
+        raise MelodyError(f"codec.coarse_levels {coarse_levels} must lie in [1, {levels}) for a codec of {levels} levels "
+                          "(0: a third of them)")
+    return coarse
 
 
 class LatentCodec(nn.Module):
@@ -76,8 +100,7 @@ class LatentCodec(nn.Module):
         super().__init__()
         if config.mapping not in MAPPINGS:
             raise MelodyError(f"unknown codec mapping '{config.mapping}'; choose one of: {', '.join(MAPPINGS)}")
-        if not 1 <= config.coarse_levels < config.levels:
-            raise MelodyError(f"codec.coarse_levels {config.coarse_levels} must lie in [1, codec.levels = {config.levels})")
+        self.coarse_levels = coarse_split(config.coarse_levels, config.levels)
         self.config, self.latent_dim, self.latent_rate = config, latent_dim, float(latent_rate)
         ratio = Fraction(latent_rate).limit_denominator(1000) / config.frame_rate
         self.p, self.q = ratio.numerator, ratio.denominator  # p latent frames ↔ q codec frames
@@ -89,6 +112,22 @@ class LatentCodec(nn.Module):
         else:
             self.frame_dim = latent_dim
         self.rvq = ResidualVQ(self.frame_dim, config.levels, config.codebook_size, kmeans_iters=config.kmeans_iters)
+
+    @property
+    def frame_rate(self) -> int:
+        return self.config.frame_rate
+
+    @property
+    def levels(self) -> int:
+        return self.config.levels
+
+    @property
+    def fine_levels(self) -> int:
+        return self.levels - self.coarse_levels
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
 
     def frames(self, latent_frames: int) -> int:
         """Codec frames that encode `latent_frames` latent frames."""
@@ -146,6 +185,20 @@ class LatentCodec(nn.Module):
     def decode(self, codes: torch.Tensor, length: int) -> torch.Tensor:
         """Codes `(b, n, k)` of the first k ≤ levels levels → latents `(b, length, d)` (float32)."""
         return self.from_frames(self.rvq.decode(codes), length)
+
+    # the interface the baseline uses for every codec kind (hf_codec.HFCodec has the same)
+
+    def audio_frames(self, samples: int, vae: VAE) -> int:
+        """Codec frames that encode a clip of `samples` audio samples (⌈samples / hop⌉ latent frames)."""
+        return self.frames(vae.latent_length(samples))
+
+    def encode_audio(self, audio: torch.Tensor, vae: VAE) -> torch.Tensor:
+        """Audio `(b, c, n)` → codes `(b, audio_frames(n), levels)` long."""
+        return encode_audio(vae, self, audio)
+
+    def decode_audio(self, codes: torch.Tensor, samples: int, vae: VAE) -> torch.Tensor:
+        """Codes `(b, n, levels)` → audio `(b, c, samples)`, clamped to [−1, 1]."""
+        return decode_audio(vae, self, codes, samples)
 
 
 @torch.no_grad()

@@ -14,7 +14,10 @@ Every token costs one forward pass, so T seconds cost (25 + 50·4 + 50·8)·T = 
 same semantic LM, the same sampling settings and seeds (`MusicLMStyle.generate` draws exactly the semantic
 tokens `MeLoDy.generate` draws for the same prompt and seed), so a comparison isolates the acoustic stage:
 melody's DPD + VAE decoder against the coarse and fine LMs + codec decoder. The codec is
-`melody.baselines.codec` (the bundled VAE's latents made 50 Hz × 12 RVQ levels: we have no SoundStream).
+`melody.baselines.codec` (the bundled VAE's latents made 50 Hz × 12 RVQ levels: we have no SoundStream), or a
+user's own EnCodec / DAC (`codec.kind`, `codec.path`: `melody.baselines.hf_codec`); the acoustic LMs' levels,
+codebook size and token rates are the codec's (`codec.frame_rate` Hz × `codec.levels`, as built), so the
+counts above read (25 + rate·coarse + rate·fine)·T for another codec.
 
 The acoustic LMs (`CoarseLM`, `FineLM`, one base `AcousticLM`) are decoder-only `melody.modules.transformer.
 Transformer`s with a KV cache. A window's stream is
@@ -63,7 +66,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from melody.baselines.codec import CodecConfig, LatentCodec, decode_audio
+from melody.baselines.codec import CodecConfig, LatentCodec, coarse_split
+from melody.baselines.hf_codec import HFCodec, codec_from_config
 from melody.checkpoint import fingerprint, load_weights, prefixed, read_tensors, unprefixed, write_tensors
 from melody.config import MelodyConfig, TrainConfig, apply_overrides, from_dict, to_dict
 from melody.data.loader import mix_seeds
@@ -136,13 +140,21 @@ def preset(name: str, overrides: Sequence[str] = ()) -> MusicLMConfig:
     return apply_overrides(apply_overrides(MusicLMConfig(preset=name), PRESETS[name]), overrides)
 
 
-def window_frames(config: AcousticLMConfig, frame_rate: int) -> tuple[int, int]:
-    """(frames per window, frames per slide): 10 s and 5 s at 50 Hz → (500, 250)."""
+def window_frames(config: AcousticLMConfig, frame_rate: int | Fraction) -> tuple[int, int]:
+    """(frames per window, frames per slide) at the codec's frame rate: 10 s and 5 s at 50 Hz → (500, 250)."""
     window, stride = round(config.window_seconds * frame_rate), round(config.stride_seconds * frame_rate)
     if window < 1 or not 1 <= stride <= window:
         raise MelodyError(f"acoustic LM window {window} and stride {stride} frames: need 1 ≤ stride ≤ window; "
                           "check window_seconds and stride_seconds")
     return window, stride
+
+
+def codec_shape(config: CodecConfig, codec: LatentCodec | HFCodec | None = None) -> tuple[int, int, int]:
+    """(codebook size, coarse levels, fine levels) of a built `codec`, or without one of the latent codec `config` describes."""
+    if codec is not None:
+        return codec.codebook_size, codec.coarse_levels, codec.fine_levels
+    coarse = coarse_split(config.coarse_levels, config.levels)
+    return config.codebook_size, coarse, config.levels - coarse
 
 
 # --- the acoustic LMs ------------------------------------------------------------------------------
@@ -258,9 +270,12 @@ class CoarseLM(AcousticLM):
         self.semantic_embedding = nn.Embedding(semantic_vocab, config.dim)
 
     @classmethod
-    def from_config(cls, cfg: MusicLMConfig, melody_cfg: MelodyConfig) -> CoarseLM:
-        return cls(cfg.coarse, cfg.codec.codebook_size, cfg.codec.coarse_levels, melody_cfg.mulan.rvq_levels,
-                   melody_cfg.mulan.codebook_size, melody_cfg.tokenizer.codebook_size)
+    def from_config(cls, cfg: MusicLMConfig, melody_cfg: MelodyConfig,
+                    codec: LatentCodec | HFCodec | None = None) -> CoarseLM:
+        """Sized for `codec`'s codebook and coarse levels (without one: the latent codec of `cfg.codec`)."""
+        size, coarse, _ = codec_shape(cfg.codec, codec)
+        return cls(cfg.coarse, size, coarse, melody_cfg.mulan.rvq_levels, melody_cfg.mulan.codebook_size,
+                   melody_cfg.tokenizer.codebook_size)
 
     def condition(self, mulan_tokens: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
         """[MuLan tokens `(b, M)` | semantic tokens `(b, S)`] → `(b, M + S, dim)`."""
@@ -279,19 +294,22 @@ class FineLM(AcousticLM):
         self.coarse_levels = coarse_levels
 
     @classmethod
-    def from_config(cls, cfg: MusicLMConfig) -> FineLM:
-        return cls(cfg.fine, cfg.codec.codebook_size, cfg.codec.coarse_levels, cfg.codec.fine_levels)
+    def from_config(cls, cfg: MusicLMConfig, codec: LatentCodec | HFCodec | None = None) -> FineLM:
+        """Sized for `codec`'s codebook and levels (without one: the latent codec of `cfg.codec`)."""
+        return cls(cfg.fine, *codec_shape(cfg.codec, codec))
 
     def condition(self, coarse: torch.Tensor) -> torch.Tensor:
         """Coarse codes `(b, n, coarse_levels)` → `(b, n · coarse_levels, dim)`, with the coarse levels' rows."""
         return self.embed_codes(flatten_codes(coarse), 0, self.coarse_levels)
 
 
-def parameter_count(cfg: MusicLMConfig, melody_cfg: MelodyConfig) -> dict[str, int]:
-    """Parameters of the coarse and fine LMs at these sizes, counted on the meta device (no memory, no init)."""
+def parameter_count(cfg: MusicLMConfig, melody_cfg: MelodyConfig,
+                    codec: LatentCodec | HFCodec | None = None) -> dict[str, int]:
+    """Parameters of the coarse and fine LMs at these sizes (for `codec`, by default the latent codec of
+    `cfg.codec`), counted on the meta device (no memory, no init)."""
     with torch.device("meta"):
-        return {"coarse": CoarseLM.from_config(cfg, melody_cfg).num_parameters(),
-                "fine": FineLM.from_config(cfg).num_parameters()}
+        return {"coarse": CoarseLM.from_config(cfg, melody_cfg, codec).num_parameters(),
+                "fine": FineLM.from_config(cfg, codec).num_parameters()}
 
 
 # --- sampling --------------------------------------------------------------------------------------
@@ -369,34 +387,52 @@ class MusicLMOutput:
     audio: torch.Tensor  # (b, channels, round(seconds · sample_rate)) float32 in [-1, 1]
     sample_rate: int
     semantic_tokens: torch.Tensor  # (b, ⌈25 · seconds⌉) long: melody's own for the same prompt and seed
-    acoustic_tokens: torch.Tensor  # (b, ⌈50 · seconds⌉, 12) long: coarse levels then fine
+    acoustic_tokens: torch.Tensor  # (b, ⌈frame_rate · seconds⌉, levels) long, coarse levels then fine: ⌈50·T⌉ × 12
     forward_passes: dict[str, int] = field(default_factory=dict)  # per stage, network calls
     seconds: dict[str, float] = field(default_factory=dict)  # per stage, wall time
 
 
 class MusicLMStyle:
-    """The baseline: melody's MuLan and semantic LM, then `CoarseLM`, `FineLM` and the codec (`LatentCodec` + melody's VAE)."""
+    """The baseline: melody's MuLan and semantic LM, then `CoarseLM`, `FineLM` and the codec (`LatentCodec` + melody's
+    VAE, or a pretrained `HFCodec`)."""
 
-    def __init__(self, melody: MeLoDy, codec: LatentCodec, coarse: CoarseLM, fine: FineLM, config: MusicLMConfig) -> None:
+    def __init__(self, melody: MeLoDy, codec: LatentCodec | HFCodec, coarse: CoarseLM, fine: FineLM,
+                 config: MusicLMConfig) -> None:
         self.melody, self.codec, self.coarse, self.fine, self.config = melody, codec, coarse, fine, config
         m = melody.cfg
         if (coarse.mulan_levels, coarse.mulan_codebook_size, coarse.semantic_vocab) != (
                 m.mulan.rvq_levels, m.mulan.codebook_size, m.tokenizer.codebook_size):
             raise MelodyError("this MusicLM-style model was built for another MuLan or tokenizer than the bundle's; "
                               "pass the bundle it was trained with")
-        if (codec.latent_dim, codec.latent_rate) != (melody.vae.cfg.latent_dim, melody.vae.latent_rate):
-            raise MelodyError(f"the codec reads {codec.latent_rate:g} Hz × {codec.latent_dim} latents, the bundle's VAE makes "
-                              f"{melody.vae.latent_rate:g} Hz × {melody.vae.cfg.latent_dim}; pass the bundle it was trained with")
+        if isinstance(codec, HFCodec):
+            if codec.sample_rate != melody.vae.cfg.sample_rate:
+                rate = melody.vae.cfg.sample_rate
+                raise MelodyError(f"the codec adapter takes {codec.sample_rate} Hz audio, the bundle makes {rate} Hz; "
+                                  f"load the codec with sample_rate={rate}")
+        elif (codec.latent_dim, codec.latent_rate) != (melody.vae.cfg.latent_dim, melody.vae.latent_rate):
+            raise MelodyError(f"the codec reads {codec.latent_rate:g} Hz × {codec.latent_dim} latents, the bundle's VAE "
+                              f"makes {melody.vae.latent_rate:g} Hz × {melody.vae.cfg.latent_dim}; pass the bundle it was "
+                              "trained with")
+        shape = (codec.codebook_size, codec.coarse_levels, codec.fine_levels)
+        if (coarse.codebook_size, coarse.levels, fine.levels) != shape:
+            raise MelodyError(f"the acoustic LMs model {coarse.levels} + {fine.levels} levels × {coarse.codebook_size} codes, "
+                              f"the codec makes {codec.coarse_levels} + {codec.fine_levels} × {codec.codebook_size}; "
+                              "build them for this codec")
         device = next(melody.semantic_lm.parameters()).device
         for model in (codec, coarse, fine):
             model.to(device).eval()
 
     @staticmethod
-    def build(config: MusicLMConfig, melody_cfg: MelodyConfig) -> tuple[LatentCodec, CoarseLM, FineLM]:
-        """Untrained models of these sizes (PyTorch's initialisation; the codec has no codebooks yet)."""
+    def build(config: MusicLMConfig, melody_cfg: MelodyConfig) -> tuple[LatentCodec | HFCodec, CoarseLM, FineLM]:
+        """Untrained LMs of these sizes (PyTorch's initialisation) for the codec `config.codec` names: a latent codec
+        with no codebooks yet, or the pretrained codec read from `config.codec.path`, whose levels and codebook
+        size the LMs then model."""
         vae = melody_cfg.vae
-        codec = LatentCodec(config.codec, vae.latent_dim, vae.sample_rate / math.prod(vae.strides))
-        return codec, CoarseLM.from_config(config, melody_cfg), FineLM.from_config(config)
+        if config.codec.kind == "latent":
+            codec = LatentCodec(config.codec, vae.latent_dim, vae.sample_rate / math.prod(vae.strides))
+        else:
+            codec = codec_from_config(config.codec, vae.sample_rate)
+        return codec, CoarseLM.from_config(config, melody_cfg, codec), FineLM.from_config(config, codec)
 
     @classmethod
     def random(cls, config: MusicLMConfig, melody: MeLoDy, seed: int = 0) -> MusicLMStyle:
@@ -404,12 +440,14 @@ class MusicLMStyle:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             codec, coarse, fine = cls.build(config, melody.cfg)
-        codec.randomize(torch.Generator().manual_seed(seed))
+        if isinstance(codec, LatentCodec):  # a pretrained codec keeps its own codebooks
+            codec.randomize(torch.Generator().manual_seed(seed))
         return cls(melody, codec, coarse, fine, config)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, melody: MeLoDy) -> MusicLMStyle:
-        """Load `folder/musiclm.safetensors` + `folder/musiclm.json` beside `melody`, the bundle it was trained against."""
+    def from_pretrained(cls, folder: str | Path, melody: MeLoDy, codec_path: str | Path | None = None) -> MusicLMStyle:
+        """Load `folder/musiclm.safetensors` + `folder/musiclm.json` beside `melody`, the bundle it was trained against;
+        a pretrained codec is read from the folder its config records, or from `codec_path` (the same codec, moved)."""
         folder = Path(folder)
         if not (folder / "musiclm.json").is_file():
             raise MelodyError(f"{folder}: holds no musiclm.json; give the folder `melody train musiclm` exported "
@@ -422,26 +460,35 @@ class MusicLMStyle:
             raise MelodyError(f"{folder / 'musiclm.json'}: format version {meta.get('format_version')} is not supported "
                               f"(expected {FORMAT_VERSION}); re-export it with this version of melody")
         config = from_dict(meta.get("config"), MusicLMConfig, "config")
+        if codec_path is not None:
+            config.codec.path = str(codec_path)
         tensors, info = read_tensors(folder / "musiclm.safetensors", "MusicLM-style weights")
         if info.get("stage") != "musiclm":
             raise MelodyError(f"{folder / 'musiclm.safetensors'}: holds '{info.get('stage')}' weights, not 'musiclm'")
+        trained_against = meta.get("trained_against") or {}
         for name in FROZEN:
-            recorded = (meta.get("trained_against") or {}).get(name)
+            recorded = trained_against.get(name)
             if recorded is not None and recorded != fingerprint(getattr(melody, name)):
                 raise MelodyError(f"{folder}: was trained against another {name} than this bundle's (fingerprint {recorded}); "
                                   "pass the bundle it was trained with")
         codec, coarse, fine = cls.build(config, melody.cfg)
+        recorded = trained_against.get("codec")
+        if isinstance(codec, HFCodec) and recorded is not None and recorded != fingerprint(codec.model):
+            raise MelodyError(f"{folder}: learned the codes of another codec than the one in {config.codec.path} (fingerprint "
+                              f"{recorded}); pass the codec folder it was trained with (codec_path)")
         for name, module in (("codec", codec), ("coarse", coarse), ("fine", fine)):
             load_weights(module, unprefixed(tensors, name), f"{folder / 'musiclm.safetensors'} [{name}]")
         return cls(melody, codec, coarse, fine, config)
 
     def save_pretrained(self, folder: str | Path, trained_against: dict[str, str] | None = None) -> Path:
-        """Write `folder/musiclm.safetensors` (codec codebooks and both LMs) and `folder/musiclm.json` (format,
-        version, config, and the fingerprints of the melody models it learned from: `trained_against`, by
-        default this bundle's)."""
+        """Write `folder/musiclm.safetensors` (the latent codec's codebooks and both LMs; a pretrained codec stays in
+        its own folder) and `folder/musiclm.json` (format, version, config, and the fingerprints of the models it
+        learned from: `trained_against`, by default this bundle's and a pretrained codec's)."""
         folder = Path(folder)
         if trained_against is None:
             trained_against = {name: fingerprint(getattr(self.melody, name)) for name in FROZEN}
+            if isinstance(self.codec, HFCodec):
+                trained_against["codec"] = fingerprint(self.codec.model)
         state = {**prefixed(self.codec.state_dict(), "codec"), **prefixed(self.coarse.state_dict(), "coarse"),
                  **prefixed(self.fine.state_dict(), "fine")}
         path = write_tensors(folder / "musiclm.safetensors", state, {"stage": "musiclm"})
@@ -450,8 +497,9 @@ class MusicLMStyle:
         return path
 
     @property
-    def frame_rate(self) -> int:
-        return self.config.codec.frame_rate
+    def frame_rate(self) -> int | Fraction:
+        """The codec's frames per second: the acoustic LMs' frame rate (50; a pretrained codec's exact rate / hop)."""
+        return self.codec.frame_rate
 
     @property
     def _device(self) -> torch.device:
@@ -484,7 +532,7 @@ class MusicLMStyle:
 
         tell("codec")
         clock = time.perf_counter()
-        audio = decode_audio(melody.vae, self.codec, codes, round(seconds * melody.vae.cfg.sample_rate))
+        audio = self.codec.decode_audio(codes, round(seconds * melody.vae.cfg.sample_rate), melody.vae)
         times["codec"], passes["codec"] = time.perf_counter() - clock, 1
         return MusicLMOutput(audio, melody.vae.cfg.sample_rate, semantic.tokens, codes, passes, times)
 

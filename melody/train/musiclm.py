@@ -8,14 +8,17 @@ frozen); this stage trains what it adds: the codec's RVQ and the coarse and fine
   fitted by k-means on the frames (the VAE's posterior means, `melody.baselines.codec`) of `codec.fit_clips`
   whole training clips spread evenly over the split (the corpus is stored source by source), seeded by
   `train.seed`, and written to `RUN/codec.safetensors`; a resumed run reads it back. It never changes after,
-  so the LMs' targets never move.
+  so the LMs' targets never move. A pretrained codec (`codec.kind` "encodec" / "dac", `codec.path`:
+  `melody.baselines.hf_codec`) is already quantised: nothing is fitted, its fingerprint goes into
+  `RUN/conditioners.json` beside the frozen models', and a resume against another codec is refused.
 - **One step**, on a batch of `coarse.window_seconds` crops: the frozen models give each crop's MuLan tokens
   (of its *audio*, as melody's LM learns; text only at inference), its 25 Hz semantic tokens (the bundle's
   tokenizer) and its codes (the codec). The coarse LM learns the crop's 4 coarse levels given the MuLan and
   semantic tokens; the fine LM a random `fine.window_seconds` span of it (one start per example, from the
-  step's generator), its 8 fine levels given the span's coarse codes. Both: teacher-forced next-token
-  cross-entropy over the frames that hold audio (`lm_loss`), each LM with its own AdamW (β = 0.9, 0.95,
-  LLaMA's) and schedule; EMA copies when `train.ema_decay` > 0.
+  step's generator), its 8 fine levels given the span's coarse codes (another codec: its own split, frame
+  rate and codebook). Both: teacher-forced next-token cross-entropy over the frames that hold audio
+  (`lm_loss`), each LM with its own AdamW (β = 0.9, 0.95, LLaMA's) and schedule; EMA copies when
+  `train.ema_decay` > 0.
 - **Held out**, every `train.sample_every` steps: both LMs' perplexity on the fixed valid batch
   (`valid/coarse_ppl`, `valid/fine_ppl`).
 - **Export**, when the run reaches `train.steps`: `RUN/musiclm.safetensors` + `RUN/musiclm.json`
@@ -36,8 +39,9 @@ import torch
 
 from melody.audio import resample, to_channels
 from melody.baselines.codec import LatentCodec, vae_latents
+from melody.baselines.hf_codec import HFCodec
 from melody.baselines.musiclm import FROZEN, MusicLMConfig, MusicLMStyle, flatten_codes, preset, window_frames
-from melody.checkpoint import load_weights, read_tensors, write_tensors
+from melody.checkpoint import fingerprint, load_weights, read_tensors, write_tensors
 from melody.config import apply_overrides, from_dict
 from melody.data.loader import ShardDataset
 from melody.data.shards import iter_samples, read_manifest
@@ -45,7 +49,6 @@ from melody.errors import MelodyError
 from melody.eval.attributes import spread_indices
 from melody.io import read_json, write_json_atomic
 from melody.semantic.lm import lm_loss
-from melody.semantic.tokenizer import frame_count
 from melody.train.engine import Engine, Stage, check_frozen
 
 BETAS = (0.9, 0.95)  # LLaMA's, as melody's semantic LM
@@ -57,7 +60,7 @@ class Crops:
 
     mulan: torch.Tensor  # (b, 12) long: MuLan tokens of each crop's audio
     semantic: torch.Tensor  # (b, S) long: 25 Hz semantic tokens
-    codes: torch.Tensor  # (b, n, levels) long: 50 Hz codec codes
+    codes: torch.Tensor  # (b, n, levels) long: codec codes (50 Hz × 12 levels for the latent codec)
     keep: torch.Tensor  # (b, n) bool: frames that hold audio (not the loader's padding)
 
 
@@ -84,6 +87,18 @@ def fit_codec(codec: LatentCodec, vae, data_root: Path, clips: int, seed: int) -
     return codec
 
 
+def check_codec(run_dir: Path, codec: HFCodec) -> None:
+    """Record a pretrained codec's fingerprint in `RUN/conditioners.json` (written by `check_frozen`), or, when the
+    run has one, refuse another codec: the LMs' targets would change under them."""
+    path = run_dir / "conditioners.json"
+    record, value = read_json(path, "conditioners record"), fingerprint(codec.model)
+    if "codec" not in record:
+        write_json_atomic(path, {**record, "codec": value})
+    elif record["codec"] != value:
+        raise MelodyError(f"{run_dir}: this run learned the codes of another codec (fingerprint {record['codec']}, given "
+                          f"{value}); set codec.path to the codec it started with, or start a new --out")
+
+
 class MusicLMStage(Stage):
     name = "musiclm"
     ema_models = ("coarse", "fine")
@@ -102,11 +117,15 @@ class MusicLMStage(Stage):
         self.optimizers = {name: torch.optim.AdamW(model.parameters(), lr=config.train.lr, betas=BETAS,
                                                    weight_decay=config.train.weight_decay)
                            for name, model in self.models.items()}
-        self.frame_rate = config.codec.frame_rate
+        self.frame_rate = self.codec.frame_rate
         self.fine_frames = window_frames(config.fine, self.frame_rate)[0]
 
     def _codec(self, path: Path) -> None:
-        """Read the run's fitted codec, or fit it (a new run) and write it before any training step."""
+        """Read the run's fitted codec, or fit it (a new run) and write it before any training step; a pretrained
+        codec is only checked against the run's record."""
+        if isinstance(self.codec, HFCodec):
+            check_codec(self.run_dir, self.codec)
+            return
         if path.is_file():
             tensors, _ = read_tensors(path, "codec")
             load_weights(self.codec, tensors, str(path))
@@ -126,14 +145,14 @@ class MusicLMStage(Stage):
         for model in (melody.mulan, melody.tokenizer, melody.vae, self.codec):
             model.to(device)
         mono = audio.mean(1)
-        codes = self.codec.encode(vae_latents(melody.vae, audio))  # (b, n, levels)
-        real = torch.tensor([self.codec.frames(int(frame_count(int(n), melody.vae.hop))) for n in lengths], device=device)
+        codes = self.codec.encode_audio(audio, melody.vae)  # (b, n, levels)
+        real = torch.tensor([self.codec.audio_frames(int(n), melody.vae) for n in lengths], device=device)
         keep = torch.arange(codes.shape[1], device=device)[None, :] < real[:, None]
         return Crops(melody.mulan.tokens_from_audio(mono, lengths), melody.tokenizer.tokens(mono, lengths), codes, keep)
 
     def losses(self, coarse, fine, crops: Crops, generator: torch.Generator | None) -> dict[str, object]:
         """Teacher-forced `LMLoss` of both LMs on `crops`; the fine LM's span starts at random (None: at 0)."""
-        levels = self.cfg.codec.coarse_levels
+        levels = self.codec.coarse_levels
         coarse_targets = flatten_codes(crops.codes[..., :levels])
         coarse_out = coarse(coarse_targets, crops.mulan, crops.semantic)
         b, n, _ = crops.codes.shape
