@@ -104,13 +104,16 @@ def data_ingest(
     lufs: Annotated[float, typer.Option("--lufs", help="Loudness target of every clip (BS.1770).")] = -20.0,
     normalize: Annotated[bool, typer.Option("--normalize/--no-normalize", help="Loudness-normalise clips.")] = True,
     workers: Annotated[int, typer.Option("--workers", help="Decoding processes (output is identical).")] = 1,
+    clips_per_shard: Annotated[int, typer.Option("--clips-per-shard", help="Clips per shard: at least processes × "
+                                                 "loader workers shards per split for distributed training.")] = 256,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Turn a folder of your own audio plus captions into training shards; bad files are skipped and reported."""
     from melody.data.ingest import ingest
 
     report = ingest(src, out, captions, clip_seconds=clip_seconds, sample_rate=sample_rate, channels=channels,
-                    seed=seed, normalize_lufs=lufs if normalize else None, workers=workers, progress=progress)
+                    seed=seed, normalize_lufs=lufs if normalize else None, workers=workers, clips_per_shard=clips_per_shard,
+                    progress=progress)
     typer.echo(report.summary())
 
 

@@ -17,7 +17,7 @@ import soundfile as sf
 import melody.data.shards as shards
 from melody.audio import loudness
 from melody.data.ingest import STATE, ingest, read_captions, segment
-from melody.data.shards import iter_samples, read_manifest, split_of
+from melody.data.shards import iter_samples, read_manifest, read_tar_members, shard_paths, split_of
 from melody.errors import MelodyError
 
 SR = 44_100
@@ -321,3 +321,18 @@ def test_refuses_to_write_over_another_corpus(src, tmp_path):
     shards.write_manifest(tmp_path / "out", {}, source="synth")
     with pytest.raises(MelodyError, match="already holds a corpus not made by ingest"):
         ingest(src, tmp_path / "out", **FAST)
+
+
+def test_the_cli_writes_shards_of_the_asked_size(tmp_path):
+    src = tmp_path / "src"
+    for i, (rel, (seconds, freq)) in enumerate(list(GOOD.items())[:3]):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(src / rel, chord(seconds, freq, i), SR)
+    out = subprocess.run([sys.executable, "-m", "melody.cli", "data", "ingest", str(src), "--out", str(tmp_path / "out"),
+                          "--clip-seconds", "1", "--sample-rate", str(RATE), "--clips-per-shard", "2", "--no-progress"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    manifest = read_manifest(tmp_path / "out")
+    counts = [len(read_tar_members(p)) // 2 for p in shard_paths(tmp_path / "out")]
+    assert sum(info["clips"] for info in manifest["splits"].values()) == sum(counts) >= 10  # 3.3 + 3.8 + 4.3 s of 1 s clips
+    assert max(counts) == 2 and len(counts) >= sum(counts) // 2
