@@ -14,7 +14,9 @@ from typing import Annotated, Optional
 import typer
 
 from melody import __version__
+from melody.demo.cli import demo_command
 from melody.errors import MelodyError
+from melody.results import generation_record, write_result
 
 app = typer.Typer(
     help="melody: MeLoDy, LM-guided diffusion for efficient text-to-music generation (Lam et al., 2023).",
@@ -263,29 +265,6 @@ def _melody(bundle: Optional[Path]):
     return MeLoDy.from_pretrained(bundle or BUNDLE)
 
 
-def _write_result(out: Path, audio, rate: int, record: dict, plot: bool) -> list[Path]:
-    """The audio (atomically), its JSON sidecar and optionally a spectrogram, beside each other."""
-    from melody.audio import save_audio
-    from melody.io import write_json_atomic
-
-    paths = [save_audio(out, audio, rate), write_json_atomic(out.with_suffix(".json"), record)]
-    if plot:
-        from melody.data.plots import spectrogram_grid
-
-        paths.append(spectrogram_grid({"": [(record.get("prompt") or out.name, audio.mean(0))]}, rate, out.with_suffix(".png")))
-    return paths
-
-
-def _record(model, output, **fields) -> dict:
-    from melody import __version__
-
-    return {**fields, "sample_rate": output.sample_rate, "forward_passes": output.forward_passes,
-            "seconds": {k: round(v, 4) for k, v in output.seconds.items()}, "melody": __version__,
-            "config": {"dpd": {"steps": model.cfg.dpd.steps, "guidance": model.cfg.dpd.guidance},
-                       "semantic_lm": {"guidance": model.cfg.semantic_lm.guidance,
-                                       "temperature": model.cfg.semantic_lm.temperature}}}
-
-
 def _check_out(out: Path) -> Path:
     if out.suffix.lower() not in (".wav", ".flac"):
         raise MelodyError(f"--out {out}: give a .wav or .flac file name")
@@ -350,13 +329,13 @@ def generate_command(
     names = [out] if output.audio.shape[0] == 1 else [out.with_name(f"{out.stem}-{i:03d}{out.suffix}")
                                                       for i in range(output.audio.shape[0])]
     for i, name in enumerate(names):
-        record = _record(model, output, prompt=None if prompts is None else prompts[i],
+        record = generation_record(model, output, prompt=None if prompts is None else prompts[i],
                          prompt_audio=None if prompt_audio is None else str(prompt_audio), seed=seed + i,
                          duration=duration, steps=steps or model.cfg.dpd.steps, bpm=bpm, key=key)
         if best_of > 1:
             record["best_of"] = {"candidates": best_of, "kept": output.candidate[i],
                                  "mulan_scores": [round(x, 4) for x in output.mulan_scores[i]]}
-        _write_result(name, output.audio[i].numpy(), output.sample_rate, record, plot)
+        write_result(name, output.audio[i].numpy(), output.sample_rate, record, plot)
         typer.echo(f"wrote {name} ({duration:g} s)")
     total = sum(output.seconds.values())
     typer.echo(f"{len(names) * duration:g} s of music in {total:.2f} s; forward passes "
@@ -388,8 +367,8 @@ def continue_command(
         output = model.continue_(clip, seconds, None if prompt is None else [prompt], steps, guidance, seed=seed, progress=bar)
     finally:
         bar.close()
-    record = _record(model, output, input=str(audio), prompt=prompt, seed=seed, seconds_added=seconds)
-    _write_result(out, output.audio[0].numpy(), output.sample_rate, record, plot)
+    record = generation_record(model, output, input=str(audio), prompt=prompt, seed=seed, seconds_added=seconds)
+    write_result(out, output.audio[0].numpy(), output.sample_rate, record, plot)
     typer.echo(f"wrote {out} ({output.audio.shape[-1] / output.sample_rate:.2f} s)")
 
 
@@ -423,9 +402,9 @@ def inpaint_command(
                                blend=blend, progress=bar)
     finally:
         bar.close()
-    record = _record(model, output, input=str(audio), prompt=prompt, seed=seed, start=start, end=end, blend=blend,
+    record = generation_record(model, output, input=str(audio), prompt=prompt, seed=seed, start=start, end=end, blend=blend,
                      steps=steps or model.cfg.dpd.steps)
-    _write_result(out, output.audio[0].numpy(), output.sample_rate, record, plot)
+    write_result(out, output.audio[0].numpy(), output.sample_rate, record, plot)
     typer.echo(f"wrote {out} ({start:g} s … {end:g} s regenerated)")
 
 
@@ -784,6 +763,9 @@ def _group(meta: dict) -> str:
     if meta.get("source") == "recording" or not style:
         return f"[{meta.get('source', 'clip')}]"
     return style if meta.get("source") == "procedural" else f"{style} (score)"
+
+
+app.command("demo")(demo_command)
 
 
 def main() -> None:

@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # FluidSynth + General MIDI soundfonts render the built-in corpus; drascula-music and asc-music are
-# the real recordings it cuts into clips (see docs/corpus.md).
-DEBS=(fluidsynth libfluidsynth3 fluid-soundfont-gm timgm6mb-soundfont drascula-music asc-music)
+# the real recordings it cuts into clips (see docs/corpus.md); chromium is the browser the demo's browser
+# test drives with Playwright (tests/test_browser.py; Playwright's own browser download is not used).
+DEBS=(fluidsynth libfluidsynth3 fluid-soundfont-gm timgm6mb-soundfont drascula-music asc-music chromium)
 if command -v apt-get >/dev/null 2>&1; then
   missing=()
   for p in "${DEBS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

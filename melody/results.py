@@ -1,0 +1,30 @@
+"""What a generation leaves on disk: the audio, its JSON sidecar (prompt, seed, settings, forward passes and
+seconds per stage) and optionally a spectrogram picture; shared by the CLI and the demo server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def write_result(out: Path, audio, rate: int, record: dict, plot: bool) -> list[Path]:
+    """The audio (atomically), its JSON sidecar and optionally a spectrogram, beside each other."""
+    from melody.audio import save_audio
+    from melody.io import write_json_atomic
+
+    paths = [save_audio(out, audio, rate), write_json_atomic(out.with_suffix(".json"), record)]
+    if plot:
+        from melody.data.plots import spectrogram_grid
+
+        paths.append(spectrogram_grid({"": [(record.get("prompt") or out.name, audio.mean(0))]}, rate, out.with_suffix(".png")))
+    return paths
+
+
+def generation_record(model, output, **fields) -> dict:
+    """The sidecar of one generation: `fields` (prompt, seed, ...) + rate, forward passes, seconds, version, settings."""
+    from melody import __version__
+
+    return {**fields, "sample_rate": output.sample_rate, "forward_passes": output.forward_passes,
+            "seconds": {k: round(v, 4) for k, v in output.seconds.items()}, "melody": __version__,
+            "config": {"dpd": {"steps": model.cfg.dpd.steps, "guidance": model.cfg.dpd.guidance},
+                       "semantic_lm": {"guidance": model.cfg.semantic_lm.guidance,
+                                       "temperature": model.cfg.semantic_lm.temperature}}}
