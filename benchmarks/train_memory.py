@@ -100,18 +100,11 @@ def _hop(cfg) -> int:
     return hop
 
 
-def peak_rss_mb(stage: str, preset_name: str, threads: int) -> float:
+def peak_rss_mb(stage: str, preset_name: str, threads: int, run: bool = True) -> float:
+    """Peak RSS of a fresh process that builds the stage's models and, with `run`, trains one example."""
+    work = f"t.one_example({stage!r}, {preset_name!r})" if run else f"t.build({stage!r}, preset({preset_name!r}))"
     code = (f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'benchmarks')!r}]; import torch; torch.set_num_threads({threads}); "
-            f"import train_memory as t; t.one_example({stage!r}, {preset_name!r}); "
-            "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return int(out.stdout.strip().splitlines()[-1]) / 1024
-
-
-def baseline_rss_mb(preset_name: str, stage: str, threads: int) -> float:
-    """The same process without the forward/backward: interpreter, torch and the models' weights."""
-    code = (f"import sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'benchmarks')!r}]; import torch; torch.set_num_threads({threads}); "
-            f"import train_memory as t; from melody.config import preset; m = t.build({stage!r}, preset({preset_name!r})); "
+            f"import train_memory as t; from melody.config import preset; {work}; "
             "print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1]) / 1024
@@ -132,7 +125,7 @@ def main() -> None:
             static = n * (STATIC_BYTES + (EMA_BYTES if EMA.get(stage) else 0)) / 2**30
             row = {"preset": name, "stage": stage, "parameters_m": round(n / 1e6, 2), "static_gib": round(static, 3)}
             if args.measure:
-                act = peak_rss_mb(stage, name, args.threads) - baseline_rss_mb(name, stage, args.threads)
+                act = peak_rss_mb(stage, name, args.threads) - peak_rss_mb(stage, name, args.threads, run=False)
                 row["activations_per_example_gib"] = round(max(act, 0.0) / 1024, 3)
             rows.append(row)
             print(json.dumps(row), flush=True)

@@ -143,9 +143,10 @@ def test_ranks_read_disjoint_shards_that_cover_the_split(setup, monkeypatch):
     assert sorted(seen[0] + seen[1]) == sorted(f"clip-{i:03d}" for i in range(20) if i % 5 != 4)
 
 
-def semantic_stage(corpus, bert, run, *overrides):
-    """The semantic LM's stage on random frozen conditioners, with its random choices off (no condition
-    dropout, no caption conditions, no tempo token, no dropout): its loss is then a function of the batch alone."""
+def semantic_stage(corpus, bert, run, *overrides, conditioners=None):
+    """The semantic LM's stage on random frozen conditioners (or `conditioners` = (mulan, tokenizer)), with its random
+    choices off (no condition dropout, no caption conditions, no tempo token, no dropout): its loss is then a
+    function of the batch alone."""
     cfg = preset("tiny", [*TINY_STACK, f"mulan.text_encoder={bert}", "semantic_lm.cond_dropout=0", "semantic_lm.dropout=0",
                           "semantic_lm.text_condition_prob=0", "semantic_lm.tempo_buckets=0", "semantic_lm.window_seconds=1",
                           "train.shuffle_buffer=0", "train.num_workers=0", "train.sample_every=0", "train.checkpoint_every=100",
@@ -155,6 +156,8 @@ def semantic_stage(corpus, bert, run, *overrides):
     mulan.fit_tokens(torch.nn.functional.normalize(torch.randn(64, cfg.mulan.embed_dim), dim=-1))
     tokenizer = SemanticTokenizer.from_config(cfg.tokenizer, cfg.vae.sample_rate)
     tokenizer.quantizer.centroids.normal_()
+    if conditioners is not None:
+        mulan, tokenizer = conditioners
     return SemanticLMStage(cfg, corpus, run, (mulan, cfg), (tokenizer, cfg))
 
 

@@ -8,47 +8,33 @@ import pytest
 import torch
 from test_cli import TINY_VAE, melody_one_thread
 from test_distributed import semantic_stage
-from test_mulan import tiny_bert
-from test_pipeline import TINY_DPD
+from test_pipeline import TINY_DPD, bundle  # noqa: F401 (the fixture)
 from test_semantic_stages import TINY_STACK
 from test_shards import RATE, make_corpus
 
-from melody.checkpoint import save_model
 from melody.config import preset
 from melody.data.features import FEATURES_FILE, FeatureDataset, encode_corpus, find_features, unpack
 from melody.data.loader import ShardDataset, make_loader
 from melody.errors import MelodyError
-from melody.mulan import MuLan
-from melody.semantic.tokenizer import SemanticTokenizer
 from melody.train.dpd import DPDStage
 from melody.train.engine import Engine
+from melody.train.recipes import load_stage
 from melody.vae import VAE
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("features")
-    corpus = make_corpus(root / "corpus", clips=10, per_shard=3, seconds=(1.0, 2.0))
-    (root / "bert").mkdir()
-    model, tokenizer = tiny_bert(root / "bert", words=[f"{i}" for i in range(10)] + ["clip", "number"])
-    model.save_pretrained(root / "bert")
-    tokenizer.save_pretrained(root / "bert")
-    cfg = preset("tiny", [*TINY_STACK, *TINY_VAE, *TINY_DPD, f"mulan.text_encoder={root / 'bert'}"])
-    torch.manual_seed(1)
-    mulan = MuLan.from_config(cfg.mulan, cfg.vae.sample_rate)
-    mulan.fit_tokens(torch.nn.functional.normalize(torch.randn(64, cfg.mulan.embed_dim), dim=-1))
-    tok = SemanticTokenizer.from_config(cfg.tokenizer, cfg.vae.sample_rate)
-    tok.quantizer.centroids.normal_()
-    models = {"vae": VAE(cfg.vae).eval(), "tokenizer": tok.eval(), "mulan": mulan.eval()}
-    for name, m in models.items():
-        save_model(root / "models" / name, name, m, cfg, name)
-    out = melody_one_thread("data", "encode", str(corpus), "--bundle", str(root / "models"), "--batch-size", "3", "--no-progress")
+def setup(bundle, tmp_path_factory):
+    """test_pipeline's tiny random bundle (its MuLan's text encoder is a tiny BERT) and a corpus of 1–2 s clips."""
+    corpus = make_corpus(tmp_path_factory.mktemp("features") / "corpus", clips=10, per_shard=3, seconds=(1.0, 2.0))
+    models = {name: load_stage(bundle / name, name)[0].eval() for name in ("vae", "tokenizer", "mulan")}
+    cfg = load_stage(bundle / "dpd", "dpd")[1]
+    out = melody_one_thread("data", "encode", str(corpus), "--bundle", str(bundle), "--batch-size", "3", "--no-progress")
     assert out.returncode == 0, out.stderr
     folder = find_features(corpus, models)
     assert out.stdout.strip() == f"wrote {folder}"
-    return corpus, cfg, models, folder, root / "bert"
+    return corpus, cfg, models, folder, cfg.mulan.text_encoder
 
 
 def cached(folder, split):
@@ -109,10 +95,7 @@ def test_the_semantic_lm_trains_from_features_as_from_audio(setup, tmp_path):
     weights = {}
     for name, extra in (("audio", []), ("cached", ["train.cached_features=true"])):
         stage = semantic_stage(corpus, bert, tmp_path / name, "train.batch_size=4", "train.steps=2", "semantic_lm.window_seconds=2",
-                               *extra)
-        stage.mulan, stage.tokenizer = models["mulan"], models["tokenizer"]
-        if extra:
-            stage.features = find_features(corpus, {"mulan": stage.mulan, "tokenizer": stage.tokenizer})
+                               *extra, conditioners=(models["mulan"], models["tokenizer"]))
         engine = Engine(stage, tmp_path / name, progress=False, cpu=True)
         assert isinstance(stage.dataset("train"), FeatureDataset) == bool(extra)
         engine.fit()
