@@ -31,8 +31,8 @@ def row(steps: int, report) -> dict:
     fad = report.fad
     return {
         "steps": steps,
-        "fad_musicnn": fad["musicnn"].report.generated_vs_real, "fad_musicnn_floor": fad["musicnn"].report.real_vs_real,
-        "fad_mulan": fad["mulan"].report.generated_vs_real, "fad_mulan_floor": fad["mulan"].report.real_vs_real,
+        "fad_musicnn": fad["musicnn"].fad.generated_vs_real, "fad_musicnn_floor": fad["musicnn"].fad.real_vs_real,
+        "fad_mulan": fad["mulan"].fad.generated_vs_real, "fad_mulan_floor": fad["mulan"].fad.real_vs_real,
         "mcc": report.mcc.generated, "mcc_real": report.mcc.real, "mcc_other_caption": report.mcc.mismatched,
         "tag_adherence": report.tag_adherence.generated, "tag_adherence_real": report.tag_adherence.real,
         "dpd_forward_passes": report.forward_passes["dpd"],
@@ -90,10 +90,10 @@ def main() -> None:
         report, _ = evaluate_music(model, args.data, "test", args.seconds, args.limit, steps, tagger=tagger, attribute_clips=0)
         rows.append(row(steps, report))
         print(rows[-1], flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    write_json_atomic(RESULTS / "steps_curve.json", {"bundle": str(args.bundle), "clips": report.clips,
-                                                    "seconds": args.seconds, "rows": rows,
-                                                    **machine(args.device, args.threads, load)})
+        RESULTS.mkdir(exist_ok=True)  # after every count: a long sweep that stops keeps what it measured
+        write_json_atomic(RESULTS / "steps_curve.json", {"bundle": str(args.bundle), "clips": report.clips,
+                                                        "seconds": args.seconds, "rows": rows,
+                                                        **machine(args.device, args.threads, load)})
     plot(rows, report.clips, args.seconds, RESULTS / "steps_curve.png")
     print(f"wrote {RESULTS / 'steps_curve.json'}, {RESULTS / 'steps_curve.png'}")
 

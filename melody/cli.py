@@ -284,6 +284,8 @@ def generate_command(
     bpm: Annotated[Optional[float], typer.Option("--bpm", help="Tempo in beats per minute, said in the prompt (wins over a tempo the text names).")] = None,
     key: Annotated[Optional[str], typer.Option("--key", help="Key and mode, e.g. 'A minor' or 'Bb dorian' (wins over a key the text names).")] = None,
     best_of: Annotated[int, typer.Option("--best-of", help="Draw N candidates per prompt; keep the one MuLan finds closest to the prompt.")] = 1,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="The DPD network's precision: fp32, or bf16 "
+                                                     "(autocast; faster where the CPU or GPU multiplies in bf16).")] = None,
     bundle: BundleOpt = None, plot: PlotOpt = False, progress: ShowProgress = True,
 ) -> None:
     """Text (or a music prompt) to music with MeLoDy."""
@@ -291,9 +293,11 @@ def generate_command(
 
     from melody.audio import audio_info
     from melody.data.synth.captions import with_controls
-    from melody.pipeline import MAX_BEST_OF, check_duration, check_prompts
+    from melody.pipeline import MAX_BEST_OF, PRECISIONS, check_duration, check_prompts
 
     _check_out(out)
+    if precision is not None and precision not in PRECISIONS:
+        raise MelodyError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
     check_duration(duration)
     sources = sum(x is not None for x in (prompt, prompt_audio, batch))
     if sources != 1:
@@ -315,6 +319,8 @@ def generate_command(
     if prompt_audio is not None:
         audio_info(prompt_audio)  # a missing or unreadable file: one line, before loading the model
     model = _melody(bundle)
+    if precision is not None:
+        model.cfg.dpd.precision = precision
     music = None
     if prompt_audio is not None:
         from melody.audio import load_audio
@@ -738,7 +744,8 @@ def bench_command(
                                                      "(default: the bundled tiny model).")] = None,
     seconds: Annotated[Optional[list[float]], typer.Option("--seconds", help="Seconds of music per run "
                                                            "(repeatable; default 10 and 30).")] = None,
-    shapes: Annotated[Optional[list[str]], typer.Option("--shapes", help="bundled, paper (random weights) or musicgen-small, "
+    shapes: Annotated[Optional[list[str]], typer.Option("--shapes", help="bundled, paper (random weights), bundled@bf16 or paper@bf16 "
+                                                        "(the DPD under bf16 autocast) or musicgen-small, "
                                                         "optionally with its own durations, e.g. paper:10 "
                                                         "(repeatable; default bundled).")] = None,
     threads: Annotated[int, typer.Option("--threads", help="Intra-op threads of every run.")] = 2,

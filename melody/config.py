@@ -179,6 +179,7 @@ class DPDConfig:
     clean_prob: float = 0.5  # share of training windows with a clean left or right stretch (continuation)
     crop_seconds: float = 10.0  # training window
     window_seconds: float = 10.0  # sampling window (rotary positions and recurrence: any length works)
+    precision: str = "fp32"  # the network at sampling: "fp32", or "bf16" autocast (the sampler's state stays fp32)
 
 
 @dataclass

@@ -32,6 +32,7 @@ those whose 25 Hz frames overlap its latent frames (latent rate / 25 must be an 
 from __future__ import annotations
 
 import math
+import warnings
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -83,6 +84,31 @@ class GenerateOutput:
     prompts: list[str] | None = None  # the texts the music was conditioned on (with bpm and key said)
     candidate: list[int] | None = None  # best-of: the kept candidate per prompt
     mulan_scores: list[list[float]] | None = None  # best-of: cosine(prompt, candidate) per prompt and candidate
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+
+
+class _Autocast:
+    """A network run under autocast to `dtype` (bf16: the matmuls' half-width inputs), its output back in fp32, so
+    the sampler's updates and the guidance combination stay in fp32."""
+
+    def __init__(self, model, dtype: torch.dtype, device: torch.device) -> None:
+        self.model, self.dtype, self.device_type = model, dtype, device.type
+
+    def __call__(self, *args, **kwargs):
+        with torch.autocast(self.device_type, dtype=self.dtype), warnings.catch_warnings():
+            # autocast leaves RMSNorm's weight in fp32, so torch says it takes the unfused kernel: known, harmless
+            warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
+            return self.model(*args, **kwargs).float()
+
+
+def at_precision(model, precision: str, device: torch.device):
+    """`model` as the sampler calls it at `precision` ("fp32": as it is; "bf16": under autocast)."""
+    if precision not in PRECISIONS:
+        raise MelodyError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
+    dtype = PRECISIONS[precision]
+    return model if dtype is None else _Autocast(model, dtype, device)
 
 
 class _Counted:
@@ -362,6 +388,7 @@ class MeLoDy:
         total = math.ceil(duration * self.vae.latent_rate)
         window, context = self._window()
         deltas = angles_from_steps(SCHEDULES["melody"](steps))
+        model = at_precision(model, self.cfg.dpd.precision, self._device)
         model, guidance = guided_in_one_call(model, guidance), 1.0  # one pass per step
         b = tokens.shape[0]
 
@@ -501,6 +528,7 @@ class MeLoDy:
         are returned as they are, exactly."""
         window, context = self._window()
         deltas = angles_from_steps(SCHEDULES["melody"](steps))
+        model = at_precision(model, self.cfg.dpd.precision, self._device)
         model, guidance = guided_in_one_call(model, guidance), 1.0  # one pass per step
         out = latents.clone()
         plan = region_windows(first, last, latents.shape[1], window, context, self.frames_per_token)

@@ -25,6 +25,7 @@ def generation_record(model, output, **fields) -> dict:
 
     return {**fields, "sample_rate": output.sample_rate, "forward_passes": output.forward_passes,
             "seconds": {k: round(v, 4) for k, v in output.seconds.items()}, "melody": __version__,
-            "config": {"dpd": {"steps": model.cfg.dpd.steps, "guidance": model.cfg.dpd.guidance},
+            "config": {"dpd": {"steps": model.cfg.dpd.steps, "guidance": model.cfg.dpd.guidance,
+                               "precision": model.cfg.dpd.precision},
                        "semantic_lm": {"guidance": model.cfg.semantic_lm.guidance,
                                        "temperature": model.cfg.semantic_lm.temperature}}}

@@ -128,14 +128,20 @@ def test_pass_formulas_follow_the_pipeline_and_the_delay_pattern():
 
 def test_bench_on_a_tiny_bundle_reports_the_formulas_counts(bundle, tmp_path):  # noqa: F811
     out = melody_one_thread("bench", str(bundle), "--seconds", "2.7", "--threads", "1", "--out", str(tmp_path / "b"),
-                            "--no-progress")
+                            "--shapes", "bundled", "--shapes", "bundled@bf16", "--no-progress")
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "b" / "bench.json").read_text())
     assert set(report) == {"machine", "runs", "mismatches", "comparisons", "table3", "command", "complete"}
     assert report["complete"]
     assert report["machine"]["matmul_gflops"]["float32"] > 0 and report["machine"]["copy_gb_s"] > 0
-    (run,) = report["runs"]
+    run, bf16 = report["runs"]
     assert (run["model"], run["shapes"], run["seconds"], run["steps"]) == ("melody", "bundled", 2.7, 2)
+    assert (run["dpd_precision"], bf16["dpd_precision"], bf16["shapes"]) == ("fp32", "bf16", "bundled@bf16")
+    machine = report["machine"]["matmul_gflops"]
+    for r, dtype in ((run, "float32"), (bf16, "bfloat16")):  # the DPD's bound from the throughput of its precision
+        dpd = r["stages"]["dpd"]
+        assert dpd["compute_s"] == pytest.approx(dpd["flops"] / (machine[dtype] * 1e9), rel=1e-6)
+    assert {k: s["hooked"] for k, s in bf16["stages"].items()} == {k: s["hooked"] for k, s in run["stages"].items()}
     expected = melody_passes(2.7, 2, dpd_windows(2.7, 1.0, 50, 2))  # the bundle's 1 s DPD windows at 50 Hz, 2 steps
     assert {k: s["hooked"] for k, s in run["stages"].items()} == expected
     for stage in run["stages"].values():

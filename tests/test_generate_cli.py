@@ -24,6 +24,7 @@ def test_generate_writes_audio_sidecar_and_plot(bundle, tmp_path):  # noqa: F811
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["prompt"] == "calm piano" and record["seed"] == 4 and record["steps"] == 2
     assert record["forward_passes"]["semantic_lm"] == 38 and record["forward_passes"]["vae"] == 1
+    assert record["config"]["dpd"]["precision"] == "fp32"
     assert out.with_suffix(".png").is_file() and "forward passes" in done.stdout
     again = tmp_path / "again.wav"
     run_ok("generate", "calm piano", "--duration", "1.5", "--out", str(again), "--bundle", str(bundle), "--seed", "4", "--steps", "2")
@@ -71,6 +72,7 @@ def test_continue_keeps_the_input_and_stream_writes_every_chunk(bundle, tmp_path
     (["generate", "funk", "--out", "x.mp3"], "give a .wav or .flac"),
     (["generate", "--prompt-audio", "/nonexistent.wav"], "no such audio file"),
     (["continue", "/nonexistent.wav"], "no such audio file"),
+    (["generate", "funk", "--precision", "fp16"], "--precision fp16: choose one of fp32, bf16"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(bundle, tmp_path, args, message):  # noqa: F811
     out = melody_one_thread(*args, "--bundle", str(bundle), *(() if "--out" in args else ("--out", str(tmp_path / "x.wav"))))
@@ -100,3 +102,11 @@ def test_a_corrupt_or_mismatched_bundle_is_one_line_and_writes_nothing(bundle, t
     message = one_line_error(melody_one_thread("generate", "funk", "--bundle", str(swapped), "--out", str(out / "x.wav")))
     assert "dpd.safetensors" in message
     assert list(out.iterdir()) == []
+
+
+def test_generate_in_bf16_says_so_in_its_record(bundle, tmp_path):  # noqa: F811
+    out = tmp_path / "bf16.wav"
+    run_ok("generate", "calm piano", "--duration", "1", "--out", str(out), "--bundle", str(bundle), "--steps", "2",
+           "--precision", "bf16")
+    assert sf.read(out)[0].shape == (RATE,)
+    assert json.loads(out.with_suffix(".json").read_text())["config"]["dpd"]["precision"] == "bf16"

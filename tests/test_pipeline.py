@@ -194,3 +194,27 @@ def test_a_prompt_change_takes_effect_from_its_chunk_on(melody):
     assert torch.equal(same[0], changed[0]) and torch.equal(same[1], changed[1])
     assert not torch.equal(same[2], changed[2])
 
+
+
+def test_bf16_dpd_sampling_stays_close_to_fp32(melody):
+    """`dpd.precision = "bf16"` runs the network under autocast; the sampler's state and the output stay fp32."""
+    from melody.eval.metrics import mel_distance
+
+    outs = {}
+    for precision in ("fp32", "bf16"):
+        melody.cfg.dpd.precision = precision
+        outs[precision] = melody.generate(["calm piano"], 1.0, seed=5).audio
+    melody.cfg.dpd.precision = "fp32"
+    assert outs["bf16"].dtype == torch.float32 and outs["bf16"].shape == outs["fp32"].shape
+    assert not torch.equal(outs["bf16"], outs["fp32"])  # it did run in another precision
+    distance = mel_distance(outs["bf16"], outs["fp32"], melody.vae.cfg.sample_rate).item()
+    assert distance < 0.1, distance  # two different clips are ≥ 1 apart (docs/dpd.md)
+
+
+def test_an_unknown_precision_is_a_one_line_error(melody):
+    melody.cfg.dpd.precision = "fp8"
+    try:
+        with pytest.raises(MelodyError, match="unknown precision 'fp8'; choose one of: fp32, bf16"):
+            melody.generate(["calm piano"], 0.5)
+    finally:
+        melody.cfg.dpd.precision = "fp32"

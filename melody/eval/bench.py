@@ -12,6 +12,8 @@ inputs the hooks kept). Shape sets:
 - `paper`: the `paper` preset's shapes with random weights (speed does not depend on training): MuLan with
   the packaged MiniLM text encoder, random RVQ codebooks and tokenizer centroids (as tests/test_pipeline.py
   draws them);
+- `bundled@bf16`, `paper@bf16`: the same with the DPD sampled under bf16 autocast (`dpd.precision`; the sampler's
+  state stays fp32), its roofline bound from the bf16 matmul throughput;
 - `musicgen-small`: MusicGen-small's published sizes (`musicgen_small_config`) built from configs with
   random weights through `transformers`, nothing downloaded; `generate` for f · T + K − 1 new tokens.
 
@@ -52,7 +54,7 @@ from melody.eval.passes import ForwardCounter, dpd_windows, melody_passes, music
 from melody.eval.roofline import MATMUL_SIZE
 from melody.io import atomic_path, write_json_atomic, write_text_atomic
 
-SHAPES = ("bundled", "paper", "musicgen-small")
+SHAPES = ("bundled", "paper", "musicgen-small", "bundled@bf16", "paper@bf16")
 PROMPT = "an upbeat funk groove with slap bass and drums"
 WARMUP_SECONDS = 1.0
 MUSICGEN_PROMPT_TOKENS = 16
@@ -158,7 +160,7 @@ def run_bench(bundle: str | Path | None, seconds: list[float], shapes: list[str]
         raise MelodyError(f"--device {device}: give cpu or cuda[:N]")
     runs = parse_runs(shapes, seconds)
     bundle = Path(bundle or BUNDLE)
-    if any(name == "bundled" for name, _ in runs) and not bundle.is_dir():
+    if any(name.startswith("bundled") for name, _ in runs) and not bundle.is_dir():
         raise MelodyError(f"{bundle}: no such bundle folder; give a folder with mulan, tokenizer, semantic_lm, dpd, vae")
     tell = progress or (lambda line: None)
     load_start = [round(x, 2) for x in os.getloadavg()]
@@ -226,7 +228,11 @@ def with_bounds(run: dict, machine: dict) -> dict:
     from melody.eval.roofline import bound_seconds
 
     flops_per_s, bytes_per_s = machine["matmul_gflops"]["float32"] * 1e9, machine["copy_gb_s"] * 1e9
-    for stage in run["stages"].values():
+    for name, stage in run["stages"].items():
+        if name == "dpd" and run["shapes"].endswith("@bf16"):
+            flops_per_s = machine["matmul_gflops"]["bfloat16"] * 1e9
+        else:
+            flops_per_s = machine["matmul_gflops"]["float32"] * 1e9
         passes = stage["hooked"]
         counted = stage["bound_by"] == "roofline" and stage["flops"] is not None and passes > 0
         bound = bound_seconds(passes, stage["flops"] / passes if counted else None, stage["weight_bytes"], flops_per_s,
@@ -335,9 +341,11 @@ def bench_melody(spec: dict, tell: Callable[[str], None]) -> dict:
 
     device, seconds = torch.device(spec["device"]), spec["seconds"]
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else None
-    tell("building the model" + (" (paper preset, random weights)" if spec["shapes"] == "paper" else ""))
+    shapes, _, precision = spec["shapes"].partition("@")
+    tell("building the model" + (" (paper preset, random weights)" if shapes == "paper" else ""))
     clock = time.perf_counter()
-    model = MeLoDy.from_pretrained(spec["bundle"]) if spec["shapes"] == "bundled" else random_melody(preset("paper"))
+    model = MeLoDy.from_pretrained(spec["bundle"]) if shapes == "bundled" else random_melody(preset("paper"))
+    model.cfg.dpd.precision = precision or "fp32"
     for m in (model.mulan, model.tokenizer, model.semantic_lm, model.dpd, model.vae):
         m.to(device)
     build_s = time.perf_counter() - clock
@@ -370,7 +378,8 @@ def bench_melody(spec: dict, tell: Callable[[str], None]) -> dict:
                            counter.seconds[name], flops.get(name), weights[name], parameters[name],
                            "weights" if name == "semantic_lm" else "roofline")
               for name in networks}
-    return {"model": "melody", "shapes": spec["shapes"], "seconds": seconds, "steps": steps, "windows": windows,
+    return {"model": "melody", "shapes": spec["shapes"], "dpd_precision": model.cfg.dpd.precision, "seconds": seconds,
+            "steps": steps, "windows": windows,
             "guidance": {"dpd": model.cfg.dpd.guidance, "semantic_lm": model.cfg.semantic_lm.guidance},
             "audio_seconds": out.audio.shape[-1] / out.sample_rate, "build_s": build_s, "warmup_s": warmup_s,
             "wall_s": wall, "rtf": wall / seconds, "other_s": wall - sum(s["seconds"] for s in stages.values()),
