@@ -714,6 +714,9 @@ def eval_music(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts per generate call.")] = 4,
     attribute_clips: Annotated[int, typer.Option("--attribute-clips", help="Train-split clips (spread over it) the style, "
                                                  "instrument, tempo and mode classifiers learn from; 0: none.")] = 400,
+    baseline: Annotated[Optional[Path], typer.Option("--baseline", help="A MusicLM-style baseline (`melody train musiclm`'s "
+                                                     "run folder) to evaluate instead, on top of the bundle, with the "
+                                                     "same clips and seeds.")] = None,
     progress: ProgressOpt = True,
 ) -> None:
     """Generate music from the held-out clips' captions; FAD, MuLan cycle consistency, tag and tempo adherence vs the real clips.
@@ -730,9 +733,15 @@ def eval_music(
     if bundle is not None and (bundle / "bundle").is_dir():
         bundle = bundle / "bundle"
     model = _melody(bundle)
+    judged = None
+    if baseline is not None:
+        from melody.baselines.musiclm import MusicLMStyle
+
+        judged = MusicLMStyle.from_pretrained(baseline, model)
     with tqdm(desc="eval music", unit="clip", total=limit, disable=not progress) as bar:
         report, examples = evaluate_music(model, data, split, seconds, limit, steps, guidance, seed, batch_size,
-                                          bundle=str(bundle or BUNDLE), progress=bar.update, attribute_clips=attribute_clips)
+                                          bundle=str(baseline or bundle or BUNDLE), progress=bar.update,
+                                          attribute_clips=attribute_clips, baseline=judged)
     paths = write_music_report(report, examples, out)
     typer.echo(summary(report))
     typer.echo("wrote " + ", ".join(str(p) for p in paths))

@@ -253,3 +253,20 @@ def test_training_fits_the_codec_once_resumes_and_exports(melody, tmp_path):
     assert model.generate(["a calm piano piece"], 0.4, seed=0).forward_passes["fine"] == 160
     with pytest.raises(MelodyError, match="holds a run already"):
         train_musiclm(corpus, BUNDLE, run, "tiny", overrides, progress=False)
+
+
+def test_eval_music_judges_the_baseline_on_melodys_clips_and_seeds(baseline, tmp_path):
+    """`melody eval music --baseline RUN`: the baseline makes the music, the bundle's MuLan judges it, same clips."""
+    from test_cli import melody_one_thread
+    from test_eval_music import make_captioned_corpus
+
+    corpus = make_captioned_corpus(tmp_path / "corpus")
+    baseline.save_pretrained(tmp_path / "baseline")
+    out = melody_one_thread("eval", "music", "--data", str(corpus), "--baseline", str(tmp_path / "baseline"), "--limit", "4",
+                            "--seconds", "1", "--attribute-clips", "0", "--out", str(tmp_path / "report"), "--no-progress")
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "report" / "music_eval.json").read_text())
+    assert report["clips"] == 4 and report["steps"] == 0 and report["bundle"] == str(tmp_path / "baseline")
+    assert report["forward_passes"] == {"mulan": 1, "semantic_lm": 25, "coarse": 200, "fine": 400, "codec": 1}
+    assert report["fad"]["musicnn"]["fad"]["generated_vs_real"] > 0 and -1 <= report["mcc"]["generated"] <= 1
+    assert "the MusicLM-style baseline" in (tmp_path / "report" / "music_eval.md").read_text()

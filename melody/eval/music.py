@@ -178,12 +178,14 @@ def read_clips(data_root: str | Path, split: str, seconds: float, sample_rate: i
 def evaluate_music(model: MeLoDy, data_root: str | Path, split: str = "test", seconds: float = 10.0,
                    limit: int | None = None, steps: int | None = None, guidance: float | None = None, seed: int = 0,
                    batch_size: int = BATCH_SIZE, tagger: MusicnnTagger | None = None, bundle: str = "",
-                   progress: Callable[[int], None] | None = None,
-                   attribute_clips: int = ATTRIBUTE_CLIPS) -> tuple[MusicReport, list[tuple[str, np.ndarray, np.ndarray]]]:
+                   progress: Callable[[int], None] | None = None, attribute_clips: int = ATTRIBUTE_CLIPS,
+                   baseline=None) -> tuple[MusicReport, list[tuple[str, np.ndarray, np.ndarray]]]:
     """The report and (caption, real, generated) mono audio of the first clips, for the picture.
 
     `progress(k)` is told after each `generate` call how many clips it made. The attribute classifiers learn from
-    `attribute_clips` clips spread over the train split (0: none)."""
+    `attribute_clips` clips spread over the train split (0: none). With a `baseline` (a `MusicLMStyle` built on
+    `model`), the baseline makes the music and `model` only judges it (its MuLan), with the same clips, captions
+    and seeds as `model`'s own evaluation: the two reports compare line by line."""
     if batch_size < 1:
         raise MelodyError(f"--batch-size must be at least 1, got {batch_size}")
     if attribute_clips < 0:
@@ -198,11 +200,18 @@ def evaluate_music(model: MeLoDy, data_root: str | Path, split: str = "test", se
     n, captions = len(real.keys), real.captions
     steps = model.cfg.dpd.steps if steps is None else steps
     guidance = model.cfg.dpd.guidance if guidance is None else guidance
+    if baseline is not None:
+        steps, guidance = 0, 0.0  # no diffusion: the report says so (its steps and guidance are the DPD's)
+
+    def make(prompts: list[str], first: int):
+        if baseline is not None:
+            return baseline.generate(prompts, seconds, seed=first)
+        return model.generate(prompts, seconds, steps, guidance, seed=first)
 
     # 1. music from each caption; clip i with seed + i (a batch starting at clip s is seeded s)
     generated, passes, wall = [], None, {}
     for start in range(0, n, batch_size):
-        out = model.generate(captions[start:start + batch_size], seconds, steps, guidance, seed=seed + start)
+        out = make(captions[start:start + batch_size], seed + start)
         generated.extend(out.audio.mean(1).cpu())  # (samples,) each
         passes = passes or dict(out.forward_passes)  # the same for every call: they depend on duration and steps
         for stage, s in out.seconds.items():
@@ -328,8 +337,9 @@ def markdown(report: MusicReport) -> str:
          f"{report.speed_x_real_time:.1f}× real time)", "—", "—", f"batches of {report.batch_size} on this machine"),
     ]
     head = (f"# Generated vs real music: `{report.bundle}`, '{report.split}' split\n\n"
-            f"{report.clips} clips of {report.seconds:g} s, music from each clip's caption (DPD {report.steps} steps, "
-            f"guidance {report.guidance:g}, clip i seeded {report.seed} + i).{_attribute_sentence(report.attributes)}\n\n"
+            f"{report.clips} clips of {report.seconds:g} s, music from each clip's caption ("
+            + (f"DPD {report.steps} steps, guidance {report.guidance:g}, " if report.steps else "the MusicLM-style baseline, ")
+            + f"clip i seeded {report.seed} + i).{_attribute_sentence(report.attributes)}\n\n"
             "| metric | generated | real (reference) | generated vs another clip's caption (chance) | note |\n"
             "|---|---|---|---|---|\n")
     return head + "".join(f"| {' | '.join(row)} |\n" for row in rows)
