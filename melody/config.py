@@ -129,6 +129,10 @@ class TokenizerConfig:
     targets: int = 100
     kmeans_frames: int = 100_000  # frames sampled to fit the targets and the token codebook
     crop_seconds: float = 10.0
+    # A local HuBERT / Wav2Vec2-Conformer folder (transformers) to take the features from instead of the built-in
+    # encoder: `melody train tokenizer` then only fits the k-means codebook on its `feature_layer`.
+    pretrained: str = ""
+    pretrained_fingerprint: str = ""  # of that model's weights, recorded at training; a different model is refused
 
 
 @dataclass

@@ -155,3 +155,39 @@ def test_adapter_missing_or_unsupported_folder_is_a_one_line_error(tmp_path):
     with pytest.raises(MelodyError) as err:
         HFFeatureExtractor(tmp_path / "bert", layer=1)
     assert "\n" not in str(err.value) and "bert" in str(err.value)
+
+
+def test_train_tokenizer_on_a_local_hubert_fits_only_its_codebook(tmp_path):
+    """`melody train tokenizer --set tokenizer.pretrained=FOLDER`: no step, a k-means codebook on that model's features;
+    the export holds the codebook only, loads back through the folder, and refuses another model put in its place."""
+    from test_cli import melody_one_thread
+    from test_shards import RATE, make_corpus
+
+    from melody.checkpoint import read_tensors
+    from melody.train.recipes import load_stage
+
+    corpus = make_corpus(tmp_path / "corpus", clips=10, per_shard=3)
+    _save_tiny("hubert", tmp_path / "hubert")
+    sets = [f"data.sample_rate={RATE}", f"vae.sample_rate={RATE}", f"tokenizer.pretrained={tmp_path / 'hubert'}",
+            "tokenizer.feature_layer=1", "tokenizer.codebook_size=8", "tokenizer.kmeans_frames=400", "train.num_workers=0"]
+    out = melody_one_thread("train", "tokenizer", "--data", str(corpus), "--out", str(tmp_path / "run"), "--no-progress",
+                            *[a for o in sets for a in ("--set", o)])
+    assert out.returncode == 0, out.stderr
+    assert "trained tokenizer to step 0" in out.stdout
+    weights, _ = read_tensors(tmp_path / "run" / "tokenizer.safetensors", "tokenizer")
+    assert set(weights) == {"quantizer.centroids"} and weights["quantizer.centroids"].shape == (8, 32)
+    tokenizer, cfg = load_stage(tmp_path / "run", "tokenizer")
+    assert isinstance(tokenizer.encoder, HFFeatureExtractor) and cfg.tokenizer.pretrained_fingerprint
+    wav = torch.randn(2, RATE) * 0.1
+    feats, _ = HFFeatureExtractor(tmp_path / "hubert", layer=1, sample_rate=RATE).features(wav)
+    expected = torch.cdist(feats, weights["quantizer.centroids"][None]).argmin(-1)
+    assert torch.equal(tokenizer.tokens(wav), expected)
+    assert len(set(tokenizer.tokens(wav).flatten().tolist())) > 1
+    import shutil
+
+    shutil.rmtree(tmp_path / "hubert")
+    torch.manual_seed(9)
+    _save_tiny("hubert", tmp_path / "hubert")  # another random model at the same path
+    with pytest.raises(MelodyError, match="holds another model than the one this tokenizer's codebook was fitted on") as err:
+        load_stage(tmp_path / "run", "tokenizer")
+    assert "\n" not in str(err.value)

@@ -237,7 +237,9 @@ class HFFeatureExtractor(nn.Module):
             model = getattr(transformers, HF_MODELS[model_type]).from_pretrained(folder, local_files_only=True)
         except Exception as err:  # weights missing or unreadable
             raise MelodyError(f"cannot load {folder}: {str(err).splitlines()[0][:160]}") from None
-        self.model = model.requires_grad_(False).eval()
+        # Not a registered submodule: a tokenizer's checkpoint holds its k-means codebook, not the user's model
+        # (which stays in its folder, named by the config and checked by fingerprint).
+        object.__setattr__(self, "model", model.requires_grad_(False).eval())
         c = model.config
         self.dim, self.layers = int(c.hidden_size), int(c.num_hidden_layers)
         if not 0 <= layer <= self.layers:
@@ -256,6 +258,15 @@ class HFFeatureExtractor(nn.Module):
         super().train(mode)
         self.model.eval()  # always frozen
         return self
+
+    def _apply(self, fn, *args, **kwargs):
+        self.model._apply(fn, *args, **kwargs)  # `.to(device)` and friends reach the unregistered model too
+        return super()._apply(fn, *args, **kwargs)
+
+    def fingerprint(self) -> str:
+        from melody.checkpoint import fingerprint
+
+        return fingerprint(self.model)
 
     @torch.no_grad()
     def features(self, wav: torch.Tensor, lengths: torch.Tensor | None = None, layer: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -311,8 +322,16 @@ class SemanticTokenizer(nn.Module):
 
     @classmethod
     def from_config(cls, config: TokenizerConfig, sample_rate: int = 24_000) -> SemanticTokenizer:
-        """The built-in tokenizer: an `SSLEncoder` whose head predicts `config.targets` classes."""
-        return cls(config, SSLEncoder(config, sample_rate, num_targets=config.targets), sample_rate)
+        """The built-in tokenizer (an `SSLEncoder` whose head predicts `config.targets` classes), or, with
+        `config.pretrained`, the features of that local transformers model (its recorded fingerprint checked)."""
+        if not config.pretrained:
+            return cls(config, SSLEncoder(config, sample_rate, num_targets=config.targets), sample_rate)
+        extractor = HFFeatureExtractor(config.pretrained, config.feature_layer, sample_rate, config.frame_rate)
+        if config.pretrained_fingerprint and extractor.fingerprint() != config.pretrained_fingerprint:
+            raise MelodyError(f"{config.pretrained}: holds another model than the one this tokenizer's codebook was fitted "
+                              f"on (fingerprint {extractor.fingerprint()}, recorded {config.pretrained_fingerprint}); "
+                              "put that model back, or fit a new tokenizer on this one")
+        return cls(config, extractor, sample_rate)
 
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> SSLOutput:
         """The encoder's training pass (masked prediction); only for the built-in `SSLEncoder`."""

@@ -22,6 +22,11 @@ After the last step (`finalize`) the token codebook is fitted: `tokenizer.codebo
 centroids on up to `tokenizer.kmeans_frames` `feature_layer` features of training frames; the
 exported `tokenizer.safetensors` holds the encoder and the centroids. Optimiser: AdamW with
 β = (0.9, 0.98) (HuBERT's).
+
+With `tokenizer.pretrained` (a user's local HuBERT or Wav2Vec2-Conformer folder, `HFFeatureExtractor`)
+there is nothing to train: the run takes no step and only fits the codebook on that model's
+`feature_layer` features; the exported tokenizer holds the codebook, its config names the folder and
+records the model's fingerprint, so loading it against another model is refused.
 """
 
 from __future__ import annotations
@@ -77,8 +82,15 @@ class TokenizerStage(Stage):
         torch.manual_seed(cfg.train.seed)
         tokenizer = SemanticTokenizer.from_config(cfg.tokenizer, cfg.vae.sample_rate)
         self.models = {"tokenizer": tokenizer}
-        self.optimizers = {"tokenizer": torch.optim.AdamW(tokenizer.parameters(), lr=cfg.train.lr, betas=BETAS,
-                                                          weight_decay=cfg.train.weight_decay)}
+        if cfg.tokenizer.pretrained:  # a user's HuBERT / Wav2Vec2-Conformer: nothing to train, only the codebook to fit
+            if teacher is not None:
+                raise MelodyError("--teacher trains the built-in encoder; a pretrained tokenizer.pretrained model is not trained")
+            cfg.train.steps = 0
+            cfg.tokenizer.pretrained_fingerprint = tokenizer.encoder.fingerprint()
+            self.optimizers = {}
+        else:
+            self.optimizers = {"tokenizer": torch.optim.AdamW(tokenizer.parameters(), lr=cfg.train.lr, betas=BETAS,
+                                                              weight_decay=cfg.train.weight_decay)}
         self._mel_codebook: KMeansQuantizer | None = None
 
     def dataset(self, split: str) -> ShardDataset:
@@ -129,6 +141,8 @@ class TokenizerStage(Stage):
 
     def sample(self, engine: Engine, batch: dict, folder: Path) -> None:
         """Masked prediction on the whole valid split with a fixed mask, logged beside the training curves."""
+        if self.cfg.tokenizer.pretrained:
+            return  # a pretrained model is not trained here: there is no masked prediction to follow
         model = engine.ema_or_model("tokenizer").eval()
         generator = torch.Generator(device=engine.device).manual_seed(self.cfg.train.seed)
         losses, hits, counts = [], 0, torch.zeros(self.cfg.tokenizer.targets, dtype=torch.long)
