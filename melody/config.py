@@ -111,6 +111,10 @@ class MuLanConfig:
     codebook_size: int = 1024
     temperature: float = 0.07
     crop_seconds: float = 10.0  # MuLan and MusicLM embed 10 s clips
+    # A local LAION-CLAP folder (transformers `ClapModel`) to take the joint embedding from instead of training
+    # MuLan's towers: `melody train mulan` then only fits the RVQ of the tokens on CLAP's embeddings.
+    pretrained: str = ""
+    pretrained_fingerprint: str = ""  # of that model's weights, recorded at training; a different model is refused
 
 
 @dataclass

@@ -327,7 +327,37 @@ class MuLanOutput:
     temperature: torch.Tensor  # () τ used (clamped)
 
 
-class MuLan(nn.Module):
+class MuLanTokens:
+    """What makes a joint embedding MuLan's condition: its RVQ tokens (MeLoDy §3.1), for any module with
+    `rvq`, `embed_audio` and `embed_text` (`MuLan`, or a user's CLAP in `ClapMuLan`)."""
+
+    rvq: ResidualVQ
+
+    @torch.no_grad()
+    def fit_tokens(self, embeddings: torch.Tensor, seed: int = 0) -> None:
+        """Start the RVQ by k-means on `embeddings` `(n, embed_dim)`, n ≥ codebook_size (thousands for 1024 codes)."""
+        if embeddings.shape[0] < self.rvq.codebook_size:
+            raise MelodyError(f"fitting the MuLan tokens needs at least {self.rvq.codebook_size} embeddings, "
+                              f"got {embeddings.shape[0]}; embed more clips")
+        self.rvq.initialize(embeddings.detach(), seed=seed)
+
+    @torch.no_grad()
+    def tokens(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Unit embeddings `(b, embed_dim)` → MuLan tokens `(b, rvq_levels)` long, in [0, codebook_size)."""
+        return self.rvq.encode(embedding)
+
+    @torch.no_grad()
+    def tokens_from_audio(self, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Clips → MuLan tokens `(b, rvq_levels)` (how the semantic LM's training data is tokenised)."""
+        return self.tokens(self.embed_audio(wav, lengths))
+
+    @torch.no_grad()
+    def tokens_from_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """Captions → MuLan tokens `(b, rvq_levels)` (how a prompt is tokenised at inference)."""
+        return self.tokens(self.embed_text(texts))
+
+
+class MuLan(MuLanTokens, nn.Module):
     """Audio tower + text tower + the RVQ that turns either embedding into `rvq_levels` tokens.
 
     `state_dict()` holds the audio tower, the text projection, the logit scale and the RVQ
@@ -349,10 +379,17 @@ class MuLan(nn.Module):
             self.register_buffer("logit_scale", logit_scale)
 
     @classmethod
-    def from_config(cls, config: MuLanConfig, sample_rate: int = 24_000, **kwargs: Any) -> MuLan:
-        """Build with the text encoder named by `config.text_encoder` (the packaged MiniLM or a local folder)."""
+    def from_config(cls, config: MuLanConfig, sample_rate: int = 24_000, **kwargs: Any) -> MuLan | ClapMuLan:
+        """Build with the text encoder named by `config.text_encoder` (the packaged MiniLM or a local folder); with
+        `config.pretrained`, a `ClapMuLan` on that local CLAP (its recorded fingerprint checked)."""
+        if config.pretrained:
+            return ClapMuLan.from_config(config, sample_rate)
         encoder, tokenizer = load_text_encoder(config.text_encoder)
         return cls(config, encoder, tokenizer, sample_rate, **kwargs)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.audio.sample_rate
 
     @property
     def temperature(self) -> torch.Tensor:
@@ -379,25 +416,43 @@ class MuLan(nn.Module):
         tau = self.temperature
         return MuLanOutput(audio=audio, text=text, loss=contrastive_loss(audio, text, tau, same), temperature=tau)
 
-    @torch.no_grad()
-    def fit_tokens(self, embeddings: torch.Tensor, seed: int = 0) -> None:
-        """Start the RVQ by k-means on `embeddings` `(n, embed_dim)`, n ≥ codebook_size (thousands for 1024 codes)."""
-        if embeddings.shape[0] < self.rvq.codebook_size:
-            raise MelodyError(f"fitting the MuLan tokens needs at least {self.rvq.codebook_size} embeddings, "
-                              f"got {embeddings.shape[0]}; embed more clips")
-        self.rvq.initialize(embeddings.detach(), seed=seed)
 
-    @torch.no_grad()
-    def tokens(self, embedding: torch.Tensor) -> torch.Tensor:
-        """Unit embeddings `(b, embed_dim)` → MuLan tokens `(b, rvq_levels)` long, in [0, codebook_size)."""
-        return self.rvq.encode(embedding)
+class ClapMuLan(MuLanTokens, nn.Module):
+    """A user's LAION-CLAP in MuLan's place (`mulan.pretrained`): CLAP's text and audio embeddings, quantised into
+    MuLan tokens by an RVQ fitted on them. The CLAP model is not registered, so `state_dict()` holds the RVQ only;
+    the config names CLAP's folder and records its fingerprint."""
 
-    @torch.no_grad()
-    def tokens_from_audio(self, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """Clips → MuLan tokens `(b, rvq_levels)` (how the semantic LM's training data is tokenised)."""
-        return self.tokens(self.embed_audio(wav, lengths))
+    def __init__(self, config: MuLanConfig, clap) -> None:
+        super().__init__()
+        object.__setattr__(self, "clap", clap)  # not a submodule: the user's model stays in its folder
+        self.config = config
+        self.embed_dim, self.sample_rate = clap.embed_dim, clap.sample_rate
+        self.rvq = ResidualVQ(clap.embed_dim, config.rvq_levels, config.codebook_size)
 
-    @torch.no_grad()
-    def tokens_from_text(self, texts: Sequence[str]) -> torch.Tensor:
-        """Captions → MuLan tokens `(b, rvq_levels)` (how a prompt is tokenised at inference)."""
-        return self.tokens(self.embed_text(texts))
+    @classmethod
+    def from_config(cls, config: MuLanConfig, sample_rate: int = 24_000) -> ClapMuLan:
+        from melody.checkpoint import fingerprint
+        from melody.conditioners.clap import load_clap
+
+        clap = load_clap(config.pretrained, sample_rate)
+        if config.pretrained_fingerprint and fingerprint(clap.model) != config.pretrained_fingerprint:
+            raise MelodyError(f"{config.pretrained}: holds another CLAP than the one these MuLan tokens were fitted on "
+                              f"(fingerprint {fingerprint(clap.model)}, recorded {config.pretrained_fingerprint}); put that "
+                              "model back, or fit new tokens on this one")
+        return cls(config, clap)
+
+    def fingerprint(self) -> str:
+        from melody.checkpoint import fingerprint
+
+        return fingerprint(self.clap.model)
+
+    def _apply(self, fn, *args, **kwargs):
+        self.clap._apply(fn, *args, **kwargs)  # `.to(device)` reaches the unregistered CLAP too
+        return super()._apply(fn, *args, **kwargs)
+
+    def embed_audio(self, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        return self.clap.embed_audio(wav, lengths)
+
+    def embed_text(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.clap.embed_text(texts)
+

@@ -225,22 +225,29 @@ def test_tokens_from_audio_and_text(bert):
 
 # --- CLAP ------------------------------------------------------------------------------------------
 
-def test_clap_conditioner_round_trips_from_disk(tmp_path):
+def save_tiny_clap(folder, seed=0, words=()):
+    """A random ClapModel (projection 16) with a tiny BERT tokenizer, saved to `folder`; returns (model, tokenizer)."""
     from transformers import ClapConfig, ClapModel
 
-    from melody.conditioners import load_clap
-
-    _, tokenizer = tiny_bert(tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    _, tokenizer = tiny_bert(folder, words=words)
     config = ClapConfig(
         text_config=dict(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=64, max_position_embeddings=64, pad_token_id=0),
         audio_config=dict(patch_embeds_hidden_size=16, depths=[1, 1], num_attention_heads=[2, 2], hidden_size=32),
         projection_dim=16)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     original = ClapModel(config).eval()
-    folder = tmp_path / "clap"
     original.save_pretrained(folder)
     tokenizer.save_pretrained(folder)  # no preprocessor_config.json: the loader builds the extractor itself
+    return original, tokenizer
+
+
+def test_clap_conditioner_round_trips_from_disk(tmp_path):
+    from melody.conditioners import load_clap
+
+    folder = tmp_path / "clap"
+    original, tokenizer = save_tiny_clap(folder)
     with pytest.raises(MelodyError, match="does not exist"):
         load_clap(tmp_path / "nowhere")
     clap = load_clap(folder, sample_rate=SR)
@@ -258,3 +265,47 @@ def test_clap_conditioner_round_trips_from_disk(tmp_path):
     assert audio.shape == (2, 16)
     torch.testing.assert_close(audio.norm(dim=-1), torch.ones(2), rtol=0, atol=1e-5)
     torch.testing.assert_close(audio[1], clap.embed_audio(wav[1:, :8_000])[0], rtol=0, atol=1e-5)
+
+
+def test_users_clap_and_hubert_train_the_semantic_lm(tmp_path):
+    """Users' pretrained parts end to end: `melody train mulan` on a local CLAP fits only the tokens' RVQ (the export
+    holds the RVQ, CLAP stays in its folder), `melody train tokenizer` on a local HuBERT only the codebook, and the
+    semantic LM trains on both; another CLAP put in the folder is refused."""
+    from test_cli import melody_one_thread
+    from test_shards import RATE, make_corpus
+    from test_tokenizer import _save_tiny
+
+    from melody.checkpoint import read_tensors
+    from melody.mulan import ClapMuLan
+    from melody.train.recipes import load_stage
+
+    corpus = make_corpus(tmp_path / "corpus", clips=20, per_shard=4)
+    save_tiny_clap(tmp_path / "clap", words=[f"{i}" for i in range(20)] + ["clip", "number"])
+    _save_tiny("hubert", tmp_path / "hubert")
+    common = [f"data.sample_rate={RATE}", f"vae.sample_rate={RATE}", "train.num_workers=0", "mulan.rvq_levels=2",
+              "mulan.codebook_size=4", "tokenizer.codebook_size=8", "tokenizer.kmeans_frames=400"]
+
+    def train(stage, *args, sets=()):
+        out = melody_one_thread("train", stage, "--data", str(corpus), "--out", str(tmp_path / stage), "--no-progress", *args,
+                                *[a for o in [*common, *sets] for a in ("--set", o)])
+        assert out.returncode == 0, out.stderr
+        return out
+
+    assert "to step 0" in train("mulan", sets=[f"mulan.pretrained={tmp_path / 'clap'}"]).stdout
+    train("tokenizer", sets=[f"tokenizer.pretrained={tmp_path / 'hubert'}", "tokenizer.feature_layer=1"])
+    weights, _ = read_tensors(tmp_path / "mulan" / "mulan.safetensors", "mulan")
+    assert all(k.startswith("rvq.") for k in weights)
+    mulan, cfg = load_stage(tmp_path / "mulan", "mulan")
+    assert isinstance(mulan, ClapMuLan) and cfg.mulan.embed_dim == 16 and bool(mulan.rvq.initialized)
+    captions = ["clip number 3", "clip number 7"]
+    assert torch.equal(mulan.tokens_from_text(captions), mulan.rvq.encode(mulan.clap.embed_text(captions)))
+    train("semantic", "--mulan", str(tmp_path / "mulan"), "--tokenizer", str(tmp_path / "tokenizer"),
+          sets=["semantic_lm.dim=32", "semantic_lm.depth=1", "semantic_lm.heads=2", "semantic_lm.window_seconds=2",
+                "train.batch_size=4", "train.steps=2", "train.sample_every=2", "train.warmup_steps=1"])
+    lm, lm_cfg = load_stage(tmp_path / "semantic", "semantic_lm")
+    assert lm_cfg.mulan.pretrained == str(tmp_path / "clap") and lm_cfg.tokenizer.pretrained == str(tmp_path / "hubert")
+    save_tiny_clap(tmp_path / "clap", seed=5, words=[f"{i}" for i in range(20)] + ["clip", "number"])
+    with pytest.raises(MelodyError, match="holds another CLAP") as err:
+        load_stage(tmp_path / "mulan", "mulan")
+    assert "\n" not in str(err.value)
+

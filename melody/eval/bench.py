@@ -354,7 +354,8 @@ def bench_melody(spec: dict, tell: Callable[[str], None]) -> dict:
     clock = time.perf_counter()
     model.generate([PROMPT], WARMUP_SECONDS, steps=steps, seed=1)
     warmup_s = time.perf_counter() - clock
-    networks = {"mulan": model.mulan.text, "semantic_lm": model.semantic_lm, "dpd": model.dpd, "vae": model.vae.decoder}
+    text_tower = model.mulan.text if hasattr(model.mulan, "text") else model.mulan.clap.model  # MuLan's, or a user's CLAP
+    networks = {"mulan": text_tower, "semantic_lm": model.semantic_lm, "dpd": model.dpd, "vae": model.vae.decoder}
     tell(f"generating {seconds:g} s ({steps} DPD steps)")
     with ForwardCounter(networks, keep_inputs=("mulan", "dpd", "vae"), synchronize=sync) as counter:
         clock = time.perf_counter()
@@ -369,7 +370,7 @@ def bench_melody(spec: dict, tell: Callable[[str], None]) -> dict:
     windows = dpd_windows(seconds, model.cfg.dpd.window_seconds, model.vae.latent_rate, model.frames_per_token)
     formula = melody_passes(seconds, steps, windows)
     # a frozen text encoder is held outside the text tower's registered children (melody.mulan): count it too
-    held = [model.mulan.text.encoder] if model.mulan.text.freeze else []
+    held = [model.mulan.text.encoder] if hasattr(model.mulan, "text") and model.mulan.text.freeze else []
     weights = {name: streamed_bytes(m) for name, m in networks.items()}
     weights["mulan"] += sum(streamed_bytes(m) for m in held)
     parameters = {name: _parameters(m) for name, m in networks.items()}

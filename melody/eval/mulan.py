@@ -19,8 +19,9 @@ import torch
 from melody.data.loader import ShardDataset, make_loader
 from melody.errors import MelodyError
 from melody.io import write_json_atomic
-from melody.mulan import MuLan, retrieval_metrics, same_caption
+from melody.modules import device_of
 from melody.modules.rvq import code_perplexity
+from melody.mulan import MuLan, retrieval_metrics, same_caption
 
 
 @dataclass
@@ -35,8 +36,8 @@ class SplitEmbeddings:
 def embed_split(mulan: MuLan, data_root: str | Path, split: str, limit: int | None = None, batch_size: int = 16,
                 progress=None) -> SplitEmbeddings:
     """Embed every clip of `split` (whole, in corpus order) and its caption with both towers."""
-    dataset = ShardDataset.whole_clips(data_root, split, mulan.audio.sample_rate)
-    device = next(mulan.parameters()).device
+    dataset = ShardDataset.whole_clips(data_root, split, mulan.sample_rate)
+    device = device_of(mulan)
     audio, text, captions, keys = [], [], [], []
     for batch in make_loader(dataset, batch_size, 0, drop_last=False):
         if limit is not None:

@@ -60,6 +60,7 @@ from melody.data.check import MTT, STYLE_TAGS
 from melody.data.synth.captions import prompt_bpm
 from melody.ears.musicnn import TAGS, MusicnnTagger
 from melody.errors import MelodyError
+from melody.modules import device_of
 
 if TYPE_CHECKING:
     from melody.mulan import MuLan
@@ -173,7 +174,7 @@ def mulan_embeddings(mulan: MuLan, audio: torch.Tensor, lengths: torch.Tensor | 
     """MuLan audio-tower embeddings `(b, embed_dim)` of clips `(b, samples)` or `(b, 1, samples)` at
     the MuLan's sample rate (valid `lengths` `(b,)` in samples), `batch_size` clips at a time."""
     audio = _mono_batch(audio)
-    device = next(mulan.parameters()).device
+    device = device_of(mulan)
     out = []
     for start in range(0, audio.shape[0], batch_size):
         chunk = lengths[start : start + batch_size].to(device) if lengths is not None else None

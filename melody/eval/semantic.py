@@ -35,6 +35,7 @@ import torch
 from melody.data.loader import ShardDataset, clip_bpm, make_loader
 from melody.errors import MelodyError
 from melody.io import write_json_atomic
+from melody.modules import device_of
 from melody.mulan import MuLan
 from melody.semantic.lm import SemanticLM, lm_loss
 from melody.semantic.tokenizer import SemanticTokenizer, frame_count
@@ -59,9 +60,9 @@ class TokenizedSplit:
 def tokenize_split(mulan: MuLan, tokenizer: SemanticTokenizer, data_root: str | Path, split: str, seconds: float,
                    limit: int | None = None, batch_size: int = 16, progress=None) -> TokenizedSplit:
     """The first `seconds` of every clip of `split`, tokenised by both conditioners."""
-    dataset = ShardDataset.from_corpus(data_root, split, crop_seconds=seconds, sample_rate=mulan.audio.sample_rate,
+    dataset = ShardDataset.from_corpus(data_root, split, crop_seconds=seconds, sample_rate=mulan.sample_rate,
                                        channels=1, shuffle=0, random_offset=False)
-    device = next(tokenizer.parameters()).device
+    device = device_of(tokenizer)
     parts: dict[str, list] = {"semantic": [], "keep": [], "audio_mulan": [], "text_mulan": [], "captions": [], "keys": [], "bpm": []}
     for batch in make_loader(dataset, batch_size, 0, drop_last=False):
         if limit is not None:

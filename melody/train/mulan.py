@@ -10,6 +10,10 @@ gathers the global batch's embeddings (differentiably) and captions, so the nega
 are those of one process holding the whole batch. With `train.grad_accum` > 1 the negatives are the
 micro-batch's (as in CLIP without gradient caching): prefer more processes to more accumulation.
 
+With `mulan.pretrained` (a user's local LAION-CLAP folder, `ClapMuLan`) there is nothing to train: the run
+takes no step and only fits the tokens' RVQ on CLAP's embeddings of the training clips and captions; the
+export holds the RVQ, its config names the folder and records CLAP's fingerprint.
+
 Every `train.sample_every` steps the whole valid split is embedded and its retrieval figures are
 logged (`valid/t2a_R@10`, …), so the curves show the joint space forming, not only the loss.
 
@@ -46,8 +50,13 @@ class MuLanStage(Stage):
         torch.manual_seed(cfg.train.seed)
         mulan = MuLan.from_config(cfg.mulan, cfg.vae.sample_rate)
         self.models = {"mulan": mulan}
-        self.optimizers = {"mulan": torch.optim.AdamW(mulan.parameters(), lr=cfg.train.lr, betas=BETAS,
-                                                      weight_decay=cfg.train.weight_decay)}
+        if cfg.mulan.pretrained:  # a user's CLAP: nothing to train, only the tokens' RVQ to fit on its embeddings
+            cfg.train.steps = 0
+            cfg.mulan.embed_dim, cfg.mulan.pretrained_fingerprint = mulan.embed_dim, mulan.fingerprint()
+            self.optimizers = {}
+        else:
+            self.optimizers = {"mulan": torch.optim.AdamW(mulan.parameters(), lr=cfg.train.lr, betas=BETAS,
+                                                          weight_decay=cfg.train.weight_decay)}
         self._sentences = PerCaption()
 
     def dataset(self, split: str) -> ShardDataset:
