@@ -284,8 +284,8 @@ def generate_command(
     bpm: Annotated[Optional[float], typer.Option("--bpm", help="Tempo in beats per minute, said in the prompt (wins over a tempo the text names).")] = None,
     key: Annotated[Optional[str], typer.Option("--key", help="Key and mode, e.g. 'A minor' or 'Bb dorian' (wins over a key the text names).")] = None,
     best_of: Annotated[int, typer.Option("--best-of", help="Draw N candidates per prompt; keep the one MuLan finds closest to the prompt.")] = 1,
-    precision: Annotated[Optional[str], typer.Option("--precision", help="The DPD network's precision: fp32, or bf16 "
-                                                     "(autocast; faster where the CPU or GPU multiplies in bf16).")] = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="The networks' precision at sampling: fp32, or "
+                                                     "bf16 (the DPD under autocast, the semantic LM's weights in bf16).")] = None,
     bundle: BundleOpt = None, plot: PlotOpt = False, progress: ShowProgress = True,
 ) -> None:
     """Text (or a music prompt) to music with MeLoDy."""
@@ -320,7 +320,7 @@ def generate_command(
         audio_info(prompt_audio)  # a missing or unreadable file: one line, before loading the model
     model = _melody(bundle)
     if precision is not None:
-        model.cfg.dpd.precision = precision
+        model.cfg.dpd.precision = model.cfg.semantic_lm.precision = precision
     music = None
     if prompt_audio is not None:
         from melody.audio import load_audio

@@ -163,6 +163,9 @@ class SemanticLMConfig:
     tempo_buckets: int = 0
     tempo_range: tuple[float, ...] = (40.0, 240.0)
     tempo_dropout: float = 0.3
+    # At sampling: "fp32", or "bf16" weights (a bf16 copy: one token's pass streams every weight, so half the bytes
+    # is what counts on a CPU); the sampler reads the logits in fp32.
+    precision: str = "fp32"
 
 
 @dataclass

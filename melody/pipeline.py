@@ -31,6 +31,7 @@ those whose 25 Hz frames overlap its latent frames (latent rate / 25 must be an 
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 import time
@@ -338,11 +339,25 @@ class MeLoDy:
         an LM with a tempo token gets the tempo each of `prompts` states (none for a prompt naming none)."""
         lm_cfg = self.cfg.semantic_lm
         window, stride = window_and_stride(lm_cfg, self.token_rate)
-        return generate_tokens(self.semantic_lm, mulan_tokens.to(self._device), n_tokens, prefix,
+        return generate_tokens(self.lm_at_precision(), mulan_tokens.to(self._device), n_tokens, prefix,
                                temperature=lm_cfg.temperature if temperature is None else temperature,
                                top_k=lm_cfg.top_k if top_k is None else top_k, top_p=lm_cfg.top_p,
                                guidance=lm_cfg.guidance if lm_guidance is None else lm_guidance,
                                generator=generator, window=window, stride=stride, tempo=self.tempo_tokens(prompts))
+
+    def lm_at_precision(self):
+        """The semantic LM at `semantic_lm.precision`: itself in fp32, else a copy in that dtype, made once and kept
+        (the fp32 weights stay as they are, so switching back loses nothing)."""
+        precision = self.cfg.semantic_lm.precision
+        if precision not in PRECISIONS:
+            raise MelodyError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
+        dtype = PRECISIONS[precision]
+        if dtype is None:
+            return self.semantic_lm
+        copies = self.__dict__.setdefault("_lm_copies", {})
+        if dtype not in copies:
+            copies[dtype] = copy.deepcopy(self.semantic_lm).to(dtype).eval()
+        return copies[dtype]
 
     def tempo_tokens(self, prompts: list[str] | None) -> torch.Tensor | None:
         """The LM's tempo token for each prompt `(b,)` (0 where it states no tempo); None without prompts or tempo token."""

@@ -28,4 +28,5 @@ def generation_record(model, output, **fields) -> dict:
             "config": {"dpd": {"steps": model.cfg.dpd.steps, "guidance": model.cfg.dpd.guidance,
                                "precision": model.cfg.dpd.precision},
                        "semantic_lm": {"guidance": model.cfg.semantic_lm.guidance,
-                                       "temperature": model.cfg.semantic_lm.temperature}}}
+                                       "temperature": model.cfg.semantic_lm.temperature,
+                                       "precision": model.cfg.semantic_lm.precision}}}

@@ -137,6 +137,9 @@ def test_bench_on_a_tiny_bundle_reports_the_formulas_counts(bundle, tmp_path):  
     run, bf16 = report["runs"]
     assert (run["model"], run["shapes"], run["seconds"], run["steps"]) == ("melody", "bundled", 2.7, 2)
     assert (run["dpd_precision"], bf16["dpd_precision"], bf16["shapes"]) == ("fp32", "bf16", "bundled@bf16")
+    assert (run["lm_precision"], bf16["lm_precision"]) == ("fp32", "bf16")
+    lm, lm16 = run["stages"]["semantic_lm"], bf16["stages"]["semantic_lm"]
+    assert lm16["weight_bytes"] * 2 == lm["weight_bytes"] and lm16["hooked"] == lm["hooked"] > 0  # the bf16 copy is counted
     machine = report["machine"]["matmul_gflops"]
     for r, dtype in ((run, "float32"), (bf16, "bfloat16")):  # the DPD's bound from the throughput of its precision
         dpd = r["stages"]["dpd"]

@@ -109,4 +109,5 @@ def test_generate_in_bf16_says_so_in_its_record(bundle, tmp_path):  # noqa: F811
     run_ok("generate", "calm piano", "--duration", "1", "--out", str(out), "--bundle", str(bundle), "--steps", "2",
            "--precision", "bf16")
     assert sf.read(out)[0].shape == (RATE,)
-    assert json.loads(out.with_suffix(".json").read_text())["config"]["dpd"]["precision"] == "bf16"
+    config = json.loads(out.with_suffix(".json").read_text())["config"]
+    assert config["dpd"]["precision"] == config["semantic_lm"]["precision"] == "bf16"

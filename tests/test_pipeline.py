@@ -205,6 +205,7 @@ def test_bf16_dpd_sampling_stays_close_to_fp32(melody):
         melody.cfg.dpd.precision = precision
         outs[precision] = melody.generate(["calm piano"], 1.0, seed=5).audio
     melody.cfg.dpd.precision = "fp32"
+    assert "_lm_copies" not in melody.__dict__  # the LM's precision is its own setting
     assert outs["bf16"].dtype == torch.float32 and outs["bf16"].shape == outs["fp32"].shape
     assert not torch.equal(outs["bf16"], outs["fp32"])  # it did run in another precision
     distance = mel_distance(outs["bf16"], outs["fp32"], melody.vae.cfg.sample_rate).item()
@@ -218,3 +219,19 @@ def test_an_unknown_precision_is_a_one_line_error(melody):
             melody.generate(["calm piano"], 0.5)
     finally:
         melody.cfg.dpd.precision = "fp32"
+
+
+def test_a_bf16_lm_samples_from_a_bf16_copy_and_leaves_the_fp32_weights(melody):
+    before = {k: v.clone() for k, v in melody.semantic_lm.state_dict().items()}
+    melody.cfg.semantic_lm.precision = "bf16"
+    try:
+        lm = melody.lm_at_precision()
+        assert lm is not melody.semantic_lm and lm is melody.lm_at_precision()  # made once, kept
+        assert next(lm.parameters()).dtype == torch.bfloat16 and next(melody.semantic_lm.parameters()).dtype == torch.float32
+        out = melody.generate(["calm piano"], 1.0, seed=5)
+        assert out.semantic_tokens.shape == (1, 25) and out.forward_passes["semantic_lm"] == 25
+    finally:
+        melody.cfg.semantic_lm.precision = "fp32"
+    assert melody.lm_at_precision() is melody.semantic_lm
+    assert all(torch.equal(v, melody.semantic_lm.state_dict()[k]) for k, v in before.items())
+

@@ -13,7 +13,8 @@ inputs the hooks kept). Shape sets:
   the packaged MiniLM text encoder, random RVQ codebooks and tokenizer centroids (as tests/test_pipeline.py
   draws them);
 - `bundled@bf16`, `paper@bf16`: the same with the DPD sampled under bf16 autocast (`dpd.precision`; the sampler's
-  state stays fp32), its roofline bound from the bf16 matmul throughput;
+  state stays fp32; its roofline bound from the bf16 matmul throughput) and the semantic LM's weights in bf16
+  (`semantic_lm.precision`; its bound from the weights' bytes, which `streamed_bytes` counts at their dtype);
 - `musicgen-small`: MusicGen-small's published sizes (`musicgen_small_config`) built from configs with
   random weights through `transformers`, nothing downloaded; `generate` for f · T + K − 1 new tokens.
 
@@ -345,7 +346,7 @@ def bench_melody(spec: dict, tell: Callable[[str], None]) -> dict:
     tell("building the model" + (" (paper preset, random weights)" if shapes == "paper" else ""))
     clock = time.perf_counter()
     model = MeLoDy.from_pretrained(spec["bundle"]) if shapes == "bundled" else random_melody(preset("paper"))
-    model.cfg.dpd.precision = precision or "fp32"
+    model.cfg.dpd.precision = model.cfg.semantic_lm.precision = precision or "fp32"
     for m in (model.mulan, model.tokenizer, model.semantic_lm, model.dpd, model.vae):
         m.to(device)
     build_s = time.perf_counter() - clock
@@ -355,7 +356,7 @@ def bench_melody(spec: dict, tell: Callable[[str], None]) -> dict:
     model.generate([PROMPT], WARMUP_SECONDS, steps=steps, seed=1)
     warmup_s = time.perf_counter() - clock
     text_tower = model.mulan.text if hasattr(model.mulan, "text") else model.mulan.clap.model  # MuLan's, or a user's CLAP
-    networks = {"mulan": text_tower, "semantic_lm": model.semantic_lm, "dpd": model.dpd, "vae": model.vae.decoder}
+    networks = {"mulan": text_tower, "semantic_lm": model.lm_at_precision(), "dpd": model.dpd, "vae": model.vae.decoder}
     tell(f"generating {seconds:g} s ({steps} DPD steps)")
     with ForwardCounter(networks, keep_inputs=("mulan", "dpd", "vae"), synchronize=sync) as counter:
         clock = time.perf_counter()
@@ -379,7 +380,8 @@ def bench_melody(spec: dict, tell: Callable[[str], None]) -> dict:
                            counter.seconds[name], flops.get(name), weights[name], parameters[name],
                            "weights" if name == "semantic_lm" else "roofline")
               for name in networks}
-    return {"model": "melody", "shapes": spec["shapes"], "dpd_precision": model.cfg.dpd.precision, "seconds": seconds,
+    return {"model": "melody", "shapes": spec["shapes"], "dpd_precision": model.cfg.dpd.precision,
+            "lm_precision": model.cfg.semantic_lm.precision, "seconds": seconds,
             "steps": steps, "windows": windows,
             "guidance": {"dpd": model.cfg.dpd.guidance, "semantic_lm": model.cfg.semantic_lm.guidance},
             "audio_seconds": out.audio.shape[-1] / out.sample_rate, "build_s": build_s, "warmup_s": warmup_s,

@@ -132,7 +132,8 @@ def generate(lm: SemanticLM, mulan_tokens: torch.Tensor | None, n_tokens: int, p
     drop = torch.arange(rows * b, device=device) >= b if guided else None
     branch_tempo = None if tempo is None else tempo.to(device).repeat(rows)
 
-    def guide(logits: torch.Tensor) -> torch.Tensor:  # (rows·b, V) → (b, V)
+    def guide(logits: torch.Tensor) -> torch.Tensor:  # (rows·b, V) → (b, V), in fp32 whatever the LM's dtype
+        logits = logits.float()
         return cfg_logits(*logits.chunk(2), guidance) if guided else logits
 
     # a window: [condition | BOS | content] from a fresh cache, in one pass
