@@ -515,7 +515,7 @@ def markdown(report: dict) -> str:
         f"load average (1, 5, 15 min) {m['load_avg_start']} at start, "
         f"{m['load_avg_end']} at end. Measured once: matmul {m['matmul_gflops']['float32']:.1f} GFLOP/s fp32, "
         f"{m['matmul_gflops']['bfloat16']:.1f} GFLOP/s bf16 ({MATMUL_SIZE}² square); copy {m['copy_gb_s']:.1f} GB/s "
-        "(256 MiB, read + write). Bounds use fp32 (the models run in fp32).", "",
+        "(256 MiB, read + write). Bounds use the fp32 rate, the bf16 rate for the DPD of an @bf16 run (its LM: its weights' bytes at their dtype).", "",
         *([] if report.get("complete", True) else [f"**Incomplete**: the report of the {len(report['runs'])} runs done when it "
                                                    "was stopped.", ""]),
         "| run | wall s | RTF | peak RSS MB | parameters | build s | passes (total) |",
