@@ -157,6 +157,14 @@ def load_model_and_config(directory: str | Path, name: str, stage: str, build):
     return module.eval(), cfg
 
 
+def check_same_model(folder, module: nn.Module, recorded: str, other: str, refit: str) -> None:
+    """Refuse a user's model folder that now holds another model than the `recorded` fingerprint (none recorded: a new
+    run, nothing to compare): `other` names what it is not, `refit` the way out, in one line."""
+    if recorded and (found := fingerprint(module)) != recorded:
+        raise MelodyError(f"{folder}: holds another {other} (fingerprint {found}, recorded {recorded}); "
+                          f"put that model back, or {refit}")
+
+
 def fingerprint(module: nn.Module) -> str:
     """A short hash of a model's weights and buffers (names, shapes, dtypes, values), e.g. to tell
     whether the frozen model a run trains against is still the one it started with."""

@@ -320,7 +320,7 @@ def generate_command(
         audio_info(prompt_audio)  # a missing or unreadable file: one line, before loading the model
     model = _melody(bundle)
     if precision is not None:
-        model.cfg.dpd.precision = model.cfg.semantic_lm.precision = precision
+        model.set_precision(precision)
     music = None
     if prompt_audio is not None:
         from melody.audio import load_audio

@@ -431,14 +431,12 @@ class ClapMuLan(MuLanTokens, nn.Module):
 
     @classmethod
     def from_config(cls, config: MuLanConfig, sample_rate: int = 24_000) -> ClapMuLan:
-        from melody.checkpoint import fingerprint
+        from melody.checkpoint import check_same_model
         from melody.conditioners.clap import load_clap
 
         clap = load_clap(config.pretrained, sample_rate)
-        if config.pretrained_fingerprint and fingerprint(clap.model) != config.pretrained_fingerprint:
-            raise MelodyError(f"{config.pretrained}: holds another CLAP than the one these MuLan tokens were fitted on "
-                              f"(fingerprint {fingerprint(clap.model)}, recorded {config.pretrained_fingerprint}); put that "
-                              "model back, or fit new tokens on this one")
+        check_same_model(config.pretrained, clap.model, config.pretrained_fingerprint,
+                         "CLAP than the one these MuLan tokens were fitted on", "fit new tokens on this one")
         return cls(config, clap)
 
     def fingerprint(self) -> str:

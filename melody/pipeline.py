@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,11 +104,16 @@ class _Autocast:
             return self.model(*args, **kwargs).float()
 
 
-def at_precision(model, precision: str, device: torch.device):
-    """`model` as the sampler calls it at `precision` ("fp32": as it is; "bf16": under autocast)."""
+def precision_dtype(precision: str) -> torch.dtype | None:
+    """The dtype a precision name asks for (None: fp32, the models as they are); an unknown name is one line."""
     if precision not in PRECISIONS:
         raise MelodyError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
-    dtype = PRECISIONS[precision]
+    return PRECISIONS[precision]
+
+
+def at_precision(model, precision: str, device: torch.device):
+    """`model` as the sampler calls it at `precision` ("fp32": as it is; "bf16": under autocast)."""
+    dtype = precision_dtype(precision)
     return model if dtype is None else _Autocast(model, dtype, device)
 
 
@@ -345,13 +350,15 @@ class MeLoDy:
                                guidance=lm_cfg.guidance if lm_guidance is None else lm_guidance,
                                generator=generator, window=window, stride=stride, tempo=self.tempo_tokens(prompts))
 
+    def set_precision(self, precision: str) -> None:
+        """Sample both networks at `precision`: the DPD under autocast, the semantic LM from weights in that dtype."""
+        precision_dtype(precision)
+        self.cfg.dpd.precision = self.cfg.semantic_lm.precision = precision
+
     def lm_at_precision(self):
         """The semantic LM at `semantic_lm.precision`: itself in fp32, else a copy in that dtype, made once and kept
         (the fp32 weights stay as they are, so switching back loses nothing)."""
-        precision = self.cfg.semantic_lm.precision
-        if precision not in PRECISIONS:
-            raise MelodyError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
-        dtype = PRECISIONS[precision]
+        dtype = precision_dtype(self.cfg.semantic_lm.precision)
         if dtype is None:
             return self.semantic_lm
         copies = self.__dict__.setdefault("_lm_copies", {})

@@ -78,10 +78,10 @@ def encode_corpus(corpus: str | Path, vae, tokenizer, mulan=None, batch_size: in
         total = int(manifest["splits"][split].get("clips") or 0) or None
         bar = tqdm(total=total, desc=f"encode {split}", unit="clip", disable=not progress)
         for batch in make_loader(dataset, batch_size, 0, drop_last=False):
-            arrays = {}
+            arrays, lengths_of = {}, batch["length"].tolist()
             # clips of one length together, cut to it: a clip's features must not depend on what it was batched with
-            for n in sorted(set(batch["length"].tolist())):
-                rows = [i for i, m in enumerate(batch["length"].tolist()) if m == n]
+            for n in sorted(set(lengths_of)):
+                rows = [i for i, m in enumerate(lengths_of) if m == n]
                 audio, lengths = batch["audio"][rows, :, :n], batch["length"][rows]
                 posterior = vae.encode(audio)
                 tokens = tokenizer.tokens(audio.mean(1), lengths)
@@ -91,7 +91,7 @@ def encode_corpus(corpus: str | Path, vae, tokenizer, mulan=None, batch_size: in
                     if mulan_tokens is not None:
                         arrays[i]["mulan"] = mulan_tokens[j]
             for i, key in enumerate(batch["key"]):
-                writer.add_raw(key, pack(arrays[i]), batch["meta"][i] | {"seconds": int(batch["length"][i]) / rate})
+                writer.add_raw(key, pack(arrays[i]), batch["meta"][i] | {"seconds": lengths_of[i] / rate})
             bar.update(len(batch["key"]))
         bar.close()
         writer.flush()

@@ -228,12 +228,10 @@ def with_bounds(run: dict, machine: dict) -> dict:
     """`run` with each stage's roofline bound and measured ÷ bound, from the machine's fp32 matmul and copy figures."""
     from melody.eval.roofline import bound_seconds
 
-    flops_per_s, bytes_per_s = machine["matmul_gflops"]["float32"] * 1e9, machine["copy_gb_s"] * 1e9
+    bytes_per_s = machine["copy_gb_s"] * 1e9
     for name, stage in run["stages"].items():
-        if name == "dpd" and run["shapes"].endswith("@bf16"):
-            flops_per_s = machine["matmul_gflops"]["bfloat16"] * 1e9
-        else:
-            flops_per_s = machine["matmul_gflops"]["float32"] * 1e9
+        bf16 = name == "dpd" and run["shapes"].endswith("@bf16")  # the DPD of an @bf16 run multiplies in bf16
+        flops_per_s = machine["matmul_gflops"]["bfloat16" if bf16 else "float32"] * 1e9
         passes = stage["hooked"]
         counted = stage["bound_by"] == "roofline" and stage["flops"] is not None and passes > 0
         bound = bound_seconds(passes, stage["flops"] / passes if counted else None, stage["weight_bytes"], flops_per_s,
@@ -346,7 +344,7 @@ def bench_melody(spec: dict, tell: Callable[[str], None]) -> dict:
     tell("building the model" + (" (paper preset, random weights)" if shapes == "paper" else ""))
     clock = time.perf_counter()
     model = MeLoDy.from_pretrained(spec["bundle"]) if shapes == "bundled" else random_melody(preset("paper"))
-    model.cfg.dpd.precision = model.cfg.semantic_lm.precision = precision or "fp32"
+    model.set_precision(precision or "fp32")
     for m in (model.mulan, model.tokenizer, model.semantic_lm, model.dpd, model.vae):
         m.to(device)
     build_s = time.perf_counter() - clock

@@ -326,11 +326,11 @@ class SemanticTokenizer(nn.Module):
         `config.pretrained`, the features of that local transformers model (its recorded fingerprint checked)."""
         if not config.pretrained:
             return cls(config, SSLEncoder(config, sample_rate, num_targets=config.targets), sample_rate)
+        from melody.checkpoint import check_same_model
+
         extractor = HFFeatureExtractor(config.pretrained, config.feature_layer, sample_rate, config.frame_rate)
-        if config.pretrained_fingerprint and extractor.fingerprint() != config.pretrained_fingerprint:
-            raise MelodyError(f"{config.pretrained}: holds another model than the one this tokenizer's codebook was fitted "
-                              f"on (fingerprint {extractor.fingerprint()}, recorded {config.pretrained_fingerprint}); "
-                              "put that model back, or fit a new tokenizer on this one")
+        check_same_model(config.pretrained, extractor.model, config.pretrained_fingerprint,
+                         "model than the one this tokenizer's codebook was fitted on", "fit a new tokenizer on this one")
         return cls(config, extractor, sample_rate)
 
     def forward(self, wav: torch.Tensor, lengths: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> SSLOutput:

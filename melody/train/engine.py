@@ -272,10 +272,6 @@ class Engine:
         return self.accelerator.num_processes
 
     @property
-    def rank(self) -> int:
-        return self.accelerator.process_index
-
-    @property
     def step(self) -> int:
         return self.position.step
 
@@ -387,11 +383,7 @@ class Engine:
 
     def check_replicas(self) -> list[str]:
         """Every rank's fingerprint of its weights; a run whose ranks disagree stops (DDP keeps them equal)."""
-        mine = fingerprint_all(self._raw)
-        if self.accelerator.num_processes == 1:
-            return [mine]
-        prints: list = [None] * self.accelerator.num_processes
-        torch.distributed.all_gather_object(prints, mine)
+        prints = self.gather_objects([fingerprint_all(self._raw)])
         if len(set(prints)) > 1:
             raise MelodyError(f"the {len(prints)} processes hold different weights at step {self.position.step} "
                               f"({', '.join(prints)}); a model changed outside the optimiser on one rank — resume from the last checkpoint")
