@@ -158,3 +158,42 @@ def test_guidance_in_one_batched_call_equals_the_two_branches_and_is_one_pass():
         torch.testing.assert_close(one, two, rtol=0, atol=1e-5)
         assert not torch.allclose(one, model(x, delta, tokens), atol=1e-3)  # the guidance did something
         torch.testing.assert_close(guided_in_one_call(model, 1.0)(x, delta, tokens), model(x, delta, tokens))
+
+
+def sru_reference(sru: SRU, x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """Lei et al. (2018)'s equations, one step at a time, as written."""
+    x_tilde, f_in, r_in = sru.w(x).chunk(3, dim=-1)
+    c = torch.zeros(x.shape[0], x.shape[2])
+    out = [None] * x.shape[1]
+    for t in (range(x.shape[1] - 1, -1, -1) if reverse else range(x.shape[1])):
+        f = torch.sigmoid(f_in[:, t] + sru.v[0] * c + sru.b[0])
+        r = torch.sigmoid(r_in[:, t] + sru.v[1] * c + sru.b[1])
+        c = f * c + (1 - f) * x_tilde[:, t]
+        out[t] = r * c + (1 - r) * x[:, t]
+    return torch.stack(out, dim=1)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_sru_matches_its_equations_and_their_gradients(reverse):
+    torch.manual_seed(0)
+    sru = SRU(8)
+    with torch.no_grad():  # non-zero v and b, so that c_{t−1} and the biases matter
+        sru.v.normal_(0, 0.5)
+        sru.b.normal_(0, 0.5)
+    x = torch.randn(3, 12, 8, requires_grad=True)
+    ours, ref = sru(x, reverse=reverse), sru_reference(sru, x, reverse=reverse)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+    grads = torch.autograd.grad(ours.square().sum(), [x, *sru.parameters()])
+    ref_grads = torch.autograd.grad(ref.square().sum(), [x, *sru.parameters()])
+    for ours_g, ref_g in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(ours_g, ref_g, rtol=1e-4, atol=1e-5)
+
+
+def test_sru_runs_its_recurrence_in_float32_under_bf16_autocast():
+    torch.manual_seed(0)
+    sru = SRU(8)
+    x = torch.randn(2, 16, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = sru(x)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, sru(x), rtol=0.05, atol=0.05)  # only W x was rounded to bf16

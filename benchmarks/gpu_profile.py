@@ -1,0 +1,88 @@
+"""Where the sampling time of the `paper` shapes goes on a GPU: the semantic LM's time per token (fp32 weights, and
+the bf16 copy `semantic_lm.precision=bf16` samples from) with the operators that take it, and one DPD pass
+(fp32 and under bf16 autocast, SRU and GRU recurrences). Random weights; times are medians after warm-up.
+
+    python benchmarks/gpu_profile.py --out DIR        # writes DIR/gpu_profile.json and DIR/gpu_profile.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT)]
+
+import torch  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
+
+from melody.config import preset  # noqa: E402
+from melody.dpd import DPD  # noqa: E402
+from melody.io import write_json_atomic, write_text_atomic  # noqa: E402
+from melody.pipeline import at_precision  # noqa: E402
+from melody.semantic.lm import SemanticLM  # noqa: E402
+from melody.semantic.sampling import generate  # noqa: E402
+
+
+def timed(fn, device: torch.device, repeats: int = 3) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize(device) if device.type == "cuda" else None
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize(device) if device.type == "cuda" else None
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--tokens", type=int, default=40)
+    parser.add_argument("--preset", default="paper")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = preset(args.preset)
+    torch.manual_seed(0)
+    report, text = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}, []
+
+    lm = SemanticLM.from_config(cfg).to(device).eval()
+    mulan = torch.randint(0, cfg.mulan.codebook_size, (1, lm.condition_length), device=device)
+    for name, model in (("fp32", lm), ("bf16", copy.deepcopy(lm).to(torch.bfloat16).eval())):
+        def run(n, model=model):
+            with torch.no_grad():
+                generate(model, mulan, n, guidance=cfg.semantic_lm.guidance, generator=torch.Generator(device).manual_seed(0))
+        short, long = timed(lambda: run(4), device), timed(lambda: run(4 + args.tokens), device)
+        report[f"lm_{name}_ms_per_token"] = (long - short) / args.tokens * 1e3
+        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])) as prof:
+            run(12)
+        key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        text.append(f"== semantic LM, {name} weights, 12 tokens\n" + prof.key_averages().table(sort_by=key, row_limit=18))
+
+    dpd_report = {}
+    frames = int(cfg.dpd.window_seconds * cfg.vae.sample_rate / torch.tensor(cfg.vae.strides).prod().item())
+    tokens = torch.randint(0, cfg.tokenizer.codebook_size, (2, int(cfg.dpd.window_seconds * cfg.tokenizer.frame_rate)),
+                           device=device)
+    for recurrence in ("sru", "gru"):
+        cfg.dpd.recurrence = recurrence
+        dpd = DPD.from_config(cfg).to(device).eval()
+        x, delta = torch.randn(2, frames, cfg.dpd.latent_dim, device=device), torch.full((2, frames), 0.7, device=device)
+        for precision in ("fp32", "bf16"):
+            net = at_precision(dpd, precision, device)
+            with torch.no_grad():
+                dpd_report[f"{recurrence}_{precision}_s_per_pass"] = timed(lambda net=net: net(x, delta, tokens), device)
+        del dpd
+    report["dpd"] = dpd_report
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.out / "gpu_profile.json", report)
+    write_text_atomic(args.out / "gpu_profile.txt", "\n\n".join(text))
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
