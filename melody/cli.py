@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -467,7 +468,9 @@ def _train(name: str, data: Path, out: Path, preset: str, overrides: list[str], 
     """Train stage `name` to `train.steps` (or until stopped) and say where its model is."""
     from melody.train.recipes import train_stage
 
-    typer.echo(train_stage(name, data, out, preset, overrides, resume, progress, frozen, teacher).summary())
+    trained = train_stage(name, data, out, preset, overrides, resume, progress, frozen, teacher)
+    if int(os.environ.get("RANK", "0")) == 0:  # under a launcher, once, not once per process
+        typer.echo(trained.summary())
 
 
 @train_app.command("vae")

@@ -211,6 +211,9 @@ class TrainConfig:
     sample_every: int = 5_000
     num_workers: int = 2
     shuffle_buffer: int = 256  # clips in the loader's shuffle buffer (per reader); 0 reads shards in order
+    # FSDP (FSDP2): shard weights, gradients and optimiser state over the processes instead of replicating them
+    # (DDP); for the dpd and semantic_lm stages, e.g. at `paper` sizes on many GPUs. Checkpoints stay whole.
+    fsdp: bool = False
     cached_features: bool = False  # DPD / semantic LM: read `melody data encode`'s features instead of running the frozen models
     seed: int = 0
 

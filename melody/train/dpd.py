@@ -51,6 +51,7 @@ class DPDStage(Stage):
     name = "dpd"
     ema_models = ("dpd",)
     export = ("dpd",)
+    shardable = True
 
     def __init__(self, cfg: MelodyConfig, data_root: str | Path, run_dir: str | Path,
                  vae: tuple[VAE, MelodyConfig], tokenizer: tuple[SemanticTokenizer, MelodyConfig]) -> None:

@@ -33,6 +33,7 @@ the data restarts at the next epoch (said in one line).
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -55,6 +56,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from melody.checkpoint import (
     fingerprint,
+    fingerprint_state,
     flatten_optimizer,
     load_weights,
     prefixed,
@@ -68,6 +70,7 @@ from melody.config import MelodyConfig, save_config, to_dict
 from melody.data.loader import ShardDataset, make_loader, mix_seeds
 from melody.errors import MelodyError
 from melody.io import read_json, write_json_atomic
+from melody.train import sharding
 from melody.train.curves import plot_curves
 
 TRAINER_FORMAT_VERSION = 1  # trainer.json may add keys within a version; readers take what they know
@@ -99,6 +102,9 @@ class Stage(ABC):
     optimizers: dict[str, torch.optim.Optimizer]  # by name; the engine schedules and steps them
     ema_models: tuple[str, ...] = ()  # which models keep an EMA copy (when train.ema_decay > 0)
     export: tuple[str, ...] = ()  # which models later stages load from RUN/<name>.safetensors
+    # Whether `train.fsdp` may shard the models: every training forward goes through `engine.model(name)(...)`
+    # (a step that calls a part of a sharded model directly would meet sharded weights).
+    shardable: bool = False
 
     def __init__(self, cfg: MelodyConfig) -> None:
         self.cfg = cfg
@@ -183,21 +189,25 @@ class Engine:
         self.device = self.accelerator.device
         self.micro_batch = micro_batch(self.train_cfg.batch_size, self.accelerator.num_processes, self.train_cfg.grad_accum)
         self._sync = True
+        self.sharded = self._check_fsdp()
         unwrapped = dict(stage.models)
         self.emas: dict[str, AveragedModel] = {}
         if self.train_cfg.ema_decay > 0:
             for name in stage.ema_models:
                 self.emas[name] = AveragedModel(unwrapped[name], multi_avg_fn=get_ema_multi_avg_fn(self.train_cfg.ema_decay),
                                                 use_buffers=True).to(self.device)
+        self._shadows: dict[str, nn.Module] = {}
+        if self.sharded:
+            self._shard(unwrapped)
         self.schedulers = {
             name: torch.optim.lr_scheduler.LambdaLR(
                 opt, lambda s: lr_factor(s, self.train_cfg.warmup_steps, self.train_cfg.steps))
             for name, opt in stage.optimizers.items()
         }
-        names = list(stage.models)
+        names = [] if self.sharded else list(stage.models)  # sharded models are not wrapped again (DDP)
         prepared = self.accelerator.prepare(*[stage.models[n] for n in names], *[stage.optimizers[n] for n in stage.optimizers])
         prepared = prepared if isinstance(prepared, tuple) else (prepared,)
-        self.models = dict(zip(names, prepared[: len(names)], strict=True))
+        self.models = dict(stage.models) if self.sharded else dict(zip(names, prepared[: len(names)], strict=True))
         self.optimizers = dict(zip(stage.optimizers, prepared[len(names):], strict=True))
         self._raw = unwrapped
         if resume:
@@ -217,6 +227,9 @@ class Engine:
         return self._raw[name]
 
     def ema_or_model(self, name: str) -> nn.Module:
+        """The weights to sample and export: the EMA's when kept. Sharded, a whole copy (`_gather_shadows`)."""
+        if self.sharded:
+            return self._shadows[name]
         return self.emas[name].module if name in self.emas else self._raw[name]
 
     def autocast(self):
@@ -241,7 +254,10 @@ class Engine:
         if not self._sync:
             return float("nan")
         params = [p for g in opt.param_groups for p in g["params"]]
-        norm = self.accelerator.clip_grad_norm_(params, self.train_cfg.grad_clip) if self.train_cfg.grad_clip > 0 else None
+        norm = None
+        if self.train_cfg.grad_clip > 0:
+            norm = (sharding.whole(torch.nn.utils.clip_grad_norm_(params, self.train_cfg.grad_clip)) if self.sharded
+                    else self.accelerator.clip_grad_norm_(params, self.train_cfg.grad_clip))
         opt.step()
         self.schedulers[name].step()
         opt.zero_grad(set_to_none=True)
@@ -354,6 +370,7 @@ class Engine:
         if sample_batch is not None and tc.sample_every > 0 and self.position.step % tc.sample_every != 0:
             self._sample(sample_batch, self.position.step)
         if self.position.step >= tc.steps:
+            self._gather_shadows()
             for model in self.models.values():
                 model.eval()
             with torch.no_grad():
@@ -393,24 +410,22 @@ class Engine:
         """Write a complete checkpoint folder atomically and point latest.json at it."""
         acc = self.accelerator
         acc.wait_for_everyone()
-        replicas = self.check_replicas()
+        models, emas, optimizers = self._whole_states()
+        # sharded, no rank holds a replica: the fingerprints are of the gathered weights, one copy
+        replicas = [fingerprint_states(models)] if self.sharded else self.check_replicas()
         folder = self.run_dir / "checkpoints" / f"step-{self.position.step:08d}"
         if acc.is_main_process:
             tmp = folder.with_name(folder.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-            models = {}
-            for name, model in self._raw.items():
-                models |= prefixed(model.state_dict(), name)
-            write_tensors(tmp / "models.safetensors", models, {"stage": self.stage.name})
+            write_tensors(tmp / "models.safetensors", {k: v for name, state in models.items() for k, v in prefixed(state, name).items()},
+                          {"stage": self.stage.name})
             if self.emas:
-                emas = {}
-                for name, ema in self.emas.items():
-                    emas |= prefixed(ema.state_dict(), name)
-                write_tensors(tmp / "ema.safetensors", emas, {"stage": self.stage.name})
+                write_tensors(tmp / "ema.safetensors", {k: v for name, state in emas.items() for k, v in prefixed(state, name).items()},
+                              {"stage": self.stage.name})
             opt_tensors, opt_rest = {}, {}
-            for name, opt in self.optimizers.items():
-                tensors, rest = flatten_optimizer(opt.state_dict())
+            for name, state in optimizers.items():
+                tensors, rest = flatten_optimizer(state)
                 opt_tensors |= prefixed(tensors, name)
                 opt_rest[name] = rest
             opt_tensors["rng.torch"] = torch.get_rng_state()
@@ -426,6 +441,7 @@ class Engine:
                 "batch_in_epoch": self.position.batch_in_epoch,
                 "processes": acc.num_processes,
                 "micro_batch": self.micro_batch,
+                "sharded": self.sharded,
                 "replica_fingerprints": replicas,
                 "optimizers": opt_rest,
                 "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
@@ -459,17 +475,26 @@ class Engine:
             raise MelodyError(f"{folder}: is a '{trainer.get('stage')}' run, not '{self.stage.name}'; pass the right --out")
         models, _ = read_tensors(folder / "models.safetensors", "checkpoint")
         for name, model in self._raw.items():
-            load_weights(model, unprefixed(models, name), f"{folder}/models.safetensors [{name}]")
+            self._load_model(model, name, unprefixed(models, name), f"{folder}/models.safetensors [{name}]")
         if self.emas:
             emas, _ = read_tensors(folder / "ema.safetensors", "EMA checkpoint")
             for name, ema in self.emas.items():
-                load_weights(ema, unprefixed(emas, name), f"{folder}/ema.safetensors [{name}]")
+                state = unprefixed(emas, name)
+                if self.sharded:  # the averaged weights and the count, which stays whole
+                    ema.n_averaged.copy_(state.pop("n_averaged"))
+                    self._load_model(ema.module, name, unprefixed(state, "module"), f"{folder}/ema.safetensors [{name}]")
+                else:
+                    load_weights(ema, state, f"{folder}/ema.safetensors [{name}]")
         opt_tensors, _ = read_tensors(folder / "optimizers.safetensors", "optimizer checkpoint")
         for name, opt in self.optimizers.items():
             try:
-                opt.load_state_dict(unflatten_optimizer(unprefixed(opt_tensors, name), trainer["optimizers"][name]))
-            except (KeyError, ValueError) as err:
-                raise MelodyError(f"{folder}: optimizer '{name}' does not fit this model ({err}); start a new run") from None
+                state = unflatten_optimizer(unprefixed(opt_tensors, name), trainer["optimizers"][name])
+                if self.sharded:
+                    sharding.load_full_optimizer_state(self._raw[name], opt.optimizer, state)
+                else:
+                    opt.load_state_dict(state)
+            except (KeyError, ValueError, IndexError, RuntimeError) as err:
+                raise MelodyError(f"{folder}: optimizer '{name}' does not fit this model ({_first_line(err)}); start a new run") from None
         for name, sched in self.schedulers.items():
             sched.load_state_dict(trainer["schedulers"][name])
         torch.set_rng_state(opt_tensors["rng.torch"])
@@ -488,6 +513,61 @@ class Engine:
                 print(f"resume: the run was on {layout[0]} process(es) × {layout[1]} examples, now "
                       f"{self.accelerator.num_processes} × {self.micro_batch}; the data restarts at epoch {self.position.epoch}",
                       file=sys.stderr)
+
+    def _load_model(self, model: nn.Module, name: str, state: dict[str, torch.Tensor], where: str) -> None:
+        """Whole weights into `model`; sharded, checked against the whole copy first (the same one-line errors)."""
+        if not self.sharded:
+            load_weights(model, state, where)
+            return
+        load_weights(self._shadows[name], state, where)
+        sharding.load_full_model_state(model, self._shadows[name].state_dict())
+
+    def _whole_states(self) -> tuple[dict, dict, dict]:
+        """The checkpoint's content as whole tensors, by model name: weights, EMA state dicts, optimiser states keyed
+        by position. Sharded, every rank takes part in gathering them and rank 0 gets them; else rank 0 reads them."""
+        if not self.sharded:
+            if not self.accelerator.is_main_process:
+                return {}, {}, {}
+            return ({n: m.state_dict() for n, m in self._raw.items()}, {n: e.state_dict() for n, e in self.emas.items()},
+                    {n: o.state_dict() for n, o in self.optimizers.items()})
+        models = {n: sharding.full_model_state(m) for n, m in self._raw.items()}
+        emas = {n: {**prefixed(sharding.full_model_state(e.module), "module"), "n_averaged": e.n_averaged.detach().cpu()}
+                for n, e in self.emas.items()}
+        optimizers = {n: sharding.full_optimizer_state(self._raw[n], o.optimizer) for n, o in self.optimizers.items()}
+        return models, emas, optimizers
+
+    def _check_fsdp(self) -> bool:
+        """Whether the models are sharded: `train.fsdp` on more than one process (one has nothing to shard)."""
+        if not self.train_cfg.fsdp:
+            return False
+        if not self.stage.shardable:
+            raise MelodyError(f"train.fsdp: the {self.stage.name} stage calls parts of its models directly, which sharded "
+                              "weights do not allow; train it with DDP (train.fsdp=false); FSDP is for the dpd and semantic_lm stages")
+        if self.accelerator.mixed_precision == "fp16":
+            raise MelodyError("train.fsdp needs bf16 or no mixed precision (this GPU has no bf16, and fp16's loss scaling "
+                              "is not wired for sharded weights); set train.mixed_precision=no or train.fsdp=false")
+        return self.accelerator.num_processes > 1
+
+    def _shard(self, models: dict[str, nn.Module]) -> None:
+        """FSDP: shard the models and their EMA copies, keep a whole copy of each for samples and the export, and
+        point the optimisers at the sharded parameters."""
+        for name, model in models.items():
+            self._shadows[name] = copy.deepcopy(model).cpu()
+            names = sharding.parameter_names(model)
+            sharding.shard(model, self.device, self.accelerator.num_processes)
+            if name in self.emas:
+                sharding.shard(self.emas[name].module, self.device, self.accelerator.num_processes)
+            for key, opt in self.stage.optimizers.items():
+                if any(id(p) in names for group in opt.param_groups for p in group["params"]):
+                    self.stage.optimizers[key] = sharding.rebind_optimizer(opt, names, model)
+
+    def _gather_shadows(self) -> None:
+        """Sharded: refresh the whole copies from the sharded weights (the EMA's when kept), on every rank (each
+        takes part in the gathering, and a stage's `finalize` runs on every rank)."""
+        for name, shadow in self._shadows.items():
+            source = self.emas[name].module if name in self.emas else self._raw[name]
+            shadow.load_state_dict(sharding.full_model_state(source, everywhere=True))
+            shadow.to(self.device)
 
     def _prune(self, keep: Path) -> None:
         folders = sorted(p for p in (self.run_dir / "checkpoints").glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
@@ -520,6 +600,7 @@ class Engine:
         return None if batch is None else _to_device(batch, self.device)
 
     def _sample(self, batch: dict, step: int) -> None:
+        self._gather_shadows()
         if not self.accelerator.is_main_process:
             return
         for model in self.models.values():
@@ -554,7 +635,16 @@ def micro_batch(batch_size: int, processes: int, grad_accum: int) -> int:
 
 
 def fingerprint_all(models: dict[str, nn.Module]) -> str:
-    return "-".join(fingerprint(models[name]) for name in sorted(models))
+    return fingerprint_states({name: model.state_dict() for name, model in models.items()})
+
+
+def fingerprint_states(states: dict[str, dict[str, torch.Tensor]]) -> str:
+    return "-".join(fingerprint_state(states[name]) for name in sorted(states))
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 def _mean_logs(logs: list[dict[str, float]]) -> dict[str, float]:

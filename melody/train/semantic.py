@@ -55,6 +55,7 @@ class SemanticLMStage(Stage):
     name = "semantic_lm"
     ema_models = ("semantic_lm",)
     export = ("semantic_lm",)
+    shardable = True
 
     def __init__(self, cfg: MelodyConfig, data_root: str | Path, run_dir: str | Path,
                  mulan: tuple[MuLan, MelodyConfig], tokenizer: tuple[SemanticTokenizer, MelodyConfig]) -> None:
