@@ -40,11 +40,16 @@ scores come from exactly one forward call, so `forward_passes` = tokens generate
 
 Choices where MusicLM's paper is silent or was not available to us (docs/baselines.md):
 - sizes: `paper` = 24 layers × 1024 wide, 16 heads for each acoustic LM (MusicLM's 430 M-parameter stages;
-  ours have SwiGLU and rotary positions, `parameter_count`: ≈ 325 M each); `tiny` = melody's tiny LM sizes;
+  ours have SwiGLU and rotary positions, `parameter_count`: ≈ 326 M coarse, 313 M fine); `tiny` = melody's tiny LM sizes;
 - windows: coarse 10 s advancing by 5 s (melody's semantic LM windows), fine 3 s advancing by 1.5 s;
   `tiny` trains and samples 2.56 s coarse and 1.28 s fine windows (melody's DPD crop);
 - temperatures 0.95 (coarse) and 0.4 (fine), no top-k: our choice, cooler for the finer, noisier levels (MusicLM's
   own values were not at hand); no classifier-free guidance in the acoustic stages (one pass per token, Table 3's count);
+- the fine LM reads codes as the codec's vectors (`fine.code_vectors`, `fine.context_frames`, on in the presets;
+  `AcousticLM`, `FineLM`): with a free embedding row per code the tiny fine LM stayed at held-out perplexity ≈ 252
+  of 256 (fine codes are near-uniform one by one, but the residual each quantises is predictable from neighbouring
+  frames' vectors, a geometry free rows never learned), and each fine token also reads its own and ±2 frames'
+  coarse vectors, frame-aligned. The coarse LM keeps free rows (`coarse.code_vectors` false);
 - training: the coarse LM conditioned on the MuLan tokens of the crop's *audio* (MusicLM's recipe, as
   melody's LM), never dropped; both LMs learn from the same crops in one step, each with its own AdamW;
   `tiny` takes the data of melody's DPD run and the optimiser of melody's LM run, for the DPD run's wall clock
@@ -101,6 +106,13 @@ class AcousticLMConfig:
     stride_seconds: float = 5.0
     temperature: float = 0.95
     top_k: int = 0
+    # Codes as the codec's vectors (`AcousticLM`): each code is embedded as a learned map of the vector it stands for
+    # (`codec_vectors`) and scored through that vector too, not by a free row per code. False: free rows (the
+    # default here, so runs and exports from before this field load as they were built; the fine LM's default is True).
+    code_vectors: bool = False
+    # Fine LM only, with code_vectors: each fine token also reads the summed coarse vectors of its own frame and of
+    # `context_frames` frames either side, frame-aligned (`FineLM.frame_context`). 0: none.
+    context_frames: int = 0
 
 
 @dataclass
@@ -111,7 +123,8 @@ class MusicLMConfig:
     codec: CodecConfig = field(default_factory=CodecConfig)
     coarse: AcousticLMConfig = field(default_factory=AcousticLMConfig)
     fine: AcousticLMConfig = field(default_factory=lambda: AcousticLMConfig(window_seconds=3.0, stride_seconds=1.5,
-                                                                            temperature=0.4))
+                                                                            temperature=0.4, code_vectors=True,
+                                                                            context_frames=2))
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
@@ -157,6 +170,29 @@ def codec_shape(config: CodecConfig, codec: LatentCodec | HFCodec | None = None)
     return config.codebook_size, coarse, config.levels - coarse
 
 
+@torch.no_grad()
+def codec_vectors(codec: LatentCodec | HFCodec) -> torch.Tensor:
+    """The vector each code stands for, `(levels, K, D)` float32: what the codec's decoder sums over the levels (the
+    latent codec's RVQ codebooks; EnCodec's codebooks; DAC's codebook rows through each level's output projection)."""
+    if isinstance(codec, LatentCodec):
+        return codec.rvq.codebooks.float()
+    quantizer = codec.model.quantizer
+    if codec.kind == "encodec":
+        return torch.stack([layer.codebook.embed for layer in quantizer.layers[:codec.levels]]).float()
+    return torch.stack([q.out_proj(q.codebook.weight.T[None])[0].T for q in quantizer.quantizers[:codec.levels]]).float()
+
+
+def code_vector_dim(config: CodecConfig, codec: LatentCodec | HFCodec | None = None,
+                    melody_cfg: MelodyConfig | None = None) -> int:
+    """D of `codec_vectors(codec)`; without a codec, of the latent codec `config` describes for `melody_cfg`'s VAE
+    (by default `MelodyConfig()`'s)."""
+    if codec is not None:
+        return int(codec_vectors(codec).shape[-1])
+    vae = (melody_cfg or MelodyConfig()).vae
+    with torch.device("meta"):
+        return LatentCodec(config, vae.latent_dim, vae.sample_rate / math.prod(vae.strides)).frame_dim
+
+
 # --- the acoustic LMs ------------------------------------------------------------------------------
 
 
@@ -177,6 +213,7 @@ class AcousticLMCache:
     layers: list[KVCache]
     next_logits: torch.Tensor | None = None  # (b, K), None before the first call
     fed: int = 0  # target tokens in the window so far: the next one is of level fed mod levels
+    context: torch.Tensor | None = None  # (b, n, dim): the window's per-frame context (`AcousticLM.frame_context`)
 
     @property
     def length(self) -> int:
@@ -190,19 +227,53 @@ class AcousticLM(nn.Module):
     `condition` arguments (none with a filled cache); cache) → `LMOutput`: `logits[:, i]` scores tokens[:, i],
     `next_logits` the token after the last (of level t mod levels). The embedding table holds
     `embedded_levels` levels (the fine LM also embeds the coarse levels it is conditioned on).
+
+    With `config.code_vectors` (and `vector_dim`, the D of `codec_vectors`), codes are the codec's vectors v(l, k)
+    (`set_code_vectors`, scaled to unit RMS): code k at level l is embedded as e_l + W_in v(l, k) (a learned row per
+    level, one learned map) instead of a free row, and scored by head(l, k)·h + b(l, k) + (W_out,l h)·v(l, k). What a
+    fine level's code is depends on the residual's *vector*, which neighbouring frames' vectors predict; free rows
+    would have to learn the codebooks' geometry from the tokens, and the tiny fine LM never did (held-out perplexity
+    252 of 256 after 3 000 steps, where a linear predictor on the vectors reaches ≈ 209).
     """
 
     def __init__(self, config: AcousticLMConfig, codebook_size: int, first_level: int, levels: int,
-                 embedded_levels: int) -> None:
+                 embedded_levels: int, vector_dim: int = 0) -> None:
         super().__init__()
         if first_level + levels > embedded_levels:
             raise ValueError(f"levels {first_level} … {first_level + levels - 1} are not all embedded ({embedded_levels})")
+        if config.code_vectors and vector_dim < 1:
+            raise ValueError("code_vectors needs the size of the codec's code vectors (vector_dim)")
         self.config, self.codebook_size, self.first_level, self.levels = config, codebook_size, first_level, levels
+        self.vector_dim = vector_dim if config.code_vectors else 0
         d = config.dim
-        self.codec_embedding = nn.Embedding(embedded_levels * codebook_size, d)  # row l·K + k: code k at level l
+        if self.vector_dim:
+            self.codec_embedding = None
+            self.level_embedding = nn.Parameter(torch.zeros(embedded_levels, d))
+            self.vector_in = nn.Linear(vector_dim, d, bias=False)
+            # the codec's, set by `set_code_vectors` (zeros until then); not saved: the codec is the one source
+            self.register_buffer("code_vectors", torch.zeros(embedded_levels * codebook_size, vector_dim), persistent=False)
+        else:
+            self.codec_embedding = nn.Embedding(embedded_levels * codebook_size, d)  # row l·K + k: code k at level l
         self.bos = nn.Parameter(torch.randn(d))
         self.transformer = Transformer(TransformerConfig(d, config.depth, config.heads, causal=True, dropout=config.dropout))
         self.head = nn.Parameter(torch.empty(levels, codebook_size, d).uniform_(-d ** -0.5, d ** -0.5))  # per-level heads
+        if self.vector_dim:
+            self.vector_out = nn.Parameter(torch.zeros(levels, vector_dim, d))  # W_out per level: 0 at first
+            self.head_bias = nn.Parameter(torch.zeros(levels, codebook_size))
+
+    @torch.no_grad()
+    def set_code_vectors(self, vectors: torch.Tensor) -> None:
+        """The codec's code vectors `(levels, K, D)` (`codec_vectors`), scaled to unit RMS over the levels this LM
+        embeds; a no-op without `code_vectors`. Called wherever an LM meets its codec (`MusicLMStyle`, training)."""
+        if not self.vector_dim:
+            return
+        embedded = self.code_vectors.shape[0] // self.codebook_size
+        if vectors.dim() != 3 or vectors.shape[0] < embedded or tuple(vectors.shape[1:]) != (self.codebook_size, self.vector_dim):
+            raise MelodyError(f"the codec's code vectors are {tuple(vectors.shape)}, this acoustic LM was built for "
+                              f"({embedded}+, {self.codebook_size}, {self.vector_dim}); build it for this codec")
+        v = vectors[:embedded].float()
+        rms = v.pow(2).mean().sqrt()
+        self.code_vectors.copy_((v / rms if rms > 0 else v).reshape(-1, self.vector_dim))
 
     def new_cache(self) -> AcousticLMCache:
         return AcousticLMCache(self.transformer.new_cache())
@@ -215,7 +286,10 @@ class AcousticLM(nn.Module):
         if ((tokens < 0) | (tokens >= self.codebook_size)).any():
             raise ValueError(f"codec tokens must lie in [0, {self.codebook_size})")
         level = first_level + (start + torch.arange(tokens.shape[1], device=tokens.device)) % levels
-        return self.codec_embedding(tokens + level * self.codebook_size)
+        rows = tokens + level * self.codebook_size
+        if self.vector_dim:
+            return self.level_embedding[level] + self.vector_in(self.code_vectors[rows].to(self.vector_in.weight.dtype))
+        return self.codec_embedding(rows)
 
     def target_logits(self, h: torch.Tensor, start: int) -> torch.Tensor:
         """Decoder outputs `(b, t, dim)` predicting target positions start … start + t − 1 → logits `(b, t, K)`,
@@ -225,11 +299,30 @@ class AcousticLM(nn.Module):
         back = -(front + t) % self.levels
         frames = rearrange(F.pad(h, (0, 0, front, back)), "b (n l) d -> b n l d", l=self.levels)
         scores = torch.einsum("bnld,lkd->bnlk", frames, self.head.to(h.dtype))
+        if self.vector_dim:
+            vectors = self.code_vectors.view(-1, self.codebook_size, self.vector_dim)
+            vectors = vectors[self.first_level:self.first_level + self.levels]  # (levels, K, D): the target levels'
+            query = torch.einsum("bnld,led->bnle", frames, self.vector_out.to(h.dtype))
+            scores = scores + torch.einsum("bnle,lke->bnlk", query, vectors.to(h.dtype)) + self.head_bias.to(h.dtype)
         return rearrange(scores, "b n l k -> b (n l) k")[:, front:front + t]
 
     def condition(self, *inputs: torch.Tensor) -> torch.Tensor:
         """The embedded condition `(b, c, dim)` (the subclasses say of what)."""
         raise NotImplementedError
+
+    def frame_context(self, *inputs: torch.Tensor) -> torch.Tensor | None:
+        """Per frame of the window, what is added to each of its target tokens' inputs `(b, n, dim)`; None: nothing."""
+        return None
+
+    def context_at(self, context: torch.Tensor | None, start: int, t: int) -> torch.Tensor | float:
+        """The context rows of target positions start … start + t − 1 `(b, t, dim)` (0 without a context)."""
+        if context is None:
+            return 0.0
+        frames = (start + torch.arange(t, device=context.device)) // self.levels
+        if t and int(frames[-1]) >= context.shape[1]:
+            raise ValueError(f"target {start + t - 1} lies in frame {int(frames[-1])}, past the condition's "
+                             f"{context.shape[1]} frames")
+        return context[:, frames]
 
     def forward(self, tokens: torch.Tensor, *condition: torch.Tensor, cache: AcousticLMCache | None = None) -> LMOutput:
         b, t = tokens.shape
@@ -237,19 +330,23 @@ class AcousticLM(nn.Module):
             if not condition:
                 raise ValueError("a fresh stream needs its condition")
             prefix = self.condition(*condition)  # (b, c, dim)
+            context = self.frame_context(*condition)  # (b, n, dim) or None
             # [condition | BOS | targets]; outputs at BOS … target t − 1 predict targets 0 … t
             x = torch.cat((prefix, self.bos.expand(b, 1, -1).to(prefix.dtype),
-                           self.embed_codes(tokens, self.first_level, self.levels)), dim=1)
+                           self.embed_codes(tokens, self.first_level, self.levels) + self.context_at(context, 0, t)), dim=1)
             h = self.transformer(x, cache=None if cache is None else cache.layers)
             scores = self.target_logits(h[:, -(t + 1):], 0)  # (b, t + 1, K)
             logits, next_logits, start = scores[:, :t], scores[:, t], 0
+            if cache is not None:
+                cache.context = context
         else:
             if condition:
                 raise ValueError("the condition is already in the cache; pass none")
             if t == 0:
                 return LMOutput(cache.next_logits.new_empty(b, 0, self.codebook_size), cache.next_logits)
             start = cache.fed
-            h = self.transformer(self.embed_codes(tokens, self.first_level, self.levels, start), cache=cache.layers)
+            x = self.embed_codes(tokens, self.first_level, self.levels, start) + self.context_at(cache.context, start, t)
+            h = self.transformer(x, cache=cache.layers)
             scores = self.target_logits(h, start + 1)  # the output at target j predicts target j + 1
             logits = torch.cat((cache.next_logits[:, None], scores[:, :-1]), dim=1)
             next_logits = scores[:, -1]
@@ -262,8 +359,10 @@ class CoarseLM(AcousticLM):
     """Coarse acoustic tokens (codec levels 1–4) given MuLan tokens and semantic tokens (MusicLM)."""
 
     def __init__(self, config: AcousticLMConfig, codebook_size: int, coarse_levels: int, mulan_levels: int,
-                 mulan_codebook_size: int, semantic_vocab: int) -> None:
-        super().__init__(config, codebook_size, 0, coarse_levels, coarse_levels)
+                 mulan_codebook_size: int, semantic_vocab: int, vector_dim: int = 0) -> None:
+        if config.context_frames:
+            raise MelodyError("coarse.context_frames is the fine LM's (context of coarse codes); set it to 0")
+        super().__init__(config, codebook_size, 0, coarse_levels, coarse_levels, vector_dim)
         self.mulan_levels, self.mulan_codebook_size, self.semantic_vocab = mulan_levels, mulan_codebook_size, semantic_vocab
         self.mulan_embedding = nn.Embedding(mulan_levels * mulan_codebook_size, config.dim)  # row l·K_m + k
         self.register_buffer("mulan_offsets", torch.arange(mulan_levels) * mulan_codebook_size, persistent=False)
@@ -274,8 +373,12 @@ class CoarseLM(AcousticLM):
                     codec: LatentCodec | HFCodec | None = None) -> CoarseLM:
         """Sized for `codec`'s codebook and coarse levels (without one: the latent codec of `cfg.codec`)."""
         size, coarse, _ = codec_shape(cfg.codec, codec)
-        return cls(cfg.coarse, size, coarse, melody_cfg.mulan.rvq_levels, melody_cfg.mulan.codebook_size,
-                   melody_cfg.tokenizer.codebook_size)
+        vector_dim = code_vector_dim(cfg.codec, codec, melody_cfg) if cfg.coarse.code_vectors else 0
+        lm = cls(cfg.coarse, size, coarse, melody_cfg.mulan.rvq_levels, melody_cfg.mulan.codebook_size,
+                 melody_cfg.tokenizer.codebook_size, vector_dim)
+        if codec is not None:
+            lm.set_code_vectors(codec_vectors(codec))
+        return lm
 
     def condition(self, mulan_tokens: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
         """[MuLan tokens `(b, M)` | semantic tokens `(b, S)`] → `(b, M + S, dim)`."""
@@ -287,20 +390,51 @@ class CoarseLM(AcousticLM):
 
 
 class FineLM(AcousticLM):
-    """Fine acoustic tokens (codec levels 5–12) given the coarse tokens of the same frames (AudioLM)."""
+    """Fine acoustic tokens (codec levels 5–12) given the coarse tokens of the same frames (AudioLM).
 
-    def __init__(self, config: AcousticLMConfig, codebook_size: int, coarse_levels: int, fine_levels: int) -> None:
-        super().__init__(config, codebook_size, coarse_levels, fine_levels, coarse_levels + fine_levels)
+    With `config.context_frames` c (and `code_vectors`), fine token (f, l) also gets W_c [r(f − c) … r(f + c)] added
+    to its input, r(g) the sum of frame g's coarse code vectors (0 outside the window): the prefix holds the same
+    codes, but a fine token finds its own frame's there only at an offset that grows with f, which the tiny LM
+    never learned; frame-aligned, its neighbours' coarse vectors are where a fixed map reads them.
+    """
+
+    def __init__(self, config: AcousticLMConfig, codebook_size: int, coarse_levels: int, fine_levels: int,
+                 vector_dim: int = 0) -> None:
+        if config.context_frames < 0 or (config.context_frames and not config.code_vectors):
+            raise MelodyError(f"fine.context_frames {config.context_frames}: needs ≥ 0, and fine.code_vectors=true when "
+                              "> 0 (the context is the coarse codes' vectors)")
+        super().__init__(config, codebook_size, coarse_levels, fine_levels, coarse_levels + fine_levels, vector_dim)
         self.coarse_levels = coarse_levels
+        self.context_frames = config.context_frames
+        if self.context_frames:
+            self.context_in = nn.Linear((2 * self.context_frames + 1) * vector_dim, config.dim, bias=False)
 
     @classmethod
-    def from_config(cls, cfg: MusicLMConfig, codec: LatentCodec | HFCodec | None = None) -> FineLM:
-        """Sized for `codec`'s codebook and levels (without one: the latent codec of `cfg.codec`)."""
-        return cls(cfg.fine, *codec_shape(cfg.codec, codec))
+    def from_config(cls, cfg: MusicLMConfig, codec: LatentCodec | HFCodec | None = None,
+                    melody_cfg: MelodyConfig | None = None) -> FineLM:
+        """Sized for `codec`'s codebook, levels and code vectors (without one: the latent codec of `cfg.codec` for
+        `melody_cfg`'s VAE), with `codec`'s vectors set when given."""
+        vector_dim = code_vector_dim(cfg.codec, codec, melody_cfg) if cfg.fine.code_vectors else 0
+        lm = cls(cfg.fine, *codec_shape(cfg.codec, codec), vector_dim)
+        if codec is not None:
+            lm.set_code_vectors(codec_vectors(codec))
+        return lm
 
     def condition(self, coarse: torch.Tensor) -> torch.Tensor:
         """Coarse codes `(b, n, coarse_levels)` → `(b, n · coarse_levels, dim)`, with the coarse levels' rows."""
+        if coarse.dim() != 3 or coarse.shape[-1] != self.coarse_levels:
+            raise ValueError(f"coarse codes must be (b, frames, {self.coarse_levels})")
         return self.embed_codes(flatten_codes(coarse), 0, self.coarse_levels)
+
+    def frame_context(self, coarse: torch.Tensor) -> torch.Tensor | None:
+        """W_c [r(f − c) … r(f + c)] per frame f of the window `(b, n, dim)` (None without `context_frames`)."""
+        if not self.context_frames:
+            return None
+        c, n = self.context_frames, coarse.shape[1]
+        vectors = self.code_vectors.view(-1, self.codebook_size, self.vector_dim)
+        r = sum(vectors[level][coarse[..., level]] for level in range(self.coarse_levels))  # (b, n, D)
+        r = F.pad(r.to(self.context_in.weight.dtype), (0, 0, c, c))
+        return self.context_in(torch.cat([r[:, i:i + n] for i in range(2 * c + 1)], dim=-1))
 
 
 def parameter_count(cfg: MusicLMConfig, melody_cfg: MelodyConfig,
@@ -309,7 +443,7 @@ def parameter_count(cfg: MusicLMConfig, melody_cfg: MelodyConfig,
     `cfg.codec`), counted on the meta device (no memory, no init)."""
     with torch.device("meta"):
         return {"coarse": CoarseLM.from_config(cfg, melody_cfg, codec).num_parameters(),
-                "fine": FineLM.from_config(cfg, codec).num_parameters()}
+                "fine": FineLM.from_config(cfg, codec, melody_cfg).num_parameters()}
 
 
 # --- sampling --------------------------------------------------------------------------------------
@@ -418,6 +552,10 @@ class MusicLMStyle:
             raise MelodyError(f"the acoustic LMs model {coarse.levels} + {fine.levels} levels × {coarse.codebook_size} codes, "
                               f"the codec makes {codec.coarse_levels} + {codec.fine_levels} × {codec.codebook_size}; "
                               "build them for this codec")
+        if coarse.vector_dim or fine.vector_dim:  # the LMs read their codec's vectors, never saved with them
+            vectors = codec_vectors(codec)
+            coarse.set_code_vectors(vectors)
+            fine.set_code_vectors(vectors)
         device = next(melody.semantic_lm.parameters()).device
         for model in (codec, coarse, fine):
             model.to(device).eval()
@@ -432,7 +570,7 @@ class MusicLMStyle:
             codec = LatentCodec(config.codec, vae.latent_dim, vae.sample_rate / math.prod(vae.strides))
         else:
             codec = codec_from_config(config.codec, vae.sample_rate)
-        return codec, CoarseLM.from_config(config, melody_cfg, codec), FineLM.from_config(config, codec)
+        return codec, CoarseLM.from_config(config, melody_cfg, codec), FineLM.from_config(config, codec, melody_cfg)
 
     @classmethod
     def random(cls, config: MusicLMConfig, melody: MeLoDy, seed: int = 0) -> MusicLMStyle:

@@ -16,7 +16,8 @@ frozen); this stage trains what it adds: the codec's RVQ and the coarse and fine
   tokenizer) and its codes (the codec). The coarse LM learns the crop's 4 coarse levels given the MuLan and
   semantic tokens; the fine LM a random `fine.window_seconds` span of it (one start per example, from the
   step's generator), its 8 fine levels given the span's coarse codes (another codec: its own split, frame
-  rate and codebook). Both: teacher-forced next-token cross-entropy over the frames that hold audio
+  rate and codebook); with `fine.code_vectors` (the presets') it reads the codec's code vectors, set once the codec is
+  fitted or read. Both: teacher-forced next-token cross-entropy over the frames that hold audio
   (`lm_loss`), each LM with its own AdamW (β = 0.9, 0.95, LLaMA's) and schedule; EMA copies when
   `train.ema_decay` > 0.
 - **Held out**, every `train.sample_every` steps: both LMs' perplexity on the fixed valid batch
@@ -40,7 +41,8 @@ import torch
 from melody.audio import resample, to_channels
 from melody.baselines.codec import LatentCodec, vae_latents
 from melody.baselines.hf_codec import HFCodec
-from melody.baselines.musiclm import FROZEN, MusicLMConfig, MusicLMStyle, flatten_codes, preset, window_frames
+from melody.baselines.musiclm import (FROZEN, MusicLMConfig, MusicLMStyle, codec_vectors, flatten_codes, preset,
+                                      window_frames)
 from melody.checkpoint import fingerprint, load_weights, read_tensors, write_tensors
 from melody.config import apply_overrides, from_dict
 from melody.data.loader import ShardDataset
@@ -113,6 +115,9 @@ class MusicLMStage(Stage):
         torch.manual_seed(config.train.seed)
         self.codec, coarse, fine = MusicLMStyle.build(config, melody.cfg)
         self._codec(self.run_dir / "codec.safetensors")
+        vectors = codec_vectors(self.codec)  # fitted or read now: the LMs that read code vectors take them (not saved)
+        for model in (coarse, fine):
+            model.set_code_vectors(vectors)
         self.models = {"coarse": coarse, "fine": fine}
         self.optimizers = {name: torch.optim.AdamW(model.parameters(), lr=config.train.lr, betas=BETAS,
                                                    weight_decay=config.train.weight_decay)
