@@ -7,9 +7,12 @@ that several loader workers have work), with a manifest that says so. For checks
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import tarfile
 from pathlib import Path
+
+import soundfile
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
@@ -48,7 +51,6 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=1, help="shards per split")
     args = parser.parse_args()
     manifest = read_manifest(args.src)
-    clip_seconds = manifest["clip_seconds"]
     splits = {}
     for split, count in (("train", args.train), ("valid", args.valid), ("test", args.test)):
         samples = first_clips(args.src, split, count) if count else []
@@ -56,7 +58,8 @@ def main() -> None:
         shards = [shard_name(split, i) for i, part in enumerate(parts) if part]
         for name, part in zip(shards, parts):
             write_shard(args.out / name, part)
-        splits[split] = {"shards": shards, "clips": len(samples), "seconds": len(samples) * clip_seconds}
+        seconds = sum(soundfile.info(io.BytesIO(payload)).duration for _, _, payload, _ in samples)
+        splits[split] = {"shards": shards, "clips": len(samples), "seconds": round(seconds, 3)}
     info = {k: v for k, v in manifest.items() if k not in ("format", "version", "splits")}
     write_manifest(args.out, splits, **info, subset_of=str(args.src))
     print(f"{args.out}: " + ", ".join(f"{s} {v['clips']} clips" for s, v in splits.items()))
