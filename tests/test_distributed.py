@@ -276,3 +276,30 @@ def test_fsdp_on_a_stage_that_calls_parts_of_its_models_is_a_one_line_error(setu
     with pytest.raises(MelodyError, match="train.fsdp: the mulan stage") as err:
         Engine(MuLanStage(cfg, corpus), tmp_path / "run", progress=False, cpu=True)
     assert "\n" not in str(err.value)
+
+
+def test_fsdp_of_the_dpd_equals_ddp_over_the_same_processes(setup, tmp_path):
+    """The DPD's steps draw noise per rank, so its 2-process runs are compared with each other: sharded (FSDP)
+    and replicated (DDP) over the same 2 processes make the same weights, EMA and optimiser state. (With the tiny
+    preset's GRU recurrence, the harder case for sharding: cuDNN-style flat weights; the paper's SRU passes too.)"""
+    from test_cli import TINY_VAE
+    from test_dpd_stage import TINY_DPD
+    from test_semantic_stages import run_ok
+
+    corpus, _ = setup
+    overrides = [*TINY_STACK, *TINY_VAE, *TINY_DPD, "train.num_workers=0", "train.shuffle_buffer=0", "train.log_every=1"]
+    for stage in ("vae", "tokenizer"):
+        run_ok("train", stage, "--data", str(corpus), "--out", str(tmp_path / stage), *sets([*overrides, "train.steps=2"]))
+    dpd = [*overrides, "train.batch_size=4", "train.steps=3", "train.checkpoint_every=2", "train.ema_decay=0.9",
+           "train.mixed_precision=no", "train.lr=3e-3", "train.warmup_steps=1"]
+    runs = {"ddp": tmp_path / "ddp", "fsdp": tmp_path / "fsdp"}
+    for name, run in runs.items():
+        launch(TORCHRUN, "train", "dpd", "--data", str(corpus), "--vae", str(tmp_path / "vae"), "--tokenizer",
+               str(tmp_path / "tokenizer"), "--out", str(run), *sets([*dpd, f"train.fsdp={name == 'fsdp'}"]))
+    for file in ("models", "ema", "optimizers"):
+        a, b = (read_tensors(run / "checkpoints" / "step-00000003" / f"{file}.safetensors", "c")[0] for run in runs.values())
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], atol=2e-5, rtol=1e-4, msg=key)
+    assert trainer(runs["fsdp"], 3)["sharded"] and not trainer(runs["ddp"], 3)["sharded"]
+    assert (runs["fsdp"] / "dpd.safetensors").is_file()
