@@ -757,7 +757,8 @@ def bench_command(
     seconds: Annotated[Optional[list[float]], typer.Option("--seconds", help="Seconds of music per run "
                                                            "(repeatable; default 10 and 30).")] = None,
     shapes: Annotated[Optional[list[str]], typer.Option("--shapes", help="bundled, paper (random weights), bundled@bf16 or paper@bf16 "
-                                                        "(the DPD under bf16 autocast) or musicgen-small, "
+                                                        "(the DPD under bf16 autocast, the LM's weights in bf16), musicgen-small or "
+                                                        "musicgen-small@bf16 (its weights in bf16), "
                                                         "optionally with its own durations, e.g. paper:10 "
                                                         "(repeatable; default bundled).")] = None,
     threads: Annotated[int, typer.Option("--threads", help="Intra-op threads of every run.")] = 2,

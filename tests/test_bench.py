@@ -214,3 +214,12 @@ def test_children_wait_passively_unless_the_environment_says_otherwise(monkeypat
     assert child_environment(2)["OMP_WAIT_POLICY"] == "PASSIVE" and child_environment(2)["OMP_NUM_THREADS"] == "2"
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     assert child_environment(2)["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_musicgen_at_bf16_runs_with_bf16_weights_and_is_compared_by_its_name(bundle):  # noqa: F811
+    report = run_bench(bundle, [1.0], ["bundled", "musicgen-small@bf16"], threads=1, musicgen_config=tiny_musicgen_config())
+    melody_run, musicgen = report["runs"]
+    assert musicgen["model"] == "musicgen" and musicgen["weights_dtype"] == "bfloat16"
+    assert musicgen["audio_seconds"] == pytest.approx(1.0) and musicgen["stages"]["decoder"]["formula"] == 53
+    (c,) = report["comparisons"]
+    assert (c["musicgen"], c["melody"]) == ("musicgen-small@bf16", "bundled")

@@ -16,7 +16,9 @@ inputs the hooks kept). Shape sets:
   state stays fp32; its roofline bound from the bf16 matmul throughput) and the semantic LM's weights in bf16
   (`semantic_lm.precision`; its bound from the weights' bytes, which `streamed_bytes` counts at their dtype);
 - `musicgen-small`: MusicGen-small's published sizes (`musicgen_small_config`) built from configs with
-  random weights through `transformers`, nothing downloaded; `generate` for f · T + K − 1 new tokens.
+  random weights through `transformers`, nothing downloaded; `generate` for f · T + K − 1 new tokens;
+- `musicgen-small@bf16`: the same with every weight in bf16 (as melody's LM at `@bf16`: half the bytes a token
+  streams; the roofline bounds from the bf16 rate and the weights' bytes).
 
 Per stage: the passes the pipeline reports, the passes the hooks saw and the formula's (a mismatch is
 listed in the report), wall seconds, RTF (seconds ÷ seconds of music), and the roofline bound
@@ -55,7 +57,7 @@ from melody.eval.passes import ForwardCounter, dpd_windows, melody_passes, music
 from melody.eval.roofline import MATMUL_SIZE
 from melody.io import atomic_path, write_json_atomic, write_text_atomic
 
-SHAPES = ("bundled", "paper", "musicgen-small", "bundled@bf16", "paper@bf16")
+SHAPES = ("bundled", "paper", "musicgen-small", "bundled@bf16", "paper@bf16", "musicgen-small@bf16")
 PROMPT = "an upbeat funk groove with slap bass and drums"
 WARMUP_SECONDS = 1.0
 MUSICGEN_PROMPT_TOKENS = 16
@@ -168,7 +170,7 @@ def run_bench(bundle: str | Path | None, seconds: list[float], shapes: list[str]
     tell(f"measuring this machine's matmul throughput and memory bandwidth on {threads} threads")
     machine = _run_child({"task": "machine", "device": device, "threads": threads}, "machine", threads, tell)
     given = musicgen_config is not None
-    if not given and any(name == "musicgen-small" for name, _ in runs):
+    if not given and any(name.startswith("musicgen-small") for name, _ in runs):
         musicgen_config = musicgen_small_config().to_dict()
     command = {"bundle": str(bundle), "seconds": seconds, "shapes": shapes, "threads": threads, "steps": steps, "device": device,
                "musicgen_config": "given by the caller" if given else "published musicgen-small sizes"}
@@ -182,9 +184,9 @@ def run_bench(bundle: str | Path | None, seconds: list[float], shapes: list[str]
     for i, (name, secs) in enumerate(runs, 1):
         label = f"{name} {secs:g} s"
         tell(f"[{i}/{len(runs)}] {label}")
-        spec = {"task": "musicgen" if name == "musicgen-small" else "melody", "shapes": name, "seconds": secs,
+        spec = {"task": "musicgen" if name.startswith("musicgen-small") else "melody", "shapes": name, "seconds": secs,
                 "bundle": str(bundle), "steps": steps, "threads": threads, "device": device,
-                "musicgen_config": musicgen_config if name == "musicgen-small" else None}
+                "musicgen_config": musicgen_config if name.startswith("musicgen-small") else None}
         results.append(with_bounds({**_run_child(spec, label, threads, tell), "label": label}, machine))
         if partial is not None and i < len(runs):
             partial(report())
@@ -230,7 +232,8 @@ def with_bounds(run: dict, machine: dict) -> dict:
 
     bytes_per_s = machine["copy_gb_s"] * 1e9
     for name, stage in run["stages"].items():
-        bf16 = name == "dpd" and run["shapes"].endswith("@bf16")  # the DPD of an @bf16 run multiplies in bf16
+        # an @bf16 run multiplies in bf16 in melody's DPD (autocast) and everywhere in MusicGen (bf16 weights)
+        bf16 = run["shapes"].endswith("@bf16") and (name == "dpd" or run["model"] == "musicgen")
         flops_per_s = machine["matmul_gflops"]["bfloat16" if bf16 else "float32"] * 1e9
         passes = stage["hooked"]
         counted = stage["bound_by"] == "roofline" and stage["flops"] is not None and passes > 0
@@ -406,6 +409,8 @@ def bench_musicgen(spec: dict, tell: Callable[[str], None]) -> dict:
     config = MusicgenConfig.from_dict(spec["musicgen_config"])
     torch.manual_seed(0)
     model = MusicgenForConditionalGeneration(config).to(device).eval()
+    if spec["shapes"].endswith("@bf16"):
+        model = model.to(torch.bfloat16)
     build_s = time.perf_counter() - clock
     codec, decoder_cfg = config.audio_encoder, config.decoder
     frame_rate = codec.sampling_rate / math.prod(codec.upsampling_ratios)
@@ -449,6 +454,7 @@ def bench_musicgen(spec: dict, tell: Callable[[str], None]) -> dict:
             "other_s": wall - sum(s["seconds"] for s in stages.values()), "peak_rss_mb": peak_rss, "peak_gpu_mb": peak_gpu,
             "stages": stages, "total_passes": sum(s["hooked"] for s in stages.values()), "parameters": _parameters(model),
             "frame_rate": frame_rate, "codebooks": decoder_cfg.num_codebooks,
+            "weights_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
             "sizes": {"decoder": {k: getattr(decoder_cfg, k) for k in ("num_hidden_layers", "hidden_size", "num_attention_heads",
                                                                         "ffn_dim", "num_codebooks", "vocab_size")},
                       "text_encoder": {k: getattr(config.text_encoder, k)
@@ -537,9 +543,9 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['label']} | other | — | {r['other_s']:.3f} | {r['other_s'] / r['seconds']:.4f} | | | | |")
     lines += ["", "## Mismatches", ""] + ([f"- {x}" for x in report["mismatches"]] or ["none"])
     if report["comparisons"]:
-        lines += ["", "## MusicGen ÷ MeLoDy (this run)", "", "| seconds | MeLoDy shapes | time ratio | passes ratio |",
-                  "|---|---|---|---|"]
-        lines += [f"| {c['seconds']:g} | {c['melody']} | {c['time_ratio']:.2f} ({c['musicgen_wall_s']:.2f} s ÷ "
+        lines += ["", "## MusicGen ÷ MeLoDy (this run)", "",
+                  "| seconds | MusicGen shapes | MeLoDy shapes | time ratio | passes ratio |", "|---|---|---|---|---|"]
+        lines += [f"| {c['seconds']:g} | {c['musicgen']} | {c['melody']} | {c['time_ratio']:.2f} ({c['musicgen_wall_s']:.2f} s ÷ "
                   f"{c['melody_wall_s']:.2f} s) | {c['passes_ratio']:.2f} ({c['musicgen_passes']} ÷ {c['melody_passes']}) |"
                   for c in report["comparisons"]]
     lines += ["", "## The paper's Table 3 (forward passes) beside the measured counts", "",
@@ -614,7 +620,7 @@ def summary(report: dict) -> str:
                            + (f" ({s['over_bound']:.1f}× bound)" if s["over_bound"] else "") for k, s in r["stages"].items())
         lines.append(f"{r['label']}: {r['wall_s']:.2f} s wall, RTF {r['rtf']:.3f}, peak {r['peak_rss_mb']:.0f} MB; {stages}")
     lines += [f"mismatch: {x}" for x in report["mismatches"]]
-    lines += [f"MusicGen ÷ MeLoDy ({c['melody']}, {c['seconds']:g} s): time {c['time_ratio']:.2f}×, "
+    lines += [f"{c['musicgen']} ÷ MeLoDy ({c['melody']}, {c['seconds']:g} s): time {c['time_ratio']:.2f}×, "
               f"passes {c['passes_ratio']:.2f}×"
               for c in report["comparisons"]]
     lines += [f"Table 3 at {t['seconds']:g} s: MusicLM {t['musiclm']:,.0f}, MeLoDy {t['melody']:,.0f} passes → "
