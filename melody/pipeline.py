@@ -356,15 +356,17 @@ class MeLoDy:
         self.cfg.dpd.precision = self.cfg.semantic_lm.precision = precision
 
     def lm_at_precision(self):
-        """The semantic LM at `semantic_lm.precision`: itself in fp32, else a copy in that dtype, made once and kept
-        (the fp32 weights stay as they are, so switching back loses nothing)."""
+        """The semantic LM at `semantic_lm.precision`: itself in fp32, else a copy in that dtype, made once per device
+        and kept (the fp32 weights stay as they are, so switching back loses nothing; moving the LM to another device
+        makes a new copy there, rather than sampling from a copy left on the old one)."""
         dtype = precision_dtype(self.cfg.semantic_lm.precision)
         if dtype is None:
             return self.semantic_lm
         copies = self.__dict__.setdefault("_lm_copies", {})
-        if dtype not in copies:
-            copies[dtype] = copy.deepcopy(self.semantic_lm).to(dtype).eval()
-        return copies[dtype]
+        key = (dtype, self.semantic_lm.bos.device)
+        if key not in copies:
+            copies[key] = copy.deepcopy(self.semantic_lm).to(dtype).eval()
+        return copies[key]
 
     def tempo_tokens(self, prompts: list[str] | None) -> torch.Tensor | None:
         """The LM's tempo token for each prompt `(b,)` (0 where it states no tempo); None without prompts or tempo token."""

@@ -235,3 +235,19 @@ def test_a_bf16_lm_samples_from_a_bf16_copy_and_leaves_the_fp32_weights(melody):
     assert melody.lm_at_precision() is melody.semantic_lm
     assert all(torch.equal(v, melody.semantic_lm.state_dict()[k]) for k, v in before.items())
 
+
+
+def test_the_bf16_lm_copy_follows_the_lm_to_another_device(melody):
+    """A copy made on one device is not sampled from after the LM moved ("meta" stands in for a GPU here)."""
+    import copy
+
+    other = copy.copy(melody)  # the same stages, its own attribute dict (no copies yet)
+    other.__dict__.pop("_lm_copies", None)
+    other.cfg = copy.deepcopy(melody.cfg)
+    other.cfg.semantic_lm.precision = "bf16"
+    other.semantic_lm = copy.deepcopy(melody.semantic_lm)
+    on_cpu = other.lm_at_precision()
+    other.semantic_lm.to("meta")
+    moved = other.lm_at_precision()
+    assert moved is not on_cpu and moved.bos.device.type == "meta" and moved.bos.dtype == torch.bfloat16
+    assert on_cpu.bos.device.type == "cpu"
