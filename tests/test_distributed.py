@@ -214,9 +214,11 @@ def fsdp_runs(setup, tmp_path_factory):
     save_model(root / "tokenizer", "tokenizer", stage.tokenizer, stage.cfg, "tokenizer")
     common = ["--data", str(corpus), "--mulan", str(root / "mulan"), "--tokenizer", str(root / "tokenizer")]
     overrides = [*SEMANTIC, f"mulan.text_encoder={bert}"]
-    runs = {"plain": root / "plain", "fsdp": root / "fsdp"}
+    runs = {"plain": root / "plain", "fsdp": root / "fsdp", "fsdp_accumulated": root / "fsdp_accumulated"}
     launch(SINGLE, "train", "semantic", *common, "--out", str(runs["plain"]), *sets(overrides))
     launch(TORCHRUN, "train", "semantic", *common, "--out", str(runs["fsdp"]), *sets([*overrides, "train.fsdp=true"]))
+    launch(TORCHRUN, "train", "semantic", *common, "--out", str(runs["fsdp_accumulated"]),
+           *sets([*overrides, "train.fsdp=true", "train.grad_accum=2"]))
     return runs, common, overrides
 
 
@@ -249,6 +251,14 @@ def test_fsdp_over_two_processes_equals_one_plain_process(fsdp_runs):
     losses = {name: [json.loads(line)["semantic_lm/total"] for line in (runs[name] / "metrics.jsonl").read_text().splitlines()
                      if "semantic_lm/total" in line] for name in runs}
     np.testing.assert_allclose(losses["fsdp"], losses["plain"], rtol=1e-4)
+
+
+def test_fsdp_with_accumulation_equals_the_bigger_batch(fsdp_runs):
+    """2 processes × 2 micro-batches of 1 (sharded gradients summed over the micro-batches) = 1 process × 4."""
+    (runs, _, _) = fsdp_runs
+    assert trainer(runs["fsdp_accumulated"], 3)["micro_batch"] == 1
+    assert_same(lm_state(runs["plain"]), lm_state(runs["fsdp_accumulated"]))
+    assert_same(lm_state(runs["plain"], 3, "optimizers"), lm_state(runs["fsdp_accumulated"], 3, "optimizers"))
 
 
 def test_a_sharded_run_resumes_plain_and_a_plain_run_resumes_sharded(fsdp_runs, setup, tmp_path):
