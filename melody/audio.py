@@ -26,7 +26,7 @@ import pyloudnorm
 import soundfile as sf
 import soxr
 
-from melody.errors import MelodyError
+from melody.errors import MelodyError, first_line
 from melody.io import atomic_path
 
 SAMPLE_RATE = 24_000
@@ -56,7 +56,7 @@ def audio_info(path: str | Path) -> AudioInfo:
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError) as err:
-        raise MelodyError(f"{path}: unreadable audio ({_short(err)}); give a wav, flac, ogg or mp3 file") from None
+        raise MelodyError(f"{path}: unreadable audio ({first_line(err)}); give a wav, flac, ogg or mp3 file") from None
     return AudioInfo(int(info.samplerate), int(info.channels), int(info.frames))
 
 
@@ -85,7 +85,7 @@ def load_audio(
     try:
         data, file_rate = sf.read(str(path), start=start, frames=frames, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as err:
-        raise MelodyError(f"{path}: unreadable audio ({_short(err)}); the file may be corrupt or truncated") from None
+        raise MelodyError(f"{path}: unreadable audio ({first_line(err)}); the file may be corrupt or truncated") from None
     if data.shape[0] == 0:
         raise MelodyError(f"{path}: the file holds no audio samples; give a non-empty recording")
     if not np.isfinite(data).all():
@@ -186,12 +186,8 @@ def decode_audio_bytes(data: bytes) -> tuple[np.ndarray, int]:
     try:
         wav, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as err:
-        raise MelodyError(f"corrupt audio payload in a shard ({_short(err)}); rebuild the shard") from None
+        raise MelodyError(f"corrupt audio payload in a shard ({first_line(err)}); rebuild the shard") from None
     return np.ascontiguousarray(wav.T), int(rate)
-
-
-def _short(err: Exception) -> str:
-    return str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
 
 
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0, f_max: float | None = None):

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from melody.config import MelodyConfig, load_config, save_config
-from melody.errors import MelodyError
+from melody.errors import MelodyError, first_line
 from melody.io import atomic_path
 
 FORMAT = "melody-weights"
@@ -46,7 +46,7 @@ def read_tensors(path: str | Path, what: str = "checkpoint") -> tuple[dict[str, 
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise MelodyError(f"{path}: {what} is corrupt or truncated ({_first_line(err)}); restore it or retrain") from None
+        raise MelodyError(f"{path}: {what} is corrupt or truncated ({first_line(err)}); restore it or retrain") from None
     if meta.get("format") != FORMAT:
         raise MelodyError(f"{path}: not a melody {what} (no '{FORMAT}' header); use a file written by melody")
     if meta.get("format_version") != str(FORMAT_VERSION):
@@ -182,8 +182,4 @@ def fingerprint_state(state: dict[str, torch.Tensor]) -> str:
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
 
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:160] if text else type(err).__name__
 

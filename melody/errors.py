@@ -8,3 +8,9 @@ exits with status 2, without a traceback.
 
 class MelodyError(Exception):
     """A user-facing error: its message is one line that names the problem and the fix."""
+
+
+def first_line(err: Exception, limit: int = 160) -> str:
+    """What a caught library exception says, cut to one line for a `MelodyError` message (its type if it says nothing)."""
+    text = str(err).strip()
+    return text.splitlines()[0][:limit] if text else type(err).__name__

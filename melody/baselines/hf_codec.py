@@ -43,7 +43,7 @@ from torch import nn
 
 from melody.audio import resample
 from melody.baselines.codec import KINDS, CodecConfig, coarse_split
-from melody.errors import MelodyError
+from melody.errors import MelodyError, first_line
 
 HF_CODECS = {"encodec": "EncodecModel", "dac": "DacModel"}  # CodecConfig.kind → the transformers class
 
@@ -174,7 +174,7 @@ def load_hf_codec(folder: str | Path, kind: str, bandwidth: float = 6.0, coarse_
     try:
         model_type = transformers.AutoConfig.from_pretrained(folder, local_files_only=True).model_type
     except Exception as err:  # a malformed config.json, an unknown model type
-        raise MelodyError(f"cannot read the model config in {folder}: {_first_line(err)}") from None
+        raise MelodyError(f"cannot read the model config in {folder}: {first_line(err)}") from None
     if model_type != kind:
         hint = f"; set codec.kind={model_type}" if model_type in HF_CODECS else ""
         raise MelodyError(f"{folder} holds a '{model_type}' model, not a {cls_name} (codec.kind={kind}){hint}")
@@ -182,7 +182,7 @@ def load_hf_codec(folder: str | Path, kind: str, bandwidth: float = 6.0, coarse_
         with _quiet_transformers():
             model = getattr(transformers, cls_name).from_pretrained(folder, local_files_only=True)
     except Exception as err:  # weights missing or unreadable
-        raise MelodyError(f"cannot load the {kind} codec from {folder}: {_first_line(err)}") from None
+        raise MelodyError(f"cannot load the {kind} codec from {folder}: {first_line(err)}") from None
     return HFCodec(model, kind, bandwidth, coarse_levels, sample_rate)
 
 
@@ -192,7 +192,3 @@ def codec_from_config(config: CodecConfig, sample_rate: int = 24_000) -> HFCodec
         raise MelodyError(f"unknown codec.kind '{config.kind}'; choose one of: {', '.join(KINDS)}")
     return load_hf_codec(config.path, config.kind, config.bandwidth, config.coarse_levels, sample_rate)
 
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:160] if text else type(err).__name__

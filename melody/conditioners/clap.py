@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from melody.audio import resample
-from melody.errors import MelodyError
+from melody.errors import MelodyError, first_line
 
 
 def _features(output: Any) -> torch.Tensor:
@@ -92,7 +92,7 @@ def load_clap(folder: str | Path, sample_rate: int = 24_000) -> ClapConditioner:
                                                  frequency_min=50, frequency_max=14_000, padding="repeatpad",
                                                  truncation="rand_trunc")
     except Exception as err:
-        first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise MelodyError(f"cannot load CLAP from {folder}: {first}; "
                           "save it with ClapModel.save_pretrained and its tokenizer") from err
     return ClapConditioner(model.eval(), tokenizer, extractor, sample_rate)

@@ -68,7 +68,7 @@ from melody.checkpoint import (
 )
 from melody.config import MelodyConfig, save_config, to_dict
 from melody.data.loader import ShardDataset, make_loader, mix_seeds
-from melody.errors import MelodyError
+from melody.errors import MelodyError, first_line
 from melody.io import read_json, write_json_atomic
 from melody.train import sharding
 from melody.train.curves import plot_curves
@@ -494,7 +494,7 @@ class Engine:
                 else:
                     opt.load_state_dict(state)
             except (KeyError, ValueError, IndexError, RuntimeError) as err:
-                raise MelodyError(f"{folder}: optimizer '{name}' does not fit this model ({_first_line(err)}); start a new run") from None
+                raise MelodyError(f"{folder}: optimizer '{name}' does not fit this model ({first_line(err)}); start a new run") from None
         for name, sched in self.schedulers.items():
             sched.load_state_dict(trainer["schedulers"][name])
         torch.set_rng_state(opt_tensors["rng.torch"])
@@ -641,10 +641,6 @@ def fingerprint_all(models: dict[str, nn.Module]) -> str:
 def fingerprint_states(states: dict[str, dict[str, torch.Tensor]]) -> str:
     return "-".join(fingerprint_state(states[name]) for name in sorted(states))
 
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else type(err).__name__
 
 
 def _mean_logs(logs: list[dict[str, float]]) -> dict[str, float]:
