@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT)]
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import torch  # noqa: E402
+from common import timed  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from melody.config import preset  # noqa: E402
@@ -26,18 +25,6 @@ from melody.io import write_json_atomic, write_text_atomic  # noqa: E402
 from melody.pipeline import at_precision  # noqa: E402
 from melody.semantic.lm import SemanticLM  # noqa: E402
 from melody.semantic.sampling import generate  # noqa: E402
-
-
-def timed(fn, device: torch.device, repeats: int = 3) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize(device) if device.type == "cuda" else None
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize(device) if device.type == "cuda" else None
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -57,7 +44,7 @@ def main() -> None:
         def run(n, model=model):
             with torch.no_grad():
                 generate(model, mulan, n, guidance=cfg.semantic_lm.guidance, generator=torch.Generator(device).manual_seed(0))
-        short, long = timed(lambda: run(4), device), timed(lambda: run(4 + args.tokens), device)
+        short, long = timed(lambda: run(4), 3, device.type), timed(lambda: run(4 + args.tokens), 3, device.type)
         report[f"lm_{name}_ms_per_token"] = (long - short) / args.tokens * 1e3
         with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])) as prof:
             run(12)
@@ -75,7 +62,7 @@ def main() -> None:
         for precision in ("fp32", "bf16"):
             net = at_precision(dpd, precision, device)
             with torch.no_grad():
-                dpd_report[f"{recurrence}_{precision}_s_per_pass"] = timed(lambda net=net: net(x, delta, tokens), device)
+                dpd_report[f"{recurrence}_{precision}_s_per_pass"] = timed(lambda net=net: net(x, delta, tokens), 3, device.type)
         del dpd
     report["dpd"] = dpd_report
     args.out.mkdir(parents=True, exist_ok=True)

@@ -30,8 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import torch  # noqa: E402
+from common import timed  # noqa: E402
 
 from melody.config import preset  # noqa: E402
+from melody.dpd import parameter_count  # noqa: E402
 from melody.io import write_json_atomic  # noqa: E402
 
 # The first logged rates include start-up (workers, cuDNN/cuBLAS autotuning, allocator growth). The rate is the
@@ -40,16 +42,13 @@ WARMUP_LOGS = 2
 
 
 def random_conditioners(cfg, seed: int = 0):
-    """The VAE and the semantic tokenizer at `cfg`'s shapes with random weights (centroids from N(0, 1))."""
-    from melody.semantic.tokenizer import SemanticTokenizer
+    """The VAE and the semantic tokenizer at `cfg`'s shapes with random weights (`melody bench`'s tokenizer)."""
+    from melody.eval.bench import random_tokenizer
     from melody.vae import VAE
 
     torch.manual_seed(seed)
     vae = VAE(cfg.vae)
-    tokenizer = SemanticTokenizer.from_config(cfg.tokenizer, cfg.vae.sample_rate)
-    with torch.no_grad():
-        tokenizer.quantizer.centroids.normal_()
-    return (vae.eval(), cfg), (tokenizer.eval(), cfg)
+    return (vae.eval(), cfg), (random_tokenizer(cfg).eval(), cfg)
 
 
 def conditioner_seconds(vae, tokenizer, cfg, batch: int, device: torch.device, repeats: int = 5) -> float:
@@ -57,17 +56,13 @@ def conditioner_seconds(vae, tokenizer, cfg, batch: int, device: torch.device, r
     audio = torch.randn(batch, cfg.vae.channels, int(cfg.dpd.crop_seconds * cfg.vae.sample_rate), device=device)
     lengths = torch.full((batch,), audio.shape[-1], device=device)
     vae.to(device), tokenizer.to(device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = []
-    with torch.no_grad():
-        for _ in range(repeats + 1):
-            sync()
-            start = time.perf_counter()
+
+    def encode():
+        with torch.no_grad():
             vae.encode_latents(audio)
             tokenizer.tokens(audio.mean(1), lengths)
-            sync()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+
+    return timed(encode, repeats, device.type)
 
 
 def main() -> None:
@@ -119,14 +114,12 @@ def main() -> None:
     steady = records[WARMUP_LOGS:] or records
     steps_per_s = statistics.median(r["train/steps_per_s"] for r in steady)
     encode = conditioner_seconds(vae[0], tokenizer[0], cfg, max(1, args.batch), device)
-    from melody.dpd import DPD
-
     report = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "torch": torch.__version__,
         "preset": args.preset, "precision": args.precision, "global_batch": args.batch, "steps": reached, "steps_asked": args.steps,
         "crop_seconds": cfg.dpd.crop_seconds,
-        "latent_frames": int(cfg.dpd.crop_seconds * cfg.vae.sample_rate) // math.prod(cfg.vae.strides), "dpd_parameters": sum(p.numel() for p in DPD.from_config(cfg).parameters()),
+        "latent_frames": int(cfg.dpd.crop_seconds * cfg.vae.sample_rate) // math.prod(cfg.vae.strides), "dpd_parameters": parameter_count(cfg),
         "conditioners": {"vae": str(args.vae or "random"), "tokenizer": str(args.tokenizer or "random")},
         "steps_per_s": steps_per_s, "samples_per_s": steps_per_s * args.batch,
         # with the loader's restarts at each epoch (a small corpus has many) and the warm-up: the floor

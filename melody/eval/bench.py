@@ -184,9 +184,10 @@ def run_bench(bundle: str | Path | None, seconds: list[float], shapes: list[str]
     for i, (name, secs) in enumerate(runs, 1):
         label = f"{name} {secs:g} s"
         tell(f"[{i}/{len(runs)}] {label}")
-        spec = {"task": "musicgen" if name.startswith("musicgen-small") else "melody", "shapes": name, "seconds": secs,
+        musicgen = name.startswith("musicgen-small")  # musicgen-small or musicgen-small@bf16
+        spec = {"task": "musicgen" if musicgen else "melody", "shapes": name, "seconds": secs,
                 "bundle": str(bundle), "steps": steps, "threads": threads, "device": device,
-                "musicgen_config": musicgen_config if name.startswith("musicgen-small") else None}
+                "musicgen_config": musicgen_config if musicgen else None}
         results.append(with_bounds({**_run_child(spec, label, threads, tell), "label": label}, machine))
         if partial is not None and i < len(runs):
             partial(report())
@@ -320,7 +321,6 @@ def random_melody(cfg, seed: int = 0):
     from melody.mulan import MuLan
     from melody.pipeline import MeLoDy
     from melody.semantic.lm import SemanticLM
-    from melody.semantic.tokenizer import SemanticTokenizer
     from melody.vae import VAE
 
     torch.manual_seed(seed)
@@ -328,9 +328,19 @@ def random_melody(cfg, seed: int = 0):
     with torch.no_grad():
         mulan.rvq.codebooks.normal_()
         mulan.rvq.initialized.fill_(True)
-        tokenizer = SemanticTokenizer.from_config(cfg.tokenizer, cfg.vae.sample_rate)
+    return MeLoDy(mulan, random_tokenizer(cfg), SemanticLM.from_config(cfg), DPD.from_config(cfg), VAE(cfg.vae), cfg)
+
+
+def random_tokenizer(cfg):
+    """The semantic tokenizer at `cfg`'s shapes with random weights, its centroids drawn from N(0, 1)."""
+    import torch
+
+    from melody.semantic.tokenizer import SemanticTokenizer
+
+    tokenizer = SemanticTokenizer.from_config(cfg.tokenizer, cfg.vae.sample_rate)
+    with torch.no_grad():
         tokenizer.quantizer.centroids.normal_()
-    return MeLoDy(mulan, tokenizer, SemanticLM.from_config(cfg), DPD.from_config(cfg), VAE(cfg.vae), cfg)
+    return tokenizer
 
 
 def bench_melody(spec: dict, tell: Callable[[str], None]) -> dict:
