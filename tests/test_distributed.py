@@ -216,7 +216,8 @@ def fsdp_runs(setup, tmp_path_factory):
     overrides = [*SEMANTIC, f"mulan.text_encoder={bert}"]
     runs = {"plain": root / "plain", "fsdp": root / "fsdp", "fsdp_accumulated": root / "fsdp_accumulated"}
     launch(SINGLE, "train", "semantic", *common, "--out", str(runs["plain"]), *sets(overrides))
-    launch(TORCHRUN, "train", "semantic", *common, "--out", str(runs["fsdp"]), *sets([*overrides, "train.fsdp=true"]))
+    out = launch(TORCHRUN, "train", "semantic", *common, "--out", str(runs["fsdp"]), *sets([*overrides, "train.fsdp=true"]))
+    assert out.stdout.count("trained semantic_lm to step 3") == 1  # the summary once, from rank 0, not once per process
     launch(TORCHRUN, "train", "semantic", *common, "--out", str(runs["fsdp_accumulated"]),
            *sets([*overrides, "train.fsdp=true", "train.grad_accum=2"]))
     return runs, common, overrides
