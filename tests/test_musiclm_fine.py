@@ -130,17 +130,36 @@ def test_presets_read_code_vectors_in_the_fine_lm_and_old_configs_keep_free_rows
         CoarseLM.from_config(preset("tiny", ["coarse.context_frames=1"]), melody_preset("tiny"))
 
 
-@pytest.mark.skipif(not (RUN / "latest.json").is_file(), reason="the committed tiny run is not here")
-def test_the_committed_run_resumes_as_built_and_its_fine_weights_do_not_fit_the_new_fine_lm():
+def test_a_run_from_before_code_vectors_resumes_as_built_and_its_fine_weights_do_not_fit_the_new_fine_lm(tmp_path):
+    """A run config written before `code_vectors` existed (the first full-budget run's, commit 772ba9e) builds the
+    free-row fine LM it was trained with; the coarse LM fits either way, the free-row fine weights the new one not."""
+    from melody.config import to_dict
+    from melody.io import write_json_atomic
     from melody.train.musiclm import run_config
 
-    cfg = run_config(RUN, "tiny", [], resume=True)  # its config.json has no code_vectors: the fine LM it was built with
-    assert not cfg.fine.code_vectors
-    models, _ = read_tensors(RUN / "checkpoints" / "step-00002994" / "models.safetensors", "checkpoint")
+    data = {"format_version": 1, **to_dict(preset("tiny"))}  # as the engine writes a run's config.json
+    for field in ("code_vectors", "context_frames"):
+        data["fine"].pop(field, None)
+    write_json_atomic(tmp_path / "config.json", data)
+    cfg = run_config(tmp_path, "tiny", [], resume=True)
+    assert not cfg.fine.code_vectors and cfg.fine.context_frames == 0
+    tiny = melody_preset("tiny")
+    coarse, fine = CoarseLM.from_config(cfg, tiny).state_dict(), FineLM.from_config(cfg, melody_cfg=tiny).state_dict()
+    new = run_config(tmp_path, "tiny", ["fine.code_vectors=true", "fine.context_frames=2"], resume=True)
+    load_weights(CoarseLM.from_config(new, tiny), coarse, "coarse")  # the coarse LM still fits
+    with pytest.raises(MelodyError, match="do not fit"):
+        load_weights(FineLM.from_config(new, melody_cfg=tiny), fine, "fine")
+
+
+@pytest.mark.skipif(not (RUN / "latest.json").is_file(), reason="the committed tiny run is not here")
+def test_the_committed_run_reads_code_vectors_and_its_checkpoint_loads():
+    from melody.io import read_json
+    from melody.train.musiclm import run_config
+
+    cfg = run_config(RUN, "tiny", [], resume=True)
+    assert cfg.fine.code_vectors and cfg.fine.context_frames == 2
+    latest = read_json(RUN / "latest.json", "latest")
+    models, _ = read_tensors(RUN / latest["path"] / "models.safetensors", "checkpoint")
     tiny = melody_preset("tiny")
     load_weights(CoarseLM.from_config(cfg, tiny), unprefixed(models, "coarse"), "coarse")
     load_weights(FineLM.from_config(cfg, melody_cfg=tiny), unprefixed(models, "fine"), "fine")
-    new = run_config(RUN, "tiny", ["fine.code_vectors=true", "fine.context_frames=2"], resume=True)
-    load_weights(CoarseLM.from_config(new, tiny), unprefixed(models, "coarse"), "coarse")  # the coarse LM still fits
-    with pytest.raises(MelodyError, match="do not fit"):
-        load_weights(FineLM.from_config(new, melody_cfg=tiny), unprefixed(models, "fine"), "fine")
