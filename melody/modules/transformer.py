@@ -25,6 +25,11 @@ Choices where the papers leave room:
 - the KV cache grows by concatenation (simple, fine for windows of a few hundred tokens); it
   stores keys already rotated at their absolute positions plus the padding mask of cached keys.
   Cross-attention keys/values are recomputed at every call (the memory is short).
+- `StaticKVCache` is the same cache in buffers of fixed capacity whose write position is a tensor
+  on the device: a one-token decode step then has the same shapes, addresses and kernels every
+  time, so a CUDA graph can capture it once and replay it (`melody.cuda_graphs`). It attends over
+  the whole buffer with a mask (the slots not written yet are never allowed), and holds no key
+  padding (the semantic LM's sampler has none).
 
 Sliding-window continuation (MeLoDy §4, "Continuation"): rotary scores depend only on m − n, so a
 new window re-encodes its kept prefix from a fresh cache (`Transformer.new_cache()`), in one
@@ -176,6 +181,54 @@ class KVCache:
         return keys, values, keep
 
 
+class StaticKVCache:
+    """One self-attention layer's past in fixed buffers, for decoding under a CUDA graph.
+
+    keys, values: `(b, heads, capacity, head_dim)`, keys already rotated; `position`: `()` long tensor, the
+    slots written so far (the next token's slot), advanced on the device, so a captured step moves it on at
+    each replay; `offset`: the rotary position of slot 0. `filled` mirrors `position` for calls made eagerly
+    (a replay does not update it); `reset()` empties the cache for a new window.
+    """
+
+    def __init__(self, batch: int, heads: int, capacity: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device | str, offset: int = 0) -> None:
+        self.keys = torch.zeros(batch, heads, capacity, head_dim, dtype=dtype, device=device)
+        self.values = torch.zeros_like(self.keys)
+        self.position = torch.zeros((), dtype=torch.long, device=device)
+        self.offset, self.capacity, self.filled = offset, capacity, 0
+
+    @property
+    def length(self) -> int:
+        return self.filled
+
+    def reset(self) -> None:
+        self.position.zero_()
+        self.filled = 0
+
+    def positions(self, t_new: int) -> torch.Tensor:
+        """The rotary positions `(t_new,)` of the next t_new tokens, from the device-side write position."""
+        return self.offset + self.position + torch.arange(t_new, device=self.position.device)
+
+    def write(self, keys: torch.Tensor, values: torch.Tensor, keep: torch.Tensor | None,
+              causal: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Store the new tokens' keys/values `(b, h, t_new, d)` at the write position and advance it; return the
+        whole buffers and which of their slots each new query may see `(1, 1, t_new, capacity)`."""
+        if keep is not None:
+            raise ValueError("a StaticKVCache holds no key padding; use KVCache for padded inputs")
+        t_new = keys.shape[2]
+        if self.filled + t_new > self.capacity:  # checked for eager calls; a replayed step is sized by its caller
+            raise ValueError(f"the static KV cache holds {self.capacity} tokens; {self.filled} + {t_new} do not fit")
+        slots = self.positions(t_new) - self.offset  # (t_new,)
+        self.keys.index_copy_(2, slots, keys.to(self.keys.dtype))
+        self.values.index_copy_(2, slots, values.to(self.values.dtype))
+        j = torch.arange(self.capacity, device=slots.device)
+        # a query sees the slots written before it (and itself when causal); every written slot otherwise
+        allowed = j[None, :] <= slots[:, None] if causal else (j < self.position + t_new).expand(t_new, -1)
+        self.position += t_new
+        self.filled += t_new
+        return self.keys, self.values, rearrange(allowed, "q k -> 1 1 q k")
+
+
 class Attention(nn.Module):
     """Multi-head self-attention, causal or bidirectional, with rotary q/k (RoFormer) if `rotary`.
 
@@ -190,13 +243,19 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.out = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | StaticKVCache | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.heads)
         t_new = x.shape[1]
-        offset = 0 if cache is None else cache.offset
+        static = isinstance(cache, StaticKVCache)
         if self.rotary:
-            cos, sin = rotary_frequencies(q.shape[-1], torch.arange(offset, offset + t_new, device=x.device), self.rope_base)
+            offset = 0 if cache is None or static else cache.offset
+            positions = cache.positions(t_new) if static else torch.arange(offset, offset + t_new, device=x.device)
+            cos, sin = rotary_frequencies(q.shape[-1], positions, self.rope_base)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if static:
+            k, v, allowed = cache.write(k, v, mask, self.causal)
+            return self.out(rearrange(masked_attention(q, k.to(q.dtype), v.to(q.dtype), allowed), "b h t d -> b t (h d)"))
         keep = mask
         if cache is not None:
             k, v, keep = cache.extend(k, v, mask)
@@ -274,7 +333,7 @@ class TransformerBlock(nn.Module):
         self.drop = nn.Dropout(c.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, memory: torch.Tensor | None = None,
-                memory_mask: torch.Tensor | None = None, cache: KVCache | None = None, memory_repeat: int = 1) -> torch.Tensor:
+                memory_mask: torch.Tensor | None = None, cache: KVCache | StaticKVCache | None = None, memory_repeat: int = 1) -> torch.Tensor:
         """x `(b, t, dim)` → `(b, t, dim)`. memory=None on a cross block: no condition (as if all masked)."""
         x = x + self.drop(self.attn(self.attn_norm(x), cache=cache, mask=mask))
         if memory is not None:
@@ -290,7 +349,8 @@ class Transformer(nn.Module):
     Embeddings and output heads belong to the stage models. mask `(b, t)` True = keep (for the
     tokens in x; with a cache, earlier tokens' padding is in the cache); memory `(b, s, cross_dim)`
     with memory_mask `(b, s)` (or `(b / r, s)` shared by r consecutive rows of x with `memory_repeat` r);
-    cache: one `KVCache` per block (from `new_cache`), extended in place.
+    cache: one `KVCache` per block (from `new_cache`) or one `StaticKVCache` per block (from `new_static_cache`),
+    extended in place.
     """
 
     def __init__(self, config: TransformerConfig) -> None:
@@ -304,8 +364,14 @@ class Transformer(nn.Module):
         are created on the first call, with that input's batch size, device and dtype."""
         return [KVCache(offset=offset) for _ in self.blocks]
 
+    def new_static_cache(self, batch: int, capacity: int, dtype: torch.dtype, device: torch.device | str,
+                         offset: int = 0) -> list[StaticKVCache]:
+        """A `StaticKVCache` of `capacity` tokens per block (for decoding under a CUDA graph)."""
+        c = self.config
+        return [StaticKVCache(batch, c.heads, capacity, c.dim // c.heads, dtype, device, offset) for _ in self.blocks]
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, memory: torch.Tensor | None = None,
-                memory_mask: torch.Tensor | None = None, cache: list[KVCache] | None = None,
+                memory_mask: torch.Tensor | None = None, cache: list[KVCache] | list[StaticKVCache] | None = None,
                 memory_repeat: int = 1) -> torch.Tensor:
         if cache is not None and len(cache) != len(self.blocks):
             raise ValueError(f"cache has {len(cache)} layers, the transformer {len(self.blocks)}")

@@ -53,7 +53,7 @@ from torch import nn
 
 from melody.config import MelodyConfig, SemanticLMConfig
 from melody.errors import MelodyError
-from melody.modules.transformer import KVCache, Transformer, TransformerConfig
+from melody.modules.transformer import KVCache, StaticKVCache, Transformer, TransformerConfig
 
 
 @dataclass
@@ -77,7 +77,7 @@ class LMLoss:
 class SemanticLMCache:
     """The decoder's per-layer `KVCache`s plus the scores of the next token from the last call."""
 
-    layers: list[KVCache]
+    layers: list[KVCache] | list[StaticKVCache]
     next_logits: torch.Tensor | None = None  # (b, vocab), None before the first call
 
     @property
@@ -172,6 +172,17 @@ class SemanticLM(nn.Module):
     def new_cache(self) -> SemanticLMCache:
         return SemanticLMCache(self.transformer.new_cache())
 
+    def new_static_cache(self, batch: int, window: int) -> SemanticLMCache:
+        """A cache in fixed buffers for `batch` rows and windows of up to `window` tokens (condition and BOS
+        included), in the LM's dtype and on its device: what a CUDA-graph decode step needs."""
+        capacity = self.condition_length + 1 + window
+        return SemanticLMCache(self.transformer.new_static_cache(batch, capacity, self.bos.dtype, self.bos.device))
+
+    def step_scores(self, semantic: torch.Tensor, layers: list[KVCache] | list[StaticKVCache]) -> torch.Tensor:
+        """The scores `(b, t, V)` after each token of `semantic` `(b, t)`, fed on after the stream the cache `layers`
+        holds: the network of one decode step (no bookkeeping, so a CUDA graph can capture it)."""
+        return self.head(self.transformer(self.token_embedding(semantic), cache=layers))
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
@@ -224,7 +235,7 @@ class SemanticLM(nn.Module):
             if t == 0:
                 return LMOutput(cache.next_logits.new_empty(b, 0, self.vocab_size), cache.next_logits)
             # the stream goes on: the output at s_j predicts s_{j+1}; s_0 of this call was scored by the last one
-            scores = self.head(self.transformer(self.token_embedding(semantic), cache=cache.layers))  # (b, t, V)
+            scores = self.step_scores(semantic, cache.layers)  # (b, t, V)
             logits = torch.cat((cache.next_logits[:, None], scores[:, :-1]), dim=1)
             next_logits = scores[:, -1]
         if cache is not None:

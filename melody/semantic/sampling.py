@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
+from melody.cuda_graphs import GraphedStep
 from melody.errors import MelodyError
 from melody.semantic.lm import SemanticLM
 
@@ -102,13 +103,15 @@ class GenerateResult:
 def generate(lm: SemanticLM, mulan_tokens: torch.Tensor | None, n_tokens: int, prefix: torch.Tensor | None = None, *,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, guidance: float = 1.0,
              generator: torch.Generator | Sequence[torch.Generator] | None = None, window: int = 250, stride: int = 125,
-             callback: Callable[[dict], None] | None = None, tempo: torch.Tensor | None = None) -> GenerateResult:
+             callback: Callable[[dict], None] | None = None, tempo: torch.Tensor | None = None,
+             graphs: bool = False) -> GenerateResult:
     """Ancestral sampling of `n_tokens` semantic tokens with a KV cache, guidance and sliding windows.
 
     mulan_tokens `(b, L)` long (None: unconditional, one row unless `prefix` gives b); prefix `(b, P)`
     long, tokens to continue; tempo `(b,)` long, the LM's tempo tokens (`tempo_bucket`; None or 0: no
     tempo given), part of the condition that guidance strengthens. `callback` gets {"i", "token" (b,), "window"} after every token. The
-    caller puts `lm` in eval mode.
+    caller puts `lm` in eval mode. `graphs`: decode from a `StaticKVCache` through a `GraphedStep`, one CUDA graph
+    replayed per token on a CUDA device (`melody.cuda_graphs`); elsewhere the same static path runs eagerly.
     """
     if n_tokens < 0:
         raise MelodyError(f"cannot generate {n_tokens} tokens; ask for 0 or more")
@@ -136,8 +139,33 @@ def generate(lm: SemanticLM, mulan_tokens: torch.Tensor | None, n_tokens: int, p
         logits = logits.float()
         return cfg_logits(*logits.chunk(2), guidance) if guided else logits
 
+    static = lm.new_static_cache(rows * b, window) if graphs else None
+    step: GraphedStep | None = None  # the recorded decode step, made at the first token fed
+
+    def fresh_cache():
+        if static is None:
+            return lm.new_cache()
+        for layer in static.layers:
+            layer.reset()
+        return static
+
+    def feed(token: torch.Tensor) -> torch.Tensor:  # (rows·b, 1) → the next token's scores (rows·b, V)
+        nonlocal step
+        if static is None:
+            return lm(None, token, cache=cache).next_logits
+        if step is None:
+            filled = static.length
+
+            def rewind() -> None:  # undo the recording's warm-up calls
+                for layer in static.layers:
+                    layer.position.fill_(filled)
+                    layer.filled = filled
+
+            step = GraphedStep(lambda t: lm.step_scores(t, static.layers)[:, -1], (token,), rewind)
+        return step(token)
+
     # a window: [condition | BOS | content] from a fresh cache, in one pass
-    cache = lm.new_cache()
+    cache = fresh_cache()
     logits = lm(branch_mulan, content.repeat(rows, 1), drop, cache=cache, tempo=branch_tempo).next_logits
     passes, windows, positions = 1, 1, lm.condition_length + 1 + content.shape[1]
     for i in range(n_tokens):
@@ -152,13 +180,13 @@ def generate(lm: SemanticLM, mulan_tokens: torch.Tensor | None, n_tokens: int, p
         if content.shape[1] == window:
             # the window is full: the next one starts from its last `keep` tokens, re-encoded
             content = content[:, stride:]
-            cache = lm.new_cache()
+            cache = fresh_cache()
             logits = lm(branch_mulan, content.repeat(rows, 1), drop, cache=cache, tempo=branch_tempo).next_logits
             windows += 1
             positions += lm.condition_length + 1 + keep
         else:
             # feed the token to the cache: the next token's scores
-            logits = lm(None, token.repeat(rows)[:, None], cache=cache).next_logits
+            logits = feed(token.repeat(rows)[:, None])
             positions += 1
         passes += 1
     return GenerateResult(tokens, passes, windows, positions)
