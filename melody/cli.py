@@ -287,6 +287,8 @@ def generate_command(
     best_of: Annotated[int, typer.Option("--best-of", help="Draw N candidates per prompt; keep the one MuLan finds closest to the prompt.")] = 1,
     precision: Annotated[Optional[str], typer.Option("--precision", help="The networks' precision at sampling: fp32, or "
                                                      "bf16 (the DPD under autocast, the semantic LM's weights in bf16).")] = None,
+    device: Annotated[str, typer.Option("--device", help="Where to run: cpu, or cuda[:N] (there the samplers replay CUDA "
+                                        "graphs).")] = "cpu",
     bundle: BundleOpt = None, plot: PlotOpt = False, progress: ShowProgress = True,
 ) -> None:
     """Text (or a music prompt) to music with MeLoDy."""
@@ -294,9 +296,10 @@ def generate_command(
 
     from melody.audio import audio_info
     from melody.data.synth.captions import with_controls
-    from melody.pipeline import MAX_BEST_OF, PRECISIONS, check_duration, check_prompts
+    from melody.pipeline import MAX_BEST_OF, PRECISIONS, check_device, check_duration, check_prompts
 
     _check_out(out)
+    check_device(device)
     if precision is not None and precision not in PRECISIONS:
         raise MelodyError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
     check_duration(duration)
@@ -319,7 +322,7 @@ def generate_command(
         raise MelodyError(f"--best-of {best_of}: draw between 1 and {MAX_BEST_OF} candidates")
     if prompt_audio is not None:
         audio_info(prompt_audio)  # a missing or unreadable file: one line, before loading the model
-    model = _melody(bundle)
+    model = _melody(bundle).to(device)
     if precision is not None:
         model.set_precision(precision)
     music = None
@@ -342,7 +345,7 @@ def generate_command(
         if best_of > 1:
             record["best_of"] = {"candidates": best_of, "kept": output.candidate[i],
                                  "mulan_scores": [round(x, 4) for x in output.mulan_scores[i]]}
-        write_result(name, output.audio[i].numpy(), output.sample_rate, record, plot)
+        write_result(name, output.audio[i].cpu().numpy(), output.sample_rate, record, plot)
         typer.echo(f"wrote {name} ({duration:g} s)")
     total = sum(output.seconds.values())
     typer.echo(f"{len(names) * duration:g} s of music in {total:.2f} s; forward passes "

@@ -106,6 +106,22 @@ class _Autocast:
             return self.model(*args, **kwargs).float()
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch device, when this machine has it: cpu, or cuda[:N] with that GPU present; else one line."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise MelodyError(f"--device {device}: give cpu or cuda[:N]") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MelodyError(f"--device {device}: this machine has no CUDA GPU that torch can use; use --device cpu")
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise MelodyError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s)")
+    elif device.type != "cpu":
+        raise MelodyError(f"--device {device}: give cpu or cuda[:N]")
+    return device
+
+
 def precision_dtype(precision: str) -> torch.dtype | None:
     """The dtype a precision name asks for (None: fp32, the models as they are); an unknown name is one line."""
     if precision not in PRECISIONS:
@@ -352,6 +368,13 @@ class MeLoDy:
                                guidance=lm_cfg.guidance if lm_guidance is None else lm_guidance,
                                generator=generator, window=window, stride=stride, tempo=self.tempo_tokens(prompts),
                                graphs=self._device.type == "cuda" and lm_cfg.cuda_graphs)
+
+    def to(self, device: str | torch.device) -> MeLoDy:
+        """Every stage moved to `device` ("cpu", "cuda", "cuda:1"); an unknown or absent device is one line."""
+        device = check_device(device)
+        for stage in STAGES:
+            getattr(self, stage).to(device)
+        return self
 
     def set_precision(self, precision: str) -> None:
         """Sample both networks at `precision`: the DPD under autocast, the semantic LM from weights in that dtype."""

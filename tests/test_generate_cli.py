@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from test_cli import melody_one_thread
 from test_pipeline import bundle  # noqa: F401 (the fixture)
 from test_semantic_stages import one_line_error, run_ok
@@ -73,6 +74,10 @@ def test_continue_keeps_the_input_and_stream_writes_every_chunk(bundle, tmp_path
     (["generate", "--prompt-audio", "/nonexistent.wav"], "no such audio file"),
     (["continue", "/nonexistent.wav"], "no such audio file"),
     (["generate", "funk", "--precision", "fp16"], "--precision fp16: choose one of fp32, bf16"),
+    (["generate", "funk", "--device", "tpu"], "--device tpu: give cpu or cuda[:N]"),
+    (["generate", "funk", "--device", "meta"], "--device meta: give cpu or cuda[:N]"),
+    pytest.param(["generate", "funk", "--device", "cuda"], "this machine has no CUDA GPU that torch can use",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(bundle, tmp_path, args, message):  # noqa: F811
     out = melody_one_thread(*args, "--bundle", str(bundle), *(() if "--out" in args else ("--out", str(tmp_path / "x.wav"))))
@@ -107,7 +112,7 @@ def test_a_corrupt_or_mismatched_bundle_is_one_line_and_writes_nothing(bundle, t
 def test_generate_in_bf16_says_so_in_its_record(bundle, tmp_path):  # noqa: F811
     out = tmp_path / "bf16.wav"
     run_ok("generate", "calm piano", "--duration", "1", "--out", str(out), "--bundle", str(bundle), "--steps", "2",
-           "--precision", "bf16")
+           "--precision", "bf16", "--device", "cpu")
     assert sf.read(out)[0].shape == (RATE,)
     config = json.loads(out.with_suffix(".json").read_text())["config"]
     assert config["dpd"]["precision"] == config["semantic_lm"]["precision"] == "bf16"
