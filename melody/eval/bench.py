@@ -20,6 +20,10 @@ inputs the hooks kept). Shape sets:
 - `musicgen-small@bf16`: the same with every weight in bf16 (as melody's LM at `@bf16`: half the bytes a token
   streams; the roofline bounds from the bf16 rate and the weights' bytes).
 
+On a CUDA device the counted run is eager (a CUDA graph's replay runs no forward hook), and the same generation
+then runs again with the samplers' CUDA graphs (`melody.cuda_graphs`), after one untimed run at the same duration
+that records them: its wall time, stage seconds, and whether its tokens equal the eager run's (`graphed`).
+
 Per stage: the passes the pipeline reports, the passes the hooks saw and the formula's (a mismatch is
 listed in the report), wall seconds, RTF (seconds ÷ seconds of music), and the roofline bound
 (`melody.eval.roofline`) from this machine's matmul throughput and copy bandwidth, measured once per run in a
