@@ -619,7 +619,8 @@ def markdown(report: dict) -> str:
 
 
 def chart(report: dict, path: Path) -> Path:
-    """Two panels over the runs: forward passes per stage and seconds per stage (bars, log scales; bounds as ticks)."""
+    """Two panels over the runs: forward passes per stage and seconds per stage (bars, log scales; bounds as ticks;
+    a run's CUDA-graph rerun as diamonds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -629,17 +630,21 @@ def chart(report: dict, path: Path) -> Path:
     roles = list(dict.fromkeys(s["role"] for r in runs for s in r["stages"].values())) + ["other (sampling, glue)"]
     width = 0.8 / len(roles)
     fig, (left, right) = plt.subplots(1, 2, figsize=(max(8.0, 2.2 * len(runs) + 3), 4.4))
+    graphed = []  # (x, seconds) of a stage in a run's CUDA-graph rerun
     for j, role in enumerate(roles):
         xs, passes, secs, bounds = [], [], [], []
         for i, r in enumerate(runs):
             other = {"role": roles[-1], "hooked": 0, "seconds": r["other_s"], "bound_s": None}
-            shown = [other] if r["other_s"] >= 0.01 * r["wall_s"] else []  # MusicGen's sampling outside its networks
-            for s in [*r["stages"].values(), *shown]:
+            shown = [("other", other)] if r["other_s"] >= 0.01 * r["wall_s"] else []  # MusicGen's sampling outside its networks
+            for name, s in [*r["stages"].items(), *shown]:
                 if s["role"] == role:
                     xs.append(i + (j - (len(roles) - 1) / 2) * width)
                     passes.append(s["hooked"])
                     secs.append(max(s["seconds"], 1e-4))
                     bounds.append(s["bound_s"])
+                    again = (r.get("graphed") or {}).get("stage_seconds", {}).get(name)
+                    if again is not None:
+                        graphed.append((xs[-1], max(again, 1e-4)))
         if role != roles[-1]:
             left.bar(xs, passes, width, label=role, color=f"C{j}")
         right.bar(xs, secs, width, label=role, color=f"C{j}" if role != roles[-1] else "0.6")
@@ -647,6 +652,8 @@ def chart(report: dict, path: Path) -> Path:
             if b:
                 right.plot([x - width / 2, x + width / 2], [b, b], "k-", lw=1.5)
     right.plot([], [], "k-", lw=1.5, label="roofline bound")
+    if graphed:
+        right.plot(*zip(*graphed), "D", mfc="white", mec="k", ms=4, ls="none", label="with CUDA graphs")
     labels = [r["label"] for r in runs]
     for ax, title in ((left, "forward passes per stage"), (right, "wall seconds per stage")):
         ax.set_yscale("log")
