@@ -22,6 +22,7 @@ Forward hooks fire only while recording; count calls outside the graph (the pipe
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
@@ -87,16 +88,21 @@ def signature(*args: torch.Tensor | None) -> tuple:
 
 class GraphedCalls:
     """`model(*args, **kwargs)` (tensors or None) through one `GraphedStep` per `signature`, recorded at the
-    signature's first call and kept; a `GraphedStep` replays only on CUDA, so elsewhere this calls `model` directly."""
+    signature's first call and kept, at most `keep` of them: each holds its own memory pool (at `paper` shapes a DPD
+    pass's activations, gigabytes), so the least recently used is dropped when another shape comes. Inputs on a
+    device type not in `devices` go to `model` directly (the default: only CUDA records; tests pass "cpu" to run the
+    same bookkeeping over eager `GraphedStep`s)."""
 
-    def __init__(self, model: Callable[..., torch.Tensor]) -> None:
-        self.model = model
-        self.steps: dict[tuple, GraphedStep] = {}
+    def __init__(self, model: Callable[..., torch.Tensor], keep: int = 4, devices: tuple[str, ...] = ("cuda",)) -> None:
+        if keep < 1:
+            raise ValueError(f"keep at least 1 graph, got {keep}")
+        self.model, self.keep, self.devices = model, keep, devices
+        self.steps: OrderedDict[tuple, GraphedStep] = OrderedDict()
 
     def __call__(self, *args: torch.Tensor | None, **kwargs: torch.Tensor | None) -> torch.Tensor:
         names = tuple(sorted(kwargs))
         flat = args + tuple(kwargs[n] for n in names)
-        if not any(a is not None and a.device.type == "cuda" for a in flat):
+        if not any(a is not None and a.device.type in self.devices for a in flat):
             return self.model(*args, **kwargs)
         present = [i for i, a in enumerate(flat) if a is not None]
 
@@ -107,6 +113,10 @@ class GraphedCalls:
             return self.model(*full[:len(args)], **dict(zip(names, full[len(args):], strict=True)))
 
         key = (len(args), names, *signature(*flat))
-        if key not in self.steps:
+        if key in self.steps:
+            self.steps.move_to_end(key)
+        else:
+            while len(self.steps) >= self.keep:
+                self.steps.popitem(last=False)  # its graph and memory pool go with it
             self.steps[key] = GraphedStep(call, tuple(flat[i] for i in present))
         return self.steps[key](*(flat[i] for i in present))

@@ -96,6 +96,22 @@ def test_graphed_calls_on_the_cpu_call_the_model_itself():
     assert torch.equal(graphed(x, y=None), x + 1) and seen[-1][0] is x and not graphed.steps
 
 
+def test_graphed_calls_keep_one_step_per_signature_and_drop_the_least_recent():
+    seen = []
+    graphed = GraphedCalls(lambda x, y=None: seen.append(x.shape) or x * 2 if y is None else x + y, keep=2,
+                           devices=("cpu",))  # the bookkeeping of CUDA, over eager steps
+    a, b, c = torch.ones(2), torch.ones(3), torch.ones(4)
+    assert torch.equal(graphed(a), a * 2) and torch.equal(graphed(b), b * 2)
+    assert torch.equal(graphed(a, y=a), a + a)  # another signature: y present
+    assert len(graphed.steps) == 2  # b's step was the least recent, dropped
+    graphed(a, y=a)
+    graphed(c)
+    kept = [key[2][0] for key in graphed.steps]  # the first input's shape in each kept signature
+    assert kept == [(2,), (4,)]
+    with pytest.raises(ValueError, match="keep at least 1"):
+        GraphedCalls(lambda x: x, keep=0)
+
+
 @cuda
 def test_recorded_decode_replays_the_plain_decoders_tokens():
     lm = tiny_lm(device="cuda")
