@@ -187,6 +187,9 @@ def data_encode(
     tokenizer: Annotated[Optional[Path], typer.Option(help="Semantic tokenizer run or model folder.")] = None,
     mulan: Annotated[Optional[Path], typer.Option(help="MuLan run or model folder (the semantic LM's condition).")] = None,
     batch_size: Annotated[int, typer.Option(help="Clips per forward pass.")] = 8,
+    latents: Annotated[str, typer.Option("--latents", help="float16: the VAE posterior per frame; uint8: its mean at 8 "
+                                         "bits and each clip's average log-variance, a quarter of the size (to carry "
+                                         "features where space is short).")] = "float16",
     progress: ProgressOpt = True,
 ) -> None:
     """Cache VAE posteriors, semantic tokens and MuLan tokens of every clip (CORPUS/features/<checkpoints' hash>/),
@@ -194,13 +197,18 @@ def data_encode(
     from melody.data.features import encode_corpus
     from melody.train.recipes import load_stage
 
+    from melody.data.features import LATENT_FORMATS
+
+    if latents not in LATENT_FORMATS:
+        raise MelodyError(f"--latents {latents}: choose one of {', '.join(LATENT_FORMATS)}")
     paths = {"vae": vae, "tokenizer": tokenizer, "mulan": mulan}
     if bundle is not None:
         paths = {name: path or bundle / name for name, path in paths.items()}
     if paths["vae"] is None or paths["tokenizer"] is None:
         raise MelodyError("encode needs a VAE and a tokenizer: pass --bundle, or --vae and --tokenizer (and --mulan for the semantic LM)")
     models = {name: load_stage(path, name)[0] for name, path in paths.items() if path is not None}
-    out = encode_corpus(root, models["vae"], models["tokenizer"], models.get("mulan"), batch_size=batch_size, progress=progress)
+    out = encode_corpus(root, models["vae"], models["tokenizer"], models.get("mulan"), batch_size=batch_size, progress=progress,
+                        latents=latents)
     typer.echo(f"wrote {out}")
 
 

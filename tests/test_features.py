@@ -13,7 +13,7 @@ from test_semantic_stages import TINY_STACK
 from test_shards import RATE, make_corpus
 
 from melody.config import preset
-from melody.data.features import FEATURES_FILE, FeatureDataset, encode_corpus, find_features, unpack
+from melody.data.features import FEATURES_FILE, FeatureDataset, encode_corpus, find_features, pack, unpack
 from melody.data.loader import ShardDataset, make_loader
 from melody.errors import MelodyError
 from melody.train.dpd import DPDStage
@@ -150,3 +150,43 @@ def test_encoding_is_deterministic(setup, tmp_path):
     assert again.name == folder.name
     for a, b in zip(sorted(folder.rglob("*.tar")), sorted(again.rglob("*.tar"))):
         assert a.read_bytes() == b.read_bytes()
+
+
+def test_uint8_latents_are_the_posterior_mean_within_half_a_step_at_a_quarter_of_the_size(setup, tmp_path):
+    corpus, cfg, models, folder, _ = setup
+    out = melody_one_thread("data", "encode", str(corpus), "--bundle", "x", "--latents", "int4")
+    assert out.returncode == 2 and "--latents int4: choose one of float16, uint8" in out.stderr
+    compact = encode_corpus(corpus, models["vae"], models["tokenizer"], models["mulan"], batch_size=3, progress=False,
+                            latents="uint8")
+    assert compact.name == folder.name + "-uint8"
+    assert json.loads((compact / FEATURES_FILE).read_text())["latents"] == "uint8"
+    full = {key: f for key, f, _ in cached(folder, "train")}
+    ten_seconds = {"mean": torch.randn(1250, 16), "logvar": torch.randn(1250, 16) - 4, "tokens": torch.arange(250)}
+    sizes = {fmt: len(pack(ten_seconds, fmt)) for fmt in ("float16", "uint8")}  # 10 s of `tiny` latents (125 Hz)
+    assert sizes["uint8"] < 0.3 * sizes["float16"]
+    seen = 0
+    for key, f, _ in cached(compact, "train"):
+        mean, logvar = full[key]["mean"].astype(np.float32), full[key]["logvar"].astype(np.float32)
+        step = (mean.max(0) - mean.min(0)) / 255
+        assert f["mean"].shape == mean.shape == f["logvar"].shape
+        assert np.all(np.abs(f["mean"] - mean) <= step / 2 + 2e-3 * np.abs(mean) + 1e-6)  # + float16's own rounding
+        np.testing.assert_allclose(f["logvar"], np.broadcast_to(logvar.mean(0), logvar.shape), atol=1e-3)
+        np.testing.assert_array_equal(f["tokens"], full[key]["tokens"])
+        seen += 1
+    assert seen == 8
+    crops = FeatureDataset(compact, "train", 1.0, shuffle=0)
+    sample = next(iter(crops))
+    assert sample["mean"].dtype == torch.float32 and sample["logvar"].shape == sample["mean"].shape
+    with pytest.raises(MelodyError, match="unknown latent format 'int4'"):
+        encode_corpus(corpus, models["vae"], models["tokenizer"], latents="int4", progress=False)
+
+
+def test_quantize_round_trips_within_half_a_step():
+    from melody.data.features import dequantize, quantize
+
+    x = np.random.default_rng(0).normal(size=(500, 4)).astype(np.float32)
+    x[:, 3] = 0.7  # a constant column comes back exactly
+    codes, lo, step = quantize(x)
+    assert codes.dtype == np.uint8 and codes.min() == 0 and codes[:, :3].max() == 255
+    back = dequantize(codes, lo, step)
+    assert np.all(np.abs(back - x) <= step / 2 + 1e-6) and np.array_equal(back[:, 3], x[:, 3])

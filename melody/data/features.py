@@ -10,7 +10,12 @@ serves random crops whose latent frames and tokens start together.
 
 Per clip (`<key>.npz`, plus the clip's metadata as `<key>.json`):
 - `mean`, `logvar` `(l, d)` float16: the VAE posterior, not a sample of it, so training still draws
-  a fresh posterior sample per step (`VAE.encode_latents` does the same on audio);
+  a fresh posterior sample per step (`VAE.encode_latents` does the same on audio); or, with
+  `latents="uint8"` (a quarter of the size, for carrying a corpus's features where space is short, such
+  as the 64 MiB a lent GPU machine takes), `mean_q` `(l, d)` uint8 with `mean_lo`, `mean_step` `(d,)`
+  (256 even levels per dimension over the clip's range: error ≤ step / 2) and `logvar_avg` `(d,)`, the
+  clip's log-variance averaged over its frames: an approximation of the posterior's noise, which the
+  float16 format keeps per frame. `unpack` returns `mean` and `logvar` `(l, d)` either way;
 - `tokens` `(T,)` int16: the semantic tokens of the whole clip (25 Hz);
 - `mulan` `(levels,)` int16: the MuLan tokens of the clip's audio (when a MuLan is given).
 Whole-clip features differ from those of a crop only near the crop's edges (the encoders see more
@@ -39,8 +44,10 @@ from melody.errors import MelodyError
 from melody.io import read_json, write_json_atomic
 
 FEATURES_FORMAT = "melody-features"
-FEATURES_VERSION = 1
+FEATURES_VERSION = 2  # 2 added the uint8 latents; version 1 files (float16) read the same
+READABLE_VERSIONS = (1, 2)
 FEATURES_FILE = "features.json"
+LATENT_FORMATS = ("float16", "uint8")
 
 
 def features_key(models: dict[str, nn.Module]) -> str:
@@ -49,9 +56,24 @@ def features_key(models: dict[str, nn.Module]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def features_dir(corpus: str | Path, models: dict[str, nn.Module]) -> Path:
-    """Where `encode_corpus` writes the features these models make: `CORPUS/features/<features_key>`."""
-    return Path(corpus) / "features" / features_key(models)
+def features_dir(corpus: str | Path, models: dict[str, nn.Module], latents: str = "float16") -> Path:
+    """Where `encode_corpus` writes the features these models make: `CORPUS/features/<features_key>`, with `-uint8`
+    after it for the uint8 latents."""
+    return Path(corpus) / "features" / (features_key(models) + ("" if latents == "float16" else f"-{latents}"))
+
+
+def quantize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x `(l, d)` → (codes `(l, d)` uint8, lo `(d,)`, step `(d,)`): 256 even levels from each column's minimum to its
+    maximum, so `dequantize` gives x back within step / 2 (exactly for a constant column)."""
+    x = x.astype(np.float32)
+    lo, hi = x.min(axis=0), x.max(axis=0)
+    step = np.where(hi > lo, (hi - lo) / 255.0, 1.0).astype(np.float32)
+    codes = np.clip(np.rint((x - lo) / step), 0, 255).astype(np.uint8)
+    return codes, lo, step
+
+
+def dequantize(codes: np.ndarray, lo: np.ndarray, step: np.ndarray) -> np.ndarray:
+    return lo + step * codes.astype(np.float32)
 
 
 def _manifest_hash(corpus: Path) -> str:
@@ -60,14 +82,17 @@ def _manifest_hash(corpus: Path) -> str:
 
 @torch.no_grad()
 def encode_corpus(corpus: str | Path, vae, tokenizer, mulan=None, batch_size: int = 8, progress: bool = True,
-                  splits: tuple[str, ...] | None = None) -> Path:
-    """Write every split's features under `features_dir(corpus, models)`; returns that folder."""
+                  splits: tuple[str, ...] | None = None, latents: str = "float16") -> Path:
+    """Write every split's features under `features_dir(corpus, models, latents)`; returns that folder. `latents`:
+    "float16" (the posterior per frame) or "uint8" (module docstring)."""
     from tqdm.auto import tqdm
 
+    if latents not in LATENT_FORMATS:
+        raise MelodyError(f"unknown latent format '{latents}'; choose one of: {', '.join(LATENT_FORMATS)}")
     corpus = Path(corpus)
     manifest = read_manifest(corpus)
     models = {"vae": vae, "tokenizer": tokenizer} | ({"mulan": mulan} if mulan is not None else {})
-    out = features_dir(corpus, models)
+    out = features_dir(corpus, models, latents)
     for model in models.values():
         model.eval()
     rate = vae.cfg.sample_rate
@@ -91,28 +116,40 @@ def encode_corpus(corpus: str | Path, vae, tokenizer, mulan=None, batch_size: in
                     if mulan_tokens is not None:
                         arrays[i]["mulan"] = mulan_tokens[j]
             for i, key in enumerate(batch["key"]):
-                writer.add_raw(key, pack(arrays[i]), batch["meta"][i] | {"seconds": lengths_of[i] / rate})
+                writer.add_raw(key, pack(arrays[i], latents), batch["meta"][i] | {"seconds": lengths_of[i] / rate})
             bar.update(len(batch["key"]))
         bar.close()
         writer.flush()
         record_splits[split] = writer.summary()
     write_json_atomic(out / FEATURES_FILE, {
-        "format": FEATURES_FORMAT, "version": FEATURES_VERSION, "corpus_manifest": _manifest_hash(corpus),
+        "format": FEATURES_FORMAT, "version": FEATURES_VERSION, "latents": latents, "corpus_manifest": _manifest_hash(corpus),
         "fingerprints": {name: fingerprint(m) for name, m in models.items()}, "sample_rate": rate,
         "latent_rate": rate / vae.hop, "token_rate": rate / tokenizer.hop, "splits": record_splits})
     return out
 
 
-def pack(arrays: dict[str, torch.Tensor]) -> bytes:
-    """Feature tensors → `.npz` bytes (floats as float16, codes as int16: half the size, exact for codes < 32 768)."""
+def pack(arrays: dict[str, torch.Tensor], latents: str = "float16") -> bytes:
+    """Feature tensors → `.npz` bytes: codes as int16 (exact below 32 768); the posterior `mean` and `logvar` as float16,
+    or with `latents="uint8"` as `quantize`d means and the frames' average log-variance (module docstring)."""
+    out = {k: v.cpu().numpy().astype(np.int16 if not v.is_floating_point() else np.float16) for k, v in arrays.items()}
+    if latents == "uint8":
+        mean, logvar = arrays["mean"].cpu().float().numpy(), out.pop("logvar")
+        out["mean_q"], out["mean_lo"], out["mean_step"] = quantize(mean)
+        out["logvar_avg"] = logvar.astype(np.float32).mean(axis=0)
+        del out["mean"]
     buffer = io.BytesIO()
-    np.savez(buffer, **{k: v.cpu().numpy().astype(np.int16 if not v.is_floating_point() else np.float16) for k, v in arrays.items()})
+    np.savez(buffer, **out)
     return buffer.getvalue()
 
 
 def unpack(data: bytes) -> dict[str, np.ndarray]:
+    """`.npz` bytes → the arrays, with uint8 latents turned back into `mean` and `logvar` `(l, d)` float32."""
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:  # never unpickle what a file holds
-        return {k: npz[k] for k in npz.files}
+        f = {k: npz[k] for k in npz.files}
+    if "mean_q" in f:
+        f["mean"] = dequantize(f.pop("mean_q"), f.pop("mean_lo"), f.pop("mean_step"))
+        f["logvar"] = np.broadcast_to(f.pop("logvar_avg").astype(np.float32), f["mean"].shape)
+    return f
 
 
 def find_features(corpus: str | Path, models: dict[str, nn.Module]) -> Path:
@@ -124,7 +161,7 @@ def find_features(corpus: str | Path, models: dict[str, nn.Module]) -> Path:
         record = read_json(path, "features record")
         prints = record.get("fingerprints", {}) if isinstance(record, dict) else {}
         if all(prints.get(name) == value for name, value in wanted.items()):
-            if record.get("format") != FEATURES_FORMAT or record.get("version") != FEATURES_VERSION:
+            if record.get("format") != FEATURES_FORMAT or record.get("version") not in READABLE_VERSIONS:
                 raise MelodyError(f"{path}: not features this melody reads (format {record.get('format')} "
                                   f"v{record.get('version')}); run `melody data encode` again")
             if record.get("corpus_manifest") != _manifest_hash(Path(corpus)):
