@@ -3,9 +3,17 @@
 #   1. the tests that record real CUDA graphs (tests/test_cuda_graphs.py; skipped on machines without a GPU);
 #   2. benchmarks/train_throughput.py: the `paper` DPD trained in bf16 for a few hundred steps, samples/s;
 #   3. `melody bench --device cuda`: melody (bundled and paper shapes, fp32 and bf16; eager, then with CUDA graphs)
-#      beside MusicGen-small shapes.
+#      beside MusicGen-small shapes;
+#   4. (off unless DPD_TINY_SECONDS > 0) the `tiny` DPD trained from the built-in corpus's cached features with the
+#      bundle's VAE and tokenizer (issue 6: a DPD that keeps rhythm), time-boxed; its last checkpoint comes back
+#      flat in $OUT/dpd_tiny/ (put back as RUN/checkpoints/step-N/ + RUN/latest.json, then `melody export`).
 # Each part can be skipped: GRAPH_TESTS=0, SRU_SECONDS=0 / GRU_SECONDS=0, BENCH_SECONDS=0; BENCH_SHAPES picks the
 # bench's runs (`--shapes` values, space-separated).
+# Part 4 carries `.device/gpucorpus` (the corpus's manifest, 4 valid clips and the train split's uint8 features,
+# ~27 MB; no train audio) instead of `.device/corpus`:
+#   python benchmarks/corpus_subset.py /tmp/corpus /tmp/gpucorpus --train 935 --valid 4 --test 0 --shards 4
+#   melody data encode /tmp/gpucorpus --bundle melody/bundled --latents uint8
+#   mkdir -p .device/gpucorpus && cp -r /tmp/gpucorpus/{manifest.json,valid,features} .device/gpucorpus/
 # What travels with the repository (prepared here, in .device/, which git ignores):
 #   .device/whl     wheels of the audio/data packages that machine lacks (soundfile, soxr, webdataset, librosa, ...);
 #   .device/corpus  40 train and 4 valid clips of the built-in corpus (benchmarks/corpus_subset.py);
@@ -65,6 +73,19 @@ for recurrence in sru gru; do
   echo "exit $?" >> "$LOG"
   rm -rf /tmp/tt_run_$recurrence/checkpoints
 done
+
+if [ "${DPD_TINY_SECONDS:-0}" -gt 0 ]; then
+  echo "== tiny DPD from cached features" >> "$LOG"
+  timeout -s TERM "$DPD_TINY_SECONDS" python3 -m melody.cli train dpd --data .device/gpucorpus --out /tmp/dpd_tiny \
+    --vae melody/bundled/vae --tokenizer melody/bundled/tokenizer --preset tiny --no-progress \
+    --set train.cached_features=true --set train.batch_size="${DPD_TINY_BATCH:-32}" --set train.steps="${DPD_TINY_STEPS:-20000}" \
+    --set train.lr=5e-4 --set train.ema_decay=0.999 --set train.num_workers=4 --set train.log_every=50 \
+    --set train.checkpoint_every=1000 --set train.sample_every=0 >> "$LOG" 2>&1
+  echo "exit $? (124: stopped by the time box, after saving)" >> "$LOG"
+  mkdir -p "$OUT/dpd_tiny"
+  cp /tmp/dpd_tiny/latest.json /tmp/dpd_tiny/metrics.jsonl "$OUT/dpd_tiny/"
+  cp "/tmp/dpd_tiny/$(python3 -c 'import json; print(json.load(open("/tmp/dpd_tiny/latest.json"))["path"])')"/* "$OUT/dpd_tiny/"
+fi
 
 if [ "${BENCH_SECONDS:-200}" -gt 0 ]; then  # BENCH_SECONDS=0 skips the bench
   echo "== bench on cuda" >> "$LOG"

@@ -190,3 +190,17 @@ def test_quantize_round_trips_within_half_a_step():
     assert codes.dtype == np.uint8 and codes.min() == 0 and codes[:, :3].max() == 255
     back = dequantize(codes, lo, step)
     assert np.all(np.abs(back - x) <= step / 2 + 1e-6) and np.array_equal(back[:, 3], x[:, 3])
+
+
+def test_a_split_with_no_clips_is_skipped(setup, tmp_path):
+    """A corpus subset may keep no test clips (benchmarks/corpus_subset.py --test 0): encoding skips that split."""
+    import shutil
+
+    corpus, _, models, _, _ = setup
+    copy = tmp_path / "corpus"
+    shutil.copytree(corpus, copy, ignore=shutil.ignore_patterns("features"))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["splits"]["test"] = {"shards": [], "clips": 0, "seconds": 0}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    out = encode_corpus(copy, models["vae"], models["tokenizer"], progress=False, latents="uint8")
+    assert set(json.loads((out / FEATURES_FILE).read_text())["splits"]) == set(manifest["splits"]) - {"test"}

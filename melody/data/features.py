@@ -97,7 +97,7 @@ def encode_corpus(corpus: str | Path, vae, tokenizer, mulan=None, batch_size: in
         model.eval()
     rate = vae.cfg.sample_rate
     record_splits = {}
-    for split in splits or tuple(manifest["splits"]):
+    for split in splits or tuple(name for name, entry in manifest["splits"].items() if entry.get("shards")):
         dataset = ShardDataset.whole_clips(corpus, split, rate, vae.cfg.channels)
         writer = ShardWriter(out, split, rate, clips_per_shard=int(manifest.get("data_config", {}).get("clips_per_shard", 256)))
         total = int(manifest["splits"][split].get("clips") or 0) or None
