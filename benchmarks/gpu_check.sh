@@ -14,6 +14,9 @@
 #   python benchmarks/corpus_subset.py /tmp/corpus /tmp/gpucorpus --train 935 --valid 4 --test 0 --shards 4
 #   melody data encode /tmp/gpucorpus --bundle melody/bundled --latents uint8
 #   mkdir -p .device/gpucorpus && cp -r /tmp/gpucorpus/{manifest.json,valid,features} .device/gpucorpus/
+# and to fit the 64 MiB, that call carries [".device/whl", ".device/minilm", ".device/gpucorpus"] with training/,
+# melody/bundled/mulan and melody/bundled/semantic_lm untracked for it (`git rm -r --cached` + .git/info/exclude;
+# part 4 reads only the bundle's VAE and tokenizer): about 58 MB.
 # What travels with the repository (prepared here, in .device/, which git ignores):
 #   .device/whl     wheels of the audio/data packages that machine lacks (soundfile, soxr, webdataset, librosa, ...);
 #   .device/corpus  40 train and 4 valid clips of the built-in corpus (benchmarks/corpus_subset.py);
