@@ -376,6 +376,10 @@ class Engine:
             with torch.no_grad():
                 self.stage.finalize(self)
             self.export()
+        # rank 0 exports alone, so without this the other ranks tear the process group down first; once (a 2-process
+        # FSDP test in the full suite) a rank aborted at exit after a finished run ("terminate called without an
+        # active exception"), likely that race: all ranks now leave together
+        acc.wait_for_everyone()
         acc.end_training()
         return self.position
 
