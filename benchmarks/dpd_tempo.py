@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_device_args, load_average, machine  # noqa: E402
 from melody.data.synth.captions import prompt_bpm  # noqa: E402
 from melody.eval.music import read_clips  # noqa: E402
-from melody.eval.quality import measure_tempo  # noqa: E402
+from melody.eval.quality import measure_tempo, nearest_octave  # noqa: E402
 from melody.io import write_json_atomic  # noqa: E402
 from melody.pipeline import MeLoDy  # noqa: E402
 
@@ -36,8 +36,10 @@ RESULTS = Path(__file__).resolve().parent / "results" / "dpd_tempo.json"
 
 
 def octave_error(measured: float, reference: float) -> float:
-    """|measured − k · reference| for the nearest k of ½, 1, 2 (the beat tracker's octave ambiguity set aside)."""
-    return min(abs(measured - k * reference) for k in (0.5, 1.0, 2.0))
+    """|measured − k · reference| for the octave k that `melody.eval.quality` forgives (the beat tracker's ambiguity)."""
+    if not reference > 0:  # no beat in the real clip: nothing to be near
+        return measured
+    return abs(measured - nearest_octave(measured, reference) * reference)
 
 
 def summary(measured: list[float], real: list[float], stated: list[float]) -> dict:

@@ -194,10 +194,8 @@ def data_encode(
 ) -> None:
     """Cache VAE posteriors, semantic tokens and MuLan tokens of every clip (CORPUS/features/<checkpoints' hash>/),
     for `--set train.cached_features=true` in `melody train dpd` and `melody train semantic`."""
-    from melody.data.features import encode_corpus
+    from melody.data.features import LATENT_FORMATS, encode_corpus
     from melody.train.recipes import load_stage
-
-    from melody.data.features import LATENT_FORMATS
 
     if latents not in LATENT_FORMATS:
         raise MelodyError(f"--latents {latents}: choose one of {', '.join(LATENT_FORMATS)}")

@@ -7,10 +7,9 @@ marked `cuda` record real graphs and run only where a GPU is (`benchmarks/gpu_ch
 import pytest
 import torch
 
-from melody.config import SemanticLMConfig
+from melody.config import DPDConfig, SemanticLMConfig
 from melody.cuda_graphs import GraphedCalls, GraphedStep
 from melody.dpd import DPD
-from melody.config import DPDConfig
 from melody.modules.transformer import Transformer, TransformerConfig
 from melody.semantic.lm import SemanticLM
 from melody.semantic.sampling import generate

@@ -131,12 +131,12 @@ def encode_corpus(corpus: str | Path, vae, tokenizer, mulan=None, batch_size: in
 def pack(arrays: dict[str, torch.Tensor], latents: str = "float16") -> bytes:
     """Feature tensors → `.npz` bytes: codes as int16 (exact below 32 768); the posterior `mean` and `logvar` as float16,
     or with `latents="uint8"` as `quantize`d means and the frames' average log-variance (module docstring)."""
-    out = {k: v.cpu().numpy().astype(np.int16 if not v.is_floating_point() else np.float16) for k, v in arrays.items()}
+    arrays, out = dict(arrays), {}
     if latents == "uint8":
-        mean, logvar = arrays["mean"].cpu().float().numpy(), out.pop("logvar")
+        mean, logvar = (arrays.pop(k).cpu().float().numpy() for k in ("mean", "logvar"))
         out["mean_q"], out["mean_lo"], out["mean_step"] = quantize(mean)
-        out["logvar_avg"] = logvar.astype(np.float32).mean(axis=0)
-        del out["mean"]
+        out["logvar_avg"] = logvar.mean(axis=0)
+    out |= {k: v.cpu().numpy().astype(np.int16 if not v.is_floating_point() else np.float16) for k, v in arrays.items()}
     buffer = io.BytesIO()
     np.savez(buffer, **out)
     return buffer.getvalue()

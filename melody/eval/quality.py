@@ -325,14 +325,19 @@ def measure_tempo(audio: np.ndarray | torch.Tensor, rate: int) -> float:
     return float(np.atleast_1d(tempo)[0])
 
 
+def nearest_octave(measured_bpm: float, asked_bpm: float) -> float:
+    """The multiple k of ½, 1, 2 whose k · asked is nearest `measured_bpm` on a log scale; 1 when no beat was found."""
+    if not measured_bpm > 0:
+        return 1.0
+    return min((0.5, 1.0, 2.0), key=lambda k: abs(math.log2(measured_bpm / (k * asked_bpm))))
+
+
 def tempo_error(audio: np.ndarray | torch.Tensor, rate: int, asked_bpm: float) -> TempoError:
     """The beat tracker's tempo for mono `audio` at `rate` against `asked_bpm`, octave errors (×2, ×½) apart."""
     if not asked_bpm > 0:
         raise MelodyError(f"asked tempo must be positive, got {asked_bpm}")
     measured = measure_tempo(audio, rate)
-    octave = 1.0
-    if measured > 0:
-        octave = min((0.5, 1.0, 2.0), key=lambda k: abs(math.log2(measured / (k * asked_bpm))))
+    octave = nearest_octave(measured, asked_bpm)
     return TempoError(asked_bpm, measured, measured - asked_bpm, octave, measured - octave * asked_bpm)
 
 

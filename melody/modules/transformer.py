@@ -185,17 +185,17 @@ class StaticKVCache:
     """One self-attention layer's past in fixed buffers, for decoding under a CUDA graph.
 
     keys, values: `(b, heads, capacity, head_dim)`, keys already rotated; `position`: `()` long tensor, the
-    slots written so far (the next token's slot), advanced on the device, so a captured step moves it on at
-    each replay; `offset`: the rotary position of slot 0. `filled` mirrors `position` for calls made eagerly
+    slots written so far (the next token's slot, and its rotary position: windows start at 0), advanced on the
+    device, so a captured step moves it on at each replay. `filled` mirrors `position` for calls made eagerly
     (a replay does not update it); `reset()` empties the cache for a new window.
     """
 
     def __init__(self, batch: int, heads: int, capacity: int, head_dim: int, dtype: torch.dtype,
-                 device: torch.device | str, offset: int = 0) -> None:
+                 device: torch.device | str) -> None:
         self.keys = torch.zeros(batch, heads, capacity, head_dim, dtype=dtype, device=device)
         self.values = torch.zeros_like(self.keys)
         self.position = torch.zeros((), dtype=torch.long, device=device)
-        self.offset, self.capacity, self.filled = offset, capacity, 0
+        self.capacity, self.filled = capacity, 0
 
     @property
     def length(self) -> int:
@@ -206,8 +206,9 @@ class StaticKVCache:
         self.filled = 0
 
     def positions(self, t_new: int) -> torch.Tensor:
-        """The rotary positions `(t_new,)` of the next t_new tokens, from the device-side write position."""
-        return self.offset + self.position + torch.arange(t_new, device=self.position.device)
+        """The slots `(t_new,)` of the next t_new tokens, which are their rotary positions too, from the device-side
+        write position."""
+        return self.position + torch.arange(t_new, device=self.position.device)
 
     def write(self, keys: torch.Tensor, values: torch.Tensor, keep: torch.Tensor | None,
               causal: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -218,7 +219,7 @@ class StaticKVCache:
         t_new = keys.shape[2]
         if self.filled + t_new > self.capacity:  # checked for eager calls; a replayed step is sized by its caller
             raise ValueError(f"the static KV cache holds {self.capacity} tokens; {self.filled} + {t_new} do not fit")
-        slots = self.positions(t_new) - self.offset  # (t_new,)
+        slots = self.positions(t_new)
         self.keys.index_copy_(2, slots, keys.to(self.keys.dtype))
         self.values.index_copy_(2, slots, values.to(self.values.dtype))
         j = torch.arange(self.capacity, device=slots.device)
@@ -364,11 +365,10 @@ class Transformer(nn.Module):
         are created on the first call, with that input's batch size, device and dtype."""
         return [KVCache(offset=offset) for _ in self.blocks]
 
-    def new_static_cache(self, batch: int, capacity: int, dtype: torch.dtype, device: torch.device | str,
-                         offset: int = 0) -> list[StaticKVCache]:
-        """A `StaticKVCache` of `capacity` tokens per block (for decoding under a CUDA graph)."""
+    def new_static_cache(self, batch: int, capacity: int, dtype: torch.dtype, device: torch.device | str) -> list[StaticKVCache]:
+        """A `StaticKVCache` of `capacity` tokens per block (for decoding under a CUDA graph), positions from 0."""
         c = self.config
-        return [StaticKVCache(batch, c.heads, capacity, c.dim // c.heads, dtype, device, offset) for _ in self.blocks]
+        return [StaticKVCache(batch, c.heads, capacity, c.dim // c.heads, dtype, device) for _ in self.blocks]
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, memory: torch.Tensor | None = None,
                 memory_mask: torch.Tensor | None = None, cache: list[KVCache] | list[StaticKVCache] | None = None,
