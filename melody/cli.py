@@ -501,11 +501,15 @@ def train_tokenizer(
     data: DataOpt, out: RunOpt, preset: PresetOpt = "tiny", set_: SetOpt = None, resume: ResumeOpt = False,
     teacher: Annotated[Optional[Path], typer.Option("--teacher", help="A trained tokenizer run: predict its tokens "
                                                     "(HuBERT's second iteration) instead of log-mel k-means classes.")] = None,
+    encoder: Annotated[Optional[Path], typer.Option("--encoder", help="A trained tokenizer (run or model folder) whose "
+                                                    "encoder to keep as it is: take no step, only fit a new codebook "
+                                                    "with this run's settings, e.g. --set tokenizer.onset_weight=1.")] = None,
     progress: ProgressOpt = True,
 ) -> None:
     """Train the HuBERT-style semantic tokenizer by masked prediction, then fit its k-means codebook."""
     previous = _load_stage(teacher, "tokenizer")[0] if teacher is not None else None
-    _train("tokenizer", data, out, preset, set_ or [], resume, progress, teacher=previous)
+    frozen = {"encoder": _load_stage(encoder, "tokenizer")} if encoder is not None else None
+    _train("tokenizer", data, out, preset, set_ or [], resume, progress, frozen, teacher=previous)
 
 
 MuLanRunOpt = Annotated[Path, typer.Option("--mulan", help="Trained MuLan run (or model folder).")]

@@ -237,3 +237,17 @@ def test_tempo_at_half_or_double_the_asked_is_an_octave_error():
     assert fast.octave == 2.0 and abs(fast.octave_error_bpm) < 1.5, fast
     summary = tempo_summary([slow, fast, tempo_error(*click_track(120), asked_bpm=120)])
     assert summary["octave_error_rate"] == pytest.approx(2 / 3) and summary["mean_abs_error_bpm"] < 1.5
+
+
+def test_pulse_clarity_of_a_pulse_noise_and_silence():
+    from melody.eval.quality import pulse_clarity
+
+    pulse = np.zeros(250)
+    pulse[::12] = 1.0  # 125 BPM at 25 frames per second
+    noise = np.random.default_rng(0).random(250)
+    assert pulse_clarity(pulse, 25.0) > 0.9
+    assert pulse_clarity(noise, 25.0) < 0.2
+    assert pulse_clarity(np.ones(250), 25.0) == 0.0
+    slow = np.zeros(250)
+    slow[::50] = 1.0  # 30 BPM: no lag in 40–240 BPM sees it
+    assert pulse_clarity(slow, 25.0) < pulse_clarity(pulse, 25.0) / 3

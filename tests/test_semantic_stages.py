@@ -125,6 +125,31 @@ def test_second_tokenizer_iteration_predicts_the_first_ones_tokens(stack, tmp_pa
     assert not (tmp_path / "it2" / "targets.safetensors").exists()  # no log-mel targets in iteration 2
 
 
+def test_codebook_refit_keeps_the_encoder_and_adds_the_onset_column(stack, tmp_path):
+    """`melody train tokenizer --encoder RUN --set tokenizer.onset_weight=1`: no step, the encoder's weights as they
+    were, a codebook over one more column; with --teacher too, or another encoder size, one line."""
+    corpus, runs, overrides = stack
+    run_ok("train", "tokenizer", "--data", str(corpus), "--out", str(tmp_path / "refit"), "--encoder", str(runs["tokenizer"]),
+           *sets([*overrides, "tokenizer.onset_weight=1"]))
+    from melody.train.recipes import load_stage
+
+    old, _ = load_stage(runs["tokenizer"], "tokenizer")
+    new, cfg = load_stage(tmp_path / "refit", "tokenizer")
+    assert json.loads((tmp_path / "refit" / "latest.json").read_text())["step"] == 0
+    assert cfg.tokenizer.onset_weight == 1.0 and new.onset_scale.item() > 0
+    for name, weight in old.encoder.state_dict().items():
+        assert torch.equal(weight, new.encoder.state_dict()[name]), name
+    assert new.quantizer.centroids.shape == (16, 33)
+    wav = torch.randn(2, RATE) * 0.1
+    assert new.tokens(wav).shape == old.tokens(wav).shape == (2, 25)
+    out = melody_one_thread("train", "tokenizer", "--data", str(corpus), "--out", str(tmp_path / "both"), "--encoder",
+                            str(runs["tokenizer"]), "--teacher", str(runs["tokenizer"]), *sets(overrides), "--no-progress")
+    assert "give one of them" in one_line_error(out)
+    out = melody_one_thread("train", "tokenizer", "--data", str(corpus), "--out", str(tmp_path / "wider"), "--encoder",
+                            str(runs["tokenizer"]), *sets([*overrides, "tokenizer.dim=48"]), "--no-progress")
+    assert "other sizes than this run's" in one_line_error(out)
+
+
 def test_semantic_training_needs_a_finished_mulan(stack, tmp_path):
     corpus, runs, overrides = stack
     unfinished = tmp_path / "mulan"

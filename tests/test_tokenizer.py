@@ -6,7 +6,8 @@ import torch
 from melody.config import TokenizerConfig
 from melody.errors import MelodyError
 from melody.semantic.tokenizer import (
-    HFFeatureExtractor, SemanticTokenizer, SSLEncoder, frame_count, masked_prediction_loss, mel_targets, span_mask,
+    HFFeatureExtractor, SemanticTokenizer, SSLEncoder, frame_count, masked_prediction_loss, mel_targets, onset_strength,
+    span_mask,
 )
 
 SR = 24_000
@@ -106,6 +107,50 @@ def test_tokens_are_in_range_and_equal_for_equal_audio():
     assert torch.equal(tokens[0], tokens[1])
     assert torch.equal(tokenizer.tokens(clips[:1]), tokens[:1])
     assert len(tokens.unique()) > 1
+
+
+def test_onset_strength_is_the_mean_rise_of_the_bins():
+    mel = torch.zeros(1, 5, 4)
+    mel[0, 2:] = torch.tensor([2.0, 0.0, 1.0, -1.0])  # a rise at frame 2 in two bins (a fall in one), held after
+    mel[0, 4] = torch.tensor([0.0, 0.0, 0.0, -3.0])  # frame 4 falls everywhere it changes
+    keep = torch.tensor([[True, True, True, True, False]])
+    flux = onset_strength(mel, keep)
+    assert flux.shape == (1, 5)
+    assert flux[0].tolist() == [0.0, 0.0, 0.75, 0.0, 0.0]  # (2 + 1) / 4 at the rise; frame 0, a steady frame, padding: 0
+    keep = torch.ones(1, 5, dtype=torch.bool)
+    assert onset_strength(mel, keep)[0, 4] == 0.0  # falls are not onsets
+
+
+def test_onset_column_marks_onsets_in_the_tokens():
+    """With `onset_weight`, the codebook reads one more column, weighted so its variance is `onset_weight` × the
+    features' total; clicks over a steady tone get tokens of their own at their frames, which the features
+    alone (`onset_weight` = 0) do not give them."""
+    clicks = tone(220, 4.0)
+    for frame in range(10, 100, 12):  # a click every 12 frames (125 BPM at 25 Hz)
+        clicks[frame * HOP: frame * HOP + 48] += 0.8
+    wav = clicks[None]
+    torch.manual_seed(0)
+    plain = SemanticTokenizer(tiny_config(codebook_size=2), sample_rate=SR).eval()
+    torch.manual_seed(0)
+    marked = SemanticTokenizer(tiny_config(codebook_size=2, onset_weight=1.0), sample_rate=SR).eval()
+    assert marked.quantizer.centroids.shape == (2, 33)
+    with torch.no_grad():
+        frames = marked.frame_features(wav)
+        assert frames.shape == (1, 100, 33)
+        assert torch.equal(frames[..., :32], plain.frame_features(wav))  # the same encoder, one column more
+        marked.fit_codebook(frames, seed=0)
+        weighted = marked.features(wav)[0]
+        assert math.isclose(weighted[:, -1].var().item(), weighted[:, :-1].var(0).sum().item(), rel_tol=1e-3)
+        plain.fit_codebook(plain.frame_features(wav), seed=0)
+        onsets = torch.zeros(100, dtype=torch.bool)
+        onsets[list(range(9, 99, 12))] = True  # the first frame whose window (centred, 2048 samples) hears a click
+        for tokenizer, marks in ((marked, True), (plain, False)):
+            tokens = tokenizer.tokens(wav)[0]
+            onset_code = tokens[onsets].mode().values
+            agree = ((tokens == onset_code) == onsets).float().mean().item()
+            assert (agree > 0.95) == marks, (marks, agree)
+    with pytest.raises(MelodyError, match="onset_weight must be"):
+        SemanticTokenizer(tiny_config(onset_weight=-1.0), sample_rate=SR)
 
 
 def test_mel_targets_separate_two_textures():

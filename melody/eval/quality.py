@@ -18,7 +18,8 @@ shared/reference/melody-paper.md), with real MusicCaps audio as the reference (M
 - Text adherence, not in the paper (issue 7): `prompt_tags` maps the words of a prompt (the
   built-in corpus' caption vocabulary: styles, instruments, dynamics, tempo) to the musicnn MTT
   tags that name them; `tag_adherence` compares those tags' scores with the clip's mean tag score.
-  `tempo_error` runs librosa's beat tracker against the prompt's BPM, octave errors apart.
+  `tempo_error` runs librosa's beat tracker against the prompt's BPM, octave errors apart; `pulse_clarity`
+  says how periodic an onset envelope (`onset_envelope`) is, whatever its tempo.
 
 Choices where the sources are silent:
 - The matrix square root. Σa Σb is not symmetric, and with fewer clips than dimensions (a few
@@ -323,6 +324,30 @@ def measure_tempo(audio: np.ndarray | torch.Tensor, rate: int) -> float:
     hop = 2 ** round(math.log2(rate * TEMPO_HOP_SECONDS))  # 128 samples at 22.05 or 24 kHz
     tempo, _ = librosa.beat.beat_track(y=x, sr=rate, hop_length=hop)
     return float(np.atleast_1d(tempo)[0])
+
+
+def onset_envelope(audio: np.ndarray | torch.Tensor, rate: int, frame_rate: float) -> np.ndarray:
+    """librosa's onset strength `(frames,)` of mono `audio` at about `frame_rate` frames per second (hop = rate ÷ frame_rate)."""
+    import librosa
+
+    if isinstance(audio, torch.Tensor):
+        audio = audio.detach().cpu().numpy()
+    x = np.asarray(audio, dtype=np.float32)
+    x = x.reshape(-1, x.shape[-1]).mean(0) if x.ndim > 1 else x
+    return librosa.onset.onset_strength(y=x, sr=rate, hop_length=round(rate / frame_rate))
+
+
+def pulse_clarity(envelope: np.ndarray, frame_rate: float, low_bpm: float = 40.0, high_bpm: float = 240.0) -> float:
+    """How periodic an onset envelope `(frames,)` is: the highest autocorrelation at a lag between one beat at
+    `high_bpm` and one at `low_bpm`, ÷ the autocorrelation at lag 0 (mean removed). 1 for a strict pulse, near 0
+    for noise; 0 for a constant envelope. The simplest of Lartillot et al.'s (2008) pulse-clarity measures."""
+    env = np.asarray(envelope, dtype=np.float64)
+    env = env - env.mean()
+    energy = float(env @ env)
+    first, last = max(1, round(frame_rate * 60 / high_bpm)), min(len(env) - 1, round(frame_rate * 60 / low_bpm))
+    if energy <= 0 or last < first:
+        return 0.0
+    return max(float(env[:-lag] @ env[lag:]) for lag in range(first, last + 1)) / energy
 
 
 def nearest_octave(measured_bpm: float, asked_bpm: float) -> float:

@@ -45,6 +45,14 @@ Choices where the papers are silent or do not fit 25 Hz:
 - **Hidden states** are (input projection, block 1, …, block L) before the final RMSNorm, so
   `feature_layer = i` is block i's output (0: the projected log-mel); the head reads the final
   RMSNorm of the last block, i.e. the `Transformer`'s own output.
+- **Onset strength** (`tokenizer.onset_weight` > 0, outside the paper): the k-means features are the
+  encoder's `feature_layer` states plus one column, the frame's spectral flux (`onset_strength`: the
+  mean rise of the log-mel bins since the previous frame, librosa's onset-strength function on the
+  encoder's own 25 Hz frames), scaled by `onset_weight · onset_scale`, where `onset_scale` (a buffer
+  set by `fit_codebook`) makes the column's variance equal to the features' total. A 2-layer encoder's
+  features barely mark onsets, so their k-means tokens keep a clip's sound but lose its pulse, and
+  the DPD, which follows its tokens' timing frame for frame, cannot put the beat back
+  (`benchmarks/token_rhythm.py`). Built-in encoder only: a transformers checkpoint has no log-mel.
 - **Adapters.** 24 kHz → 16 kHz with soxr (HQ, `melody.audio.resample`), clip by clip on the CPU so
   that padding never leaks in: the adapter is frozen and inference-only, so nothing needs a
   gradient through the resampler. The 50 Hz frames (conv stack: stride 320, receptive field 400
@@ -103,6 +111,13 @@ def masked_prediction_loss(logits: torch.Tensor, targets: torch.Tensor, mask: to
     if not bool(mask.any()):
         return logits.sum() * 0.0
     return F.cross_entropy(logits[mask].float(), targets[mask])  # unmasked logits are never read
+
+
+def onset_strength(log_mel: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Spectral flux `(b, t)` of log-mel frames `(b, t, n_mels)`: mean over bins of max(0, m_t − m_{t−1}); frame 0
+    and padding frames (`keep` False) are 0. librosa's `onset_strength` (Böck & Widmer 2013) without its max filter."""
+    rise = (log_mel[:, 1:] - log_mel[:, :-1]).clamp_min(0).mean(-1)
+    return F.pad(rise, (1, 0)) * keep
 
 
 def mel_targets(frames: torch.Tensor, k: int, seed: int, **kmeans) -> KMeansQuantizer:
@@ -318,7 +333,15 @@ class SemanticTokenizer(nn.Module):
         self.encoder = encoder if encoder is not None else SSLEncoder(config, sample_rate)
         self.feature_layer = config.feature_layer if feature_layer is None else feature_layer
         self.hop = self.encoder.hop
-        self.quantizer = KMeansQuantizer(config.codebook_size, self.encoder.dim)
+        self.onset_weight = config.onset_weight
+        if self.onset_weight < 0:
+            raise MelodyError(f"tokenizer.onset_weight must be ≥ 0, got {self.onset_weight}")
+        if self.onset_weight and not isinstance(self.encoder, SSLEncoder):
+            raise MelodyError("tokenizer.onset_weight needs the built-in encoder's log-mel frames; "
+                              "set it to 0 with tokenizer.pretrained")
+        if self.onset_weight:
+            self.register_buffer("onset_scale", torch.ones(()))  # set by fit_codebook
+        self.quantizer = KMeansQuantizer(config.codebook_size, self.encoder.dim + (1 if self.onset_weight else 0))
 
     @classmethod
     def from_config(cls, config: TokenizerConfig, sample_rate: int = 24_000) -> SemanticTokenizer:
@@ -339,17 +362,37 @@ class SemanticTokenizer(nn.Module):
             raise MelodyError("only the built-in SSL encoder trains; a transformers checkpoint is used frozen")
         return self.encoder(wav, lengths, mask)
 
+    def frame_features(self, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """What the codebook is fitted on, `(b, ceil(samples / hop), dim [+ 1])`: the `feature_layer` states, and
+        with `onset_weight` their onset strength as a last, unscaled column; rows past `frame_count` are padding."""
+        hidden = self.encoder.features(wav, lengths, self.feature_layer)[0]
+        if not self.onset_weight:
+            return hidden
+        log_mel, keep = self.encoder.log_mel(wav, lengths)
+        return torch.cat((hidden, onset_strength(log_mel, keep)[..., None].to(hidden.dtype)), dim=-1)
+
     def features(self, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """Frame features `(b, ceil(samples / hop), dim)`; rows past `frame_count(lengths, hop)` are padding."""
-        return self.encoder.features(wav, lengths, self.feature_layer)[0]
+        """What the quantiser reads `(b, ceil(samples / hop), dim [+ 1])`: `frame_features` with the onset column
+        weighted."""
+        return self._weighted(self.frame_features(wav, lengths))
+
+    def _weighted(self, frames: torch.Tensor) -> torch.Tensor:
+        if not self.onset_weight:
+            return frames
+        return torch.cat((frames[..., :-1], frames[..., -1:] * (self.onset_weight * self.onset_scale)), dim=-1)
 
     @torch.no_grad()
     def tokens(self, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Semantic tokens `(b, ceil(samples / hop))` long; codes of padding frames are meaningless."""
         return self.quantizer(self.features(wav, lengths))
 
-    def fit_codebook(self, features: torch.Tensor, seed: int, **kmeans) -> SemanticTokenizer:
-        """Fit the `codebook_size` centroids to a bag of valid frame features `(..., dim)` with `fit_kmeans`."""
-        flat = features.detach().reshape(-1, features.shape[-1])
-        self.quantizer.centroids.copy_(fit_kmeans(flat, self.config.codebook_size, seed, **kmeans))
+    def fit_codebook(self, frames: torch.Tensor, seed: int, **kmeans) -> SemanticTokenizer:
+        """Fit the `codebook_size` centroids with `fit_kmeans` to a bag of valid `frame_features` `(..., d)`; with
+        `onset_weight`, first set `onset_scale` so that the onset column's variance equals the features' total."""
+        flat = frames.detach().reshape(-1, frames.shape[-1]).float()
+        if self.onset_weight:
+            ratio = flat[:, :-1].var(0).sum() / flat[:, -1].var().clamp_min(1e-12)
+            self.onset_scale.copy_(ratio.sqrt())
+        centroids = fit_kmeans(self._weighted(flat), self.config.codebook_size, seed, **kmeans)
+        self.quantizer.centroids.copy_(centroids)
         return self

@@ -99,7 +99,7 @@ def build_stage(name: str, cfg: MelodyConfig, data: Path, run_dir: Path, frozen:
     if name == "tokenizer":
         from melody.train.tokenizer import TokenizerStage
 
-        return TokenizerStage(cfg, data, run_dir, teacher)
+        return TokenizerStage(cfg, data, run_dir, teacher, frozen["encoder"][0] if "encoder" in frozen else None)
     if name == "semantic":
         from melody.train.semantic import SemanticLMStage
 

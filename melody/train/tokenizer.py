@@ -19,7 +19,7 @@ frames → cross-entropy on the masked valid frames (`masked_prediction_loss`). 
 class, `valid/majority_acc`, as the floor).
 
 After the last step (`finalize`) the token codebook is fitted: `tokenizer.codebook_size` k-means
-centroids on up to `tokenizer.kmeans_frames` `feature_layer` features of training frames; the
+centroids on up to `tokenizer.kmeans_frames` `frame_features` of training frames; the
 exported `tokenizer.safetensors` holds the encoder and the centroids. Optimiser: AdamW with
 β = (0.9, 0.98) (HuBERT's).
 
@@ -27,6 +27,10 @@ With `tokenizer.pretrained` (a user's local HuBERT or Wav2Vec2-Conformer folder,
 there is nothing to train: the run takes no step and only fits the codebook on that model's
 `feature_layer` features; the exported tokenizer holds the codebook, its config names the folder and
 records the model's fingerprint, so loading it against another model is refused.
+
+With `--encoder TOKENIZER` (`encoder=`) the run keeps that trained tokenizer's built-in encoder as it is, takes no
+step and only fits a new codebook with this run's settings (`tokenizer.onset_weight`, `codebook_size`,
+`feature_layer`): new tokens from the same features, in a minute instead of a training run.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from melody.data.loader import ShardDataset, make_loader
 from melody.errors import MelodyError
 from melody.io import write_json_atomic
 from melody.modules.kmeans import KMeansQuantizer
-from melody.semantic.tokenizer import MASK_SPAN, SemanticTokenizer, frame_count, masked_prediction_loss, mel_targets, span_mask
+from melody.semantic.tokenizer import MASK_SPAN, SemanticTokenizer, SSLEncoder, frame_count, masked_prediction_loss, mel_targets, span_mask
 from melody.train.engine import Engine, Stage
 
 BETAS = (0.9, 0.98)
@@ -74,7 +78,7 @@ class TokenizerStage(Stage):
     export = ("tokenizer",)
 
     def __init__(self, cfg: MelodyConfig, data_root: str | Path, run_dir: str | Path,
-                 teacher: SemanticTokenizer | None = None) -> None:
+                 teacher: SemanticTokenizer | None = None, encoder: SemanticTokenizer | None = None) -> None:
         if teacher is not None:
             cfg.tokenizer.targets = teacher.quantizer.codebook_size
         super().__init__(cfg)
@@ -87,6 +91,19 @@ class TokenizerStage(Stage):
                 raise MelodyError("--teacher trains the built-in encoder; a pretrained tokenizer.pretrained model is not trained")
             cfg.train.steps = 0
             cfg.tokenizer.pretrained_fingerprint = tokenizer.encoder.fingerprint()
+            self.optimizers = {}
+        elif encoder is not None:  # a trained encoder kept as it is: only the codebook is fitted anew
+            if teacher is not None:
+                raise MelodyError("--encoder keeps a trained encoder as it is; --teacher trains one: give one of them")
+            if not isinstance(encoder.encoder, SSLEncoder):
+                raise MelodyError("--encoder takes a tokenizer with the built-in encoder; for a transformers model "
+                                  "set tokenizer.pretrained instead")
+            try:
+                tokenizer.encoder.load_state_dict(encoder.encoder.state_dict())
+            except RuntimeError:
+                raise MelodyError("the --encoder tokenizer's encoder has other sizes than this run's; use the preset "
+                                  "and tokenizer.* settings it was trained with") from None
+            cfg.train.steps = 0
             self.optimizers = {}
         else:
             self.optimizers = {"tokenizer": torch.optim.AdamW(tokenizer.parameters(), lr=cfg.train.lr, betas=BETAS,
@@ -162,6 +179,6 @@ class TokenizerStage(Stage):
         """Fit the token codebook on `feature_layer` features of the training clips."""
         tokenizer = engine.ema_or_model("tokenizer").eval()
         t = self.cfg.tokenizer
-        frames = sample_frames(tokenizer.features, self._whole_clips("train"), tokenizer.hop, t.kmeans_frames,
+        frames = sample_frames(tokenizer.frame_features, self._whole_clips("train"), tokenizer.hop, t.kmeans_frames,
                                self.cfg.train.seed, engine.device)
         tokenizer.fit_codebook(frames.to(engine.device), self.cfg.train.seed)
