@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--bpm", type=lambda s: [float(x) for x in s.split(",")], default=[70.0, 100.0, 140.0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load_start = load_average()
@@ -61,8 +62,8 @@ def main() -> None:
     rho = float(spearmanr(asked_all, measured_all).statistic)
     data = {"prompts": list(PROMPTS), "seconds": args.seconds, "seeds": args.seeds, "rows": rows,
             "spearman_asked_vs_measured": round(rho, 3), **machine(args.device, args.threads, load_start)}
-    write_json_atomic(RESULTS, data)
-    print(f"Spearman rank correlation asked vs measured tempo: {rho:.3f}; wrote {RESULTS}")
+    write_json_atomic(args.out, data)
+    print(f"Spearman rank correlation asked vs measured tempo: {rho:.3f}; wrote {args.out}")
 
 
 if __name__ == "__main__":
