@@ -133,7 +133,7 @@ class TokenizerConfig:
     targets: int = 100
     kmeans_frames: int = 100_000  # frames sampled to fit the targets and the token codebook
     # Onset strength (spectral flux of the encoder's log-mel frames) as one more k-means dimension, weighted so
-    # that its variance is `onset_weight` × the features' total (0: the features alone, the paper's tokens).
+    # that its variance is onset_weight² × the features' total (0: the features alone, the paper's tokens).
     # Outside the paper: a small encoder's features barely mark onsets, so its tokens lose the rhythm.
     onset_weight: float = 0.0
     crop_seconds: float = 10.0
