@@ -66,21 +66,26 @@ def summary(measured: list[float], real: list[float], stated: list[float], envel
             "measured_bpm": [round(m, 1) for m in measured]}
 
 
+def previous_tokens(tokens: np.ndarray) -> np.ndarray:
+    """Each frame's previous token (the first frame's own)."""
+    return np.r_[tokens[:1], tokens[:-1]]
+
+
 def pair_onset_table(tokens: list[np.ndarray], envelopes: list[np.ndarray], vocab: int) -> np.ndarray:
     """Mean onset strength `(vocab, vocab)` of each (previous, current) token pair over the frames given; unseen
     pairs get the overall mean."""
     total, count = np.zeros((vocab, vocab)), np.zeros((vocab, vocab))
     for t, e in zip(tokens, envelopes, strict=True):
         n = min(len(t), len(e))
-        previous = np.r_[t[:1], t[:n - 1]]
-        np.add.at(total, (previous, t[:n]), e[:n])
-        np.add.at(count, (previous, t[:n]), 1)
+        pairs = (previous_tokens(t[:n]), t[:n])
+        np.add.at(total, pairs, e[:n])
+        np.add.at(count, pairs, 1)
     overall = total.sum() / max(count.sum(), 1)
     return np.where(count > 0, total / np.maximum(count, 1), overall)
 
 
 def decoded_envelope(table: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-    return table[np.r_[tokens[:1], tokens[:-1]], tokens]
+    return table[previous_tokens(tokens), tokens]
 
 
 def lag_of(a: np.ndarray, b: np.ndarray, most: int) -> int:
@@ -137,8 +142,8 @@ def main() -> None:
                                                                for d, e, k in zip(decoded, real_env, n, strict=True)])), 3),
         "pulse_clarity": round(float(np.mean([pulse_clarity(d, fps) for d in decoded])), 3),
         "train_clips": len(train.audio)}
-    for setting in args.settings.split(","):
-        steps, guidance = int(setting.split(":")[0]), float(setting.split(":")[1])
+    settings = [(int(steps), float(guidance)) for steps, guidance in (s.split(":") for s in args.settings.split(","))]
+    for steps, guidance in settings:
         clock, measured, envelopes = time.perf_counter(), [], []
         with torch.no_grad():
             for i, (a, t) in enumerate(zip(audio, tokens, strict=True)):
@@ -148,8 +153,8 @@ def main() -> None:
                 envelopes.append(onset_envelope(made, rate, fps))
         name = f"dpd {steps} steps, guidance {guidance:g}"
         rows[name] = summary(measured, real, stated, envelopes, fps) | {"seconds": round(time.perf_counter() - clock, 1)}
-        print(f"{setting}: {rows[name]}", flush=True)
-    steps, guidance = int(args.settings.split(",")[0].split(":")[0]), float(args.settings.split(",")[0].split(":")[1])
+        print(f"{steps}:{guidance:g}: {rows[name]}", flush=True)
+    steps, guidance = settings[0]
     lags = []
     with torch.no_grad():
         for i, (a, t) in enumerate(zip(audio, tokens, strict=True)):

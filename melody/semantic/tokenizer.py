@@ -52,7 +52,7 @@ Choices where the papers are silent or do not fit 25 Hz:
   set by `fit_codebook`) makes the column's variance equal to the features' total. A 2-layer encoder's
   features barely mark onsets, so their k-means tokens keep a clip's sound but lose its pulse, and
   the DPD, which follows its tokens' timing frame for frame, cannot put the beat back
-  (`benchmarks/token_rhythm.py`). Built-in encoder only: a transformers checkpoint has no log-mel.
+  (`benchmarks/dpd_tempo.py`). Built-in encoder only: a transformers checkpoint has no log-mel.
 - **Adapters.** 24 kHz → 16 kHz with soxr (HQ, `melody.audio.resample`), clip by clip on the CPU so
   that padding never leaks in: the adapter is frozen and inference-only, so nothing needs a
   gradient through the resampler. The 50 Hz frames (conv stack: stride 320, receptive field 400
@@ -148,12 +148,14 @@ class SSLOutput:
     hidden_states: layers + 1 tensors `(b, t, dim)`: the input projection, then each block's output.
     logits: `(b, t, num_targets)` target-class scores. keep: `(b, t)` bool, True = a valid frame.
     mask: `(b, t)` bool, True = replaced by the mask embedding (None: nothing masked).
+    log_mel: `(b, t, n_mels)` the normalised log-mel frames the encoder read.
     """
 
     hidden_states: tuple[torch.Tensor, ...]
     logits: torch.Tensor
     keep: torch.Tensor
     mask: torch.Tensor | None
+    log_mel: torch.Tensor
 
 
 class SSLEncoder(nn.Module):
@@ -203,15 +205,18 @@ class SSLEncoder(nn.Module):
             x = block(x, mask=keep)
             hidden.append(x)
         logits = self.head(self.transformer.norm(x))  # (b, t, num_targets)
-        return SSLOutput(tuple(hidden), logits, keep, mask)
+        return SSLOutput(tuple(hidden), logits, keep, mask, mel)
 
     def features(self, wav: torch.Tensor, lengths: torch.Tensor | None = None, layer: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Hidden states of `layer` (default: the config's `feature_layer`) `(b, t, dim)` and keep `(b, t)`."""
-        layer = self.config.feature_layer if layer is None else layer
-        if not 0 <= layer <= len(self.transformer.blocks):
-            raise MelodyError(f"feature layer {layer} is out of range: the encoder has layers 0..{len(self.transformer.blocks)}")
+        layer = self.checked_layer(self.config.feature_layer if layer is None else layer)
         out = self(wav, lengths)
         return out.hidden_states[layer], out.keep
+
+    def checked_layer(self, layer: int) -> int:
+        if not 0 <= layer <= len(self.transformer.blocks):
+            raise MelodyError(f"feature layer {layer} is out of range: the encoder has layers 0..{len(self.transformer.blocks)}")
+        return layer
 
     def masked_prediction(self, wav: torch.Tensor, targets: torch.Tensor, generator: torch.Generator | None = None,
                           lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, SSLOutput]:
@@ -365,11 +370,11 @@ class SemanticTokenizer(nn.Module):
     def frame_features(self, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """What the codebook is fitted on, `(b, ceil(samples / hop), dim [+ 1])`: the `feature_layer` states, and
         with `onset_weight` their onset strength as a last, unscaled column; rows past `frame_count` are padding."""
-        hidden = self.encoder.features(wav, lengths, self.feature_layer)[0]
         if not self.onset_weight:
-            return hidden
-        log_mel, keep = self.encoder.log_mel(wav, lengths)
-        return torch.cat((hidden, onset_strength(log_mel, keep)[..., None].to(hidden.dtype)), dim=-1)
+            return self.encoder.features(wav, lengths, self.feature_layer)[0]
+        out = self.encoder(wav, lengths)  # the built-in encoder (checked in __init__): its log-mel frames come with it
+        hidden = out.hidden_states[self.encoder.checked_layer(self.feature_layer)]
+        return torch.cat((hidden, onset_strength(out.log_mel, out.keep)[..., None].to(hidden.dtype)), dim=-1)
 
     def features(self, wav: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """What the quantiser reads `(b, ceil(samples / hop), dim [+ 1])`: `frame_features` with the onset column

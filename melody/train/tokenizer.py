@@ -176,7 +176,7 @@ class TokenizerStage(Stage):
         write_json_atomic(folder / "masked_prediction.json", logs)
 
     def finalize(self, engine: Engine) -> None:
-        """Fit the token codebook on `feature_layer` features of the training clips."""
+        """Fit the token codebook on `frame_features` of the training clips."""
         tokenizer = engine.ema_or_model("tokenizer").eval()
         t = self.cfg.tokenizer
         frames = sample_frames(tokenizer.frame_features, self._whole_clips("train"), tokenizer.hop, t.kmeans_frames,
