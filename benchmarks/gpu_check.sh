@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
 # The GPU checks of issues 7 and 8 in one call, for a lent GPU machine (PyTorch with CUDA installed, no network):
-#   1. the tests that record real CUDA graphs (tests/test_cuda_graphs.py; skipped on machines without a GPU);
+#   1. the tests that record real CUDA graphs or compile the fused SRU kernel (tests/test_cuda_graphs.py,
+#      tests/test_fused_sru.py; the rotary tests of tests/test_transformer.py on the GPU too);
 #   2. benchmarks/train_throughput.py: the `paper` DPD trained in bf16 for a few hundred steps, samples/s;
-#   3. `melody bench --device cuda`: melody (bundled and paper shapes, fp32 and bf16; eager, then with CUDA graphs)
+#   3. benchmarks/gpu_profile.py (PROFILE_SECONDS, 0 skips it): the `paper` LM's ms per token and one DPD pass, eager and
+#      graphed, the SRU fused and as its step loop, with the kernels that take the time (-> $OUT/profile/);
+#   4. `melody bench --device cuda`: melody (bundled and paper shapes, fp32 and bf16; eager, then with CUDA graphs)
 #      beside MusicGen-small shapes;
-#   4. (off unless DPD_TINY_SECONDS > 0) the `tiny` DPD trained from the built-in corpus's cached features with the
+#   5. (off unless DPD_TINY_SECONDS > 0) the `tiny` DPD trained from the built-in corpus's cached features with the
 #      bundle's VAE and tokenizer (issue 6: a DPD that keeps rhythm), time-boxed; its last checkpoint comes back
 #      flat in $OUT/dpd_tiny/ (put back as RUN/checkpoints/step-N/ + RUN/latest.json, then `melody export`).
 # Each part can be skipped: GRAPH_TESTS=0, SRU_SECONDS=0 / GRU_SECONDS=0, BENCH_SECONDS=0; BENCH_SHAPES picks the
 # bench's runs (`--shapes` values, space-separated).
-# Part 4 carries `.device/gpucorpus` (the corpus's manifest, 4 valid clips and the train split's uint8 features,
+# Part 5 carries `.device/gpucorpus` (the corpus's manifest, 4 valid clips and the train split's uint8 features,
 # ~27 MB; no train audio) instead of `.device/corpus`:
 #   python benchmarks/corpus_subset.py /tmp/corpus /tmp/gpucorpus --train 935 --valid 4 --test 0 --shards 4
 #   melody data encode /tmp/gpucorpus --bundle melody/bundled --latents uint8
 #   mkdir -p .device/gpucorpus && cp -r /tmp/gpucorpus/{manifest.json,valid,features} .device/gpucorpus/
 # and to fit the 64 MiB, that call carries [".device/whl", ".device/minilm", ".device/gpucorpus"] with training/,
 # melody/bundled/mulan and melody/bundled/semantic_lm untracked for it (`git rm -r --cached` + .git/info/exclude;
-# part 4 reads only the bundle's VAE and tokenizer): about 58 MB.
+# part 5 reads only the bundle's VAE and tokenizer): about 58 MB.
 # What travels with the repository (prepared here, in .device/, which git ignores):
 #   .device/whl     wheels of the audio/data packages that machine lacks (soundfile, soxr, webdataset, librosa, ...);
 #   .device/corpus  40 train and 4 valid clips of the built-in corpus (benchmarks/corpus_subset.py);
@@ -60,8 +63,13 @@ LOG="$OUT/log.txt"
 
 if [ "${GRAPH_TESTS:-1}" -gt 0 ]; then
   echo "== CUDA graph tests" >> "$LOG"
-  timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py >> "$LOG" 2>&1
+  timeout 180 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py tests/test_fused_sru.py \
+    tests/test_transformer.py >> "$LOG" 2>&1
   echo "exit $?" >> "$LOG"
+  if grep -q "FAILED tests/test_fused_sru" "$LOG"; then  # the runs below then measure the step loop
+    export MELODY_FUSED_SRU=0
+    echo "the fused SRU failed its tests here: MELODY_FUSED_SRU=0 for the rest" >> "$LOG"
+  fi
 fi
 
 # The paper DPD's within-segment recurrence is the SRU, a loop over time steps; the GRU (cuDNN) is the other choice.
@@ -76,6 +84,12 @@ for recurrence in sru gru; do
   echo "exit $?" >> "$LOG"
   rm -rf /tmp/tt_run_$recurrence/checkpoints
 done
+
+if [ "${PROFILE_SECONDS:-150}" -gt 0 ]; then
+  echo "== profile: paper LM per token and DPD pass, eager and graphed" >> "$LOG"
+  timeout "${PROFILE_SECONDS:-150}" python3 benchmarks/gpu_profile.py --out "$OUT/profile" >> "$LOG" 2>&1
+  echo "exit $?" >> "$LOG"
+fi
 
 if [ "${DPD_TINY_SECONDS:-0}" -gt 0 ]; then
   echo "== tiny DPD from cached features" >> "$LOG"

@@ -1,6 +1,8 @@
 """Where the sampling time of the `paper` shapes goes on a GPU: the semantic LM's time per token (fp32 weights, and
-the bf16 copy `semantic_lm.precision=bf16` samples from) with the operators that take it, and one DPD pass
-(fp32 and under bf16 autocast, SRU and GRU recurrences). Random weights; times are medians after warm-up.
+the bf16 copy `semantic_lm.precision=bf16` samples from), eagerly and with its decode step replayed as a CUDA graph,
+with the operators that take it; and one DPD pass (fp32 and under bf16 autocast; the SRU through its fused kernel,
+through its step loop, and the GRU), eagerly and replayed as a CUDA graph. Random weights; times are medians after
+warm-up.
 
     python benchmarks/gpu_profile.py --out DIR        # writes DIR/gpu_profile.json and DIR/gpu_profile.txt
 """
@@ -20,7 +22,9 @@ from common import timed  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from melody.config import preset  # noqa: E402
+from melody.cuda_graphs import GraphedCalls  # noqa: E402
 from melody.dpd import DPD  # noqa: E402
+from melody.modules import fused_sru  # noqa: E402
 from melody.io import write_json_atomic, write_text_atomic  # noqa: E402
 from melody.pipeline import at_precision  # noqa: E402
 from melody.semantic.lm import SemanticLM  # noqa: E402
@@ -41,29 +45,45 @@ def main() -> None:
     lm = SemanticLM.from_config(cfg).to(device).eval()
     mulan = torch.randint(0, cfg.mulan.codebook_size, (1, lm.condition_length), device=device)
     for name, model in (("fp32", lm), ("bf16", copy.deepcopy(lm).to(torch.bfloat16).eval())):
-        def run(n, model=model):
-            with torch.no_grad():
-                generate(model, mulan, n, guidance=cfg.semantic_lm.guidance, generator=torch.Generator(device).manual_seed(0))
-        short, long = timed(lambda: run(4), 3, device.type), timed(lambda: run(4 + args.tokens), 3, device.type)
-        report[f"lm_{name}_ms_per_token"] = (long - short) / args.tokens * 1e3
+        for graphs in (False, True):
+            def run(n, model=model, graphs=graphs):
+                with torch.no_grad():
+                    generate(model, mulan, n, guidance=cfg.semantic_lm.guidance, graphs=graphs,
+                             generator=torch.Generator(device).manual_seed(0))
+            short, long = timed(lambda: run(4), 3, device.type), timed(lambda: run(4 + args.tokens), 3, device.type)
+            report[f"lm_{name}{'_graphed' if graphs else ''}_ms_per_token"] = (long - short) / args.tokens * 1e3
         with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])) as prof:
-            run(12)
+            with torch.no_grad():
+                generate(model, mulan, 12, guidance=cfg.semantic_lm.guidance, generator=torch.Generator(device).manual_seed(0))
         key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        text.append(f"== semantic LM, {name} weights, 12 tokens\n" + prof.key_averages().table(sort_by=key, row_limit=18))
+        text.append(f"== semantic LM, {name} weights, 12 tokens, eager\n" + prof.key_averages().table(sort_by=key, row_limit=18))
 
     dpd_report = {}
     frames = int(cfg.dpd.window_seconds * cfg.vae.sample_rate / torch.tensor(cfg.vae.strides).prod().item())
     tokens = torch.randint(0, cfg.tokenizer.codebook_size, (2, int(cfg.dpd.window_seconds * cfg.tokenizer.frame_rate)),
                            device=device)
-    for recurrence in ("sru", "gru"):
+    for recurrence, fused in (("sru", True), ("sru", False), ("gru", False)):
         cfg.dpd.recurrence = recurrence
+        fused_sru.enabled = fused
+        label = recurrence + ("_fused" if fused else "_loop" if recurrence == "sru" else "")
         dpd = DPD.from_config(cfg).to(device).eval()
         x, delta = torch.randn(2, frames, cfg.dpd.latent_dim, device=device), torch.full((2, frames), 0.7, device=device)
         for precision in ("fp32", "bf16"):
             net = at_precision(dpd, precision, device)
+            graphed = GraphedCalls(net)
             with torch.no_grad():
-                dpd_report[f"{recurrence}_{precision}_s_per_pass"] = timed(lambda net=net: net(x, delta, tokens), 3, device.type)
+                dpd_report[f"{label}_{precision}_s_per_pass"] = timed(lambda net=net: net(x, delta, tokens), 3, device.type)
+                dpd_report[f"{label}_{precision}_graphed_s_per_pass"] = timed(lambda g=graphed: g(x, delta, tokens), 3,
+                                                                             device.type)
+            if recurrence == "sru" and precision == "bf16":
+                with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])) as prof:
+                    with torch.no_grad():
+                        net(x, delta, tokens)
+                key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+                text.append(f"== DPD pass, {label}, bf16 autocast, eager\n" + prof.key_averages().table(sort_by=key, row_limit=18))
+            del graphed
         del dpd
+    fused_sru.enabled = True
     report["dpd"] = dpd_report
     args.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out / "gpu_profile.json", report)

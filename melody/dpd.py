@@ -33,7 +33,8 @@ Choices where the paper is silent (documented, tested):
 - **Recurrence** (`recurrence`): "sru" is a pure-PyTorch SRU (Lei et al. 2018, Eq. 3–7: elementwise
   forget and reset gates on the cell c, a highway connection), run in both directions, the two
   outputs concatenated and projected back to h; "gru" is `nn.GRU` (bidirectional, h/2 per
-  direction), much faster on CPUs whose loop over K steps dominates. FiLM: y ⊙ (1 + γ) + β with
+  direction), much faster on CPUs whose loop over K steps dominates. Sampling on a GPU runs each SRU direction
+  as one Triton kernel (`melody.modules.fused_sru`, the same equations) instead of the loop's 3 kernels a frame. FiLM: y ⊙ (1 + γ) + β with
   (γ, β) = Linear(E_δ + mean E_ST), zero-initialised so a block starts as the identity modulation.
 - **Segmentation padding**: K/2 frames of zeros on both sides plus what completes the last
   segment, so every frame lies in exactly two segments; overlap-add sums and halves them, an
@@ -50,6 +51,7 @@ from torch import nn
 
 from melody.config import DPDConfig, MelodyConfig
 from melody.errors import MelodyError
+from melody.modules import fused_sru
 from melody.modules.transformer import RMSNorm, Transformer, TransformerConfig
 
 RECURRENCES = ("sru", "gru")
@@ -128,6 +130,8 @@ class SRU(nn.Module):
         self.b = nn.Parameter(torch.zeros(2, dim))
 
     def forward(self, x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+        if fused_sru.usable(x):  # sampling on a GPU: the whole unit as one kernel
+            return fused_sru.sru_unit(self.w(x), x, self.v, self.b, reverse)
         dtype = torch.promote_types(x.dtype, torch.float32)
         x_tilde, f_in, r_in = self.w(x).to(dtype).chunk(3, dim=-1)
         c = sru_states(x_tilde, f_in + self.b[0], self.v[0].to(dtype), reverse)

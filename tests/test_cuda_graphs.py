@@ -4,6 +4,8 @@ On the CPU the static path runs eagerly, so these tests check everything a recor
 cache against the growing one, the sampler's graph path against its plain path, the buffer protocol. The tests
 marked `cuda` record real graphs and run only where a GPU is (`benchmarks/gpu_check.sh` runs them there)."""
 
+import copy
+
 import pytest
 import torch
 
@@ -69,6 +71,25 @@ def test_generate_on_the_graph_path_samples_the_plain_paths_tokens(guidance: flo
     assert torch.equal(runs[1].tokens, runs[0].tokens)
     assert (runs[1].forward_passes, runs[1].windows) == (runs[0].forward_passes, runs[0].windows) == (40, 4)
     assert len(set(runs[0].tokens[0].tolist())) > 5  # sampled, not one token repeated
+
+
+def test_generate_keeps_its_decode_graph_on_the_lm_between_calls():
+    lm = tiny_lm()
+    m = torch.randint(0, CODES, (2, LEVELS), generator=torch.Generator().manual_seed(3))
+
+    def run(seed: int, graphs: bool, mulan: torch.Tensor = m) -> torch.Tensor:
+        return generate(lm, mulan, 20, guidance=3.0, generator=torch.Generator().manual_seed(seed), window=16, stride=8,
+                        graphs=graphs).tokens
+
+    first = run(7, True)
+    (kept,) = lm._decode_graphs.values()
+    step = kept.step
+    assert step is not None and torch.equal(first, run(7, False))
+    # a second call (another seed, another condition) replays the same recorded step and samples the plain path's tokens
+    other = torch.randint(0, CODES, (2, LEVELS), generator=torch.Generator().manual_seed(4))
+    assert torch.equal(run(8, True, other), run(8, False, other))
+    assert list(lm._decode_graphs.values()) == [kept] and kept.step is step
+    assert not copy.deepcopy(lm)._decode_graphs  # a copy's graphs would replay on this LM's buffers
 
 
 def test_graphed_step_copies_inputs_in_and_outputs_out():

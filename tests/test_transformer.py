@@ -11,7 +11,7 @@ from melody.modules.transformer import (
     TransformerBlock,
     TransformerConfig,
     apply_rotary,
-    rotary_frequencies,
+    rotary_phases,
     swiglu_hidden_dim,
 )
 
@@ -40,22 +40,35 @@ def test_swiglu_hidden_follows_llama_rounding():
 def test_rotary_keeps_norms_and_scores_depend_on_relative_position():
     torch.manual_seed(0)
     d = 16
-    cos, sin = rotary_frequencies(d, torch.arange(40))
+    phases = rotary_phases(d, torch.arange(40))
     x = torch.randn(40, d)
-    torch.testing.assert_close(apply_rotary(x, cos, sin).norm(dim=-1), x.norm(dim=-1))
+    torch.testing.assert_close(apply_rotary(x, phases).norm(dim=-1), x.norm(dim=-1))
 
     q, k = torch.randn(d), torch.randn(d)
 
     def score(m: int, n: int) -> torch.Tensor:
-        return apply_rotary(q, cos[m], sin[m]) @ apply_rotary(k, cos[n], sin[n])
+        return apply_rotary(q, phases[m]) @ apply_rotary(k, phases[n])
 
     torch.testing.assert_close(score(5, 2), score(13, 10))
     torch.testing.assert_close(score(30, 1), score(29, 0))
     assert not torch.allclose(score(5, 2), score(5, 3))
+    torch.testing.assert_close(rotary_phases(d, torch.arange(7, 19)), phases[7:19])
 
-    cos_off, sin_off = rotary_frequencies(d, torch.arange(7, 19))
-    torch.testing.assert_close(cos_off, cos[7:19])
-    torch.testing.assert_close(sin_off, sin[7:19])
+
+def test_rotary_is_roformer_eq34_on_adjacent_pairs():
+    torch.manual_seed(0)
+    d, m = 8, torch.arange(5)
+    x = torch.randn(3, 5, d)
+    theta = 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)
+    cos, sin = (m[:, None] * theta).cos(), (m[:, None] * theta).sin()  # (t, d/2)
+    even, odd = x[..., 0::2], x[..., 1::2]
+    expected = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
+    torch.testing.assert_close(apply_rotary(x, rotary_phases(d, m)), expected, atol=1e-6, rtol=0)
+    # a strided view (q and k of one qkv projection) and bf16 give the same numbers
+    qkv = torch.randn(2, 5, 3 * d).unflatten(-1, (3, d)).transpose(0, 2)  # (3, 5, 2, d): not contiguous
+    torch.testing.assert_close(apply_rotary(qkv[:2].transpose(1, 2), rotary_phases(d, m)),
+                               apply_rotary(qkv[:2].transpose(1, 2).contiguous(), rotary_phases(d, m)))
+    assert apply_rotary(x.bfloat16(), rotary_phases(d, m)).dtype == torch.bfloat16
 
 
 @torch.no_grad()

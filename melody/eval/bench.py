@@ -413,8 +413,8 @@ def bench_melody(spec: dict, tell: Callable[[str], None]) -> dict:
 
 def _graphed_run(model, seconds: float, steps: int, eager, sync: Callable[[], None], tell: Callable[[str], None]) -> dict:
     """The same generation with the LM's token step and the DPD's pass replayed as CUDA graphs (`melody.cuda_graphs`):
-    one untimed run at the same duration records the DPD's graphs (the LM records its step in every run, so that
-    cost is timed), then one timed run; its audio against the eager run's, same seed."""
+    one untimed run at the same duration records them (both are kept with the model, as an application generating
+    more than once keeps them), then one timed run; its audio against the eager run's, same seed."""
     import torch
 
     model.cfg.dpd.cuda_graphs = model.cfg.semantic_lm.cuda_graphs = True

@@ -87,28 +87,27 @@ class RMSNorm(nn.RMSNorm):
 
 # --- rotary position embedding (RoFormer, Su et al. 2021, §3.4) ---------------------------------
 
-def rotary_frequencies(head_dim: int, positions: torch.Tensor, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables `(t, head_dim)` for integer `positions` `(t,)` (RoFormer Eq. 15 and 34).
+def rotary_phases(head_dim: int, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """e^{i m θ_j} `(t, head_dim / 2)` complex64 for integer `positions` m `(t,)` (RoFormer Eq. 15 and 34).
 
-    θ_i = base^(−2i/d), i = 0 … d/2 − 1; position m turns the pair (2i, 2i+1) by m·θ_i, so each
-    θ_i appears twice, adjacent. Positions may start anywhere (a KV cache's offset, a window
-    start). Computed in float32 on `positions.device`; `apply_rotary` casts to the input's dtype.
+    θ_j = base^(−2j/d), j = 0 … d/2 − 1: position m turns the pair (2j, 2j+1) by m·θ_j. Positions may start
+    anywhere (a KV cache's offset, a window start). Computed in float32 on `positions.device`.
     """
     theta = base ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
     angles = positions.to(torch.float32)[:, None] * theta[None, :]  # (t, d/2)
-    angles = repeat(angles, "t i -> t (i two)", two=2)  # (t, d)
-    return angles.cos(), angles.sin()
+    return torch.polar(torch.ones_like(angles), angles)
 
 
-def rotate_pairs(x: torch.Tensor) -> torch.Tensor:
-    """(x_0, x_1, x_2, x_3, …) → (−x_1, x_0, −x_3, x_2, …): the second term of RoFormer Eq. (34)."""
-    pairs = rearrange(x, "... (i two) -> ... i two", two=2)
-    return rearrange(torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1), "... i two -> ... (i two)")
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """R_Θ,m x = x ⊙ cos mθ + rotate_pairs(x) ⊙ sin mθ (RoFormer Eq. 34); x `(..., t, d)`, tables `(t, d)`."""
-    return x * cos.to(x.dtype) + rotate_pairs(x) * sin.to(x.dtype)
+def apply_rotary(x: torch.Tensor, phases: torch.Tensor) -> torch.Tensor:
+    """R_Θ,m x (RoFormer Eq. 34): each adjacent pair (x_2j, x_2j+1), read as the complex number x_2j + i x_2j+1, times
+    e^{i m θ_j}, i.e. (x_2j cos mθ_j − x_2j+1 sin mθ_j, x_2j sin mθ_j + x_2j+1 cos mθ_j). x `(..., t, d)`, phases
+    `(t, d/2)` (`rotary_phases`); computed in float32 and returned in x's dtype. One complex product, where the
+    real-valued form of Eq. 34 takes five kernels: a decode step runs this in every layer."""
+    pairs = x.float().unflatten(-1, (-1, 2))
+    if pairs.stride(-1) != 1 or pairs.storage_offset() % 2 or any(step % 2 for step in pairs.stride()[:-1]):
+        pairs = pairs.contiguous()  # complex views need whole pairs in memory
+    pairs = torch.view_as_complex(pairs)
+    return torch.view_as_real(pairs * phases).flatten(-2).to(x.dtype)
 
 
 # --- attention ---------------------------------------------------------------------------------
@@ -195,6 +194,7 @@ class StaticKVCache:
         self.keys = torch.zeros(batch, heads, capacity, head_dim, dtype=dtype, device=device)
         self.values = torch.zeros_like(self.keys)
         self.position = torch.zeros((), dtype=torch.long, device=device)
+        self.slots = torch.arange(capacity, device=device)
         self.capacity, self.filled = capacity, 0
 
     @property
@@ -208,7 +208,9 @@ class StaticKVCache:
     def positions(self, t_new: int) -> torch.Tensor:
         """The slots `(t_new,)` of the next t_new tokens, which are their rotary positions too, from the device-side
         write position."""
-        return self.position + torch.arange(t_new, device=self.position.device)
+        if self.filled + t_new > self.capacity:  # checked for eager calls; a replayed step is sized by its caller
+            raise ValueError(f"the static KV cache holds {self.capacity} tokens; {self.filled} + {t_new} do not fit")
+        return self.position + self.slots[:t_new]
 
     def write(self, keys: torch.Tensor, values: torch.Tensor, keep: torch.Tensor | None,
               causal: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -217,12 +219,10 @@ class StaticKVCache:
         if keep is not None:
             raise ValueError("a StaticKVCache holds no key padding; use KVCache for padded inputs")
         t_new = keys.shape[2]
-        if self.filled + t_new > self.capacity:  # checked for eager calls; a replayed step is sized by its caller
-            raise ValueError(f"the static KV cache holds {self.capacity} tokens; {self.filled} + {t_new} do not fit")
         slots = self.positions(t_new)
         self.keys.index_copy_(2, slots, keys.to(self.keys.dtype))
         self.values.index_copy_(2, slots, values.to(self.values.dtype))
-        j = torch.arange(self.capacity, device=slots.device)
+        j = self.slots
         # a query sees the slots written before it (and itself when causal); every written slot otherwise
         allowed = j[None, :] <= slots[:, None] if causal else (j < self.position + t_new).expand(t_new, -1)
         self.position += t_new
@@ -245,18 +245,23 @@ class Attention(nn.Module):
         self.out = nn.Linear(dim, dim, bias=False)
 
     def forward(self, x: torch.Tensor, cache: KVCache | StaticKVCache | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.heads)
+                mask: torch.Tensor | None = None, phases: torch.Tensor | None = None) -> torch.Tensor:
+        """`phases`: the rotary phases of x's positions (`positions_of` + `rotary_phases`), computed here if None."""
+        qkv = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.heads)
         t_new = x.shape[1]
         static = isinstance(cache, StaticKVCache)
         if self.rotary:
-            offset = 0 if cache is None or static else cache.offset
-            positions = cache.positions(t_new) if static else torch.arange(offset, offset + t_new, device=x.device)
-            cos, sin = rotary_frequencies(q.shape[-1], positions, self.rope_base)
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            if phases is None:
+                phases = rotary_phases(qkv.shape[-1], positions_of(cache, t_new, x.device), self.rope_base)
+            q, k = apply_rotary(qkv[:2], phases).unbind(0)  # q and k in one product
+        else:
+            q, k = qkv[0], qkv[1]
+        v = qkv[2]
         if static:
+            # every query sees its own slot at least, so SDPA gets the mask as it is (no empty rows to zero)
             k, v, allowed = cache.write(k, v, mask, self.causal)
-            return self.out(rearrange(masked_attention(q, k.to(q.dtype), v.to(q.dtype), allowed), "b h t d -> b t (h d)"))
+            out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=allowed)
+            return self.out(rearrange(out, "b h t d -> b t (h d)"))
         keep = mask
         if cache is not None:
             k, v, keep = cache.extend(k, v, mask)
@@ -265,6 +270,15 @@ class Attention(nn.Module):
         else:
             out = masked_attention(q, k, v, allowed_keys(t_new, k.shape[2], self.causal, keep, x.device))
         return self.out(rearrange(out, "b h t d -> b t (h d)"))
+
+
+def positions_of(cache: KVCache | StaticKVCache | None, t_new: int, device: torch.device) -> torch.Tensor:
+    """The rotary positions `(t_new,)` of the next t_new tokens: from 0 without a cache, from the cache's offset with
+    a `KVCache`, from the device-side write position with a `StaticKVCache`."""
+    if isinstance(cache, StaticKVCache):
+        return cache.positions(t_new)
+    offset = 0 if cache is None else cache.offset
+    return torch.arange(offset, offset + t_new, device=device)
 
 
 class CrossAttention(nn.Module):
@@ -334,9 +348,11 @@ class TransformerBlock(nn.Module):
         self.drop = nn.Dropout(c.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, memory: torch.Tensor | None = None,
-                memory_mask: torch.Tensor | None = None, cache: KVCache | StaticKVCache | None = None, memory_repeat: int = 1) -> torch.Tensor:
-        """x `(b, t, dim)` → `(b, t, dim)`. memory=None on a cross block: no condition (as if all masked)."""
-        x = x + self.drop(self.attn(self.attn_norm(x), cache=cache, mask=mask))
+                memory_mask: torch.Tensor | None = None, cache: KVCache | StaticKVCache | None = None, memory_repeat: int = 1,
+                phases: torch.Tensor | None = None) -> torch.Tensor:
+        """x `(b, t, dim)` → `(b, t, dim)`. memory=None on a cross block: no condition (as if all masked). `phases`:
+        x's rotary phases, shared by the stack's blocks (computed by the attention if None)."""
+        x = x + self.drop(self.attn(self.attn_norm(x), cache=cache, mask=mask, phases=phases))
         if memory is not None:
             if self.cross is None:
                 raise ValueError("memory given to a block built without cross-attention (cross_dim=None)")
@@ -375,7 +391,12 @@ class Transformer(nn.Module):
                 memory_repeat: int = 1) -> torch.Tensor:
         if cache is not None and len(cache) != len(self.blocks):
             raise ValueError(f"cache has {len(cache)} layers, the transformer {len(self.blocks)}")
+        phases = None
+        if self.config.rotary:  # every block's tokens sit at the same positions: one table for the stack
+            c = self.config
+            phases = rotary_phases(c.dim // c.heads, positions_of(None if cache is None else cache[0], x.shape[1], x.device),
+                                   c.rope_base)
         for i, block in enumerate(self.blocks):
             x = block(x, mask=mask, memory=memory, memory_mask=memory_mask, cache=None if cache is None else cache[i],
-                      memory_repeat=memory_repeat)
+                      memory_repeat=memory_repeat, phases=phases)
         return self.norm(x)

@@ -31,6 +31,7 @@ Choices where the papers are silent:
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -38,7 +39,7 @@ import torch
 
 from melody.cuda_graphs import GraphedStep
 from melody.errors import MelodyError
-from melody.semantic.lm import SemanticLM
+from melody.semantic.lm import SemanticLM, SemanticLMCache
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -87,6 +88,40 @@ def sample_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
             raise ValueError(f"{len(generator)} generators for {probs.shape[0]} rows")
         return torch.cat([torch.multinomial(probs[i:i + 1], 1, generator=g)[:, 0] for i, g in enumerate(generator)])
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+@dataclass
+class DecodeGraph:
+    """A static KV cache and the decode step recorded over it (made at the first token fed), kept on the LM."""
+
+    cache: SemanticLMCache
+    step: GraphedStep | None = None
+
+
+DECODE_GRAPHS_KEPT = 4
+
+
+class _DecodeGraphs(OrderedDict):
+    """An LM's kept `DecodeGraph`s. A copy of the LM starts with none: a recorded graph replays on the buffers and
+    weights of the LM it was recorded on, never a copy's."""
+
+    def __deepcopy__(self, memo: dict) -> _DecodeGraphs:
+        return _DecodeGraphs()
+
+
+def decode_graph(lm: SemanticLM, batch: int, window: int) -> DecodeGraph:
+    """The `DecodeGraph` for `batch` rows and windows of `window` tokens, kept on `lm` between calls (at most
+    `DECODE_GRAPHS_KEPT`, least recently used dropped): recording costs a few steps' time, which a call of 250 tokens
+    at `paper` shapes noticed, and the cache's buffers are reset, not reallocated, for each window. Keyed by the LM's
+    dtype and device too, since a graph replays the kernels and addresses it recorded."""
+    kept = lm.__dict__.setdefault("_decode_graphs", _DecodeGraphs())
+    key = (batch, window, lm.bos.dtype, lm.bos.device)
+    if key not in kept:
+        while len(kept) >= DECODE_GRAPHS_KEPT:
+            kept.popitem(last=False)
+        kept[key] = DecodeGraph(lm.new_static_cache(batch, window))
+    kept.move_to_end(key)
+    return kept[key]
 
 
 @dataclass
@@ -139,8 +174,8 @@ def generate(lm: SemanticLM, mulan_tokens: torch.Tensor | None, n_tokens: int, p
         logits = logits.float()
         return cfg_logits(*logits.chunk(2), guidance) if guided else logits
 
-    static = lm.new_static_cache(rows * b, window) if graphs else None
-    step: GraphedStep | None = None  # the recorded decode step, made at the first token fed
+    slot = decode_graph(lm, rows * b, window) if graphs else None
+    static = None if slot is None else slot.cache
 
     def fresh_cache():
         if static is None:
@@ -150,10 +185,9 @@ def generate(lm: SemanticLM, mulan_tokens: torch.Tensor | None, n_tokens: int, p
         return static
 
     def feed(token: torch.Tensor) -> torch.Tensor:  # (rows·b, 1) → the next token's scores (rows·b, V)
-        nonlocal step
         if static is None:
             return lm(None, token, cache=cache).next_logits
-        if step is None:
+        if slot.step is None:
             filled = static.length
 
             def rewind() -> None:  # undo the recording's warm-up calls
@@ -161,8 +195,8 @@ def generate(lm: SemanticLM, mulan_tokens: torch.Tensor | None, n_tokens: int, p
                     layer.position.fill_(filled)
                     layer.filled = filled
 
-            step = GraphedStep(lambda t: lm.step_scores(t, static.layers)[:, -1], (token,), rewind)
-        return step(token)
+            slot.step = GraphedStep(lambda t: lm.step_scores(t, static.layers)[:, -1], (token,), rewind)
+        return slot.step(token)
 
     # a window: [condition | BOS | content] from a fresh cache, in one pass
     cache = fresh_cache()
