@@ -34,12 +34,12 @@ from __future__ import annotations
 import copy
 import math
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from melody.checkpoint import load_model_and_config
 from melody.config import MelodyConfig
@@ -100,9 +100,7 @@ class _Autocast:
 
     def __call__(self, *args, **kwargs):
         # no weight-cast cache: a CUDA graph recorded under it would read cached casts freed after the call
-        with torch.autocast(self.device_type, dtype=self.dtype, cache_enabled=False), warnings.catch_warnings():
-            # autocast leaves RMSNorm's weight in fp32, so torch says it takes the unfused kernel: known, harmless
-            warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight")
+        with torch.autocast(self.device_type, dtype=self.dtype, cache_enabled=False):
             return self.model(*args, **kwargs).float()
 
 
@@ -127,6 +125,14 @@ def precision_dtype(precision: str) -> torch.dtype | None:
     if precision not in PRECISIONS:
         raise MelodyError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
     return PRECISIONS[precision]
+
+
+def linears_in(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """`model` with every `nn.Linear`'s weight and bias in `dtype`, everything else as it was (in place)."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            module.to(dtype)
+    return model
 
 
 def at_precision(model, precision: str, device: torch.device):
@@ -386,7 +392,7 @@ class MeLoDy:
         `GraphedCalls` (one CUDA graph per input shape and precision, recorded at its first call and kept with the
         model); otherwise the DPD itself under `at_precision`. Wrap it in a call counter, not the other way round:
         a replay runs no Python inside."""
-        model = at_precision(self.dpd, self.cfg.dpd.precision, self._device)
+        model = self.dpd_at_precision()
         if self._device.type != "cuda" or not self.cfg.dpd.cuda_graphs:
             return model
         graphs = self.__dict__.setdefault("_dpd_graphs", {})
@@ -394,6 +400,20 @@ class MeLoDy:
         if key not in graphs:
             graphs[key] = GraphedCalls(model)
         return graphs[key]
+
+    def dpd_at_precision(self):
+        """The DPD as sampled at `dpd.precision`: itself in fp32; for bf16, under autocast, a copy whose linear layers
+        hold their weights and biases in bf16 (`linears_in`), made once per device and kept. Those are the casts
+        autocast makes of them at every pass, so the numbers are the same; made once, they stop costing a read and a
+        write of every weight per pass (a CUDA graph recorded under autocast must not cache them)."""
+        dtype = precision_dtype(self.cfg.dpd.precision)
+        if dtype is None:
+            return self.dpd
+        copies = self.__dict__.setdefault("_dpd_copies", {})
+        key = (dtype, next(self.dpd.parameters()).device)
+        if key not in copies:
+            copies[key] = linears_in(copy.deepcopy(self.dpd), dtype).eval()
+        return _Autocast(copies[key], dtype, self._device)
 
     def lm_at_precision(self):
         """The semantic LM at `semantic_lm.precision`: itself in fp32, else a copy in that dtype, made once per device

@@ -212,6 +212,27 @@ def test_bf16_dpd_sampling_stays_close_to_fp32(melody):
     assert distance < 0.1, distance  # two different clips are ≥ 1 apart (docs/dpd.md)
 
 
+def test_the_bf16_dpd_copy_gives_autocasts_numbers_with_its_linear_weights_cast_once(melody):
+    from melody.pipeline import at_precision
+
+    melody.cfg.dpd.precision = "bf16"
+    try:
+        sampled = melody.dpd_at_precision()
+        copy = sampled.model
+        assert copy is not melody.dpd and melody.dpd_at_precision().model is copy  # made once, kept
+        assert {p.dtype for n, p in copy.named_parameters() if ".w." in n or n.endswith("qkv.weight")} == {torch.bfloat16}
+        assert copy.input_norm.weight.dtype == torch.float32 and next(melody.dpd.parameters()).dtype == torch.float32
+        torch.manual_seed(0)
+        length = 50
+        x, delta = torch.randn(2, length, melody.dpd.latent_dim), torch.full((2, length), 0.7)
+        tokens = torch.randint(0, melody.dpd.vocab_size, (2, 25))
+        with torch.no_grad():
+            assert torch.equal(sampled(x, delta, tokens), at_precision(melody.dpd, "bf16", torch.device("cpu"))(x, delta, tokens))
+    finally:
+        melody.cfg.dpd.precision = "fp32"
+    assert melody.dpd_at_precision() is melody.dpd
+
+
 def test_an_unknown_precision_is_a_one_line_error(melody):
     melody.cfg.dpd.precision = "fp8"
     try:

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from melody.semantic.sampling import apply_temperature, cfg_logits, sample_token, top_k_filter, top_p_filter
+from melody.semantic.sampling import apply_temperature, cfg_logits, draw, sample_token, top_k_filter, top_p_filter
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -82,3 +82,17 @@ def test_cfg_interpolates_and_is_the_same_on_logits_and_log_probs():
     torch.testing.assert_close(cfg_logits(cond, uncond, 3.0), 3 * cond - 2 * uncond)
     on_log_probs = cfg_logits(cond.log_softmax(-1), uncond.log_softmax(-1), 3.0)
     torch.testing.assert_close(on_log_probs.softmax(-1), cfg_logits(cond, uncond, 3.0).softmax(-1))
+
+
+def test_draw_is_torch_multinomials_draw_without_its_host_read():
+    probs = torch.rand(4, 64, generator=torch.Generator().manual_seed(0)).softmax(-1)
+    probs[:, :20] = 0.0  # filtered tokens are never drawn
+    probs /= probs.sum(-1, keepdim=True)
+    for seed in range(20):
+        ours = draw(probs, torch.Generator().manual_seed(seed))
+        theirs = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(seed))[:, 0]
+        assert torch.equal(ours, theirs) and ours.dtype == torch.long and (ours >= 20).all()
+    # and its frequencies are the probabilities: 20 000 draws of a 4-way distribution
+    p = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    counts = torch.bincount(draw(p.expand(20_000, 4), torch.Generator().manual_seed(1)), minlength=4)
+    torch.testing.assert_close(counts / 20_000, p, atol=0.015, rtol=0)

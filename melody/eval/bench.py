@@ -374,7 +374,9 @@ def bench_melody(spec: dict, tell: Callable[[str], None]) -> dict:
     model.generate([PROMPT], WARMUP_SECONDS, steps=steps, seed=1)
     warmup_s = time.perf_counter() - clock
     text_tower = model.mulan.text if hasattr(model.mulan, "text") else model.mulan.clap.model  # MuLan's, or a user's CLAP
-    networks = {"mulan": text_tower, "semantic_lm": model.lm_at_precision(), "dpd": model.dpd, "vae": model.vae.decoder}
+    sampled_dpd = model.dpd_at_precision()  # at bf16 a copy with bf16 linear layers, run under autocast
+    networks = {"mulan": text_tower, "semantic_lm": model.lm_at_precision(), "dpd": getattr(sampled_dpd, "model", sampled_dpd),
+                "vae": model.vae.decoder}
     tell(f"generating {seconds:g} s ({steps} DPD steps)")
     with ForwardCounter(networks, keep_inputs=("mulan", "dpd", "vae"), synchronize=sync) as counter:
         clock = time.perf_counter()
@@ -386,7 +388,8 @@ def bench_melody(spec: dict, tell: Callable[[str], None]) -> dict:
     peak_gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     graphed = _graphed_run(model, seconds, steps, out, sync, tell) if device.type == "cuda" else None
     tell("counting the FLOPs of one pass of each kind (DPD, text tower, VAE decoder)")
-    flops = {name: _kept_flops(networks[name], counter, name) for name in counter.inputs}
+    # FLOPs from the fp32 DPD on the same inputs (the bf16 copy runs only under autocast; the FLOPs are the same)
+    flops = {name: _kept_flops(model.dpd if name == "dpd" else networks[name], counter, name) for name in counter.inputs}
     windows = dpd_windows(seconds, model.cfg.dpd.window_seconds, model.vae.latent_rate, model.frames_per_token)
     formula = melody_passes(seconds, steps, windows)
     # a frozen text encoder is held outside the text tower's registered children (melody.mulan): count it too
@@ -479,7 +482,8 @@ def bench_musicgen(spec: dict, tell: Callable[[str], None]) -> dict:
     peak_rss = _peak_rss_mb()
     peak_gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     tell("counting the FLOPs of one pass of each kind (text encoder, EnCodec decoder)")
-    flops = {name: _kept_flops(networks[name], counter, name) for name in counter.inputs}
+    # FLOPs from the fp32 DPD on the same inputs (the bf16 copy runs only under autocast; the FLOPs are the same)
+    flops = {name: _kept_flops(model.dpd if name == "dpd" else networks[name], counter, name) for name in counter.inputs}
     extra = ("transformers' MusicgenForConditionalGeneration.generate runs a prefill pass itself (`prefill_outputs`, "
              "never read) and `_sample` runs its own: one decoder pass more than the steps")
     stages = {name: _stage(ROLES[name], counter.calls[name], counter.calls[name], formula[name], counter.seconds[name],

@@ -84,6 +84,12 @@ class RMSNorm(nn.RMSNorm):
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
         super().__init__(dim, eps=eps, elementwise_affine=True)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # torch's fused kernel (float32 arithmetic inside) needs g in x's dtype; bf16 activations under autocast
+        # against the float32 g otherwise take a decomposition of five kernels over the activations
+        weight = self.weight if self.weight.dtype == x.dtype else self.weight.to(x.dtype)
+        return F.rms_norm(x, self.normalized_shape, weight, self.eps)
+
 
 # --- rotary position embedding (RoFormer, Su et al. 2021, §3.4) ---------------------------------
 

@@ -86,8 +86,20 @@ def sample_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
     if isinstance(generator, (list, tuple)):
         if len(generator) != probs.shape[0]:
             raise ValueError(f"{len(generator)} generators for {probs.shape[0]} rows")
-        return torch.cat([torch.multinomial(probs[i:i + 1], 1, generator=g)[:, 0] for i, g in enumerate(generator)])
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+        return torch.cat([draw(probs[i:i + 1], g) for i, g in enumerate(generator)])
+    return draw(probs, generator)
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One index per row of `probs` `(b, V)` with P(i) = probs[i]: argmax(probs / E) with E ~ Exp(1) i.i.d. (the
+    exponential race: the smallest E_i / p_i wins with probability p_i).
+
+    The draw `torch.multinomial(probs, 1)` makes, with the same generator and the same numbers, minus its input check,
+    which reads a value back to the host: on a GPU that stalled the sampler at every token, so the host could not queue
+    the next decode step while the GPU ran this one.
+    """
+    race = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    return (probs / race).argmax(dim=-1)
 
 
 @dataclass
