@@ -26,7 +26,7 @@ from melody.cuda_graphs import GraphedCalls  # noqa: E402
 from melody.dpd import DPD  # noqa: E402
 from melody.modules import fused_sru  # noqa: E402
 from melody.io import write_json_atomic, write_text_atomic  # noqa: E402
-from melody.pipeline import at_precision  # noqa: E402
+from melody.pipeline import at_precision, linears_in  # noqa: E402
 from melody.semantic.lm import SemanticLM  # noqa: E402
 from melody.semantic.sampling import generate  # noqa: E402
 
@@ -69,7 +69,8 @@ def main() -> None:
         dpd = DPD.from_config(cfg).to(device).eval()
         x, delta = torch.randn(2, frames, cfg.dpd.latent_dim, device=device), torch.full((2, frames), 0.7, device=device)
         for precision in ("fp32", "bf16"):
-            net = at_precision(dpd, precision, device)
+            # as the pipeline samples it: at bf16 a copy with bf16 linear weights under autocast (`MeLoDy.dpd_at_precision`)
+            net = at_precision(dpd if precision == "fp32" else linears_in(copy.deepcopy(dpd), torch.bfloat16), precision, device)
             graphed = GraphedCalls(net)
             with torch.no_grad():
                 dpd_report[f"{label}_{precision}_s_per_pass"] = timed(lambda net=net: net(x, delta, tokens), 3, device.type)
