@@ -70,7 +70,7 @@ def main() -> None:
         x, delta = torch.randn(2, frames, cfg.dpd.latent_dim, device=device), torch.full((2, frames), 0.7, device=device)
         for precision in ("fp32", "bf16"):
             # as the pipeline samples it: at bf16 a copy with bf16 linear weights under autocast (`MeLoDy.dpd_at_precision`)
-            net = at_precision(dpd if precision == "fp32" else linears_in(copy.deepcopy(dpd), torch.bfloat16), precision, device)
+            net = at_precision(dpd if precision == "fp32" else linears_in(dpd, torch.bfloat16), precision, device)
             graphed = GraphedCalls(net)
             with torch.no_grad():
                 dpd_report[f"{label}_{precision}_s_per_pass"] = timed(lambda net=net: net(x, delta, tokens), 3, device.type)
