@@ -70,8 +70,9 @@ def _kernel():
 
 
 def usable(x: torch.Tensor) -> bool:
-    """Whether the DPD's SRU runs through this kernel: CUDA input, no gradient wanted, Triton importable."""
-    return enabled and x.is_cuda and not torch.is_grad_enabled() and _triton() is not None
+    """Whether the DPD's SRU runs through this kernel: CUDA input, no gradient wanted, Triton importable, and offsets
+    that fit the kernel's 32-bit arithmetic (u holds 3 × x's elements)."""
+    return enabled and x.is_cuda and not torch.is_grad_enabled() and 3 * x.numel() < 2**31 and _triton() is not None
 
 
 def sru_unit(u: torch.Tensor, x: torch.Tensor, v: torch.Tensor, b: torch.Tensor, reverse: bool = False) -> torch.Tensor:
