@@ -31,6 +31,15 @@ from melody.semantic.lm import SemanticLM  # noqa: E402
 from melody.semantic.sampling import generate  # noqa: E402
 
 
+def operator_table(title: str, device: torch.device, fn) -> str:
+    """One call of `fn` under the profiler: the operators that took its time (GPU time on a GPU), as a titled table."""
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof, torch.no_grad():
+        fn()
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return f"== {title}\n" + prof.key_averages().table(sort_by=key, row_limit=18)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
@@ -52,11 +61,8 @@ def main() -> None:
                              generator=torch.Generator(device).manual_seed(0))
             short, long = timed(lambda: run(4), 3, device.type), timed(lambda: run(4 + args.tokens), 3, device.type)
             report[f"lm_{name}{'_graphed' if graphs else ''}_ms_per_token"] = (long - short) / args.tokens * 1e3
-        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])) as prof:
-            with torch.no_grad():
-                generate(model, mulan, 12, guidance=cfg.semantic_lm.guidance, generator=torch.Generator(device).manual_seed(0))
-        key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        text.append(f"== semantic LM, {name} weights, 12 tokens, eager\n" + prof.key_averages().table(sort_by=key, row_limit=18))
+        text.append(operator_table(f"semantic LM, {name} weights, 12 tokens, eager", device, lambda model=model: generate(
+            model, mulan, 12, guidance=cfg.semantic_lm.guidance, generator=torch.Generator(device).manual_seed(0))))
 
     dpd_report = {}
     frames = int(cfg.dpd.window_seconds * cfg.vae.sample_rate / torch.tensor(cfg.vae.strides).prod().item())
@@ -69,7 +75,7 @@ def main() -> None:
         dpd = DPD.from_config(cfg).to(device).eval()
         x, delta = torch.randn(2, frames, cfg.dpd.latent_dim, device=device), torch.full((2, frames), 0.7, device=device)
         for precision in ("fp32", "bf16"):
-            # as the pipeline samples it: at bf16 a copy with bf16 linear weights under autocast (`MeLoDy.dpd_at_precision`)
+            # as the pipeline samples it: at bf16, a copy with bf16 linear weights under autocast (`dpd_at_precision`)
             net = at_precision(dpd if precision == "fp32" else linears_in(dpd, torch.bfloat16), precision, device)
             graphed = GraphedCalls(net)
             with torch.no_grad():
@@ -77,11 +83,8 @@ def main() -> None:
                 dpd_report[f"{label}_{precision}_graphed_s_per_pass"] = timed(lambda g=graphed: g(x, delta, tokens), 3,
                                                                              device.type)
             if recurrence == "sru" and precision == "bf16":
-                with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])) as prof:
-                    with torch.no_grad():
-                        net(x, delta, tokens)
-                key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-                text.append(f"== DPD pass, {label}, bf16 autocast, eager\n" + prof.key_averages().table(sort_by=key, row_limit=18))
+                text.append(operator_table(f"DPD pass, {label}, bf16 autocast, eager", device,
+                                           lambda net=net: net(x, delta, tokens)))
             del graphed
         del dpd
     fused_sru.enabled = True

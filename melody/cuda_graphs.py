@@ -1,11 +1,11 @@
 """CUDA graphs for the samplers' repeated network calls: the semantic LM's decode step and the DPD's pass.
 
 Why: on a GPU both samplers were bound by kernel launches, not by arithmetic. The `paper` LM's token step kept
-its kernels busy 2.3 of its 13.4 ms, and the DPD's SRU launched 3 kernels per frame of a segment (since then one
-kernel per layer and direction, `melody.modules.fused_sru`) (benchmarks/results/gpu/gpu_profile.txt). A CUDA graph records a call's kernels once and replays them with one
-launch: PyTorch's `torch.cuda.graph`, the mechanism under `torch.compile(mode="reduce-overhead")` and the
-static-cache decoders of gpt-fast and vLLM. Recording by hand keeps the models plain modules and costs no
-compilation.
+its kernels busy 2.3 of its 13.4 ms, and the DPD's SRU launched 3 kernels per frame of a segment
+(benchmarks/results/gpu/gpu_profile.txt; since then one kernel per layer and direction, `melody.modules.fused_sru`).
+A CUDA graph records a call's kernels once and replays them with one launch: PyTorch's `torch.cuda.graph`, the
+mechanism under `torch.compile(mode="reduce-overhead")` and the static-cache decoders of gpt-fast and vLLM.
+Recording by hand keeps the models plain modules and costs no compilation.
 
 The protocol (`GraphedStep`): the inputs are copied into static buffers, the recorded kernels run, and the output is
 copied out of its static buffer, so the next replay cannot overwrite what the caller holds. Recording runs the

@@ -34,7 +34,8 @@ Choices where the paper is silent (documented, tested):
   forget and reset gates on the cell c, a highway connection), run in both directions, the two
   outputs concatenated and projected back to h; "gru" is `nn.GRU` (bidirectional, h/2 per
   direction), much faster on CPUs whose loop over K steps dominates. Sampling on a GPU runs each SRU direction
-  as one Triton kernel (`melody.modules.fused_sru`, the same equations) instead of the loop's 3 kernels a frame. FiLM: y ⊙ (1 + γ) + β with
+  as one Triton kernel (`melody.modules.fused_sru`, the same equations) instead of the loop's 3 kernels a frame.
+  FiLM: y ⊙ (1 + γ) + β with
   (γ, β) = Linear(E_δ + mean E_ST), zero-initialised so a block starts as the identity modulation.
 - **Segmentation padding**: K/2 frames of zeros on both sides plus what completes the last
   segment, so every frame lies in exactly two segments; overlap-add sums and halves them, an

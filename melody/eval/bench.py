@@ -482,8 +482,7 @@ def bench_musicgen(spec: dict, tell: Callable[[str], None]) -> dict:
     peak_rss = _peak_rss_mb()
     peak_gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     tell("counting the FLOPs of one pass of each kind (text encoder, EnCodec decoder)")
-    # FLOPs from the fp32 DPD on the same inputs (the bf16 copy runs only under autocast; the FLOPs are the same)
-    flops = {name: _kept_flops(model.dpd if name == "dpd" else networks[name], counter, name) for name in counter.inputs}
+    flops = {name: _kept_flops(networks[name], counter, name) for name in counter.inputs}
     extra = ("transformers' MusicgenForConditionalGeneration.generate runs a prefill pass itself (`prefill_outputs`, "
              "never read) and `_sample` runs its own: one decoder pass more than the steps")
     stages = {name: _stage(ROLES[name], counter.calls[name], counter.calls[name], formula[name], counter.seconds[name],
