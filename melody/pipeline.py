@@ -129,8 +129,7 @@ def precision_dtype(precision: str) -> torch.dtype | None:
 
 def linears_in(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     """A copy of `model` whose `nn.Linear` weights and biases are in `dtype`, everything else as it was. The linear
-    layers' tensors are cast straight into the copy, never copied at full width first (at `paper` shapes that
-    transient was 0.6 GB more peak memory)."""
+    layers' tensors are cast straight into the copy, never copied at full width first."""
     memo = {id(p): nn.Parameter(p.detach().to(dtype), requires_grad=False)
             for module in model.modules() if isinstance(module, nn.Linear) for p in module.parameters(recurse=False)}
     return copy.deepcopy(model, memo)
