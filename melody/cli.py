@@ -18,6 +18,7 @@ from melody import __version__
 from melody.demo.cli import demo_command
 from melody.errors import MelodyError
 from melody.results import generation_record, write_result
+from melody.runtime import reuse_freed_memory
 
 app = typer.Typer(
     help="melody: MeLoDy, LM-guided diffusion for efficient text-to-music generation (Lam et al., 2023).",
@@ -802,6 +803,7 @@ app.command("demo")(demo_command)
 
 
 def main() -> None:
+    reuse_freed_memory()  # large activations reused rather than mapped afresh at every pass (`melody.runtime`)
     try:
         app()
     except MelodyError as err:

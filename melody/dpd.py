@@ -67,13 +67,22 @@ def segment_padding(length: int, size: int) -> tuple[int, int]:
     return hop, right
 
 
-def segment(x: torch.Tensor, size: int) -> torch.Tensor:
-    """`(b, L, h)` → `(b, S, K, h)`: overlapping segments of K = `size` frames with hop K/2 (DPRNN)."""
+def pad_for_segments(x: torch.Tensor, size: int) -> torch.Tensor:
+    """`(b, L, h)` → `(b, left + L + right, h)`: the zero frames of `segment_padding` added."""
     if size < 2 or size % 2:
         raise ValueError(f"segment size must be even and ≥ 2, got {size}")
     left, right = segment_padding(x.shape[1], size)
-    padded = F.pad(x, (0, 0, left, right))  # (b, left + L + right, h)
-    return padded.unfold(1, size, size // 2).transpose(2, 3)  # (b, S, K, h)
+    return F.pad(x, (0, 0, left, right))
+
+
+def unfold_segments(padded: torch.Tensor, size: int) -> torch.Tensor:
+    """Padded frames `(b, L', h)` → `(b, S, K, h)`, a view: the overlapping segments of K = `size` with hop K/2."""
+    return padded.unfold(1, size, size // 2).transpose(2, 3)
+
+
+def segment(x: torch.Tensor, size: int) -> torch.Tensor:
+    """`(b, L, h)` → `(b, S, K, h)`: overlapping segments of K = `size` frames with hop K/2 (DPRNN)."""
+    return unfold_segments(pad_for_segments(x, size), size)
 
 
 def overlap_add(segments: torch.Tensor, length: int) -> torch.Tensor:
@@ -108,10 +117,14 @@ def sru_states(x_tilde: torch.Tensor, f_in: torch.Tensor, v_f: torch.Tensor, rev
     return torch.stack(states, dim=1)
 
 
-def previous_states(c: torch.Tensor, reverse: bool = False) -> torch.Tensor:
-    """c_{t−1} for every t (c_{t+1} when `reverse`), zero before the first step: `(n, K, h)`."""
-    zero = c.new_zeros(c.shape[0], 1, c.shape[2])
-    return torch.cat((c[:, 1:], zero), dim=1) if reverse else torch.cat((zero, c[:, :-1]), dim=1)
+def reset_gates(r_in: torch.Tensor, v_r: torch.Tensor, c: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """r_t = σ(r'_t + v_r ⊙ c_{t−1}) for every t at once (c_{t+1} when `reverse`; zero before the first step), with
+    r' `(n, K, h)` fresh (b_r folded in): it is overwritten, as these tensors are the largest of a CPU pass."""
+    if reverse:
+        r_in[:, :-1].addcmul_(v_r, c[:, 1:])
+    else:
+        r_in[:, 1:].addcmul_(v_r, c[:, :-1])
+    return r_in.sigmoid_()
 
 
 class SRU(nn.Module):
@@ -121,7 +134,8 @@ class SRU(nn.Module):
     f_t = σ(f'_t + v_f ⊙ c_{t−1} + b_f),  r_t = σ(r'_t + v_r ⊙ c_{t−1} + b_r),
     c_t = f_t ⊙ c_{t−1} + (1 − f_t) ⊙ x̃_t,  h_t = r_t ⊙ c_t + (1 − r_t) ⊙ x_t (highway).
     Only c needs the loop (`sru_states`); r and h follow for all steps at once from c_{t−1} and c_t. The
-    recurrence runs in float32 at least (under bf16 autocast too), as a state carried over many steps should.
+    recurrence runs in float32 at least (under bf16 autocast too), as a state carried over many steps should; the
+    unit's output is in x's dtype (under autocast the next matmul would cast it so).
     """
 
     def __init__(self, dim: int) -> None:
@@ -132,12 +146,14 @@ class SRU(nn.Module):
 
     def forward(self, x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
         if fused_sru.usable(x):  # sampling on a GPU: the whole unit as one kernel
-            return fused_sru.sru_unit(self.w(x), x, self.v, self.b, reverse)
-        dtype = torch.promote_types(x.dtype, torch.float32)
-        x_tilde, f_in, r_in = self.w(x).to(dtype).chunk(3, dim=-1)
-        c = sru_states(x_tilde, f_in + self.b[0], self.v[0].to(dtype), reverse)
-        r = torch.sigmoid(torch.addcmul(r_in + self.b[1], self.v[1].to(dtype), previous_states(c, reverse)))
-        return torch.lerp(x.to(dtype), c, r)
+            return fused_sru.sru_unit(self.w(x), x, self.v, self.b, reverse).to(x.dtype)
+        state = torch.promote_types(x.dtype, torch.float32)
+        x_tilde, f_in, r_in = self.w(x).chunk(3, dim=-1)
+        # adding the fp32 biases widens f' and r' in the same pass (one read of W x, no widened copy of it first)
+        b_f, b_r = self.b.to(state)
+        c = sru_states(x_tilde.to(state), f_in + b_f, self.v[0].to(state), reverse)
+        r = reset_gates(r_in + b_r, self.v[1].to(state), c, reverse)
+        return torch.lerp(x.to(state), c, r).to(x.dtype)
 
 
 class BiRecurrence(nn.Module):
@@ -184,7 +200,8 @@ class DualPathBlock(nn.Module):
         self.fine_norm = RMSNorm(h)
 
     def forward(self, x: torch.Tensor, film: torch.Tensor, memory: torch.Tensor, memory_mask: torch.Tensor) -> torch.Tensor:
-        """x, film `(b, S, K, h)`; memory `(b, T, h)`, memory_mask `(b, T)` bool → `(b, S, K, h)`."""
+        """x `(b, S, K, h)`; film `(b, L', h)` the condition at every padded frame (`pad_for_segments`);
+        memory `(b, T, h)`, memory_mask `(b, T)` bool → `(b, S, K, h)`."""
         b, s, k, h = x.shape
         # coarse: merge K positions into K / merge columns, attend across the S segments of each column
         columns = k // self.merge
@@ -196,8 +213,10 @@ class DualPathBlock(nn.Module):
         # fine: a recurrence along each segment's K frames, FiLM-modulated by the condition there
         fine = self.recurrence(rearrange(x, "b s k h -> (b s) k h"))
         fine = rearrange(fine, "(b s) k h -> b s k h", b=b)
-        gamma, beta = self.film(film).chunk(2, dim=-1)
-        return self.fine_norm(x + fine * (1 + gamma) + beta)
+        # per frame, so projected before segmenting: half the rows (each frame is in two segments), and a 2-d matmul
+        # where the segments' strided view made torch expand the weight per segment
+        gamma, beta = unfold_segments(self.film(film), k).chunk(2, dim=-1)
+        return self.fine_norm(x + torch.addcmul(beta, fine, 1 + gamma))
 
 
 class AngleEmbedding(nn.Module):
@@ -275,7 +294,7 @@ class DPD(nn.Module):
         angle = self.angle(delta)  # (b, L, h): E_δ per frame
         aligned, summary, memory, memory_mask = self.condition(semantic, drop, b, length, x.device)
         h = self.input_norm(self.input(x.to(self.input.weight.dtype)) + angle + aligned)
-        film = segment(angle + summary[:, None, :], size)  # (b, S, K, h): the FiLM condition at every frame
+        film = pad_for_segments(angle + summary[:, None, :], size)  # (b, L', h): the FiLM condition at every frame
         h = segment(h, size)  # (b, S, K, h)
         for block in self.blocks:
             h = block(h, film, memory, memory_mask)

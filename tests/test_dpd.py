@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from melody.config import DPDConfig, preset
-from melody.dpd import DPD, SRU, overlap_add, parameter_count, segment
+from melody.dpd import DPD, SRU, overlap_add, pad_for_segments, parameter_count, segment, unfold_segments
 from melody.errors import MelodyError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -197,3 +197,19 @@ def test_sru_runs_its_recurrence_in_float32_under_bf16_autocast():
         y = sru(x)
     assert y.dtype == torch.float32
     torch.testing.assert_close(y, sru(x), rtol=0.05, atol=0.05)  # only W x was rounded to bf16
+    half = x.bfloat16()  # the DPD's trunk under autocast: the unit answers in its input's dtype
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = sru(half)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), sru(half.float()), rtol=0.05, atol=0.05)
+
+
+def test_film_projected_on_padded_frames_equals_projecting_every_segment():
+    """The blocks project the FiLM condition once per padded frame, then view it as segments: the same numbers as
+    projecting each segment's frames (Fig. 2), the zero padding included (it gets the bias there, as before)."""
+    torch.manual_seed(0)
+    film = torch.nn.Linear(6, 12)
+    for length in (1, 21, 64):
+        condition = torch.randn(2, length, 6)
+        per_frame = unfold_segments(film(pad_for_segments(condition, 8)), 8)
+        torch.testing.assert_close(per_frame, film(segment(condition, 8)), rtol=0, atol=1e-6)

@@ -62,8 +62,9 @@ def test_fused_sru_under_bf16_autocast_matches_the_loop(kernel):
         with torch.no_grad():
             fused = kernel(sru.w(x), x, sru.v, sru.b)
         loop = sru(x).detach()
-    assert fused.dtype == loop.dtype == torch.float32
-    torch.testing.assert_close(fused, loop, atol=2e-6, rtol=1e-5)
+    # the kernel answers in float32; the unit (either path) in its input's dtype, rounded once from the same state
+    assert fused.dtype == torch.float32 and loop.dtype == torch.bfloat16
+    torch.testing.assert_close(fused.bfloat16(), loop, atol=0, rtol=2**-8)
 
 
 def test_fused_sru_checks_shapes_and_is_used_only_for_cuda_sampling(kernel):

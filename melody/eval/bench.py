@@ -60,6 +60,7 @@ from melody.errors import MelodyError
 from melody.eval.passes import ForwardCounter, dpd_windows, melody_passes, musicgen_passes, table3
 from melody.eval.roofline import MATMUL_SIZE
 from melody.io import atomic_path, write_json_atomic, write_text_atomic
+from melody.runtime import reuse_freed_memory
 
 SHAPES = ("bundled", "paper", "musicgen-small", "bundled@bf16", "paper@bf16", "musicgen-small@bf16")
 PROMPT = "an upbeat funk groove with slap bass and drums"
@@ -517,13 +518,14 @@ def _child(spec_path: str) -> int:
     warnings.filterwarnings("ignore")
     spec = json.loads(Path(spec_path).read_text())
     torch.set_num_threads(spec["threads"])
+    allocator = reuse_freed_memory()  # as `melody generate` runs; MusicGen's runs get the same
 
     def tell(line: str) -> None:
         print(PROGRESS + line, file=sys.stderr, flush=True)
 
     try:
         if spec["task"] == "machine":
-            result = machine_figures(spec["device"], spec["threads"])
+            result = {**machine_figures(spec["device"], spec["threads"]), "allocator": allocator}
         else:
             result = (bench_musicgen if spec["task"] == "musicgen" else bench_melody)(spec, tell)
     except MelodyError as err:
@@ -557,7 +559,8 @@ def markdown(report: dict) -> str:
     where = m["gpu"] or f"{m['cpu']} ({m['cpu_count']} cores)"
     lines = [
         "# melody bench", "",
-        f"{where}, {m['threads']} threads (OMP_WAIT_POLICY {m.get('omp_wait_policy')}), torch {m['torch']}; "
+        f"{where}, {m['threads']} threads (OMP_WAIT_POLICY {m.get('omp_wait_policy')}), torch {m['torch']}, "
+        f"allocator: {m.get('allocator', 'glibc defaults')}; "
         f"load average (1, 5, 15 min) {m['load_avg_start']} at start, "
         f"{m['load_avg_end']} at end. Measured once: matmul {m['matmul_gflops']['float32']:.1f} GFLOP/s fp32, "
         f"{m['matmul_gflops']['bfloat16']:.1f} GFLOP/s bf16 ({MATMUL_SIZE}² square); copy {m['copy_gb_s']:.1f} GB/s "
