@@ -127,14 +127,37 @@ def reset_gates(r_in: torch.Tensor, v_r: torch.Tensor, c: torch.Tensor, reverse:
     return r_in.sigmoid_()
 
 
+def sru_unit_steps(u: torch.Tensor, x: torch.Tensor, v: torch.Tensor, b: torch.Tensor,
+                   reverse: bool = False) -> torch.Tensor:
+    """The whole unit a frame at a time, for sampling on a CPU: u = W x `(n, K, 3h)` and x `(n, K, h)` in their own
+    dtype (bf16 under autocast) → h `(n, K, h)` in x's dtype; the same numbers as `SRU.forward`'s other path (to
+    float32 rounding, tested). Both gates come from one (n, 2, h) step, and each frame's projections are widened to float32 as it is
+    read: no full-size float32 copy of W x, of the states or of the gates is ever made, which is where a CPU pass's
+    time went (those are the largest tensors of the DPD). No autograd (in-place updates)."""
+    n, length, h = x.shape
+    state = torch.promote_types(x.dtype, torch.float32)
+    v, b = v.to(state), b.to(state)
+    out = torch.empty_like(x)
+    c = x.new_zeros(n, h, dtype=state)
+    gates = x.new_empty(n, 2, h, dtype=state)
+    for t in (range(length - 1, -1, -1) if reverse else range(length)):
+        # (f_t, r_t) = σ((f'_t, r'_t) + b + v ⊙ c_{t−1})
+        torch.add(u[:, t, h:].unflatten(-1, (2, h)), b, out=gates).addcmul_(v, c[:, None]).sigmoid_()
+        c = torch.lerp(u[:, t, :h].to(state), c, gates[:, 0])
+        out[:, t] = torch.lerp(x[:, t].to(state), c, gates[:, 1])
+    return out
+
+
 class SRU(nn.Module):
     """One direction of a Simple Recurrent Unit (Lei et al. 2018): `(n, K, h)` → `(n, K, h)`.
 
     x̃, f', r' = W x (one matmul for all steps); then, step by step,
     f_t = σ(f'_t + v_f ⊙ c_{t−1} + b_f),  r_t = σ(r'_t + v_r ⊙ c_{t−1} + b_r),
     c_t = f_t ⊙ c_{t−1} + (1 − f_t) ⊙ x̃_t,  h_t = r_t ⊙ c_t + (1 − r_t) ⊙ x_t (highway).
-    Only c needs the loop (`sru_states`); r and h follow for all steps at once from c_{t−1} and c_t. The
-    recurrence runs in float32 at least (under bf16 autocast too), as a state carried over many steps should; the
+    Three paths, the same equations: for training (autograd), only c needs the loop (`sru_states`, three kernels
+    a step), and r and h follow for all steps at once from c_{t−1} and c_t; sampling on a CPU runs the whole
+    unit a frame at a time (`sru_unit_steps`: more, smaller operations, but no full-size float32 tensor); sampling
+    on a GPU, one Triton kernel per direction (`melody.modules.fused_sru`). The recurrence runs in float32 at least (under bf16 autocast too), as a state carried over many steps should; the
     unit's output is in x's dtype (under autocast the next matmul would cast it so).
     """
 
@@ -147,6 +170,8 @@ class SRU(nn.Module):
     def forward(self, x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
         if fused_sru.usable(x):  # sampling on a GPU: the whole unit as one kernel
             return fused_sru.sru_unit(self.w(x), x, self.v, self.b, reverse).to(x.dtype)
+        if not x.is_cuda and not torch.is_grad_enabled():  # sampling on a CPU: no full-size float32 tensors
+            return sru_unit_steps(self.w(x), x, self.v, self.b, reverse)
         state = torch.promote_types(x.dtype, torch.float32)
         x_tilde, f_in, r_in = self.w(x).chunk(3, dim=-1)
         # adding the fp32 biases widens f' and r' in the same pass (one read of W x, no widened copy of it first)

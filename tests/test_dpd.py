@@ -204,6 +204,27 @@ def test_sru_runs_its_recurrence_in_float32_under_bf16_autocast():
     torch.testing.assert_close(y.float(), sru(half.float()), rtol=0.05, atol=0.05)
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("half", [False, True])
+def test_cpu_sampling_path_gives_the_training_paths_numbers(reverse, half):
+    """Without gradients on a CPU the unit runs a frame at a time (`sru_unit_steps`); it must give the vectorised
+    path's numbers, in fp32 and under bf16 autocast (bf16 input, as in the DPD's trunk). Equal to float32 rounding:
+    a kernel may fuse a multiply-add where the other does not (bit-equal here at widths of 32 and more)."""
+    torch.manual_seed(0)
+    sru = SRU(12)
+    with torch.no_grad():
+        sru.v.normal_(0, 0.5)
+        sru.b.normal_(0, 0.5)
+    x = torch.randn(5, 9, 12)
+    x = x.bfloat16() if half else x
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=half):
+        with torch.no_grad():
+            sampled = sru(x, reverse=reverse)
+        trained = sru(x, reverse=reverse).detach()
+    assert sampled.dtype == trained.dtype == x.dtype
+    torch.testing.assert_close(sampled, trained, rtol=2**-8 if half else 1e-6, atol=1e-6)
+
+
 def test_film_projected_on_padded_frames_equals_projecting_every_segment():
     """The blocks project the FiLM condition once per padded frame, then view it as segments: the same numbers as
     projecting each segment's frames (Fig. 2), the zero padding included (it gets the bias there, as before)."""
