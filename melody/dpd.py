@@ -127,10 +127,23 @@ def reset_gates(r_in: torch.Tensor, v_r: torch.Tensor, c: torch.Tensor, reverse:
     return r_in.sigmoid_()
 
 
+def sru_unit(u: torch.Tensor, x: torch.Tensor, v: torch.Tensor, b: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """The unit vectorised over frames where it can be (the training path, autograd through it): u = W x
+    `(n, K, 3h)`, x `(n, K, h)` → h `(n, K, h)` in x's dtype. Only c loops (`sru_states`); r and h follow for all
+    frames at once from c_{t−1} and c_t."""
+    state = torch.promote_types(x.dtype, torch.float32)
+    x_tilde, f_in, r_in = u.chunk(3, dim=-1)
+    # adding the fp32 biases widens f' and r' in the same pass (one read of W x, no widened copy of it first)
+    b_f, b_r = b.to(state)
+    c = sru_states(x_tilde.to(state), f_in + b_f, v[0].to(state), reverse)
+    r = reset_gates(r_in + b_r, v[1].to(state), c, reverse)
+    return torch.lerp(x.to(state), c, r).to(x.dtype)
+
+
 def sru_unit_steps(u: torch.Tensor, x: torch.Tensor, v: torch.Tensor, b: torch.Tensor,
                    reverse: bool = False) -> torch.Tensor:
     """The whole unit a frame at a time, for sampling on a CPU: u = W x `(n, K, 3h)` and x `(n, K, h)` in their own
-    dtype (bf16 under autocast) → h `(n, K, h)` in x's dtype; the same numbers as `SRU.forward`'s other path (to
+    dtype (bf16 under autocast) → h `(n, K, h)` in x's dtype; the same numbers as `sru_unit` (to
     float32 rounding, tested). Both gates come from one (n, 2, h) step, and each frame's projections are widened to float32 as it is
     read: no full-size float32 copy of W x, of the states or of the gates is ever made, which is where a CPU pass's
     time went (those are the largest tensors of the DPD). No autograd (in-place updates)."""
@@ -154,9 +167,10 @@ class SRU(nn.Module):
     x̃, f', r' = W x (one matmul for all steps); then, step by step,
     f_t = σ(f'_t + v_f ⊙ c_{t−1} + b_f),  r_t = σ(r'_t + v_r ⊙ c_{t−1} + b_r),
     c_t = f_t ⊙ c_{t−1} + (1 − f_t) ⊙ x̃_t,  h_t = r_t ⊙ c_t + (1 − r_t) ⊙ x_t (highway).
-    Three paths, the same equations: for training (autograd), only c needs the loop (`sru_states`, three kernels
-    a step), and r and h follow for all steps at once from c_{t−1} and c_t; sampling on a CPU runs the whole
-    unit a frame at a time (`sru_unit_steps`: more, smaller operations, but no full-size float32 tensor); sampling
+    Three paths, the same equations: for training (autograd), `sru_unit`: only c needs the loop (`sru_states`,
+    three kernels a step), and r and h follow for all steps at once from c_{t−1} and c_t; sampling on a CPU runs the whole
+    unit a frame at a time when its input is bf16 (`sru_unit_steps`: more, smaller operations, but no full-size
+    float32 tensor); sampling
     on a GPU, one Triton kernel per direction (`melody.modules.fused_sru`). The recurrence runs in float32 at least (under bf16 autocast too), as a state carried over many steps should; the
     unit's output is in x's dtype (under autocast the next matmul would cast it so).
     """
@@ -168,17 +182,14 @@ class SRU(nn.Module):
         self.b = nn.Parameter(torch.zeros(2, dim))
 
     def forward(self, x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+        u = self.w(x)
         if fused_sru.usable(x):  # sampling on a GPU: the whole unit as one kernel
-            return fused_sru.sru_unit(self.w(x), x, self.v, self.b, reverse).to(x.dtype)
-        if not x.is_cuda and not torch.is_grad_enabled():  # sampling on a CPU: no full-size float32 tensors
-            return sru_unit_steps(self.w(x), x, self.v, self.b, reverse)
-        state = torch.promote_types(x.dtype, torch.float32)
-        x_tilde, f_in, r_in = self.w(x).chunk(3, dim=-1)
-        # adding the fp32 biases widens f' and r' in the same pass (one read of W x, no widened copy of it first)
-        b_f, b_r = self.b.to(state)
-        c = sru_states(x_tilde.to(state), f_in + b_f, self.v[0].to(state), reverse)
-        r = reset_gates(r_in + b_r, self.v[1].to(state), c, reverse)
-        return torch.lerp(x.to(state), c, r).to(x.dtype)
+            return fused_sru.sru_unit(u, x, self.v, self.b, reverse).to(x.dtype)
+        if not x.is_cuda and not torch.is_grad_enabled() and x.dtype in (torch.bfloat16, torch.float16):
+            # sampling at half width on a CPU: no full-size float32 copies (in float32 there are none to save, and
+            # the step loop's extra operations made it no faster: benchmarks/results/cpu-sru/)
+            return sru_unit_steps(u, x, self.v, self.b, reverse)
+        return sru_unit(u, x, self.v, self.b, reverse)
 
 
 class BiRecurrence(nn.Module):

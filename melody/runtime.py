@@ -2,8 +2,9 @@
 
 glibc's malloc serves every block above its mmap threshold (at most 32 MiB) with a fresh `mmap` and unmaps it on
 free, so each large activation pays one page fault per 4 KiB page it first touches, at every pass. At `paper` shapes
-the DPD's activations are 30–100 MB each: one bf16 pass took 11.4 s with glibc's defaults and 8.1 s with freed
-blocks kept in the heap for the next pass (2 cores, this project's CI machine; `benchmarks/results/cpu-allocator/`).
+the DPD's activations are 30–100 MB each: one bf16 pass took 8.45 s with glibc's defaults and 5.22 s with freed
+blocks kept in the heap for the next pass (medians of 4, alternated in one process on 2 cores:
+`benchmarks/cpu_allocator.py`, `benchmarks/results/cpu-allocator/`).
 jemalloc or tcmalloc through `LD_PRELOAD` (what `torch.backends.xeon.run_cpu` sets up) do the same and are left
 alone when present; this needs no package.
 """

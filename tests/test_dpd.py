@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from melody.config import DPDConfig, preset
-from melody.dpd import DPD, SRU, overlap_add, pad_for_segments, parameter_count, segment, unfold_segments
+from melody.dpd import (DPD, SRU, overlap_add, pad_for_segments, parameter_count, segment, sru_unit_steps,
+                        unfold_segments)
 from melody.errors import MelodyError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -207,9 +208,10 @@ def test_sru_runs_its_recurrence_in_float32_under_bf16_autocast():
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("half", [False, True])
 def test_cpu_sampling_path_gives_the_training_paths_numbers(reverse, half):
-    """Without gradients on a CPU the unit runs a frame at a time (`sru_unit_steps`); it must give the vectorised
-    path's numbers, in fp32 and under bf16 autocast (bf16 input, as in the DPD's trunk). Equal to float32 rounding:
-    a kernel may fuse a multiply-add where the other does not (bit-equal here at widths of 32 and more)."""
+    """Without gradients on a CPU a bf16 unit runs a frame at a time (`sru_unit_steps`); it must give the vectorised
+    path's numbers, called directly in fp32 and through the unit under bf16 autocast (bf16 input, as in the DPD's
+    trunk). Equal to float32 rounding: a kernel may fuse a multiply-add where the other does not (bit-equal here at
+    widths of 32 and more)."""
     torch.manual_seed(0)
     sru = SRU(12)
     with torch.no_grad():
@@ -219,7 +221,7 @@ def test_cpu_sampling_path_gives_the_training_paths_numbers(reverse, half):
     x = x.bfloat16() if half else x
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=half):
         with torch.no_grad():
-            sampled = sru(x, reverse=reverse)
+            sampled = sru(x, reverse=reverse) if half else sru_unit_steps(sru.w(x), x, sru.v, sru.b, reverse)
         trained = sru(x, reverse=reverse).detach()
     assert sampled.dtype == trained.dtype == x.dtype
     torch.testing.assert_close(sampled, trained, rtol=2**-8 if half else 1e-6, atol=1e-6)
