@@ -10,7 +10,7 @@ from test_pipeline import bundle  # noqa: F401 (the fixture)
 from test_semantic_stages import one_line_error, run_ok
 from test_shards import RATE
 
-from melody.data.shards import ShardWriter, iter_samples, write_manifest
+from melody.data.shards import ShardWriter, iter_samples, read_manifest, write_manifest
 from melody.eval.quality import mulan_cycle_consistency
 from melody.pipeline import MeLoDy
 
@@ -57,7 +57,7 @@ def evaluated(bundle, tmp_path_factory):  # noqa: F811
 
 
 def test_the_report_measures_each_clip_against_its_real_twin(evaluated):
-    _, _, report, stdout = evaluated
+    corpus, _, report, stdout = evaluated
     assert report["clips"] == 4 and report["seconds"] == 1.0 and report["steps"] == 2 and report["seed"] == 3
     assert [c["caption"] for c in report["per_clip"]] == CAPTIONS[:4]
     assert [c["seed"] for c in report["per_clip"]] == [3, 4, 5, 6]
@@ -78,6 +78,7 @@ def test_the_report_measures_each_clip_against_its_real_twin(evaluated):
     assert report["forward_passes"] == {"mulan": 1, "semantic_lm": 25, "dpd": 2, "vae": 1}  # 1 s: one DPD window
     assert set(report["seconds_per_clip"]) == set(STAGES) and report["speed_x_real_time"] > 0
     assert "FAD musicnn" in stdout and "MCC" in stdout and "music_eval.md" in stdout
+    assert report["corpus_digest"] == read_manifest(corpus)["digest"]  # which corpus: reports compare only on one
 
 
 def test_real_mcc_is_quality_mulan_cycle_consistency_of_the_real_clips(evaluated, bundle):  # noqa: F811
@@ -102,6 +103,7 @@ def test_the_markdown_table_and_the_picture(evaluated):
                 "tempo error at the asked octave", "tempo octave errors", "forward passes per clip",
                 "seconds per generated clip"):
         assert f"| {row}" in table, row
+    assert "Corpus: shards' SHA-256 `" in table
     assert (out / "music_eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

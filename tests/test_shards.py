@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from melody.data.loader import ShardDataset, choose_crop, collate, crop_audio, make_loader
-from melody.data.shards import ShardWriter, iter_samples, read_manifest, read_tar_members, safe_key, shard_paths, write_manifest
+from melody.data.shards import (ShardWriter, iter_samples, read_manifest, read_tar_members, safe_key, shard_paths,
+                                shards_digest, write_manifest)
 from melody.errors import MelodyError
 
 RATE = 8_000
@@ -41,6 +42,15 @@ def test_shards_are_byte_identical_when_rewritten(tmp_path):
     make_corpus(tmp_path / "b")
     for a, b in zip(shard_paths(tmp_path / "a"), shard_paths(tmp_path / "b")):
         assert a.read_bytes() == b.read_bytes()
+
+
+def test_the_manifest_names_its_corpus_by_the_shards_digest(tmp_path):
+    """Two builds of the same clips share a digest wherever they live; a corpus with one other clip does not."""
+    a, b = read_manifest(make_corpus(tmp_path / "a")), read_manifest(make_corpus(tmp_path / "b"))
+    assert len(a["digest"]) == 64 and a["digest"] == b["digest"] == shards_digest(tmp_path / "a", a["splits"])
+    other = read_manifest(make_corpus(tmp_path / "c", seconds=(1.0, 2.5)))
+    assert other["digest"] != a["digest"]
+    assert shards_digest(tmp_path / "a", {"train": {"shards": ["pipe:cat train/shard-000000.tar"]}}) is None
 
 
 def test_bad_corpora_are_clear_errors(tmp_path):

@@ -3,7 +3,8 @@
 Both corpus paths (`melody data synth` and `melody data ingest`) write this format and every
 training stage reads it, so it is the contract between data and models:
 
-    DIR/manifest.json                 format name + version, sample rate, per-split shard lists
+    DIR/manifest.json                 format name + version, sample rate, per-split shard lists, the
+                                      shards' SHA-256 digest (which corpus a report was measured on)
     DIR/{train,valid,test}/shard-000000.tar
         <key>.flac                    16-bit FLAC, mono (or stereo), at the manifest's rate
         <key>.json                    metadata: caption, source, piece, split, attributes, ...
@@ -128,8 +129,25 @@ def write_shard(path: Path, samples: list[tuple]) -> None:
         sink.close()
 
 
+def shards_digest(root: str | Path, splits: dict[str, dict]) -> str | None:
+    """SHA-256 over every shard's bytes, split by split in manifest order: which corpus this is, wherever it lives
+    (shards are byte-reproducible, so two builds from the same inputs and code share it, and a corpus built by other
+    code does not). None when a shard is remote (a URL) or missing."""
+    digest = hashlib.sha256()
+    for split in SPLITS:
+        for path in expand_shards(Path(root), splits.get(split, {}).get("shards", [])):
+            if not isinstance(path, Path) or not path.is_file():
+                return None
+            digest.update(f"{split}/{path.name}\0".encode())
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
 def write_manifest(root: Path, splits: dict[str, dict], **info) -> Path:
-    manifest = {"format": FORMAT, "version": FORMAT_VERSION, **info, "splits": splits}
+    """The manifest, with the shards' `digest` (`shards_digest`) so that reports can name the corpus they read."""
+    manifest = {"format": FORMAT, "version": FORMAT_VERSION, **info, "digest": shards_digest(root, splits), "splits": splits}
     return write_json_atomic(Path(root) / MANIFEST, manifest)
 
 

@@ -127,6 +127,9 @@ class MusicReport:
     seconds_per_clip: dict[str, float]  # per stage, wall time ÷ clips
     speed_x_real_time: float  # seconds of music per second of generation
     per_clip: list[ClipResult]
+    # the corpus's shard digest from its manifest (`shards_digest`): reports on the same corpus share it; None for a
+    # corpus built before manifests carried one, or read from URLs
+    corpus_digest: str | None = None
 
 
 @dataclass
@@ -288,7 +291,7 @@ def evaluate_music(model: MeLoDy, data_root: str | Path, split: str = "test", se
                           tempo_summary(list(tempo["real"].values())), tempo_summary(list(tempo["mismatched"].values()))),
         attributes=attributes, forward_passes=passes, seconds_per_clip=per_clip_seconds,
         speed_x_real_time=seconds / total if total > 0 else math.inf,
-        per_clip=per_clip,
+        per_clip=per_clip, corpus_digest=read_manifest(data_root).get("digest"),
     )
     examples = [(captions[i], real.audio[i], generated_np[i]) for i in range(min(PICTURE_CLIPS, n))]
     return report, examples
@@ -339,7 +342,9 @@ def markdown(report: MusicReport) -> str:
     head = (f"# Generated vs real music: `{report.bundle}`, '{report.split}' split\n\n"
             f"{report.clips} clips of {report.seconds:g} s, music from each clip's caption ("
             + (f"DPD {report.steps} steps, guidance {report.guidance:g}, " if report.steps else "the MusicLM-style baseline, ")
-            + f"clip i seeded {report.seed} + i).{_attribute_sentence(report.attributes)}\n\n"
+            + f"clip i seeded {report.seed} + i).{_attribute_sentence(report.attributes)} Corpus: "
+            + (f"shards' SHA-256 `{report.corpus_digest[:16]}…`" if report.corpus_digest else "no digest in its manifest")
+            + ".\n\n"
             "| metric | generated | real (reference) | generated vs another clip's caption (chance) | note |\n"
             "|---|---|---|---|---|\n")
     return head + "".join(f"| {' | '.join(row)} |\n" for row in rows)
