@@ -100,17 +100,22 @@ def overlap_add(segments: torch.Tensor, length: int) -> torch.Tensor:
 
 # --- blocks --------------------------------------------------------------------------------------
 
+def frames_in_order(length: int, reverse: bool) -> range:
+    """The frames 0 … K−1 in the order a recurrence visits them: backwards when `reverse`."""
+    return range(length - 1, -1, -1) if reverse else range(length)
+
+
 def sru_states(x_tilde: torch.Tensor, f_in: torch.Tensor, v_f: torch.Tensor, reverse: bool = False) -> torch.Tensor:
     """The SRU's cell states `(n, K, h)`: c_t = f_t ⊙ c_{t−1} + (1 − f_t) ⊙ x̃_t with f_t = σ(f'_t + v_f ⊙ c_{t−1})
     (b_f folded into f'), c_{−1} = 0, run backwards in time when `reverse`.
 
-    The only sequential part of the unit, so it holds nothing else: three kernels a step (addcmul, sigmoid,
-    lerp), where the whole unit step by step took about sixteen; on a GPU the step loop is launch-bound.
+    The only sequential part of the training path, so it holds nothing else: three kernels a step (addcmul, sigmoid,
+    lerp), where the whole unit a frame at a time (`sru_unit_steps`) takes eight; on a GPU the loop is launch-bound.
     """
     n, length, h = x_tilde.shape
     c = x_tilde.new_zeros(n, h)
     states = [c] * length
-    for t in (range(length - 1, -1, -1) if reverse else range(length)):
+    for t in frames_in_order(length, reverse):
         f = torch.sigmoid(torch.addcmul(f_in[:, t], v_f, c))
         c = torch.lerp(x_tilde[:, t], c, f)
         states[t] = c
@@ -143,8 +148,8 @@ def sru_unit(u: torch.Tensor, x: torch.Tensor, v: torch.Tensor, b: torch.Tensor,
 def sru_unit_steps(u: torch.Tensor, x: torch.Tensor, v: torch.Tensor, b: torch.Tensor,
                    reverse: bool = False) -> torch.Tensor:
     """The whole unit a frame at a time, for sampling on a CPU: u = W x `(n, K, 3h)` and x `(n, K, h)` in their own
-    dtype (bf16 under autocast) → h `(n, K, h)` in x's dtype; the same numbers as `sru_unit` (to
-    float32 rounding, tested). Both gates come from one (n, 2, h) step, and each frame's projections are widened to float32 as it is
+    dtype (bf16 under autocast) → h `(n, K, h)` in x's dtype; the same numbers as `sru_unit` (to float32 rounding,
+    tested). Both gates come from one (n, 2, h) step, and each frame's projections are widened to float32 as it is
     read: no full-size float32 copy of W x, of the states or of the gates is ever made, which is where a CPU pass's
     time went (those are the largest tensors of the DPD). No autograd (in-place updates)."""
     n, length, h = x.shape
@@ -153,7 +158,7 @@ def sru_unit_steps(u: torch.Tensor, x: torch.Tensor, v: torch.Tensor, b: torch.T
     out = torch.empty_like(x)
     c = x.new_zeros(n, h, dtype=state)
     gates = x.new_empty(n, 2, h, dtype=state)
-    for t in (range(length - 1, -1, -1) if reverse else range(length)):
+    for t in frames_in_order(length, reverse):
         # (f_t, r_t) = σ((f'_t, r'_t) + b + v ⊙ c_{t−1})
         torch.add(u[:, t, h:].unflatten(-1, (2, h)), b, out=gates).addcmul_(v, c[:, None]).sigmoid_()
         c = torch.lerp(u[:, t, :h].to(state), c, gates[:, 0])
@@ -167,12 +172,11 @@ class SRU(nn.Module):
     x̃, f', r' = W x (one matmul for all steps); then, step by step,
     f_t = σ(f'_t + v_f ⊙ c_{t−1} + b_f),  r_t = σ(r'_t + v_r ⊙ c_{t−1} + b_r),
     c_t = f_t ⊙ c_{t−1} + (1 − f_t) ⊙ x̃_t,  h_t = r_t ⊙ c_t + (1 − r_t) ⊙ x_t (highway).
-    Three paths, the same equations: for training (autograd), `sru_unit`: only c needs the loop (`sru_states`,
-    three kernels a step), and r and h follow for all steps at once from c_{t−1} and c_t; sampling on a CPU runs the whole
-    unit a frame at a time when its input is bf16 (`sru_unit_steps`: more, smaller operations, but no full-size
-    float32 tensor); sampling
-    on a GPU, one Triton kernel per direction (`melody.modules.fused_sru`). The recurrence runs in float32 at least (under bf16 autocast too), as a state carried over many steps should; the
-    unit's output is in x's dtype (under autocast the next matmul would cast it so).
+    Three paths, the same equations: training runs `sru_unit` (only c loops; r and h follow for all frames at once);
+    sampling on a CPU at bf16 runs `sru_unit_steps` (a frame at a time: more, smaller operations, but no full-size
+    float32 tensor); sampling on a GPU, one Triton kernel per direction (`melody.modules.fused_sru`). The recurrence
+    runs in float32 at least (under bf16 autocast too), as a state carried over many steps should; the unit's output
+    is in x's dtype (under autocast the next matmul would cast it so).
     """
 
     def __init__(self, dim: int) -> None:

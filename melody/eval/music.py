@@ -197,8 +197,9 @@ def evaluate_music(model: MeLoDy, data_root: str | Path, split: str = "test", se
         raise MelodyError(f"--steps must be at least 1, got {steps}")
     rate = model.vae.cfg.sample_rate
     real = read_clips(data_root, split, seconds, rate, limit)
+    manifest = read_manifest(data_root)
     train = None  # the attribute classifiers' train clips, read lazily; a missing train split: no classifiers
-    if attribute_clips > 0 and TRAIN_SPLIT in read_manifest(data_root)["splits"]:
+    if attribute_clips > 0 and TRAIN_SPLIT in manifest["splits"]:
         train = spread_clips(data_root, TRAIN_SPLIT, seconds, rate, attribute_clips)  # an empty split fails here, early
     n, captions = len(real.keys), real.captions
     steps = model.cfg.dpd.steps if steps is None else steps
@@ -291,7 +292,7 @@ def evaluate_music(model: MeLoDy, data_root: str | Path, split: str = "test", se
                           tempo_summary(list(tempo["real"].values())), tempo_summary(list(tempo["mismatched"].values()))),
         attributes=attributes, forward_passes=passes, seconds_per_clip=per_clip_seconds,
         speed_x_real_time=seconds / total if total > 0 else math.inf,
-        per_clip=per_clip, corpus_digest=read_manifest(data_root).get("digest"),
+        per_clip=per_clip, corpus_digest=manifest.get("digest"),
     )
     examples = [(captions[i], real.audio[i], generated_np[i]) for i in range(min(PICTURE_CLIPS, n))]
     return report, examples
