@@ -10,6 +10,14 @@
 #   5. (off unless DPD_TINY_SECONDS > 0) the `tiny` DPD trained from the built-in corpus's cached features with the
 #      bundle's VAE and tokenizer (issue 6: a DPD that keeps rhythm), time-boxed; its last checkpoint comes back
 #      flat in $OUT/dpd_tiny/ (put back as RUN/checkpoints/step-N/ + RUN/latest.json, then `melody export`).
+#   6. (off unless LM_SECONDS > 0) semantic LMs trained side by side from carried latent-free features (issue 6: an LM
+#      that follows a stated tempo), each run time-boxed; each comes back exported at float16 with its metrics in
+#      $OUT/lm_<name>.tgz. LM_RUNS lists them, space-separated, as name=TOKENIZER_DIR:key=value,key=value (the --set
+#      overrides on the tiny preset); they share the bundle's MuLan. `.device/lmcorpus.tgz` holds a corpus's manifest
+#      and its `melody data encode --latents none` feature sets (no audio):
+#        melody data synth --out /tmp/corpus12 --hours 12 --seed 0
+#        melody data encode /tmp/corpus12 --bundle melody/bundled --latents none   # and --bundle B for another tokenizer
+#        tar czf .device/lmcorpus.tgz -C /tmp/corpus12 manifest.json features
 # Each part can be skipped: GRAPH_TESTS=0, SRU_SECONDS=0 / GRU_SECONDS=0, BENCH_SECONDS=0; BENCH_SHAPES picks the
 # bench's runs (`--shapes` values, space-separated).
 # Part 5 carries `.device/gpucorpus` (the corpus's manifest, 4 valid clips and the train split's uint8 features,
@@ -102,6 +110,25 @@ if [ "${DPD_TINY_SECONDS:-0}" -gt 0 ]; then
   mkdir -p "$OUT/dpd_tiny"
   cp /tmp/dpd_tiny/latest.json /tmp/dpd_tiny/metrics.jsonl "$OUT/dpd_tiny/"
   cp "/tmp/dpd_tiny/$(python3 -c 'import json; print(json.load(open("/tmp/dpd_tiny/latest.json"))["path"])')"/* "$OUT/dpd_tiny/"
+fi
+
+if [ "${LM_SECONDS:-0}" -gt 0 ]; then
+  echo "== semantic LMs from latent-free features: ${LM_RUNS:-}" >> "$LOG"
+  mkdir -p /tmp/lmcorpus && tar xzf .device/lmcorpus.tgz -C /tmp/lmcorpus
+  for spec in ${LM_RUNS:-}; do
+    name=${spec%%=*}; rest=${spec#*=}; tok=${rest%%:*}
+    sets=$(echo "${rest#*:}" | tr ',' '\n' | sed 's/^/--set /' | tr '\n' ' ')
+    ( timeout -s TERM "$LM_SECONDS" python3 -m melody.cli train semantic --data /tmp/lmcorpus --out "/tmp/lm_$name" \
+        --mulan melody/bundled/mulan --tokenizer "$tok" --preset tiny --no-progress --set train.cached_features=true \
+        --set train.num_workers=3 --set train.sample_every=250 $sets > "/tmp/lm_$name.log" 2>&1
+      echo "$name: exit $? (124: stopped by the time box, after saving)" >> "$LOG"
+      python3 -m melody.cli export "/tmp/lm_$name" --stage semantic_lm --half --out "/tmp/lm_${name}_export" >> "$LOG" 2>&1
+      tail -n 3 "/tmp/lm_$name.log" >> "$LOG"
+      cp "/tmp/lm_$name/metrics.jsonl" "/tmp/lm_$name.log" "/tmp/lm_${name}_export/" 2>/dev/null
+      tar czf "$OUT/lm_$name.tgz" -C "/tmp/lm_${name}_export" . ) &
+  done
+  wait
+  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv >> "$LOG" 2>&1
 fi
 
 if [ "${BENCH_SECONDS:-200}" -gt 0 ]; then  # BENCH_SECONDS=0 skips the bench

@@ -190,7 +190,8 @@ def data_encode(
     batch_size: Annotated[int, typer.Option(help="Clips per forward pass.")] = 8,
     latents: Annotated[str, typer.Option("--latents", help="float16: the VAE posterior per frame; uint8: its mean at 8 "
                                          "bits and each clip's average log-variance, a quarter of the size (to carry "
-                                         "features where space is short).")] = "float16",
+                                         "features where space is short); none: no VAE, tokens only (the semantic "
+                                         "LM's features, a few kB a clip).")] = "float16",
     progress: ProgressOpt = True,
 ) -> None:
     """Cache VAE posteriors, semantic tokens and MuLan tokens of every clip (CORPUS/features/<checkpoints' hash>/),
@@ -203,10 +204,14 @@ def data_encode(
     paths = {"vae": vae, "tokenizer": tokenizer, "mulan": mulan}
     if bundle is not None:
         paths = {name: path or bundle / name for name, path in paths.items()}
-    if paths["vae"] is None or paths["tokenizer"] is None:
-        raise MelodyError("encode needs a VAE and a tokenizer: pass --bundle, or --vae and --tokenizer (and --mulan for the semantic LM)")
+    if latents == "none":
+        paths["vae"] = None
+    elif paths["vae"] is None:
+        raise MelodyError("encode needs a VAE for latents: pass --bundle or --vae, or --latents none for tokens only")
+    if paths["tokenizer"] is None:
+        raise MelodyError("encode needs a tokenizer: pass --bundle, or --tokenizer (and --mulan for the semantic LM)")
     models = {name: load_stage(path, name)[0] for name, path in paths.items() if path is not None}
-    out = encode_corpus(root, models["vae"], models["tokenizer"], models.get("mulan"), batch_size=batch_size, progress=progress,
+    out = encode_corpus(root, models.get("vae"), models["tokenizer"], models.get("mulan"), batch_size=batch_size, progress=progress,
                         latents=latents)
     typer.echo(f"wrote {out}")
 

@@ -167,6 +167,10 @@ class SemanticLMConfig:
     tempo_buckets: int = 0
     tempo_range: tuple[float, ...] = (40.0, 240.0)
     tempo_dropout: float = 0.3
+    # Training only, with the tempo token: examples that state their tempo are played faster or slower by a rate
+    # drawn log-uniformly in [1 / (1 + s), 1 + s] (`stretch_tokens`), their tempo token moved with them, so that the
+    # token, not the corpus's usual pace, sets how fast tokens come (0: off; outside the paper).
+    tempo_stretch: float = 0.0
     # At sampling: "fp32", or "bf16" weights (a bf16 copy: one token's pass streams every weight, so half the bytes
     # is what counts on a CPU); the sampler reads the logits in fp32.
     precision: str = "fp32"

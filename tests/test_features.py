@@ -14,6 +14,7 @@ from test_shards import RATE, make_corpus
 
 from melody.config import preset
 from melody.data.features import FEATURES_FILE, FeatureDataset, encode_corpus, find_features, pack, unpack
+from melody.eval.semantic import tokenize_split, tokenized_features
 from melody.data.loader import ShardDataset, make_loader
 from melody.errors import MelodyError
 from melody.train.dpd import DPDStage
@@ -61,11 +62,13 @@ def test_stored_features_are_what_the_models_compute(setup):
             posterior = models["vae"].encode(audio)
             tokens = models["tokenizer"].tokens(audio.mean(1), torch.tensor([n]))
             mulan = models["mulan"].tokens_from_audio(audio.mean(1), torch.tensor([n]))
+            text = models["mulan"].tokens_from_text([clip["caption"]])
         assert f["mean"].dtype == np.float16 and f["tokens"].dtype == np.int16
         assert f["mean"].shape == (n // 160, 16) == f["logvar"].shape and f["tokens"].shape == (n // 320,)
         np.testing.assert_allclose(f["mean"], posterior.mean[0].T.numpy(), atol=2e-3, rtol=2e-3)
         np.testing.assert_array_equal(f["tokens"], tokens[0].numpy())
         np.testing.assert_array_equal(f["mulan"], mulan[0].numpy())
+        np.testing.assert_array_equal(f["text_mulan"], text[0].numpy())
         assert meta["caption"] == clip["caption"] and meta["seconds"] == n / RATE
         seen += 1
     assert seen == 8
@@ -87,6 +90,7 @@ def test_crops_start_latents_and_tokens_together(setup):
     assert len(starts) > 1  # random offsets, on the token grid
     batch = next(iter(make_loader(data, 4)))
     assert batch["mean"].shape == (4, 25, 16) and batch["tokens"].dtype == torch.int64 and batch["mulan"].shape == (4, 4)
+    assert batch["text_mulan"].shape == (4, 4)
 
 
 def test_the_semantic_lm_trains_from_features_as_from_audio(setup, tmp_path):
@@ -215,3 +219,76 @@ def test_a_split_with_no_clips_is_skipped(setup, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     out = encode_corpus(copy, models["vae"], models["tokenizer"], progress=False, latents="uint8")
     assert set(json.loads((out / FEATURES_FILE).read_text())["splits"]) == set(manifest["splits"]) - {"test"}
+
+
+def test_features_without_latents_are_the_same_tokens_and_need_no_vae(setup, bundle, tmp_path):  # noqa: F811
+    """`--latents none`: tokens and both MuLan token sets, no VAE in the key or the files; the DPD cannot use them."""
+    corpus, _, models, folder, _ = setup
+    import shutil
+
+    copy = tmp_path / "corpus"
+    shutil.copytree(corpus, copy, ignore=shutil.ignore_patterns("features"))
+    out = melody_one_thread("data", "encode", str(copy), "--latents", "uint8", "--tokenizer", str(bundle / "tokenizer"))
+    assert out.returncode == 2 and "--latents none" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    out = melody_one_thread("data", "encode", str(copy), "--tokenizer", str(bundle / "tokenizer"), "--mulan",
+                            str(bundle / "mulan"), "--latents", "none", "--no-progress")
+    assert out.returncode == 0, out.stderr
+    lean = find_features(copy, {"tokenizer": models["tokenizer"], "mulan": models["mulan"]})
+    assert lean.name.endswith("-none")
+    record = json.loads((lean / FEATURES_FILE).read_text())
+    assert set(record["fingerprints"]) == {"tokenizer", "mulan"} and record["latent_rate"] is None and record["latents"] == "none"
+    full = {key: f for key, f, _ in cached(folder, "train")}
+    for key, f, _ in cached(lean, "train"):
+        assert set(f) == {"tokens", "mulan", "text_mulan"}
+        for name in f:
+            np.testing.assert_array_equal(f[name], full[key][name])
+    batch = next(iter(make_loader(FeatureDataset(lean, "train", 2.0, shuffle=0), 4)))
+    assert "mean" not in batch and batch["tokens"].shape == (4, 50) and batch["text_mulan"].shape == (4, 4)
+    with pytest.raises(MelodyError, match="no cached features for these tokenizer \\+ vae"):
+        find_features(copy, {"vae": models["vae"], "tokenizer": models["tokenizer"]})
+    with pytest.raises(MelodyError, match="--latents none"):
+        encode_corpus(copy, models["vae"], models["tokenizer"], latents="none", progress=False)
+    with pytest.raises(MelodyError, match="--latents none"):
+        encode_corpus(copy, None, models["tokenizer"], latents="uint8", progress=False)
+
+
+def test_the_split_read_from_features_is_the_split_the_conditioners_tokenise(setup):
+    """Clips no longer than the window: the cached whole-clip tokens are the crop's own."""
+    corpus, _, models, folder, _ = setup
+    cached_split = tokenized_features(folder, "train", 2.0)
+    live = tokenize_split(models["mulan"], models["tokenizer"], corpus, "train", 2.0)
+    assert cached_split.keys == live.keys and cached_split.captions == live.captions
+    for name in ("keep", "audio_mulan", "text_mulan"):
+        assert torch.equal(getattr(cached_split, name), getattr(live, name)), name
+    assert torch.equal(cached_split.semantic[live.keep], live.semantic[live.keep])  # padding frames are masked either way
+    assert torch.equal(cached_split.bpm.isnan(), live.bpm.isnan())
+    assert tokenized_features(folder, "train", 2.0, limit=3).semantic.shape[0] == 3
+
+
+def test_the_semantic_lm_trains_and_is_judged_from_features_alone(setup, tmp_path):
+    """Without the corpus's audio and with a text encoder that could not run: every split from the features, the
+    tempo stretch on (the clips state a tempo) and its held-out perplexities logged."""
+    _, _, models, _, bert = setup
+    import shutil
+
+    corpus = make_corpus(tmp_path / "corpus", clips=10, per_shard=3, seconds=(1.0, 2.0), tempo=True)
+    encode_corpus(corpus, None, models["tokenizer"], models["mulan"], latents="none", progress=False)
+    for split in ("train", "valid"):
+        shutil.rmtree(corpus / split)
+    copy = corpus
+    stage = semantic_stage(copy, bert, tmp_path / "run", "train.batch_size=4", "train.steps=2", "semantic_lm.window_seconds=2",
+                           "train.cached_features=true", "semantic_lm.text_condition_prob=0.5", "semantic_lm.tempo_buckets=8",
+                           "semantic_lm.tempo_stretch=0.25", "train.sample_every=2", conditioners=(models["mulan"], models["tokenizer"]))
+    stage.caption_tokens = None  # the captions' tokens must come from the features
+    assert isinstance(stage.dataset("valid"), FeatureDataset)
+    Engine(stage, tmp_path / "run", progress=False, cpu=True).fit()
+    logs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    valid = next(log for log in logs if "valid/ppl_text" in log)
+    assert all(np.isfinite(valid[k]) for k in ("valid/ppl", "valid/ppl_text", "valid/ppl_stretched_told", "valid/ppl_stretched_stale"))
+
+
+def test_the_tempo_stretch_needs_the_tempo_token(setup, tmp_path):
+    corpus, _, models, _, bert = setup
+    with pytest.raises(MelodyError, match="tempo_buckets") as err:
+        semantic_stage(corpus, bert, tmp_path / "run", "semantic_lm.tempo_stretch=0.25", conditioners=(models["mulan"], models["tokenizer"]))
+    assert "\n" not in str(err.value)

@@ -6,8 +6,8 @@ import torch
 from melody.config import MelodyConfig, SemanticLMConfig, preset
 from melody.modules.transformer import swiglu_hidden_dim
 from melody.errors import MelodyError
-from melody.semantic.lm import (SemanticLM, bucket_tempo, condition_dropout_mask, lm_loss, parameter_count, tempo_bucket,
-                                window_and_stride)
+from melody.semantic.lm import (SemanticLM, bucket_tempo, condition_dropout_mask, lm_loss, parameter_count, stretch_rates,
+                                stretch_tokens, tempo_bucket, window_and_stride)
 from melody.semantic.sampling import cfg_logits, generate, sample_token
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -339,3 +339,26 @@ def test_an_lm_learns_the_tempo_token_when_only_it_tells_two_sequences_apart():
     first, final = overfit(lm, m, s, tempo)
     assert final < first / 5, (first, final)
     assert torch.equal(generate(lm, m, 16, temperature=0.0, window=32, stride=16, tempo=tempo).tokens, s)
+
+
+def test_stretching_tokens_plays_them_faster_or_slower_and_rate_one_gives_them_back():
+    tokens = torch.arange(1, 11)[None].repeat(3, 1)  # 10 frames, all kept except the last two of row 2
+    keep = torch.ones(3, 10, dtype=torch.bool)
+    keep[2, 8:] = False
+    out, kept = stretch_tokens(tokens, keep, torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64))
+    assert torch.equal(out[0], tokens[0]) and kept[0].all()
+    assert out[1, :5].tolist() == [1, 3, 5, 7, 9] and kept[1].tolist() == [True] * 5 + [False] * 5  # twice as fast
+    assert out[2].tolist() == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5] and kept[2].all()  # half as fast: the window holds 5 frames
+    fast, fast_kept = stretch_tokens(tokens[2:], keep[2:], torch.tensor([1.25], dtype=torch.float64))
+    assert fast[0, :6].tolist() == [1, 2, 3, 4, 6, 7] and fast_kept[0].sum() == 7  # source frames 0..8.75: 8 and 9 unkept
+    assert out.dtype == tokens.dtype and kept.dtype == torch.bool
+
+
+def test_stretch_rates_are_log_uniform_within_the_spread_and_seeded():
+    rates = stretch_rates(20_000, 0.25, torch.Generator().manual_seed(0))
+    assert rates.dtype == torch.float64 and rates.min() >= 1 / 1.25 and rates.max() <= 1.25
+    assert abs(float(rates.log().mean())) < 0.01 and abs(float((rates > 1).double().mean()) - 0.5) < 0.02
+    assert torch.equal(rates[:10], stretch_rates(10, 0.25, torch.Generator().manual_seed(0)))
+    assert torch.equal(stretch_rates(4, 0.0), torch.ones(4, dtype=torch.float64))
+    with pytest.raises(MelodyError, match="tempo_stretch"):
+        stretch_rates(4, -0.1)

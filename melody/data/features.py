@@ -15,9 +15,12 @@ Per clip (`<key>.npz`, plus the clip's metadata as `<key>.json`):
   as the 64 MiB a lent GPU machine takes), `mean_q` `(l, d)` uint8 with `mean_lo`, `mean_step` `(d,)`
   (256 even levels per dimension over the clip's range: error ≤ step / 2) and `logvar_avg` `(d,)`, the
   clip's log-variance averaged over its frames: an approximation of the posterior's noise, which the
-  float16 format keeps per frame. `unpack` returns `mean` and `logvar` `(l, d)` either way;
+  float16 format keeps per frame. `unpack` returns `mean` and `logvar` `(l, d)` either way. With
+  `latents="none"` there are none, and no VAE is needed: features for the semantic LM alone, a few kB a clip;
 - `tokens` `(T,)` int16: the semantic tokens of the whole clip (25 Hz);
-- `mulan` `(levels,)` int16: the MuLan tokens of the clip's audio (when a MuLan is given).
+- `mulan` `(levels,)` int16: the MuLan tokens of the clip's audio (when a MuLan is given);
+- `text_mulan` `(levels,)` int16: the MuLan tokens of the clip's caption (when a MuLan is given), which the LM's
+  text-conditioned examples read (`semantic_lm.text_condition_prob`), so that training needs no text encoder.
 Whole-clip features differ from those of a crop only near the crop's edges (the encoders see more
 context); stages read them through the same crop grid as audio (`features.latents_per_token`).
 
@@ -44,10 +47,10 @@ from melody.errors import MelodyError
 from melody.io import read_json, write_json_atomic
 
 FEATURES_FORMAT = "melody-features"
-FEATURES_VERSION = 2  # 2 added the uint8 latents; version 1 files (float16) read the same
-READABLE_VERSIONS = (1, 2)
+FEATURES_VERSION = 3  # 2 added the uint8 latents, 3 the captions' MuLan tokens and latent-free sets; older files read the same
+READABLE_VERSIONS = (1, 2, 3)
 FEATURES_FILE = "features.json"
-LATENT_FORMATS = ("float16", "uint8")
+LATENT_FORMATS = ("float16", "uint8", "none")
 
 
 def features_key(models: dict[str, nn.Module]) -> str:
@@ -58,7 +61,7 @@ def features_key(models: dict[str, nn.Module]) -> str:
 
 def features_dir(corpus: str | Path, models: dict[str, nn.Module], latents: str = "float16") -> Path:
     """Where `encode_corpus` writes the features these models make: `CORPUS/features/<features_key>`, with `-uint8`
-    after it for the uint8 latents."""
+    after it for the uint8 latents (`-none` for none: the key then has no VAE in it)."""
     return Path(corpus) / "features" / (features_key(models) + ("" if latents == "float16" else f"-{latents}"))
 
 
@@ -84,21 +87,26 @@ def _manifest_hash(corpus: Path) -> str:
 def encode_corpus(corpus: str | Path, vae, tokenizer, mulan=None, batch_size: int = 8, progress: bool = True,
                   splits: tuple[str, ...] | None = None, latents: str = "float16") -> Path:
     """Write every split's features under `features_dir(corpus, models, latents)`; returns that folder. `latents`:
-    "float16" (the posterior per frame) or "uint8" (module docstring)."""
+    "float16" (the posterior per frame), "uint8" or "none" (no VAE: pass `vae=None`; module docstring)."""
     from tqdm.auto import tqdm
 
     if latents not in LATENT_FORMATS:
         raise MelodyError(f"unknown latent format '{latents}'; choose one of: {', '.join(LATENT_FORMATS)}")
+    if (vae is None) != (latents == "none"):
+        raise MelodyError("features without latents take no VAE, and latents need one: pass a VAE, or --latents none")
     corpus = Path(corpus)
     manifest = read_manifest(corpus)
-    models = {"vae": vae, "tokenizer": tokenizer} | ({"mulan": mulan} if mulan is not None else {})
+    models = ({"vae": vae} if vae is not None else {}) | {"tokenizer": tokenizer} | ({"mulan": mulan} if mulan is not None else {})
     out = features_dir(corpus, models, latents)
     for model in models.values():
         model.eval()
-    rate = vae.cfg.sample_rate
+    rate = tokenizer.hop * tokenizer.config.frame_rate  # the tokenizer's sample rate
+    if vae is not None and vae.cfg.sample_rate != rate:
+        raise MelodyError(f"the VAE reads {vae.cfg.sample_rate} Hz audio and the tokenizer {rate} Hz; pass models of one bundle")
+    text_tokens: dict[str, torch.Tensor] = {}  # each caption once, alone, so that its tokens do not depend on the batch
     record_splits = {}
     for split in splits or tuple(name for name, entry in manifest["splits"].items() if entry.get("shards")):
-        dataset = ShardDataset.whole_clips(corpus, split, rate, vae.cfg.channels)
+        dataset = ShardDataset.whole_clips(corpus, split, rate, vae.cfg.channels if vae is not None else 1)
         writer = ShardWriter(out, split, rate, clips_per_shard=int(manifest.get("data_config", {}).get("clips_per_shard", 256)))
         total = int(manifest["splits"][split].get("clips") or 0) or None
         bar = tqdm(total=total, desc=f"encode {split}", unit="clip", disable=not progress)
@@ -108,13 +116,18 @@ def encode_corpus(corpus: str | Path, vae, tokenizer, mulan=None, batch_size: in
             for n in sorted(set(lengths_of)):
                 rows = [i for i, m in enumerate(lengths_of) if m == n]
                 audio, lengths = batch["audio"][rows, :, :n], batch["length"][rows]
-                posterior = vae.encode(audio)
+                posterior = vae.encode(audio) if vae is not None else None
                 tokens = tokenizer.tokens(audio.mean(1), lengths)
                 mulan_tokens = mulan.tokens_from_audio(audio.mean(1), lengths) if mulan is not None else None
                 for j, i in enumerate(rows):
-                    arrays[i] = {"mean": posterior.mean[j].T, "logvar": posterior.logvar[j].T, "tokens": tokens[j]}
+                    arrays[i] = {"tokens": tokens[j]}
+                    if posterior is not None:
+                        arrays[i] |= {"mean": posterior.mean[j].T, "logvar": posterior.logvar[j].T}
                     if mulan_tokens is not None:
-                        arrays[i]["mulan"] = mulan_tokens[j]
+                        caption = batch["caption"][i]
+                        if caption not in text_tokens:
+                            text_tokens[caption] = mulan.tokens_from_text([caption])[0]
+                        arrays[i] |= {"mulan": mulan_tokens[j], "text_mulan": text_tokens[caption]}
             for i, key in enumerate(batch["key"]):
                 writer.add_raw(key, pack(arrays[i], latents), batch["meta"][i] | {"seconds": lengths_of[i] / rate})
             bar.update(len(batch["key"]))
@@ -124,7 +137,7 @@ def encode_corpus(corpus: str | Path, vae, tokenizer, mulan=None, batch_size: in
     write_json_atomic(out / FEATURES_FILE, {
         "format": FEATURES_FORMAT, "version": FEATURES_VERSION, "latents": latents, "corpus_manifest": _manifest_hash(corpus),
         "fingerprints": {name: fingerprint(m) for name, m in models.items()}, "sample_rate": rate,
-        "latent_rate": rate / vae.hop, "token_rate": rate / tokenizer.hop, "splits": record_splits})
+        "latent_rate": rate / vae.hop if vae is not None else None, "token_rate": rate / tokenizer.hop, "splits": record_splits})
     return out
 
 
@@ -179,9 +192,10 @@ class FeatureCrop:
 
 
 class FeatureDataset(ShardDataset):
-    """Random crops of cached features: `{"mean", "logvar" (l, d), "tokens" (T,), "mulan" (levels,), "length" (valid
-    latent frames), "token_length", "caption", "key", "meta"}`, crops starting on a token boundary so that latent frame
-    j is covered by token ⌊j / latents_per_token⌋, as on audio. Sharding, shuffling and resume are the shard loader's."""
+    """Random crops of cached features: `{"mean", "logvar" (l, d), "tokens" (T,), "mulan", "text_mulan" (levels,),
+    "length" (valid latent frames), "token_length", "caption", "key", "meta"}` (what the set holds), crops starting on
+    a token boundary so that latent frame j is covered by token ⌊j / latents_per_token⌋, as on audio. Sharding,
+    shuffling and resume are the shard loader's."""
 
     def __init__(self, folder: str | Path, split: str, crop_seconds: float, *, shuffle: int = 256, seed: int = 0,
                  random_offset: bool = True) -> None:
@@ -191,11 +205,12 @@ class FeatureDataset(ShardDataset):
             raise MelodyError(f"{folder}: the features have no '{split}' split; they have {', '.join(record['splits'])}")
         super().__init__([folder / s for s in record["splits"][split]["shards"]], crop_seconds, record["sample_rate"],
                          shuffle=shuffle, seed=seed, random_offset=random_offset)
-        ratio = record["latent_rate"] / record["token_rate"]
+        latent_rate = record.get("latent_rate") or 0.0  # none: features for the semantic LM alone
+        ratio = latent_rate / record["token_rate"]
         if abs(ratio - round(ratio)) > 1e-6:
             raise MelodyError(f"{folder}: {record['latent_rate']} Hz latents are no whole multiple of {record['token_rate']} Hz tokens")
         self.latents_per_token = round(ratio)
-        self.shape = FeatureCrop(round(crop_seconds * record["latent_rate"]), round(crop_seconds * record["token_rate"]))
+        self.shape = FeatureCrop(round(crop_seconds * latent_rate), round(crop_seconds * record["token_rate"]))
         self.collate = collate_features
 
     def decode(self, raw: dict) -> dict:
@@ -209,23 +224,26 @@ class FeatureDataset(ShardDataset):
         rng = np.random.default_rng([self.seed, self.epoch, key_seed(sample["key"])])
         where = choose_crop(len(f["tokens"]), crop.tokens, rng, self.random_offset)  # in tokens
         first = where.start * self.latents_per_token
-        frames = max(0, min(where.length * self.latents_per_token, len(f["mean"]) - first, crop.latent_frames))
+        frames = max(0, min(where.length * self.latents_per_token, len(f["mean"]) - first, crop.latent_frames)) if "mean" in f else 0
         out = {"length": frames, "token_length": where.length, "caption": sample["meta"].get("caption", ""),
                "key": sample["key"], "meta": sample["meta"]}
         # padding frames: a posterior of exactly 0 (the variance of e^-30 is the VAE's own lower bound)
-        for name, pad in (("mean", 0.0), ("logvar", -30.0)):
+        for name, pad in (("mean", 0.0), ("logvar", -30.0)) if "mean" in f else ():
             x = np.full((crop.latent_frames, f[name].shape[1]), pad, np.float32)
             x[:frames] = f[name][first:first + frames]
             out[name] = torch.from_numpy(x)
         tokens = np.zeros(crop.tokens, np.int64)
         tokens[:where.length] = f["tokens"][where.start:where.start + where.length]
         out["tokens"] = torch.from_numpy(tokens)
-        if "mulan" in f:
-            out["mulan"] = torch.from_numpy(f["mulan"].astype(np.int64))
+        for name in ("mulan", "text_mulan"):
+            if name in f:
+                out[name] = torch.from_numpy(f[name].astype(np.int64))
         return out
 
 
 def collate_features(batch: list[dict]) -> dict:
-    out = {k: torch.stack([b[k] for b in batch]) for k in ("mean", "logvar", "tokens") + (("mulan",) if "mulan" in batch[0] else ())}
+    """Stacks what every sample has (a set made before version 3 has no `text_mulan`, one without latents no `mean`)."""
+    stacked = [k for k in ("mean", "logvar", "tokens", "mulan", "text_mulan") if all(k in b for b in batch)]
+    out = {k: torch.stack([b[k] for b in batch]) for k in stacked}
     out |= {k: torch.tensor([b[k] for b in batch]) for k in ("length", "token_length")}
     return out | {k: [b[k] for b in batch] for k in ("caption", "key", "meta")}

@@ -32,12 +32,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from melody.data.features import FeatureDataset
 from melody.data.loader import ShardDataset, clip_bpm, make_loader
 from melody.errors import MelodyError
 from melody.io import write_json_atomic
 from melody.modules import device_of
 from melody.mulan import MuLan
-from melody.semantic.lm import SemanticLM, lm_loss
+from melody.semantic.lm import SemanticLM, lm_loss, stretch_tokens, tempo_bucket
 from melody.semantic.tokenizer import SemanticTokenizer, frame_count
 
 BIGRAM_PRIOR = 1.0  # pseudo-counts of the unigram distribution added to each row of bigram counts
@@ -88,6 +89,31 @@ def tokenize_split(mulan: MuLan, tokenizer: SemanticTokenizer, data_root: str | 
                           bpm=torch.tensor(parts["bpm"], dtype=torch.float64))
 
 
+def tokenized_features(folder: str | Path, split: str, seconds: float, limit: int | None = None) -> TokenizedSplit:
+    """`tokenize_split` read from cached features (`melody data encode` with a MuLan): the first `seconds` of every clip
+    of `split`, without running the conditioners (the whole clip's tokens, where `tokenize_split` encodes the crop;
+    the same for clips no longer than `seconds`)."""
+    dataset = FeatureDataset(folder, split, seconds, shuffle=0, random_offset=False)
+    parts: dict[str, list] = {"semantic": [], "keep": [], "audio_mulan": [], "text_mulan": [], "captions": [], "keys": [], "bpm": []}
+    for batch in make_loader(dataset, 64, 0, drop_last=False):
+        if "text_mulan" not in batch:
+            raise MelodyError(f"{folder}: these features hold no MuLan tokens of the captions (made with no MuLan, or before "
+                              "version 3); run `melody data encode` again with a MuLan")
+        parts["semantic"].append(batch["tokens"])
+        parts["keep"].append(torch.arange(batch["tokens"].shape[1])[None, :] < batch["token_length"][:, None])
+        parts["audio_mulan"].append(batch["mulan"])
+        parts["text_mulan"].append(batch["text_mulan"])
+        parts["captions"] += batch["caption"]
+        parts["bpm"] += [clip_bpm(meta) for meta in batch["meta"]]
+        parts["keys"] += batch["key"]
+    if not parts["keys"]:
+        raise MelodyError(f"{folder}: the '{split}' split has no clips; choose another --split")
+    n = len(parts["keys"]) if limit is None else min(limit, len(parts["keys"]))
+    tensors = {k: torch.cat(parts[k])[:n] for k in ("semantic", "keep", "audio_mulan", "text_mulan")}
+    return TokenizedSplit(**tensors, captions=parts["captions"][:n], keys=parts["keys"][:n],
+                          bpm=torch.tensor(parts["bpm"][:n], dtype=torch.float64))
+
+
 # --- baselines (pure functions) -----------------------------------------------------------------
 
 def unigram_log_probs(tokens: torch.Tensor, keep: torch.Tensor, vocab: int) -> torch.Tensor:
@@ -129,6 +155,27 @@ def lm_nll(lm: SemanticLM, mulan_tokens: torch.Tensor | None, semantic: torch.Te
         total += float(loss.loss) * int(loss.tokens)
         count += int(loss.tokens)
     return total / max(count, 1)
+
+
+def stretched_nll(lm: SemanticLM, split: TokenizedSplit, rates: tuple[float, ...] = (0.8, 1.25)) -> dict[str, float]:
+    """Does the LM's tempo token set the pace? The clips that state a tempo, played at each of `rates`
+    (`stretch_tokens`), text-conditioned: mean NLL per token with the tempo token moved with them (`told`) and with
+    the clip's own, now wrong, one (`stale`). `told` below `stale` means the LM reads the pace from the token."""
+    config = lm.config
+    stated = torch.isfinite(split.bpm) & (split.bpm > 0)
+    if lm.tempo_embedding is None or not bool(stated.any()):
+        return {}
+    parts: dict[str, list] = {"semantic": [], "keep": [], "mulan": [], "told": [], "stale": []}
+    for r in rates:
+        rate = torch.full((int(stated.sum()),), float(r), dtype=torch.float64)
+        semantic, keep = stretch_tokens(split.semantic[stated], split.keep[stated], rate)
+        parts["semantic"].append(semantic)
+        parts["keep"].append(keep)
+        parts["mulan"].append(split.text_mulan[stated])
+        parts["told"].append(tempo_bucket(split.bpm[stated] * rate, config.tempo_buckets, config.tempo_range))
+        parts["stale"].append(tempo_bucket(split.bpm[stated], config.tempo_buckets, config.tempo_range))
+    joined = {k: torch.cat(v) for k, v in parts.items()}
+    return {name: lm_nll(lm, joined["mulan"], joined["semantic"], joined["keep"], tempo=joined[name]) for name in ("told", "stale")}
 
 
 @dataclass

@@ -118,6 +118,26 @@ def tempo_bucket(bpm: torch.Tensor, buckets: int, tempo_range: tuple[float, ...]
     return torch.where(known, token, torch.zeros_like(token))
 
 
+def stretch_rates(batch: int, spread: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Playback rates `(batch,)` float64, log-uniform in [1 / (1 + spread), 1 + spread] (`semantic_lm.tempo_stretch`)."""
+    if spread < 0:
+        raise MelodyError(f"semantic_lm.tempo_stretch must be ≥ 0, got {spread}")
+    device = generator.device if generator is not None else "cpu"
+    u = torch.rand(batch, generator=generator, device=device, dtype=torch.float64)
+    return torch.exp((2 * u - 1) * math.log1p(spread)).cpu()
+
+
+def stretch_tokens(tokens: torch.Tensor, keep: torch.Tensor, rate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Semantic tokens `(b, t)` played `rate` `(b,)` times as fast, by nearest-frame resampling: frame i of the result
+    is frame ⌊i · rate⌋ of the input, kept where that frame is kept and inside the window (so a 10 s window at rate
+    1.25 holds 8 s of tokens). The music's tempo becomes rate × its tempo; rate 1 gives the input back."""
+    t = tokens.shape[1]
+    source = (torch.arange(t, dtype=torch.float64)[None, :] * rate.double().cpu()[:, None]).floor().long().to(tokens.device)
+    inside = source < t
+    source = source.clamp(max=t - 1)
+    return tokens.gather(1, source), keep.gather(1, source) & inside
+
+
 def bucket_tempo(token: torch.Tensor, buckets: int, tempo_range: tuple[float, ...]) -> torch.Tensor:
     """The BPM a tempo token stands for `(b,)` float: its bin's geometric centre, NaN for token 0."""
     low, high = _tempo_range(tempo_range)

@@ -6,14 +6,17 @@ batch: the trained tokenizer gives the semantic tokens, the trained MuLan the 12
 window's **audio** (MusicLM's recipe: text only enters at inference, through the same RVQ).
 With `train.cached_features` both come from `melody data encode`'s features of these two models
 instead (computed once per clip; the MuLan tokens are then those of the whole clip, which for the
-built-in corpus's 10 s clips is the window).
+built-in corpus's 10 s clips is the window), for every split, with the captions' MuLan tokens too:
+a run then reads no audio and runs no text encoder (`--latents none` features are a few kB a clip).
 
 One step: teacher-forced next-token cross-entropy over the valid frames (`lm_loss`); the
 condition is replaced by the learned null condition for `semantic_lm.cond_dropout` of the
 examples (`condition_dropout_mask`, from the step's generator), which is what classifier-free
 guidance needs at sampling. Where the LM has a tempo token (`semantic_lm.tempo_buckets`), it is the
 bucket of the clip's `attributes.tempo_bpm`, left out ("no tempo") for `semantic_lm.tempo_dropout`
-of the examples and for clips whose metadata states none.
+of the examples and for clips whose metadata states none. With `semantic_lm.tempo_stretch` the examples
+that state their tempo are played faster or slower (`stretch_tokens`) and their tempo token moves with
+them, so that the token sets the tokens' pace (`valid/ppl_stretched_told` against `_stale` shows it).
 
 With a captioned corpus, `semantic_lm.text_condition_prob` of the examples are conditioned on the
 MuLan tokens of their *caption* instead (a departure from the paper, whose MuLan was trained on
@@ -41,10 +44,10 @@ from melody.config import MelodyConfig
 from melody.data.features import FeatureDataset, find_features
 from melody.data.loader import ShardDataset, clip_bpm
 from melody.errors import MelodyError
-from melody.eval.semantic import lm_nll, tokenize_split
+from melody.eval.semantic import lm_nll, stretched_nll, tokenize_split, tokenized_features
 from melody.io import write_json_atomic
 from melody.mulan import MuLan
-from melody.semantic.lm import SemanticLM, condition_dropout_mask, lm_loss, tempo_bucket
+from melody.semantic.lm import SemanticLM, condition_dropout_mask, lm_loss, stretch_rates, stretch_tokens, tempo_bucket
 from melody.semantic.tokenizer import SemanticTokenizer, frame_count
 from melody.train.engine import Engine, PerCaption, Stage, check_frozen
 
@@ -66,6 +69,9 @@ class SemanticLMStage(Stage):
         if not bool(self.tokenizer.quantizer.centroids.abs().sum() > 0):
             raise MelodyError("the tokenizer has no k-means codebook (its run did not finish); finish `melody train tokenizer`")
         super().__init__(cfg)
+        if cfg.semantic_lm.tempo_stretch and not cfg.semantic_lm.tempo_buckets:
+            raise MelodyError("semantic_lm.tempo_stretch moves the tempo token with the tokens: set semantic_lm.tempo_buckets "
+                              "(e.g. 24) too, or tempo_stretch=0")
         self.data_root = Path(data_root)
         check_frozen(Path(run_dir), {"mulan": self.mulan, "tokenizer": self.tokenizer})
         self.mulan.eval().requires_grad_(False)
@@ -81,7 +87,7 @@ class SemanticLMStage(Stage):
                          if cfg.train.cached_features else None)
 
     def dataset(self, split: str) -> ShardDataset:
-        if split == "train" and self.features is not None:
+        if self.features is not None:  # every split from the features: training then needs no audio and no text encoder
             return FeatureDataset(self.features, split, self.cfg.semantic_lm.window_seconds, seed=self.cfg.train.seed)
         return ShardDataset.from_corpus(self.data_root, split, crop_seconds=self.cfg.semantic_lm.window_seconds,
                                         sample_rate=self.cfg.vae.sample_rate, channels=1, seed=self.cfg.train.seed)
@@ -112,13 +118,18 @@ class SemanticLMStage(Stage):
         if lm_cfg.text_condition_prob > 0:
             use_text = (torch.rand(semantic.shape[0], generator=generator, device=generator.device)
                         < lm_cfg.text_condition_prob).to(semantic.device)
-            texts = self.caption_tokens(batch["caption"], semantic.device)
+            texts = batch["text_mulan"] if "text_mulan" in batch else self.caption_tokens(batch["caption"], semantic.device)
             mulan_tokens = torch.where(use_text[:, None], texts, mulan_tokens)
         tempo = None
         if lm_cfg.tempo_buckets > 0:
             bpm = torch.tensor([clip_bpm(meta) for meta in batch["meta"]], dtype=torch.float64)
             unsaid = torch.rand(bpm.shape[0], generator=generator, device=generator.device).cpu() < lm_cfg.tempo_dropout
-            tempo = tempo_bucket(bpm.masked_fill(unsaid, math.nan), lm_cfg.tempo_buckets, lm_cfg.tempo_range).to(semantic.device)
+            bpm = bpm.masked_fill(unsaid, math.nan)
+            if lm_cfg.tempo_stretch > 0:  # only examples that state their tempo: the token must say the new pace
+                rate = stretch_rates(bpm.shape[0], lm_cfg.tempo_stretch, generator).masked_fill(~torch.isfinite(bpm), 1.0)
+                semantic, keep = stretch_tokens(semantic, keep, rate)
+                bpm = bpm * rate
+            tempo = tempo_bucket(bpm, lm_cfg.tempo_buckets, lm_cfg.tempo_range).to(semantic.device)
         with engine.autocast():
             out = engine.model("semantic_lm")(mulan_tokens, semantic, drop.to(semantic.device), tempo=tempo)
         loss = lm_loss(out.logits, semantic, keep)
@@ -128,7 +139,9 @@ class SemanticLMStage(Stage):
 
     def sample(self, engine: Engine, batch: dict, folder: Path) -> None:
         """Perplexity of the whole valid split, with the audio condition and with the null one."""
-        if self._valid is None:
+        if self._valid is None and self.features is not None:
+            self._valid = tokenized_features(self.features, "valid", self.cfg.semantic_lm.window_seconds)
+        elif self._valid is None:
             self.mulan.to(engine.device)
             self.tokenizer.to(engine.device)
             self._valid = tokenize_split(self.mulan, self.tokenizer, self.data_root, "valid",
@@ -143,5 +156,6 @@ class SemanticLMStage(Stage):
         if lm.tempo_embedding is not None:
             tempo = tempo_bucket(v.bpm, lm.config.tempo_buckets, lm.config.tempo_range)
             logs["valid/ppl_first_second_text_tempo"] = math.exp(lm_nll(lm, v.text_mulan, v.semantic, first, tempo=tempo))
+            logs |= {f"valid/ppl_stretched_{name}": math.exp(nll) for name, nll in stretched_nll(lm, v).items()}
         engine.log(logs, engine.step)
         write_json_atomic(folder / "perplexity.json", logs)
