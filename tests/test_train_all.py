@@ -55,18 +55,22 @@ def bundle_weights(bundle):
     return {stage: read_tensors(bundle / stage / f"{stage}.safetensors")[0] for stage in BUNDLE_STAGES}
 
 
-def test_train_all_trains_every_stage_in_order_and_bundles_what_generates(trained):
+def test_train_all_trains_every_stage_in_order_and_bundles_what_generates(trained, corpus_and_overrides):
     runs, lines = trained
-    assert lines[:10] == [line for plan in STAGES for line in (
-        f"{plan.name}: training in {runs / plan.name}",
+    # the LM's recipe reads cached features: train all makes them first, from the bundle's MuLan and tokenizer
+    caching = {"semantic": ["semantic: caching the features of mulan, tokenizer (melody data encode)"]}
+    assert lines[:11] == [line for plan in STAGES for line in (
+        f"{plan.name}: training in {runs / plan.name}", *caching.get(plan.name, []),
         f"trained {plan.model} to step {STEPS}; model: {runs / plan.name / plan.model}.safetensors")]
     assert lines[-1] == f'generate with: melody generate "a calm piano piece" --bundle {runs / "bundle"}'
     for plan in STAGES:
         assert json.loads((runs / plan.name / "latest.json").read_text())["step"] == STEPS
     assert (runs / "curves.png").stat().st_size > 10_000
     # the VAE is bundled in float16, as the bundled one, and the DPD learned that VAE's latents
-    vae = read_tensors(runs / "bundle" / "vae" / "vae.safetensors")[0]
-    assert {t.dtype for t in vae.values() if t.is_floating_point()} == {torch.float16}
+    for model in ("vae", "semantic_lm"):  # bundled in float16, as the bundled ones
+        weights = read_tensors(runs / "bundle" / model / f"{model}.safetensors")[0]
+        assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float16}, model
+    assert len(list((corpus_and_overrides[0] / "features").glob("*-none/features.json"))) == 1
     frozen = json.loads((runs / "dpd" / "conditioners.json").read_text())
     assert frozen["vae"] == fingerprint(load_stage(runs / "bundle" / "vae", "vae")[0])
     assert frozen["vae"] != fingerprint(load_stage(runs / "vae", "vae")[0])

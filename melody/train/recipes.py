@@ -13,8 +13,9 @@ also set `train.num_workers=1` and their own `train.checkpoint_every` / `train.s
 The paper's sizes were never trained here, so `paper` has no recipe: each stage runs on the preset.
 
 `train_all` trains the stages in order into `RUNS/<stage>`, exports each finished one into the
-bundle at once (the VAE in float16, as bundled), and has later stages train against the bundle's
-copies: the bundled DPD learned the latents of the float16 VAE that the pipeline decodes with. A
+bundle at once (the VAE and the LM in float16, as bundled), caches the features a stage's recipe reads
+(`train.cached_features`: `melody data encode` with the bundle's conditioners, once), and has later
+stages train against the bundle's copies: the bundled DPD learned the latents of the float16 VAE that the pipeline decodes with. A
 stage whose run has exported its model is skipped, an unfinished one resumed (`--resume`), so
 re-running after Ctrl-C continues where it stopped.
 """
@@ -45,7 +46,7 @@ STAGES: tuple[StagePlan, ...] = (
     StagePlan("vae", "vae", half=True),
     StagePlan("mulan", "mulan"),
     StagePlan("tokenizer", "tokenizer"),
-    StagePlan("semantic", "semantic_lm", needs=("mulan", "tokenizer")),
+    StagePlan("semantic", "semantic_lm", needs=("mulan", "tokenizer"), half=True),
     StagePlan("dpd", "dpd", needs=("vae", "tokenizer")),
 )
 
@@ -60,8 +61,12 @@ OVERRIDES: dict[str, dict[str, tuple[str, ...]]] = {
                   "train.checkpoint_every=250", "train.sample_every=250", "train.num_workers=1"),
         "tokenizer": ("train.steps=2000", "train.batch_size=16", "train.lr=5e-4",
                       "train.checkpoint_every=250", "train.sample_every=250", "train.num_workers=1"),
-        "semantic": ("train.steps=1000", "train.batch_size=16", "train.lr=1e-3", "train.weight_decay=0.1",
-                     "train.checkpoint_every=125", "train.sample_every=125", "train.num_workers=1"),
+        # docs/semantic.md ("The bundled LM, trained on a GPU"): 4× the width of the first bundled LM, the tempo token
+        # and the tempo stretch, from cached features of the 10 h corpus (`melody data synth --hours 12`); 3 000 steps
+        # of batch 64 on an H200 (140 s). No weight decay: the run left the preset's 0 (the first LM had 0.1).
+        "semantic": ("semantic_lm.dim=256", "semantic_lm.tempo_buckets=24", "semantic_lm.tempo_stretch=0.25",
+                     "train.steps=3000", "train.batch_size=64", "train.lr=1e-3", "train.cached_features=true",
+                     "train.log_every=50", "train.checkpoint_every=1000", "train.sample_every=250", "train.num_workers=3"),
         # docs/dpd.md and training/dpd-tiny/config.json: lr 5e-4 with EMA; the bundled run began on a 30 000-step
         # schedule, was re-scheduled at step 5 398 to end at 12 000 (cosine decay from there) and stopped at 11 330
         "dpd": ("train.lr=5e-4", "train.ema_decay=0.999", "train.steps=12000", "train.checkpoint_every=500",
@@ -156,6 +161,20 @@ def export_model(run: Path, out: Path, model: str, half: bool = False) -> Path:
     return save_model(out, model, module, cfg, model, torch.float16 if half else None)
 
 
+def cache_features(data: Path, plan: StagePlan, frozen: dict[str, tuple], progress: bool, say: Callable[[str], None]) -> Path:
+    """The cached features stage `plan` reads, made by its frozen models unless the corpus has them: tokens and MuLan
+    tokens alone for the semantic LM (`latents="none"`), the VAE posteriors too for the DPD."""
+    from melody.data.features import encode_corpus, find_features
+
+    models = {name: model for name, (model, _) in frozen.items()}
+    try:
+        return find_features(data, models)
+    except MelodyError:
+        say(f"{plan.name}: caching the features of {', '.join(sorted(models))} (melody data encode)")
+        return encode_corpus(data, models.get("vae"), models["tokenizer"], models.get("mulan"), progress=progress,
+                             latents="float16" if "vae" in models else "none")
+
+
 def is_finished(run_dir: Path, plan: StagePlan) -> bool:
     """The engine writes `RUN/<model>.safetensors` only when the run reaches `train.steps`."""
     return (run_dir / f"{plan.model}.safetensors").is_file()
@@ -182,6 +201,9 @@ def train_all(data: Path, runs: Path, preset_name: str = "tiny", user: typing.Se
             resume = (run_dir / "latest.json").is_file()
             say(f"{plan.name}: {'resuming' if resume else 'training'} in {run_dir}")
             frozen = {need: load_stage(bundle / need, need) for need in plan.needs}
+            cfg = run_config(run_dir, preset_name, stage_overrides(preset_name, plan.name, user), resume)
+            if cfg.train.cached_features:
+                cache_features(data, plan, frozen, progress, say)
             try:
                 trained = train_stage(plan.name, data, run_dir, preset_name, stage_overrides(preset_name, plan.name, user),
                                       resume, progress, frozen)
