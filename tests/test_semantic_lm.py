@@ -362,3 +362,22 @@ def test_stretch_rates_are_log_uniform_within_the_spread_and_seeded():
     assert torch.equal(stretch_rates(4, 0.0), torch.ones(4, dtype=torch.float64))
     with pytest.raises(MelodyError, match="tempo_stretch"):
         stretch_rates(4, -0.1)
+
+
+@torch.no_grad()
+def test_stretched_nll_sets_the_moved_tempo_token_against_the_stale_one():
+    from melody.eval.semantic import TokenizedSplit, lm_nll, stretched_nll
+
+    lm, n = sharpen(tempo_lm(seed=1)), 4
+    bpm = torch.tensor([60.0, 90.0, math.nan, 150.0], dtype=torch.float64)
+    split = TokenizedSplit(semantic(n, 12), torch.ones(n, 12, dtype=torch.bool), mulan(n), mulan(n, seed=5), [""] * n,
+                           [f"clip-{i}" for i in range(n)], bpm)
+    same = stretched_nll(lm, split, rates=(1.0,))
+    assert same["told"] == same["stale"]  # not stretched: the moved token is the clip's own
+    out = stretched_nll(lm, split, rates=(1.25,))
+    stated = ~bpm.isnan()  # the clip stating no tempo is left out
+    tokens, keep = stretch_tokens(split.semantic[stated], split.keep[stated], torch.full((3,), 1.25, dtype=torch.float64))
+    told = tempo_bucket(bpm[stated] * 1.25, BUCKETS, TEMPO_RANGE)
+    assert out["told"] == pytest.approx(lm_nll(lm, split.text_mulan[stated], tokens, keep, tempo=told))
+    assert out["told"] != out["stale"]
+    assert stretched_nll(tiny(), split) == {}  # an LM without the tempo token
