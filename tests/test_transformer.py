@@ -191,3 +191,20 @@ def test_shared_memory_rows_give_the_same_output_as_repeated_memory():
     repeated = model(x, memory=memory.repeat_interleave(3, 0), memory_mask=mask.repeat_interleave(3, 0))
     shared = model(x, memory=memory, memory_mask=mask, memory_repeat=3)
     torch.testing.assert_close(shared, repeated, rtol=0, atol=1e-6)
+
+
+def test_the_kv_cache_writes_each_step_in_place_and_holds_the_concatenation():
+    from melody.modules.transformer import KVCache
+
+    torch.manual_seed(0)
+    cache, seen_k, seen_v, buffers = KVCache(), [], [], set()
+    for t_new in [5] + [1] * 70:
+        k, v = torch.randn(2, 3, t_new, 4), torch.randn(2, 3, t_new, 4)
+        seen_k.append(k)
+        seen_v.append(v)
+        keys, values, keep = cache.extend(k, v, None)
+        assert torch.equal(keys, torch.cat(seen_k, dim=2)) and torch.equal(values, torch.cat(seen_v, dim=2)) and keep is None
+        buffers.add(cache.buffers[0].data_ptr())
+        assert keys.data_ptr() == cache.buffers[0].data_ptr()  # a view of the buffer, not a copy
+    assert cache.length == 75 and cache.offset == 75
+    assert len(buffers) == 2 and cache.buffers[0].shape[2] == 2 * 65  # room for 64, then doubled once when full

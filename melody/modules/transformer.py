@@ -42,7 +42,7 @@ the first layer (the kept keys were computed attending to tokens that would be d
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -154,7 +154,9 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed:
 class KVCache:
     """One self-attention layer's past, for incremental decoding; grows in place.
 
-    keys, values: `(b, heads, t_past, head_dim)`, keys already rotated; None before the first call.
+    keys, values: `(b, heads, t_past, head_dim)`, keys already rotated; None before the first call. They are views
+    of buffers with room to spare (doubled when full), so a token's step writes its keys in place instead of copying
+    the whole past (`torch.cat` per token and layer: a copy that grows with the window).
     keep: `(b, t_past)` bool key padding of the cached tokens; None while all are kept.
     offset: the rotary position of the next token (the start position + t_past).
     """
@@ -163,6 +165,7 @@ class KVCache:
     values: torch.Tensor | None = None
     keep: torch.Tensor | None = None
     offset: int = 0
+    buffers: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
     @property
     def length(self) -> int:
@@ -173,9 +176,16 @@ class KVCache:
         """Append the new tokens' keys/values `(b, h, t_new, d)` and padding `(b, t_new)`; return the
         whole cache's (keys, values, keep) and advance `offset` by t_new."""
         t_past, t_new = self.length, keys.shape[2]
-        if self.keys is not None:
-            keys = torch.cat((self.keys, keys), dim=2)
-            values = torch.cat((self.values, values), dim=2)
+        if self.buffers is None or self.buffers[0].shape[2] < t_past + t_new or self.buffers[0].dtype != keys.dtype:
+            room = max(2 * (t_past + t_new), 64)
+            grown = tuple(x.new_empty(x.shape[0], x.shape[1], room, x.shape[3]) for x in (keys, values))
+            if t_past:
+                grown[0][:, :, :t_past] = self.keys
+                grown[1][:, :, :t_past] = self.values
+            self.buffers = grown
+        self.buffers[0][:, :, t_past:t_past + t_new] = keys
+        self.buffers[1][:, :, t_past:t_past + t_new] = values
+        keys, values = (x[:, :, :t_past + t_new] for x in self.buffers)
         if keep is not None or self.keep is not None:
             b = keys.shape[0]
             past = self.keep if self.keep is not None else keys.new_ones(b, t_past, dtype=torch.bool)

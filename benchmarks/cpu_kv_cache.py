@@ -1,0 +1,76 @@
+"""The semantic LM's KV cache on a CPU: the past concatenated afresh at every token (`torch.cat` per layer, the cache
+before 2026-11-27) against the buffered cache (`KVCache`: each step written in place into room to spare).
+The bundled LM writes 10 s of tokens (250, guidance 3) with each, alternated in one process, since this machine's
+speed drifts between runs; both must give the same tokens. Writes benchmarks/results/cpu-kv-cache/kv_cache.json.
+
+    .venv/bin/python benchmarks/cpu_kv_cache.py --rounds 4 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import load_average, machine  # noqa: E402
+from melody.io import write_json_atomic  # noqa: E402
+from melody.modules import transformer  # noqa: E402
+from melody.pipeline import MeLoDy  # noqa: E402
+from melody.runtime import reuse_freed_memory  # noqa: E402
+from melody.semantic.sampling import generate  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "cpu-kv-cache" / "kv_cache.json"
+
+
+def concatenating_extend(cache: transformer.KVCache, keys: torch.Tensor, values: torch.Tensor, keep: torch.Tensor | None):
+    """The former `KVCache.extend`: the whole past copied into a new tensor at every call (no key padding here)."""
+    t_new = keys.shape[2]
+    if cache.keys is not None:
+        keys = torch.cat((cache.keys, keys), dim=2)
+        values = torch.cat((cache.values, values), dim=2)
+    cache.keys, cache.values = keys, values
+    cache.offset += t_new
+    return keys, values, keep
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    reuse_freed_memory()
+    torch.set_num_threads(args.threads)
+    load_start = load_average()
+    lm = MeLoDy.from_pretrained(Path(__file__).resolve().parents[1] / "melody" / "bundled").semantic_lm.eval()
+    condition, tempo = torch.randint(0, lm.mulan_codebook_size, (1, lm.mulan_levels)), torch.tensor([10])
+    ways = {"concatenated": concatenating_extend, "buffered": transformer.KVCache.extend}
+    seconds: dict[str, list[float]] = {name: [] for name in ways}
+    tokens = {}
+    with torch.no_grad():
+        for _ in range(args.rounds):
+            for name, extend in ways.items():
+                transformer.KVCache.extend = extend
+                start = time.perf_counter()
+                out = generate(lm, condition, 250, guidance=3.0, generator=torch.Generator().manual_seed(0), tempo=tempo)
+                seconds[name].append(time.perf_counter() - start)
+                tokens[name] = out.tokens
+    transformer.KVCache.extend = ways["buffered"]
+    same = bool(torch.equal(tokens["concatenated"], tokens["buffered"]))
+    data = {"tokens": 250, "same_tokens": same, "seconds": {k: [round(s, 4) for s in v] for k, v in seconds.items()},
+            "median_s": {k: round(statistics.median(v), 4) for k, v in seconds.items()},
+            **machine("cpu", args.threads, load_start)}
+    write_json_atomic(args.out, data)
+    print(f"250 tokens: concatenated {data['median_s']['concatenated']:.3f} s, buffered {data['median_s']['buffered']:.3f} s "
+          f"(medians of {args.rounds}); same tokens: {same}; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
