@@ -64,29 +64,16 @@ def tokenize_split(mulan: MuLan, tokenizer: SemanticTokenizer, data_root: str | 
     dataset = ShardDataset.from_corpus(data_root, split, crop_seconds=seconds, sample_rate=mulan.sample_rate,
                                        channels=1, shuffle=0, random_offset=False)
     device = device_of(tokenizer)
-    parts: dict[str, list] = {"semantic": [], "keep": [], "audio_mulan": [], "text_mulan": [], "captions": [], "keys": [], "bpm": []}
-    for batch in make_loader(dataset, batch_size, 0, drop_last=False):
-        if limit is not None:
-            batch = {k: v[: limit - len(parts["keys"])] for k, v in batch.items()}
+    parts = _SplitParts()
+    for batch in parts.batches(make_loader(dataset, batch_size, 0, drop_last=False), limit):
         wav, lengths = batch["audio"][:, 0].to(device), batch["length"].to(device)
         semantic = tokenizer.tokens(wav, lengths)
-        parts["semantic"].append(semantic.cpu())
-        parts["keep"].append((torch.arange(semantic.shape[1], device=device)[None, :]
-                              < frame_count(lengths, tokenizer.hop)[:, None]).cpu())
-        parts["audio_mulan"].append(mulan.tokens_from_audio(wav, lengths).cpu())
-        parts["text_mulan"].append(mulan.tokens_from_text(batch["caption"]).cpu())
-        parts["captions"] += batch["caption"]
-        parts["bpm"] += [clip_bpm(meta) for meta in batch["meta"]]
-        parts["keys"] += batch["key"]
+        keep = torch.arange(semantic.shape[1], device=device)[None, :] < frame_count(lengths, tokenizer.hop)[:, None]
+        parts.add(batch, semantic.cpu(), keep.cpu(), mulan.tokens_from_audio(wav, lengths).cpu(),
+                  mulan.tokens_from_text(batch["caption"]).cpu())
         if progress is not None:
             progress(len(batch["key"]))
-        if limit is not None and len(parts["keys"]) >= limit:
-            break
-    if not parts["keys"]:
-        raise MelodyError(f"{data_root}: the '{split}' split has no clips; choose another --split")
-    tensors = {k: torch.cat(parts[k]) for k in ("semantic", "keep", "audio_mulan", "text_mulan")}
-    return TokenizedSplit(**tensors, captions=parts["captions"], keys=parts["keys"],
-                          bpm=torch.tensor(parts["bpm"], dtype=torch.float64))
+    return parts.joined(data_root, split)
 
 
 def tokenized_features(folder: str | Path, split: str, seconds: float, limit: int | None = None) -> TokenizedSplit:
@@ -94,24 +81,48 @@ def tokenized_features(folder: str | Path, split: str, seconds: float, limit: in
     of `split`, without running the conditioners (the whole clip's tokens, where `tokenize_split` encodes the crop;
     the same for clips no longer than `seconds`)."""
     dataset = FeatureDataset(folder, split, seconds, shuffle=0, random_offset=False)
-    parts: dict[str, list] = {"semantic": [], "keep": [], "audio_mulan": [], "text_mulan": [], "captions": [], "keys": [], "bpm": []}
-    for batch in make_loader(dataset, 64, 0, drop_last=False):
+    parts = _SplitParts()
+    for batch in parts.batches(make_loader(dataset, 64, 0, drop_last=False), limit):
         if "text_mulan" not in batch:
             raise MelodyError(f"{folder}: these features hold no MuLan tokens of the captions (made with no MuLan, or before "
                               "version 3); run `melody data encode` again with a MuLan")
-        parts["semantic"].append(batch["tokens"])
-        parts["keep"].append(torch.arange(batch["tokens"].shape[1])[None, :] < batch["token_length"][:, None])
-        parts["audio_mulan"].append(batch["mulan"])
-        parts["text_mulan"].append(batch["text_mulan"])
-        parts["captions"] += batch["caption"]
-        parts["bpm"] += [clip_bpm(meta) for meta in batch["meta"]]
-        parts["keys"] += batch["key"]
-    if not parts["keys"]:
-        raise MelodyError(f"{folder}: the '{split}' split has no clips; choose another --split")
-    n = len(parts["keys"]) if limit is None else min(limit, len(parts["keys"]))
-    tensors = {k: torch.cat(parts[k])[:n] for k in ("semantic", "keep", "audio_mulan", "text_mulan")}
-    return TokenizedSplit(**tensors, captions=parts["captions"][:n], keys=parts["keys"][:n],
-                          bpm=torch.tensor(parts["bpm"][:n], dtype=torch.float64))
+        keep = torch.arange(batch["tokens"].shape[1])[None, :] < batch["token_length"][:, None]
+        parts.add(batch, batch["tokens"], keep, batch["mulan"], batch["text_mulan"])
+    return parts.joined(folder, split)
+
+
+class _SplitParts:
+    """A `TokenizedSplit` gathered batch by batch (each batch's captions, keys and metadata beside its tensors)."""
+
+    TENSORS = ("semantic", "keep", "audio_mulan", "text_mulan")
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, list[torch.Tensor]] = {k: [] for k in self.TENSORS}
+        self.captions: list[str] = []
+        self.keys: list[str] = []
+        self.bpm: list[float] = []
+
+    def batches(self, loader, limit: int | None):
+        """The loader's batches, the last one cut so that at most `limit` clips are gathered."""
+        for batch in loader:
+            if limit is not None:
+                batch = {k: v[: limit - len(self.keys)] for k, v in batch.items()}
+            yield batch
+            if limit is not None and len(self.keys) >= limit:
+                return
+
+    def add(self, batch: dict, *tensors: torch.Tensor) -> None:
+        for name, x in zip(self.TENSORS, tensors, strict=True):
+            self.tensors[name].append(x)
+        self.captions += batch["caption"]
+        self.bpm += [clip_bpm(meta) for meta in batch["meta"]]
+        self.keys += batch["key"]
+
+    def joined(self, where: str | Path, split: str) -> TokenizedSplit:
+        if not self.keys:
+            raise MelodyError(f"{where}: the '{split}' split has no clips; choose another --split")
+        return TokenizedSplit(**{k: torch.cat(v) for k, v in self.tensors.items()}, captions=self.captions, keys=self.keys,
+                              bpm=torch.tensor(self.bpm, dtype=torch.float64))
 
 
 # --- baselines (pure functions) -----------------------------------------------------------------

@@ -15,9 +15,9 @@ The paper's sizes were never trained here, so `paper` has no recipe: each stage 
 `train_all` trains the stages in order into `RUNS/<stage>`, exports each finished one into the
 bundle at once (the VAE and the LM in float16, as bundled), caches the features a stage's recipe reads
 (`train.cached_features`: `melody data encode` with the bundle's conditioners, once), and has later
-stages train against the bundle's copies: the bundled DPD learned the latents of the float16 VAE that the pipeline decodes with. A
-stage whose run has exported its model is skipped, an unfinished one resumed (`--resume`), so
-re-running after Ctrl-C continues where it stopped.
+stages train against the bundle's copies: the bundled DPD learned the latents of the float16 VAE that
+the pipeline decodes with. A stage whose run has exported its model is skipped, an unfinished one
+resumed (`--resume`), so re-running after Ctrl-C continues where it stopped.
 """
 
 from __future__ import annotations
@@ -201,12 +201,11 @@ def train_all(data: Path, runs: Path, preset_name: str = "tiny", user: typing.Se
             resume = (run_dir / "latest.json").is_file()
             say(f"{plan.name}: {'resuming' if resume else 'training'} in {run_dir}")
             frozen = {need: load_stage(bundle / need, need) for need in plan.needs}
-            cfg = run_config(run_dir, preset_name, stage_overrides(preset_name, plan.name, user), resume)
-            if cfg.train.cached_features:
+            overrides = stage_overrides(preset_name, plan.name, user)
+            if run_config(run_dir, preset_name, overrides, resume).train.cached_features:
                 cache_features(data, plan, frozen, progress, say)
             try:
-                trained = train_stage(plan.name, data, run_dir, preset_name, stage_overrides(preset_name, plan.name, user),
-                                      resume, progress, frozen)
+                trained = train_stage(plan.name, data, run_dir, preset_name, overrides, resume, progress, frozen)
             except TrainingStopped as stop:
                 raise MelodyError(f"{plan.name}: stopped by {stop.signal_name} at step {stop.step}; saved — run the same "
                                   "`melody train all` again to continue") from None
