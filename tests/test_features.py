@@ -287,8 +287,12 @@ def test_the_semantic_lm_trains_and_is_judged_from_features_alone(setup, tmp_pat
     assert all(np.isfinite(valid[k]) for k in ("valid/ppl", "valid/ppl_text", "valid/ppl_stretched_told", "valid/ppl_stretched_stale"))
 
 
-def test_the_tempo_stretch_needs_the_tempo_token(setup, tmp_path):
+def test_the_tempo_stretch_needs_the_tempo_token_and_a_spread_of_at_least_0(setup, tmp_path):
     corpus, _, models, _, bert = setup
     with pytest.raises(MelodyError, match="tempo_buckets") as err:
         semantic_stage(corpus, bert, tmp_path / "run", "semantic_lm.tempo_stretch=0.25", conditioners=(models["mulan"], models["tokenizer"]))
+    assert "\n" not in str(err.value)
+    with pytest.raises(MelodyError, match="tempo_stretch must be ≥ 0") as err:
+        semantic_stage(corpus, bert, tmp_path / "run", "semantic_lm.tempo_buckets=8", "semantic_lm.tempo_stretch=-0.1",
+                       conditioners=(models["mulan"], models["tokenizer"]))
     assert "\n" not in str(err.value)

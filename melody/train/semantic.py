@@ -69,6 +69,8 @@ class SemanticLMStage(Stage):
         if not bool(self.tokenizer.quantizer.centroids.abs().sum() > 0):
             raise MelodyError("the tokenizer has no k-means codebook (its run did not finish); finish `melody train tokenizer`")
         super().__init__(cfg)
+        if cfg.semantic_lm.tempo_stretch < 0:
+            raise MelodyError(f"semantic_lm.tempo_stretch must be ≥ 0 (0: off), got {cfg.semantic_lm.tempo_stretch}")
         if cfg.semantic_lm.tempo_stretch and not cfg.semantic_lm.tempo_buckets:
             raise MelodyError("semantic_lm.tempo_stretch moves the tempo token with the tokens: set semantic_lm.tempo_buckets "
                               "(e.g. 24) too, or tempo_stretch=0")
