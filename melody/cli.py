@@ -781,7 +781,9 @@ def bench_command(
                                                         "optionally with its own durations, e.g. paper:10 "
                                                         "(repeatable; default bundled).")] = None,
     threads: Annotated[int, typer.Option("--threads", help="Intra-op threads of every run.")] = 2,
-    steps: StepsOpt = None,
+    steps: Annotated[Optional[list[int]], typer.Option("--steps", help="DPD sampling steps of the MeLoDy runs (repeatable: "
+                                                       "each shape set runs at each; default: the bundle's or preset's "
+                                                       "own).")] = None,
     device: Annotated[str, typer.Option("--device", help="cpu or cuda[:N].")] = "cpu",
     out: Annotated[Path, typer.Option("--out", help="Report folder: bench.json, bench.md, bench.png.")] = Path("bench"),
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Print each run's steps.")] = True,

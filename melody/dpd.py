@@ -146,16 +146,17 @@ def sru_unit(u: torch.Tensor, x: torch.Tensor, v: torch.Tensor, b: torch.Tensor,
 
 
 def sru_unit_steps(u: torch.Tensor, x: torch.Tensor, v: torch.Tensor, b: torch.Tensor,
-                   reverse: bool = False) -> torch.Tensor:
+                   reverse: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
     """The whole unit a frame at a time, for sampling on a CPU: u = W x `(n, K, 3h)` and x `(n, K, h)` in their own
     dtype (bf16 under autocast) → h `(n, K, h)` in x's dtype; the same numbers as `sru_unit` (to float32 rounding,
     tested). Both gates come from one (n, 2, h) step, and each frame's projections are widened to float32 as it is
     read: no full-size float32 copy of W x, of the states or of the gates is ever made, which is where a CPU pass's
-    time went (those are the largest tensors of the DPD). No autograd (in-place updates)."""
+    time went (those are the largest tensors of the DPD). `out`: where h goes (a view of a wider buffer, say), else a
+    new tensor. No autograd (in-place updates)."""
     n, length, h = x.shape
     state = torch.promote_types(x.dtype, torch.float32)
     v, b = v.to(state), b.to(state)
-    out = torch.empty_like(x)
+    out = torch.empty_like(x) if out is None else out
     c = x.new_zeros(n, h, dtype=state)
     gates = x.new_empty(n, 2, h, dtype=state)
     for t in frames_in_order(length, reverse):
@@ -185,15 +186,31 @@ class SRU(nn.Module):
         self.v = nn.Parameter(torch.zeros(2, dim))
         self.b = nn.Parameter(torch.zeros(2, dim))
 
-    def forward(self, x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, reverse: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
+        """`out`: a tensor like x to write h into (the CPU's half-width sampling path writes there as it goes)."""
         u = self.w(x)
         if fused_sru.usable(x):  # sampling on a GPU: the whole unit as one kernel
-            return fused_sru.sru_unit(u, x, self.v, self.b, reverse).to(x.dtype)
-        if not x.is_cuda and not torch.is_grad_enabled() and x.dtype in (torch.bfloat16, torch.float16):
+            h = fused_sru.sru_unit(u, x, self.v, self.b, reverse).to(x.dtype)
+        elif half_width_cpu_sampling(x) == x.dtype:
             # sampling at half width on a CPU: no full-size float32 copies (in float32 there are none to save, and
             # the step loop's extra operations made it no faster: benchmarks/results/cpu-sru/)
-            return sru_unit_steps(u, x, self.v, self.b, reverse)
-        return sru_unit(u, x, self.v, self.b, reverse)
+            return sru_unit_steps(u, x, self.v, self.b, reverse, out=out)
+        else:
+            h = sru_unit(u, x, self.v, self.b, reverse)
+        return h if out is None else out.copy_(h)
+
+
+def half_width_cpu_sampling(x: torch.Tensor) -> torch.dtype | None:
+    """The half-width dtype a CPU sampling pass (no gradients) computes x's recurrence in: x's own (bf16 / fp16), or
+    the CPU autocast's when x is float32 under it; None otherwise (training, GPUs, float32 sampling)."""
+    if x.is_cuda or torch.is_grad_enabled():
+        return None
+    half = (torch.bfloat16, torch.float16)
+    if x.dtype in half:
+        return x.dtype
+    if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") in half:
+        return torch.get_autocast_dtype("cpu")
+    return None
 
 
 class BiRecurrence(nn.Module):
@@ -216,8 +233,19 @@ class BiRecurrence(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "gru":
             return self.gru(x)[0]
+        half = half_width_cpu_sampling(x)
         for fwd, bwd, merge in zip(self.forward_layers, self.backward_layers, self.merge, strict=True):
-            x = merge(torch.cat((fwd(x), bwd(x, reverse=True)), dim=-1))
+            if half is None:
+                x = merge(torch.cat((fwd(x), bwd(x, reverse=True)), dim=-1))
+                continue
+            # sampling on a CPU at half width: x cast once for both directions (autocast would cast it for each
+            # W x, and a float32 x would send the first layer down the float32 path), each direction written
+            # straight into its half of the merge's input (no concatenation)
+            x = x.to(half)
+            both = x.new_empty(*x.shape[:-1], 2 * x.shape[-1])
+            fwd(x, out=both[..., :x.shape[-1]])
+            bwd(x, reverse=True, out=both[..., x.shape[-1]:])
+            x = merge(both)
         return x
 
 

@@ -156,7 +156,7 @@ def test_bench_on_a_tiny_bundle_reports_the_formulas_counts(bundle, tmp_path):  
     assert run["audio_seconds"] == pytest.approx(2.7) and run["peak_rss_mb"] > 0
     assert run["stages"]["dpd"]["flops"] > 0 and run["stages"]["semantic_lm"]["compute_s"] is None  # LMs: weights bound
     (row,) = report["table3"]
-    assert row["musiclm"] == pytest.approx(625 * 2.7) and row["measured"]["bundled"]["all_stages"] == sum(expected.values())
+    assert row["musiclm"] == pytest.approx(625 * 2.7) and row["measured"]["bundled (2 steps)"]["all_stages"] == sum(expected.values())
     assert "| bundled 2.7 s | dpd |" in (tmp_path / "b" / "bench.md").read_text()
     assert (tmp_path / "b" / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -201,6 +201,7 @@ def test_own_durations_limit_what_a_shape_set_runs():
     (("--seconds", "-1"), "positive number of seconds"),
     (("--shapes", "huge"), "unknown shape set 'huge'"),
     (("--threads", "0"), "--threads must be at least 1"),
+    (("--steps", "5", "--steps", "0"), "--steps must be at least 1, got 0"),
 ])
 def test_bench_cli_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
     line = one_line_error(melody_one_thread("bench", *args, "--out", str(tmp_path)))
@@ -216,10 +217,16 @@ def test_children_wait_passively_unless_the_environment_says_otherwise(monkeypat
     assert child_environment(2)["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
-def test_musicgen_at_bf16_runs_with_bf16_weights_and_is_compared_by_its_name(bundle):  # noqa: F811
-    report = run_bench(bundle, [1.0], ["bundled", "musicgen-small@bf16"], threads=1, musicgen_config=tiny_musicgen_config())
-    melody_run, musicgen = report["runs"]
+def test_musicgen_at_bf16_runs_with_bf16_weights_and_is_compared_by_its_name_at_each_step_count(bundle):  # noqa: F811
+    """Several --steps: each MeLoDy shape set runs at each (labelled by it), MusicGen once, compared with every one."""
+    report = run_bench(bundle, [1.0], ["bundled", "musicgen-small@bf16"], threads=1, steps=[1, 2],
+                       musicgen_config=tiny_musicgen_config())
+    one, two, musicgen = report["runs"]
+    assert [r["label"] for r in report["runs"]] == ["bundled 1 s, 1 step", "bundled 1 s, 2 steps", "musicgen-small@bf16 1 s"]
+    assert (one["steps"], two["steps"], musicgen["steps"]) == (1, 2, None)
+    assert (one["stages"]["dpd"]["hooked"], two["stages"]["dpd"]["hooked"]) == (1, 2)  # one 1 s window
     assert musicgen["model"] == "musicgen" and musicgen["weights_dtype"] == "bfloat16"
     assert musicgen["audio_seconds"] == pytest.approx(1.0) and musicgen["stages"]["decoder"]["formula"] == 53
-    (c,) = report["comparisons"]
-    assert (c["musicgen"], c["melody"]) == ("musicgen-small@bf16", "bundled")
+    assert [(c["musicgen"], c["melody"], c["melody_steps"]) for c in report["comparisons"]] == [
+        ("musicgen-small@bf16", "bundled", 1), ("musicgen-small@bf16", "bundled", 2)]
+    assert set(report["table3"][0]["measured"]) == {"bundled (1 step)", "bundled (2 steps)"}

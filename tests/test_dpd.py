@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from melody.config import DPDConfig, preset
-from melody.dpd import (DPD, SRU, overlap_add, pad_for_segments, parameter_count, segment, sru_unit_steps,
+from melody.dpd import (DPD, SRU, BiRecurrence, overlap_add, pad_for_segments, parameter_count, segment, sru_unit_steps,
                         unfold_segments)
 from melody.errors import MelodyError
 
@@ -225,6 +225,27 @@ def test_cpu_sampling_path_gives_the_training_paths_numbers(reverse, half):
         trained = sru(x, reverse=reverse).detach()
     assert sampled.dtype == trained.dtype == x.dtype
     torch.testing.assert_close(sampled, trained, rtol=2**-8 if half else 1e-6, atol=1e-6)
+
+
+def test_cpu_sampling_recurrence_casts_once_and_writes_both_directions_in_place():
+    """Sampling on a CPU under bf16 autocast, the bidirectional SRU casts its float32 input once and has each direction
+    write its half of the merge's input: the numbers of the training path run on that bf16 input (concatenated
+    directions, vectorised units), to bf16 rounding of the merge's output, in bf16, in both layers."""
+    torch.manual_seed(0)
+    rec = BiRecurrence(16, layers=2, kind="sru")
+    with torch.no_grad():
+        for p in rec.parameters():
+            if p.dim() == 2 and p.shape[0] == 2:  # the units' v and b
+                p.normal_(0, 0.5)
+    x = torch.randn(6, 11, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        trained = rec(x.bfloat16()).detach()  # gradients on: `sru_unit` and torch.cat
+        with torch.no_grad():
+            sampled = rec(x)
+    assert sampled.dtype == trained.dtype == torch.bfloat16
+    torch.testing.assert_close(sampled.float(), trained.float(), rtol=2**-7, atol=1e-5)
+    with torch.no_grad():  # float32 sampling keeps the float32 path
+        assert rec(x).dtype == torch.float32
 
 
 def test_film_projected_on_padded_frames_equals_projecting_every_segment():

@@ -34,7 +34,8 @@ both ran. Writes `bench.json`, `bench.md` and `bench.png` (passes and seconds pe
 
 Choices where the issue is silent: one prompt (batch 1) and seed 0; the children wait for work passively
 (`OMP_WAIT_POLICY=PASSIVE` unless the environment sets a policy: `child_environment` says why); the DPD steps
-and guidance are the bundle's own unless `steps` is given; MusicGen samples as its published generation config
+and guidance are the bundle's own unless `steps` is given (several: each MeLoDy shape set runs at each, as the paper's
+Table 2 reports 5, 10 and 20 steps); MusicGen samples as its published generation config
 does (guidance 3.0, sampling, top-k 250 as audiocraft), its prompt is 16 random T5 token ids (the T5
 SentencePiece tokenizer is a download, so it is left out). MusicGen's stage seconds are the hooks' time inside
 each network; the rest of `generate` (sampling, the delay pattern) is reported as `other_s`.
@@ -152,7 +153,8 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def run_bench(bundle: str | Path | None, seconds: list[float], shapes: list[str], threads: int, steps: int | None = None,
+def run_bench(bundle: str | Path | None, seconds: list[float], shapes: list[str], threads: int,
+              steps: int | list[int] | None = None,
               device: str = "cpu", musicgen_config: dict | None = None, progress: Callable[[str], None] | None = None,
               partial: Callable[[dict], Any] | None = None) -> dict[str, Any]:
     """The whole benchmark (module docstring) → the report dict. `musicgen_config`: a `MusicgenConfig.to_dict()` to
@@ -162,20 +164,24 @@ def run_bench(bundle: str | Path | None, seconds: list[float], shapes: list[str]
 
     if not isinstance(threads, int) or threads < 1:
         raise MelodyError(f"--threads must be at least 1, got {threads}")
-    if steps is not None and steps < 1:
-        raise MelodyError(f"--steps must be at least 1, got {steps}")
+    step_counts = [None] if steps is None or steps == [] else [steps] if isinstance(steps, int) else list(dict.fromkeys(steps))
+    for count in step_counts:
+        if count is not None and count < 1:
+            raise MelodyError(f"--steps must be at least 1, got {count}")
     if not (device == "cpu" or device.startswith("cuda")):
         raise MelodyError(f"--device {device}: give cpu or cuda[:N]")
-    runs = parse_runs(shapes, seconds)
+    runs = [(name, secs, None if name.startswith("musicgen-small") else count)  # MusicGen has no DPD steps
+            for name, secs in parse_runs(shapes, seconds) for count in step_counts]
+    runs = list(dict.fromkeys(runs))
     bundle = Path(bundle or BUNDLE)
-    if any(name.startswith("bundled") for name, _ in runs) and not bundle.is_dir():
+    if any(name.startswith("bundled") for name, _, _ in runs) and not bundle.is_dir():
         raise MelodyError(f"{bundle}: no such bundle folder; give a folder with mulan, tokenizer, semantic_lm, dpd, vae")
     tell = progress or (lambda line: None)
     load_start = [round(x, 2) for x in os.getloadavg()]
     tell(f"measuring this machine's matmul throughput and memory bandwidth on {threads} threads")
     machine = _run_child({"task": "machine", "device": device, "threads": threads}, "machine", threads, tell)
     given = musicgen_config is not None
-    if not given and any(name.startswith("musicgen-small") for name, _ in runs):
+    if not given and any(name.startswith("musicgen-small") for name, _, _ in runs):
         musicgen_config = musicgen_small_config().to_dict()
     command = {"bundle": str(bundle), "seconds": seconds, "shapes": shapes, "threads": threads, "steps": steps, "device": device,
                "musicgen_config": "given by the caller" if given else "published musicgen-small sizes"}
@@ -186,17 +192,21 @@ def run_bench(bundle: str | Path | None, seconds: list[float], shapes: list[str]
         return {"machine": done, "runs": list(results), "mismatches": mismatches(results), "comparisons": comparisons(results),
                 "table3": paper_table3(results), "command": command, "complete": len(results) == len(runs)}
 
-    for i, (name, secs) in enumerate(runs, 1):
-        label = f"{name} {secs:g} s"
+    for i, (name, secs, count) in enumerate(runs, 1):
+        label = f"{name} {secs:g} s" + (f", {_steps(count)}" if len(step_counts) > 1 and count is not None else "")
         tell(f"[{i}/{len(runs)}] {label}")
         musicgen = name.startswith("musicgen-small")  # musicgen-small or musicgen-small@bf16
         spec = {"task": "musicgen" if musicgen else "melody", "shapes": name, "seconds": secs,
-                "bundle": str(bundle), "steps": steps, "threads": threads, "device": device,
+                "bundle": str(bundle), "steps": count, "threads": threads, "device": device,
                 "musicgen_config": musicgen_config if musicgen else None}
         results.append(with_bounds({**_run_child(spec, label, threads, tell), "label": label}, machine))
         if partial is not None and i < len(runs):
             partial(report())
     return report()
+
+
+def _steps(count: int) -> str:
+    return f"{count} step" + ("" if count == 1 else "s")
 
 
 def child_environment(threads: int) -> dict[str, str]:
@@ -267,7 +277,7 @@ def comparisons(runs: list[dict]) -> list[dict]:
     for mg in (r for r in runs if r["model"] == "musicgen"):
         for r in (r for r in runs if r["model"] == "melody" and r["seconds"] == mg["seconds"]):
             graphed = r.get("graphed")
-            out.append({"seconds": r["seconds"], "melody": r["shapes"], "musicgen": mg["shapes"],
+            out.append({"seconds": r["seconds"], "melody": r["shapes"], "melody_steps": r["steps"], "musicgen": mg["shapes"],
                         "time_ratio": mg["wall_s"] / r["wall_s"], "passes_ratio": mg["total_passes"] / r["total_passes"],
                         "time_ratio_graphed": mg["wall_s"] / graphed["wall_s"] if graphed else None,
                         "musicgen_wall_s": mg["wall_s"], "melody_wall_s": r["wall_s"],
@@ -280,7 +290,7 @@ def paper_table3(runs: list[dict]) -> list[dict]:
     counts, and all stages)."""
     rows = []
     for secs in sorted({r["seconds"] for r in runs}):
-        measured = {r["shapes"]: {"lm_plus_dpd": r["stages"]["semantic_lm"]["hooked"] + r["stages"]["dpd"]["hooked"],
+        measured = {f"{r['shapes']} ({_steps(r['steps'])})": {"lm_plus_dpd": r["stages"]["semantic_lm"]["hooked"] + r["stages"]["dpd"]["hooked"],
                                   "all_stages": r["total_passes"], "dpd_steps": r["steps"], "dpd_windows": r["windows"]}
                     for r in runs if r["model"] == "melody" and r["seconds"] == secs}
         rows.append({**table3(secs), "measured": measured})
@@ -600,9 +610,9 @@ def markdown(report: dict) -> str:
                   for r in graphed for g in [r["graphed"]]]
     if report["comparisons"]:
         lines += ["", "## MusicGen ÷ MeLoDy (this run)", "",
-                  "| seconds | MusicGen shapes | MeLoDy shapes | time ratio | time ratio, MeLoDy with CUDA graphs "
-                  "| passes ratio |", "|---|---|---|---|---|---|"]
-        lines += [f"| {c['seconds']:g} | {c['musicgen']} | {c['melody']} | {c['time_ratio']:.2f} ({c['musicgen_wall_s']:.2f} s ÷ "
+                  "| seconds | MusicGen shapes | MeLoDy shapes | DPD steps | time ratio | time ratio, MeLoDy with CUDA graphs "
+                  "| passes ratio |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {c['seconds']:g} | {c['musicgen']} | {c['melody']} | {c.get('melody_steps')} | {c['time_ratio']:.2f} ({c['musicgen_wall_s']:.2f} s ÷ "
                   f"{c['melody_wall_s']:.2f} s) | {_f(c.get('time_ratio_graphed'))} "
                   f"| {c['passes_ratio']:.2f} ({c['musicgen_passes']} ÷ {c['melody_passes']}) |"
                   for c in report["comparisons"]]
@@ -610,8 +620,8 @@ def markdown(report: dict) -> str:
               "| T s | MusicLM (25 + 200 + 400)·T | Noise2Music | MeLoDy 25·T + 20 | reduction (formula) | abstract "
               "| measured here: LM + DPD (all stages) |", "|---|---|---|---|---|---|---|"]
     for t in report["table3"]:
-        measured = "; ".join(f"{k} {v['lm_plus_dpd']} ({v['all_stages']}), {v['dpd_steps']} steps × {v['dpd_windows']} "
-                             f"windows" for k, v in t["measured"].items()) or "—"
+        measured = "; ".join(f"{k} {v['lm_plus_dpd']} ({v['all_stages']}), {v['dpd_windows']} windows"
+                             for k, v in t["measured"].items()) or "—"
         lines.append(f"| {t['seconds']:g} | {t['musiclm']:,.0f} | {t['noise2music']:,} | {t['melody']:,.0f} "
                      f"| {_pct(t['reduction_vs_musiclm'])} | {_pct(t['abstract_reduction'])} | {measured} |")
     lines += ["", "The abstract's −99.6 % is not what Table 3's formula gives (−95.7 % at 10 s, −95.9 % at 30 s); both "
@@ -687,7 +697,7 @@ def summary(report: dict) -> str:
     lines += [f"mismatch: {x}" for x in report["mismatches"]]
     lines += [f"{r['label']} with CUDA graphs: {r['graphed']['wall_s']:.3f} s wall (tokens as eager: "
               f"{r['graphed']['tokens_equal_eager']})" for r in report["runs"] if r.get("graphed")]
-    lines += [f"{c['musicgen']} ÷ MeLoDy ({c['melody']}, {c['seconds']:g} s): time {c['time_ratio']:.2f}×"
+    lines += [f"{c['musicgen']} ÷ MeLoDy ({c['melody']}, {c.get('melody_steps')} steps, {c['seconds']:g} s): time {c['time_ratio']:.2f}×"
               + (f" ({c['time_ratio_graphed']:.2f}× with graphs)" if c.get("time_ratio_graphed") else "")
               + f", passes {c['passes_ratio']:.2f}×"
               for c in report["comparisons"]]
