@@ -6,7 +6,7 @@ octave errors; and the rank correlation between asked and measured tempo over al
 control is ignored). With `--reference CORPUS`, the same tracker on the real clips of that corpus's
 split whose stated tempo lies within ±15 % of each asked one: what the measure gives on music that
 has the asked tempo (a tracker hears slow music at double speed often), the ceiling for the bundle's
-row. Writes `benchmarks/results/bpm_control.json`.
+row (`--reference-only`: that alone). Writes `benchmarks/results/bpm_control.json`.
 
     .venv/bin/python benchmarks/bpm_control.py --threads 2 --reference /tmp/corpus
 """
@@ -48,10 +48,18 @@ def main() -> None:
                         help="the semantic LM's guidance scale (default: the bundle's); it strengthens the tempo token too")
     parser.add_argument("--reference", type=Path, default=None, help="a corpus folder: its real clips as the ceiling")
     parser.add_argument("--split", default="test", help="the reference corpus's split")
+    parser.add_argument("--reference-only", action="store_true", help="measure the reference clips, generate nothing")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load_start = load_average()
+    if args.reference_only:
+        if args.reference is None:
+            parser.error("--reference-only needs --reference CORPUS")
+        data = {"reference": reference(args.reference, args.split, args.bpm)}
+        write_json_atomic(args.out, {**data, **machine(args.device, args.threads, load_start)})
+        print(f"{data['reference']}\nwrote {args.out}")
+        return
     model = MeLoDy.from_pretrained(args.bundle)
     rate = model.vae.cfg.sample_rate
     rows, asked_all, measured_all = [], [], []

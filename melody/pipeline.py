@@ -51,6 +51,7 @@ from melody.diffusion import (SCHEDULES, angles_from_steps, continue_latents, gu
 from melody.dpd import DPD
 from melody.errors import MelodyError
 from melody.mulan import MuLan
+from melody.runtime import few_row_linears
 from melody.semantic.lm import SemanticLM, tempo_bucket, window_and_stride
 from melody.semantic.sampling import generate as generate_tokens
 from melody.semantic.tokenizer import SemanticTokenizer
@@ -425,7 +426,8 @@ class MeLoDy:
         copies = self.__dict__.setdefault("_lm_copies", {})
         key = (dtype, self.semantic_lm.bos.device)
         if key not in copies:
-            copies[key] = copy.deepcopy(self.semantic_lm).to(dtype).eval()
+            lm = copy.deepcopy(self.semantic_lm).to(dtype).eval()
+            copies[key] = few_row_linears(lm) if key[1].type == "cpu" else lm
         return copies[key]
 
     def tempo_tokens(self, prompts: list[str] | None) -> torch.Tensor | None:
