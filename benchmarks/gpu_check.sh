@@ -13,7 +13,10 @@
 #   6. (off unless LM_SECONDS > 0) semantic LMs trained side by side from carried latent-free features (issue 6: an LM
 #      that follows a stated tempo), each run time-boxed; each comes back exported at float16 with its metrics in
 #      $OUT/lm_<name>.tgz. LM_RUNS lists them, space-separated, as name=TOKENIZER_DIR:key=value,key=value (the --set
-#      overrides on the tiny preset); they share the bundle's MuLan. `.device/lmcorpus.tgz` holds a corpus's manifest
+#      overrides on the tiny preset); they share the bundle's MuLan. LM_EXPORT_STEPS (space-separated steps that are
+#      multiples of train.checkpoint_every, at most the 3 newest a run keeps) also brings back those checkpoints,
+#      exported the same way, as $OUT/lm_<name>_s<step>.tgz (7.5 MB each for the bundle's LM size; at most 8 files of
+#      16 MiB come back). `.device/lmcorpus.tgz` holds a corpus's manifest
 #      and its `melody data encode --latents none` feature sets (no audio):
 #        melody data synth --out /tmp/corpus12 --hours 12 --seed 0
 #        melody data encode /tmp/corpus12 --bundle melody/bundled --latents none   # and --bundle B for another tokenizer
@@ -125,7 +128,11 @@ if [ "${LM_SECONDS:-0}" -gt 0 ]; then
       python3 -m melody.cli export "/tmp/lm_$name" --stage semantic_lm --half --out "/tmp/lm_${name}_export" >> "$LOG" 2>&1
       tail -n 3 "/tmp/lm_$name.log" >> "$LOG"
       cp "/tmp/lm_$name/metrics.jsonl" "/tmp/lm_$name.log" "/tmp/lm_${name}_export/" 2>/dev/null
-      tar czf "$OUT/lm_$name.tgz" -C "/tmp/lm_${name}_export" . ) &
+      tar czf "$OUT/lm_$name.tgz" -C "/tmp/lm_${name}_export" .
+      for step in ${LM_EXPORT_STEPS:-}; do
+        python3 -m melody.cli export "/tmp/lm_$name" --stage semantic_lm --half --step "$step" \
+          --out "/tmp/lm_${name}_s$step" >> "$LOG" 2>&1 && tar czf "$OUT/lm_${name}_s$step.tgz" -C "/tmp/lm_${name}_s$step" .
+      done ) &
   done
   wait
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv >> "$LOG" 2>&1

@@ -130,13 +130,25 @@ def load_model(directory: str | Path, name: str, stage: str, build) -> nn.Module
     return load_model_and_config(directory, name, stage, build)[0]
 
 
-def load_model_and_config(directory: str | Path, name: str, stage: str, build):
-    """`load_model`, also returning the `MelodyConfig` the model was built from."""
+def load_model_and_config(directory: str | Path, name: str, stage: str, build, step: int | None = None):
+    """`load_model`, also returning the `MelodyConfig` the model was built from. `step`: the run's kept checkpoint of
+    that step (its raw weights) instead of the export or the newest checkpoint."""
     directory = Path(directory)
     if not directory.is_dir():
         raise MelodyError(f"{directory}: no such model folder; give the run folder that `melody train {stage}` wrote")
     path = directory / f"{name}.safetensors"
-    if path.is_file():
+    if step is not None:
+        folder = directory / "checkpoints" / f"step-{step:08d}"
+        if not (folder / "models.safetensors").is_file():
+            kept = sorted(int(p.name[5:]) for p in (directory / "checkpoints").glob("step-*")
+                          if p.name[5:].isdigit() and (p / "models.safetensors").is_file())
+            raise MelodyError(f"{directory}: no checkpoint of step {step}; it keeps "
+                              + (", ".join(map(str, kept)) if kept else "none"))
+        path = folder / "models.safetensors"
+        cfg = load_config(folder / "config.json")
+        tensors, meta = read_tensors(path, f"{stage} checkpoint")
+        tensors = unprefixed(tensors, name)
+    elif path.is_file():
         cfg = load_config(directory / "config.json")
         tensors, meta = read_tensors(path, f"{stage} weights")
     elif (directory / "latest.json").is_file():

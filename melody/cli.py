@@ -581,11 +581,13 @@ def export(
     out: Annotated[Path, typer.Option("--out", help="Folder to write <stage>.safetensors + config.json to.")],
     stage: Annotated[str, typer.Option("--stage", help="Which stage's model: vae, mulan, tokenizer, semantic_lm or dpd.")] = "vae",
     half: Annotated[bool, typer.Option("--half/--full", help="Store float16 (half the size; loads as float32).")] = False,
+    step: Annotated[Optional[int], typer.Option("--step", help="Export the run's kept checkpoint of this step (its raw "
+                                                "weights) instead of the finished model or the newest checkpoint.")] = None,
 ) -> None:
     """Copy a trained stage's model into a self-contained folder (e.g. to bundle or share it)."""
     from melody.train.recipes import export_model
 
-    path = export_model(run, out, stage, half)
+    path = export_model(run, out, stage, half, step)
     typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 

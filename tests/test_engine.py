@@ -59,6 +59,26 @@ def corpus(tmp_path_factory):
     return make_corpus(tmp_path_factory.mktemp("corpus"), clips=10, per_shard=3)
 
 
+def test_a_kept_checkpoint_of_a_chosen_step_is_exported(corpus, tmp_path):
+    """`melody export RUN --step N`: the raw weights of that kept checkpoint, with its config; a step the run does not
+    keep is one line naming those it does."""
+    from melody.train.recipes import export_model
+
+    run = tmp_path / "run"
+    train(config(), corpus, run)
+    path = export_model(run, tmp_path / "step3", "vae", step=3)
+    exported, meta = read_tensors(path)
+    kept, _ = read_tensors(run / "checkpoints" / "step-00000003" / "models.safetensors")
+    raw = unprefixed(kept, "vae")
+    assert meta["stage"] == "vae" and set(exported) == set(raw) and all(torch.equal(exported[k], raw[k]) for k in raw)
+    later, _ = read_tensors(run / "checkpoints" / "step-00000006" / "models.safetensors")
+    assert any(not torch.equal(raw[k], unprefixed(later, "vae")[k]) for k in raw)  # step 3, not the newest
+    assert load_model(tmp_path / "step3", "vae", "vae", lambda c: VAE(c.vae)) is not None
+    with pytest.raises(MelodyError, match=r"no checkpoint of step 4; it keeps 3, 6$"):
+        export_model(run, tmp_path / "step4", "vae", step=4)
+    assert not (tmp_path / "step4").exists()
+
+
 @pytest.fixture(scope="module")
 def corpus_of_many_shards(tmp_path_factory):
     """16 train clips in 8 shards of 2: two workers read 4 shards each (8 batches of 2 per epoch)."""

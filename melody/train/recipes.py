@@ -141,23 +141,24 @@ def train_stage(name: str, data: Path, run_dir: Path, preset_name: str, override
     return Trained(stage.name, position.step, [run_dir / f"{model}.safetensors" for model in stage.export])
 
 
-def load_stage(run: Path, model: str):
-    """(model, config) of a trained model from a run or model folder."""
+def load_stage(run: Path, model: str, step: int | None = None):
+    """(model, config) of a trained model from a run or model folder (`step`: that kept checkpoint of the run)."""
     from melody.checkpoint import load_model_and_config
     from melody.pipeline import STAGE_BUILDERS
 
     if model not in STAGE_BUILDERS:
         raise MelodyError(f"unknown stage '{model}'; choose one of: {', '.join(STAGE_BUILDERS)}")
-    return load_model_and_config(run, model, model, STAGE_BUILDERS[model])
+    return load_model_and_config(run, model, model, STAGE_BUILDERS[model], step)
 
 
-def export_model(run: Path, out: Path, model: str, half: bool = False) -> Path:
-    """Copy a trained model (its export, or the run's newest checkpoint) into a self-contained folder."""
+def export_model(run: Path, out: Path, model: str, half: bool = False, step: int | None = None) -> Path:
+    """Copy a trained model (its export, the run's newest checkpoint, or its kept checkpoint of `step`) into a
+    self-contained folder."""
     import torch
 
     from melody.checkpoint import save_model
 
-    module, cfg = load_stage(run, model)
+    module, cfg = load_stage(run, model, step)
     return save_model(out, model, module, cfg, model, torch.float16 if half else None)
 
 
