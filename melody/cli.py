@@ -478,12 +478,17 @@ ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in -
 ProgressOpt = Annotated[bool, typer.Option(help="Show a progress bar.")]
 
 
+InitOpt = Annotated[Optional[Path], typer.Option("--init", help="Start from this trained model's weights (a run or model "
+                                                  "folder, e.g. melody/bundled/semantic_lm): fine-tuning, with a fresh "
+                                                  "optimizer; the config must build the same shapes.")]
+
+
 def _train(name: str, data: Path, out: Path, preset: str, overrides: list[str], resume: bool, progress: bool,
-           frozen: Optional[dict] = None, teacher=None) -> None:
+           frozen: Optional[dict] = None, teacher=None, init: Optional[Path] = None) -> None:
     """Train stage `name` to `train.steps` (or until stopped) and say where its model is."""
     from melody.train.recipes import train_stage
 
-    trained = train_stage(name, data, out, preset, overrides, resume, progress, frozen, teacher)
+    trained = train_stage(name, data, out, preset, overrides, resume, progress, frozen, teacher, init)
     if int(os.environ.get("RANK", "0")) == 0:  # under a launcher, once, not once per process
         typer.echo(trained.summary())
 
@@ -524,10 +529,10 @@ TokenizerRunOpt = Annotated[Path, typer.Option("--tokenizer", help="Trained sema
 
 @train_app.command("semantic")
 def train_semantic(data: DataOpt, out: RunOpt, mulan: MuLanRunOpt, tokenizer: TokenizerRunOpt, preset: PresetOpt = "tiny",
-                   set_: SetOpt = None, resume: ResumeOpt = False, progress: ProgressOpt = True) -> None:
+                   set_: SetOpt = None, resume: ResumeOpt = False, progress: ProgressOpt = True, init: InitOpt = None) -> None:
     """Train the semantic LM: MuLan tokens of a clip's audio → its semantic tokens (both conditioners frozen)."""
     frozen = {"mulan": _load_stage(mulan, "mulan"), "tokenizer": _load_stage(tokenizer, "tokenizer")}
-    _train("semantic", data, out, preset, set_ or [], resume, progress, frozen)
+    _train("semantic", data, out, preset, set_ or [], resume, progress, frozen, init=init)
 
 
 @train_app.command("dpd")
@@ -536,10 +541,11 @@ def train_dpd(
     vae: Annotated[Path, typer.Option("--vae", help="Trained VAE-GAN run (or model folder).")],
     tokenizer: Annotated[Path, typer.Option("--tokenizer", "--semantic", help="Trained semantic tokenizer run (or model folder).")],
     preset: PresetOpt = "tiny", set_: SetOpt = None, resume: ResumeOpt = False, progress: ProgressOpt = True,
+    init: InitOpt = None,
 ) -> None:
     """Train the dual-path diffusion model: semantic tokens + noise → VAE latents (both frozen, run on the fly)."""
     frozen = {"vae": _load_stage(vae, "vae"), "tokenizer": _load_stage(tokenizer, "tokenizer")}
-    _train("dpd", data, out, preset, set_ or [], resume, progress, frozen)
+    _train("dpd", data, out, preset, set_ or [], resume, progress, frozen, init=init)
 
 
 @train_app.command("musiclm")

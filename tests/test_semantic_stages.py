@@ -222,3 +222,30 @@ def test_fingerprint_follows_the_weights():
     with torch.no_grad():
         b.bias[0] += 1e-6
     assert fingerprint(a) != fingerprint(b)
+
+
+def test_fine_tuning_starts_from_the_init_models_weights(stack, tmp_path):
+    """`melody train semantic --init RUN`: the LM starts from that model's weights (at lr 0 it ends with them, bit for
+    bit), the run records where it started; another width, or --init with --resume, is one line."""
+    corpus, runs, overrides = stack
+    conditioners = ["--mulan", str(runs["mulan"]), "--tokenizer", str(runs["tokenizer"])]
+    run_ok("train", "semantic", "--data", str(corpus), "--out", str(tmp_path / "ft"), *conditioners,
+           "--init", str(runs["semantic"]), *sets([*overrides, "train.steps=2", "train.lr=0"]))
+    start, _ = load_model_and_config(runs["semantic"], "semantic_lm", "semantic_lm", SemanticLM.from_config)
+    tuned, _ = load_model_and_config(tmp_path / "ft", "semantic_lm", "semantic_lm", SemanticLM.from_config)
+    assert all(torch.equal(a, b) for a, b in zip(start.state_dict().values(), tuned.state_dict().values(), strict=True))
+    record = json.loads((tmp_path / "ft" / "init.json").read_text())
+    assert record == {"init": str(runs["semantic"]), "fingerprints": {"semantic_lm": fingerprint(start)}}
+    fresh = tmp_path / "fresh"
+    run_ok("train", "semantic", "--data", str(corpus), "--out", str(fresh), *conditioners,
+           *sets([*overrides, "train.steps=2", "train.lr=0"]))
+    scratch, _ = load_model_and_config(fresh, "semantic_lm", "semantic_lm", SemanticLM.from_config)
+    assert not torch.equal(scratch.head.weight, start.head.weight) and not (fresh / "init.json").exists()
+
+    wider = melody_one_thread("train", "semantic", "--data", str(corpus), "--out", str(tmp_path / "wide"), *conditioners,
+                              "--init", str(runs["semantic"]), *sets([*overrides, "semantic_lm.dim=64"]), "--no-progress")
+    assert "the weights do not fit this model's config" in one_line_error(wider)
+    assert not (tmp_path / "wide" / "latest.json").exists()
+    both = melody_one_thread("train", "semantic", "--data", str(corpus), "--out", str(tmp_path / "ft"), *conditioners,
+                             "--init", str(runs["semantic"]), "--resume", "--no-progress")
+    assert "give one of them" in one_line_error(both)

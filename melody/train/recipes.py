@@ -129,15 +129,29 @@ class Trained:
 
 
 def train_stage(name: str, data: Path, run_dir: Path, preset_name: str, overrides: typing.Sequence[str], resume: bool,
-                progress: bool, frozen: dict[str, tuple] | None = None, teacher=None) -> Trained:
-    """Build stage `name` from the run's config and train it to `train.steps` (or until stopped)."""
+                progress: bool, frozen: dict[str, tuple] | None = None, teacher=None, init: Path | None = None) -> Trained:
+    """Build stage `name` from the run's config and train it to `train.steps` (or until stopped). `init`: a trained
+    model (run or model folder) whose weights the stage's model starts from (fine-tuning: a fresh optimizer and
+    schedule; the run's config must build the same shapes), recorded in the run's `init.json`."""
+    from melody.checkpoint import fingerprint, load_weights
     from melody.data.shards import read_manifest
+    from melody.io import write_json_atomic
     from melody.train.engine import Engine
 
+    if init is not None and resume:
+        raise MelodyError("--init starts a new run from a model's weights and --resume continues a run; give one of them")
     read_manifest(data)
     cfg = run_config(run_dir, preset_name, overrides, resume)
     stage = build_stage(name, cfg, data, run_dir, frozen, teacher)
-    position = Engine(stage, run_dir, resume=resume, progress=progress).fit()
+    started_from = {}
+    for model in stage.export if init is not None else ():
+        source, _ = load_stage(init, model)
+        load_weights(stage.models[model], source.state_dict(), f"--init {init}")
+        started_from[model] = fingerprint(source)
+    engine = Engine(stage, run_dir, resume=resume, progress=progress)
+    if started_from:
+        write_json_atomic(run_dir / "init.json", {"init": str(init), "fingerprints": started_from})
+    position = engine.fit()
     return Trained(stage.name, position.step, [run_dir / f"{model}.safetensors" for model in stage.export])
 
 
