@@ -5,6 +5,8 @@
   `repeats` calls after one warm-up.
 - `load_average`, `machine`: the machine block merged into every result row (processor, threads,
   torch version, GPU name; optionally core count and the load averages at start and end).
+- `alternated_run`: the CPU A/B scripts' start (`cpu_*.py`, ways alternated in one process): --rounds, --threads and
+  --out parsed, glibc's freed blocks kept (as the CLI does), the threads set; (args, load average at the start).
 - `merge_results`: read `benchmarks/results/<name>.json`, replace the earlier rows of this device
   (and thread count), append the new ones with the machine block, write it atomically.
 - `pyplot`, `chart_title`, `save_chart`: the chart boilerplate and the title line naming the
@@ -55,6 +57,23 @@ def timed(fn: Callable[[], Any], repeats: int, device: str) -> float:
     fn()
     sync(device)
     return statistics.median(clock(fn, device)[1] for _ in range(repeats))
+
+
+def alternated_run(doc: str, rounds: int, out: Path,
+                   extra: Callable[[argparse.ArgumentParser], None] | None = None) -> tuple[argparse.Namespace, list[float]]:
+    """Parse an A/B script's options (`extra` adds its own), apply the CLI's allocator setting and the thread count."""
+    from melody.runtime import reuse_freed_memory
+
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=out)
+    if extra is not None:
+        extra(parser)
+    args = parser.parse_args()
+    reuse_freed_memory()
+    torch.set_num_threads(args.threads)
+    return args, load_average()
 
 
 def load_average() -> list[float]:

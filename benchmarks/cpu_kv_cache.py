@@ -10,7 +10,6 @@ Writes benchmarks/results/cpu-kv-cache/kv_cache.json.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -21,11 +20,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import load_average, machine  # noqa: E402
+from common import alternated_run, machine  # noqa: E402
 from melody.io import write_json_atomic  # noqa: E402
 from melody.modules import transformer  # noqa: E402
 from melody.pipeline import MeLoDy  # noqa: E402
-from melody.runtime import reuse_freed_memory  # noqa: E402
 from melody.semantic.sampling import generate  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cpu-kv-cache" / "kv_cache.json"
@@ -43,14 +41,7 @@ def concatenating_extend(cache: transformer.KVCache, keys: torch.Tensor, values:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    reuse_freed_memory()
-    torch.set_num_threads(args.threads)
-    load_start = load_average()
+    args, load_start = alternated_run(__doc__, 4, RESULTS)
     model = MeLoDy.from_pretrained(Path(__file__).resolve().parents[1] / "melody" / "bundled")
     lm = model.semantic_lm.eval()
     model.set_precision("bf16")

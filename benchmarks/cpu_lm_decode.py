@@ -8,7 +8,6 @@ in one process since this machine's speed drifts between runs: torch's `linear` 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
 import sys
@@ -21,11 +20,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import load_average, machine  # noqa: E402
+from common import alternated_run, machine  # noqa: E402
 from melody.config import MelodyConfig  # noqa: E402
 from melody.io import write_json_atomic  # noqa: E402
 from melody.pipeline import MeLoDy  # noqa: E402
-from melody.runtime import few_row_linears, reuse_freed_memory  # noqa: E402
+from melody.runtime import few_row_linears  # noqa: E402
 from melody.semantic.lm import SemanticLM  # noqa: E402
 from melody.semantic.sampling import generate  # noqa: E402
 
@@ -33,15 +32,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "cpu-lm-decode" / "decod
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--tokens", type=int, default=40)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    reuse_freed_memory()
-    torch.set_num_threads(args.threads)
-    load_start = load_average()
+    args, load_start = alternated_run(__doc__, 8, RESULTS, lambda p: p.add_argument("--tokens", type=int, default=40))
     torch.manual_seed(0)
     bundled = MeLoDy.from_pretrained(Path(__file__).resolve().parents[1] / "melody" / "bundled").semantic_lm
     lms = {"paper": SemanticLM.from_config(MelodyConfig()), "bundled": bundled}

@@ -16,7 +16,6 @@ Writes benchmarks/results/cpu-dpd/recurrence.json.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -27,12 +26,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import load_average, machine  # noqa: E402
+from common import alternated_run, machine  # noqa: E402
 from melody.config import DPDConfig  # noqa: E402
 from melody.dpd import BiRecurrence  # noqa: E402
 from melody.io import write_json_atomic  # noqa: E402
 from melody.pipeline import at_precision, linears_in  # noqa: E402
-from melody.runtime import reuse_freed_memory  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cpu-dpd" / "recurrence.json"
 
@@ -45,14 +43,7 @@ def concatenated(self: BiRecurrence, x: torch.Tensor) -> torch.Tensor:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    reuse_freed_memory()
-    torch.set_num_threads(args.threads)
-    load_start = load_average()
+    args, load_start = alternated_run(__doc__, 10, RESULTS)
     torch.manual_seed(0)
     paper = DPDConfig()
     recurrence = BiRecurrence(paper.hidden, paper.sru_layers, "sru")
