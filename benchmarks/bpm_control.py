@@ -43,6 +43,8 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, default=Path(__file__).resolve().parents[1] / "melody" / "bundled")
     parser.add_argument("--bpm", type=lambda s: [float(x) for x in s.split(",")], default=[70.0, 100.0, 140.0])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--prompt", action="append", default=None,
+                        help="a prompt to generate at each tempo (repeatable; default: funk, rock and electronic)")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--lm-guidance", type=float, default=None,
                         help="the semantic LM's guidance scale (default: the bundle's); it strengthens the tempo token too")
@@ -60,20 +62,21 @@ def main() -> None:
         write_json_atomic(args.out, {**data, **machine(args.device, args.threads, load_start)})
         print(f"{data['reference']}\nwrote {args.out}")
         return
+    prompts = args.prompt or list(PROMPTS)
     model = MeLoDy.from_pretrained(args.bundle)
     rate = model.vae.cfg.sample_rate
     rows, asked_all, measured_all = [], [], []
     for bpm in args.bpm:
         errors = []
         for seed in range(args.seeds):
-            out = model.generate(list(PROMPTS), args.seconds, bpm=bpm, seed=100 * seed, lm_guidance=args.lm_guidance)
+            out = model.generate(prompts, args.seconds, bpm=bpm, seed=100 * seed, lm_guidance=args.lm_guidance)
             errors += [tempo_error(a.mean(0).numpy(), rate, bpm) for a in out.audio]
         asked_all += [bpm] * len(errors)
         measured_all += [e.measured_bpm for e in errors]
         rows.append(tempo_row(bpm, errors))
         print(rows[-1], flush=True)
     rho = float(spearmanr(asked_all, measured_all).statistic)
-    data = {"prompts": list(PROMPTS), "seconds": args.seconds, "seeds": args.seeds, "rows": rows,
+    data = {"prompts": prompts, "seconds": args.seconds, "seeds": args.seeds, "rows": rows,
             "lm_guidance": args.lm_guidance if args.lm_guidance is not None else model.cfg.semantic_lm.guidance,
             "spearman_asked_vs_measured": round(rho, 3)}
     if args.reference is not None:
