@@ -5,7 +5,7 @@ asked tempo: the measured tempos, their median, the mean error at the asked octa
 octave errors; and the rank correlation between asked and measured tempo over all clips (0: the
 control is ignored). With `--reference CORPUS`, the same tracker on the real clips of that corpus's
 split whose stated tempo lies within ±15 % of each asked one: what the measure gives on music that
-has the asked tempo (a tracker hears slow music at double speed often), the ceiling for the bundle's
+has the asked tempo (a tracker hears slow music at double speed often), the reference for the bundle's
 row (`--reference-only`: that alone). Writes `benchmarks/results/bpm_control.json`.
 
     .venv/bin/python benchmarks/bpm_control.py --threads 2 --reference /tmp/corpus
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--lm-guidance", type=float, default=None,
                         help="the semantic LM's guidance scale (default: the bundle's); it strengthens the tempo token too")
-    parser.add_argument("--reference", type=Path, default=None, help="a corpus folder: its real clips as the ceiling")
+    parser.add_argument("--reference", type=Path, default=None, help="a corpus folder: its real clips as the reference")
     parser.add_argument("--split", default="test", help="the reference corpus's split")
     parser.add_argument("--reference-only", action="store_true", help="measure the reference clips, generate nothing")
     parser.add_argument("--out", type=Path, default=RESULTS)

@@ -137,36 +137,40 @@ def load_model_and_config(directory: str | Path, name: str, stage: str, build, s
     if not directory.is_dir():
         raise MelodyError(f"{directory}: no such model folder; give the run folder that `melody train {stage}` wrote")
     path = directory / f"{name}.safetensors"
-    if step is not None:
-        folder = directory / "checkpoints" / f"step-{step:08d}"
-        if not (folder / "models.safetensors").is_file():
-            kept = sorted(int(p.name[5:]) for p in (directory / "checkpoints").glob("step-*")
-                          if p.name[5:].isdigit() and (p / "models.safetensors").is_file())
-            raise MelodyError(f"{directory}: no checkpoint of step {step}; it keeps "
-                              + (", ".join(map(str, kept)) if kept else "none"))
-        path = folder / "models.safetensors"
-        cfg = load_config(folder / "config.json")
-        tensors, meta = read_tensors(path, f"{stage} checkpoint")
-        tensors = unprefixed(tensors, name)
-    elif path.is_file():
+    if step is None and path.is_file():
         cfg = load_config(directory / "config.json")
         tensors, meta = read_tensors(path, f"{stage} weights")
-    elif (directory / "latest.json").is_file():
-        # A run still in progress: its newest checkpoint (raw weights, not EMA).
-        from melody.io import read_json
-
-        folder = directory / read_json(directory / "latest.json", "latest.json")["path"]
+    else:
+        # a checkpoint's raw weights (not EMA): the chosen step's, or a run in progress's newest
+        folder = kept_checkpoint(directory, step) if step is not None else newest_checkpoint(directory, name, stage)
         path = folder / "models.safetensors"
         cfg = load_config(folder / "config.json")
         tensors, meta = read_tensors(path, f"{stage} checkpoint")
         tensors = unprefixed(tensors, name)
-    else:
-        raise MelodyError(f"{directory}: holds no {name}.safetensors and no checkpoint; train it with `melody train {stage}`")
     if meta.get("stage") != stage:
         raise MelodyError(f"{path}: holds '{meta.get('stage')}' weights, not '{stage}'; pass the {stage} run")
     module = build(cfg)
     load_weights(module, tensors, str(path))
     return module.eval(), cfg
+
+
+def newest_checkpoint(run: Path, name: str, stage: str) -> Path:
+    """The checkpoint folder a run's `latest.json` names; one line where the folder holds neither model nor run."""
+    from melody.io import read_json
+
+    if not (run / "latest.json").is_file():
+        raise MelodyError(f"{run}: holds no {name}.safetensors and no checkpoint; train it with `melody train {stage}`")
+    return run / read_json(run / "latest.json", "latest.json")["path"]
+
+
+def kept_checkpoint(run: Path, step: int) -> Path:
+    """The run's checkpoint folder of `step`; one line listing the steps it keeps where it has none of that step."""
+    folder = run / "checkpoints" / f"step-{step:08d}"
+    if not (folder / "models.safetensors").is_file():
+        kept = sorted(int(p.name[5:]) for p in (run / "checkpoints").glob("step-*")
+                      if p.name[5:].isdigit() and (p / "models.safetensors").is_file())
+        raise MelodyError(f"{run}: no checkpoint of step {step}; it keeps " + (", ".join(map(str, kept)) if kept else "none"))
+    return folder
 
 
 def check_same_model(folder, module: nn.Module, recorded: str, other: str, refit: str) -> None:
