@@ -297,6 +297,9 @@ def generate_command(
     bpm: Annotated[Optional[float], typer.Option("--bpm", help="Tempo in beats per minute, said in the prompt (wins over a tempo the text names).")] = None,
     key: Annotated[Optional[str], typer.Option("--key", help="Key and mode, e.g. 'A minor' or 'Bb dorian' (wins over a key the text names).")] = None,
     best_of: Annotated[int, typer.Option("--best-of", help="Draw N candidates per prompt; keep the one MuLan finds closest to the prompt.")] = 1,
+    fit_tempo: Annotated[bool, typer.Option("--fit-tempo/--no-fit-tempo", help="Where a prompt states a tempo (--bpm, or "
+                                            "'at 90 BPM'), measure the music with a beat tracker and stretch it onto "
+                                            "that tempo when it is more than 4 % off (costs a second render).")] = True,
     precision: Annotated[Optional[str], typer.Option("--precision", help="The networks' precision at sampling: fp32, or "
                                                      "bf16 (the DPD under autocast, the semantic LM's weights in bf16).")] = None,
     device: Annotated[str, typer.Option("--device", help="Where to run: cpu, or cuda[:N] (there the samplers replay CUDA "
@@ -342,10 +345,14 @@ def generate_command(
         from melody.audio import load_audio
 
         music = torch.from_numpy(load_audio(prompt_audio, model.vae.cfg.sample_rate, 1)).float()  # (1, samples)
-    bar = _StageBar(1 + 3 * best_of + (best_of > 1), progress)
+    from melody.data.synth.captions import prompt_bpm
+    from melody.pipeline import FIT_MIN_SECONDS
+
+    fits = fit_tempo and prompts is not None and duration >= FIT_MIN_SECONDS and any(prompt_bpm(p) for p in prompts)
+    bar = _StageBar(1 + (3 + fits) * best_of + (best_of > 1), progress)
     try:
         output = model.generate(prompts, duration, steps, guidance, seed=seed, prompt_audio=music, best_of=best_of,
-                                progress=bar)
+                                fit_tempo=fit_tempo, progress=bar)
     finally:
         bar.close()
     names = [out] if output.audio.shape[0] == 1 else [out.with_name(f"{out.stem}-{i:03d}{out.suffix}")
@@ -354,6 +361,8 @@ def generate_command(
         record = generation_record(model, output, prompt=None if prompts is None else prompts[i],
                          prompt_audio=None if prompt_audio is None else str(prompt_audio), seed=seed + i,
                          duration=duration, steps=steps or model.cfg.dpd.steps, bpm=bpm, key=key)
+        if output.tempo_fit is not None and output.tempo_fit[i] is not None:
+            record["tempo_fit"] = output.tempo_fit[i]
         if best_of > 1:
             record["best_of"] = {"candidates": best_of, "kept": output.candidate[i],
                                  "mulan_scores": [round(x, 4) for x in output.mulan_scores[i]]}

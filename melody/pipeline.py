@@ -52,7 +52,7 @@ from melody.dpd import DPD
 from melody.errors import MelodyError
 from melody.mulan import MuLan
 from melody.runtime import few_row_linears
-from melody.semantic.lm import SemanticLM, tempo_bucket, window_and_stride
+from melody.semantic.lm import SemanticLM, stretch_tokens, tempo_bucket, tempo_fit_rate, window_and_stride
 from melody.semantic.sampling import generate as generate_tokens
 from melody.semantic.tokenizer import SemanticTokenizer
 from melody.vae import VAE
@@ -74,6 +74,7 @@ MAX_BEST_OF = 16
 DECODE_CONTEXT_SECONDS = 1.0
 DECODE_LOOKAHEAD_SECONDS = 0.5
 BLEND_SECONDS = 0.1  # inpainting: the crossfade on each side of a regenerated region
+FIT_MIN_SECONDS = 4.0  # the tempo fit listens to clips this long or longer: a few beats say little about a tempo
 
 
 @dataclass
@@ -87,6 +88,8 @@ class GenerateOutput:
     prompts: list[str] | None = None  # the texts the music was conditioned on (with bpm and key said)
     candidate: list[int] | None = None  # best-of: the kept candidate per prompt
     mulan_scores: list[list[float]] | None = None  # best-of: cosine(prompt, candidate) per prompt and candidate
+    # fit_tempo: per row, None (no tempo asked) or {"asked_bpm", "heard_bpm" (first render), "rate" (1: kept)}
+    tempo_fit: list[dict | None] | None = None
 
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
@@ -272,7 +275,7 @@ class MeLoDy:
     def generate(self, prompts: list[str] | None, duration: float, steps: int | None = None, guidance: float | None = None,
                  temperature: float | None = None, top_k: int | None = None, lm_guidance: float | None = None,
                  seed: int = 0, prompt_audio: torch.Tensor | None = None, bpm: float | None = None,
-                 key: str | None = None, best_of: int = 1,
+                 key: str | None = None, best_of: int = 1, fit_tempo: bool = True,
                  progress: Callable[[str], None] | None = None) -> GenerateOutput:
         """Music for each prompt `(b, channels, round(duration · rate))`; None takes the config's value.
 
@@ -281,7 +284,10 @@ class MeLoDy:
         way the training captions say them (`with_controls`), replacing a tempo or key the text names.
         `best_of` N draws N candidates per prompt and keeps the one whose MuLan audio embedding is closest
         (cosine) to the prompt's embedding; candidate 0 is what `best_of=1` gives, candidate j > 0 uses
-        the seed mix(seed, 4, j), so more candidates never score lower."""
+        the seed mix(seed, 4, j), so more candidates never score lower. `fit_tempo`: where a prompt states a
+        tempo (`bpm`, or "at 90 BPM" in its text) and the music lasts `FIT_MIN_SECONDS` or more, the beat
+        tracker measures the music and, if it is more than 4 % off at its nearest octave, the tokens are
+        stretched to the asked tempo and rendered again (`_fit_tempo`)."""
         duration = check_duration(duration)
         if prompt_audio is None:
             prompts = check_prompts(prompts)
@@ -312,11 +318,12 @@ class MeLoDy:
             label = "" if best_of == 1 else f" (candidate {j + 1}/{best_of})"
             out = self._music(mulan_tokens, duration, steps, guidance, temperature, top_k, lm_guidance,
                               seed if j == 0 else mix_seeds(seed, 4, j), lambda stage: tell(stage + label),
-                              None if prompt_audio is not None else prompts)
+                              None if prompt_audio is not None else prompts, fit_tempo)
             candidates.append(out)
-            for stage in out.seconds:
-                times[stage] = times.get(stage, 0.0) + out.seconds[stage]
-                passes[stage] = passes.get(stage, 0) + out.forward_passes[stage]
+            for stage, seconds in out.seconds.items():
+                times[stage] = times.get(stage, 0.0) + seconds
+            for stage, calls in out.forward_passes.items():
+                passes[stage] = passes.get(stage, 0) + calls
         if best_of == 1:
             best = candidates[0]
             best.prompts, best.forward_passes, best.seconds = prompts, passes, times
@@ -333,14 +340,16 @@ class MeLoDy:
         def kept(name: str) -> torch.Tensor:
             return torch.stack([getattr(c, name) for c in candidates], 1)[rows, pick]
 
+        fits = None if candidates[0].tempo_fit is None else [c.tempo_fit for c in candidates]
         return GenerateOutput(kept("audio"), self.vae.cfg.sample_rate, kept("semantic_tokens"), kept("latents"),
-                              passes, times, prompts=prompts, candidate=pick.tolist(), mulan_scores=scores.tolist())
+                              passes, times, prompts=prompts, candidate=pick.tolist(), mulan_scores=scores.tolist(),
+                              tempo_fit=None if fits is None else [fits[j][i] for i, j in enumerate(pick.tolist())])
 
     def _music(self, mulan_tokens: torch.Tensor, duration: float, steps: int, guidance: float, temperature: float | None,
                top_k: int | None, lm_guidance: float | None, seed: int, tell: Callable[[str], None],
-               prompts: list[str] | None = None) -> GenerateOutput:
+               prompts: list[str] | None = None, fit_tempo: bool = False) -> GenerateOutput:
         """Semantic LM → DPD → VAE decoder for MuLan tokens `(b, L)` (of `prompts`, None for music prompts);
-        row i seeded by seed + i."""
+        row i seeded by seed + i; with `fit_tempo`, then `_fit_tempo`."""
         times, passes = {}, {}
         tell("semantic_lm")
         clock = time.perf_counter()
@@ -360,7 +369,59 @@ class MeLoDy:
         samples = round(duration * self.vae.cfg.sample_rate)
         audio = self.vae.decode_latents(latents, samples).clamp(-1.0, 1.0).float()
         times["vae"], passes["vae"] = time.perf_counter() - clock, 1
-        return GenerateOutput(audio, self.vae.cfg.sample_rate, result.tokens, latents, passes, times)
+        out = GenerateOutput(audio, self.vae.cfg.sample_rate, result.tokens, latents, passes, times)
+        listen = fit_tempo and prompts is not None and duration >= FIT_MIN_SECONDS
+        asked = [prompt_bpm(p) for p in prompts] if listen else []
+        if any(a is not None for a in asked):
+            out = self._fit_tempo(out, asked, mulan_tokens, duration, steps, guidance, temperature, top_k, lm_guidance,
+                                  seed, tell, prompts)
+        return out
+
+    def _fit_tempo(self, out: GenerateOutput, asked: list[float | None], mulan_tokens: torch.Tensor, duration: float,
+                   steps: int, guidance: float, temperature: float | None, top_k: int | None,
+                   lm_guidance: float | None, seed: int, tell: Callable[[str], None],
+                   prompts: list[str]) -> GenerateOutput:
+        """Tempo control beyond the LM's tempo token, outside the paper: librosa's beat tracker measures each row
+        whose prompt asks for a tempo; a row more than 4 % off (at the nearest octave) gets its semantic tokens
+        played at `tempo_fit_rate` (`stretch_tokens`; the LM continues the row's own tokens with seed
+        (seed + i, 5) where a faster rate needs more of them), and the DPD and VAE render them again with the
+        same noise. Rows that are near enough keep their music; `tempo_fit` records each row's measure."""
+        from melody.eval.quality import measure_tempo  # librosa: only where a tempo is asked for
+
+        tell("tempo fit")
+        clock = time.perf_counter()
+        heard = [measure_tempo(a, out.sample_rate) if bpm is not None else math.nan for a, bpm in zip(out.audio, asked)]
+        rates = [1.0 if bpm is None else tempo_fit_rate(h, bpm) for h, bpm in zip(heard, asked)]
+        out.seconds["tempo_fit"] = time.perf_counter() - clock  # the tracker: no network, no forward pass
+        out.tempo_fit = [None if bpm is None else {"asked_bpm": bpm, "heard_bpm": round(h, 2), "rate": round(r, 4)}
+                         for h, bpm, r in zip(heard, asked, rates)]
+        if all(r == 1.0 for r in rates):
+            return out
+        tokens, n = out.semantic_tokens, out.semantic_tokens.shape[1]
+        rate = torch.tensor(rates, dtype=torch.float64)
+        more = math.floor((n - 1) * max(rates)) + 1 - n  # source frames a faster row reads beyond the ones made
+        if more > 0:
+            clock = time.perf_counter()
+            extra = self._semantic_tokens(mulan_tokens, more, tokens, self._seeded(seed, 5, rows=tokens.shape[0]),
+                                          temperature, top_k, lm_guidance, prompts)
+            tokens = torch.cat((tokens, extra.tokens), dim=1)
+            out.seconds["semantic_lm"] += time.perf_counter() - clock
+            out.forward_passes["semantic_lm"] += extra.forward_passes
+        tokens = stretch_tokens(tokens, torch.ones_like(tokens, dtype=torch.bool), rate)[0][:, :n]
+        clock = time.perf_counter()
+        counted = _Counted(self.dpd_for_sampling())
+        latents = self.latents(counted, tokens, duration, steps, guidance, seed)
+        out.seconds["dpd"] += time.perf_counter() - clock
+        out.forward_passes["dpd"] += counted.calls
+        clock = time.perf_counter()
+        audio = self.vae.decode_latents(latents, out.audio.shape[-1]).clamp(-1.0, 1.0).float()
+        out.seconds["vae"] += time.perf_counter() - clock
+        out.forward_passes["vae"] += 1
+        moved = torch.tensor([r != 1.0 for r in rates], device=audio.device)
+        out.audio = torch.where(moved[:, None, None], audio, out.audio)
+        out.latents = torch.where(moved[:, None, None], latents, out.latents)
+        out.semantic_tokens = torch.where(moved[:, None], tokens, out.semantic_tokens)
+        return out
 
     def _semantic_tokens(self, mulan_tokens: torch.Tensor, n_tokens: int, prefix: torch.Tensor | None, generator,
                          temperature: float | None, top_k: int | None, lm_guidance: float | None,

@@ -7,11 +7,14 @@ import pytest
 import torch
 from test_cli import melody_one_thread
 from test_pipeline import bundle, melody  # noqa: F401 (the fixtures)
+from test_quality import click_track
 from test_semantic_stages import one_line_error, run_ok
 
 from melody.data.synth.captions import caption_mentions, parse_key, with_controls
 from melody.errors import MelodyError
-from melody.semantic.lm import tempo_bucket
+from melody.eval.quality import measure_tempo
+from melody.pipeline import FIT_MIN_SECONDS
+from melody.semantic.lm import tempo_bucket, tempo_fit_rate
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -124,3 +127,85 @@ def test_bad_controls_on_the_cli_are_one_line_and_write_nothing(bundle, tmp_path
     out = melody_one_thread(*args, "--bundle", str(bundle), "--out", str(tmp_path / "x.wav"))
     assert message in one_line_error(out)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("heard, asked, rate", [
+    (120.0, 100.0, 100 / 120),  # a little fast: slowed onto the asked tempo
+    (80.0, 100.0, 1.25),  # a little slow: sped up
+    (130.0, 70.0, 140 / 130),  # heard at about twice the asked tempo: its half-time pulse is moved onto 70
+    (50.0, 140.0, 1.4),  # slow: sped up to 70, the octave of 140 nearest it
+    (140.0, 70.0, 1.0),  # exactly an octave: nothing to move
+    (103.0, 100.0, 1.0),  # within 4 %: left alone
+    (0.0, 100.0, 1.0),  # no beat heard: left alone
+])
+def test_the_tempo_fit_rate_moves_the_octave_nearest_the_asked_tempo_onto_it(heard, asked, rate):
+    got = tempo_fit_rate(heard, asked)
+    assert got == pytest.approx(rate, rel=1e-9)
+    assert 2 ** -0.5 <= got <= 2 ** 0.5
+
+
+def fit_inputs(melody, heard_bpm: float, asked_bpm: float, seconds: float = 4.0, seed: int = 7):  # noqa: F811
+    """A generation without the fit whose audio is then replaced by a click track at `heard_bpm`: what
+    `_fit_tempo` gets, with a tempo the tracker hears for sure, whatever the random bundle makes."""
+    prompts = [f"funk, at {asked_bpm:g} BPM."]
+    out = melody.generate(prompts, seconds, seed=seed, fit_tempo=False)
+    rate = melody.vae.cfg.sample_rate
+    out.audio = torch.from_numpy(click_track(heard_bpm, seconds, rate)[0])[None, None]
+    mulan_tokens = melody.mulan.tokens(melody.mulan.embed_text(prompts))
+    steps, guidance = melody._sampling(None, None)
+    return out, prompts, mulan_tokens, steps, guidance
+
+
+@pytest.mark.parametrize("heard, asked", [(120.0, 100.0), (80.0, 100.0)])
+def test_music_heard_off_the_asked_tempo_is_rendered_again_from_its_stretched_tokens(melody, heard, asked):  # noqa: F811
+    out, prompts, mulan_tokens, steps, guidance = fit_inputs(melody, heard, asked)
+    tokens, passes = out.semantic_tokens.clone(), dict(out.forward_passes)
+    fit = melody._fit_tempo(out, [asked], mulan_tokens, 4.0, steps, guidance, None, None, None, 7, lambda s: None, prompts)
+    record = fit.tempo_fit[0]
+    assert record["heard_bpm"] == pytest.approx(heard, rel=0.02) and record["asked_bpm"] == asked
+    assert record["rate"] == pytest.approx(asked / heard, rel=0.02)
+    n = tokens.shape[1]
+    source = (torch.arange(n, dtype=torch.float64) * record["rate"]).floor().long()
+    made = source < n  # frames read from the tokens made first; a faster rate reads beyond them, from the LM
+    assert torch.equal(fit.semantic_tokens[0, made], tokens[0, source[made]])
+    more = max(0, math.floor((n - 1) * record["rate"]) + 1 - n)
+    assert (more > 0) == (heard < asked)
+    assert fit.forward_passes == {**passes, "semantic_lm": passes["semantic_lm"] + more, "dpd": 2 * passes["dpd"],
+                                  "vae": 2}
+    again = melody.latents(melody.dpd_for_sampling(), fit.semantic_tokens, 4.0, steps, guidance, 7)
+    torch.testing.assert_close(fit.latents, again)  # the same noise as the first render, on the stretched tokens
+    torch.testing.assert_close(fit.audio, melody.vae.decode_latents(again, fit.audio.shape[-1]).clamp(-1, 1))
+
+
+def test_music_heard_at_the_asked_tempo_or_an_octave_of_it_is_kept(melody):  # noqa: F811
+    for heard in (100.0, 200.0):
+        out, prompts, mulan_tokens, steps, guidance = fit_inputs(melody, heard, 100.0)
+        audio, passes = out.audio.clone(), dict(out.forward_passes)
+        fit = melody._fit_tempo(out, [100.0], mulan_tokens, 4.0, steps, guidance, None, None, None, 7, lambda s: None,
+                                prompts)
+        assert fit.tempo_fit[0]["rate"] == 1.0 and torch.equal(fit.audio, audio) and fit.forward_passes == passes
+
+
+def test_generate_fits_only_the_rows_that_ask_for_a_tempo_and_a_batch_fits_like_single_runs(melody):  # noqa: F811
+    prompts = ["funk, at 100 BPM.", "calm piano"]
+    both = melody.generate(prompts, 4.0, seed=11)
+    plain = melody.generate(prompts, 4.0, seed=11, fit_tempo=False)
+    first = both.tempo_fit[0]
+    assert both.tempo_fit[1] is None and first["asked_bpm"] == 100.0
+    assert first["heard_bpm"] == round(measure_tempo(plain.audio[0], plain.sample_rate), 2)  # it listened to plain's music
+    assert torch.equal(both.audio[1], plain.audio[1])  # no tempo asked: untouched
+    assert torch.equal(both.audio[0], plain.audio[0]) == (first["rate"] == 1.0)
+    for i, prompt in enumerate(prompts):
+        alone = melody.generate([prompt], 4.0, seed=11 + i)
+        torch.testing.assert_close(alone.audio[0], both.audio[i])
+    assert melody.generate(prompts, FIT_MIN_SECONDS - 0.5, seed=11).tempo_fit is None  # too short to listen to
+
+
+def test_cli_records_the_tempo_fit_in_the_sidecar_and_can_leave_it_out(bundle, tmp_path):  # noqa: F811
+    fitted, plain = tmp_path / "fitted.wav", tmp_path / "plain.wav"
+    for out, flag in ((fitted, "--fit-tempo"), (plain, "--no-fit-tempo")):
+        run_ok("generate", "funk", "--duration", "4", "--out", str(out), "--bundle", str(bundle), "--bpm", "100", flag)
+    record = json.loads(fitted.with_suffix(".json").read_text())
+    assert record["tempo_fit"]["asked_bpm"] == 100.0 and record["tempo_fit"]["rate"] > 0
+    assert "tempo_fit" in record["seconds"]
+    assert "tempo_fit" not in json.loads(plain.with_suffix(".json").read_text())

@@ -361,9 +361,13 @@ def tempo_error(audio: np.ndarray | torch.Tensor, rate: int, asked_bpm: float) -
     """The beat tracker's tempo for mono `audio` at `rate` against `asked_bpm`, octave errors (×2, ×½) apart."""
     if not asked_bpm > 0:
         raise MelodyError(f"asked tempo must be positive, got {asked_bpm}")
-    measured = measure_tempo(audio, rate)
-    octave = nearest_octave(measured, asked_bpm)
-    return TempoError(asked_bpm, measured, measured - asked_bpm, octave, measured - octave * asked_bpm)
+    return tempo_error_of(measure_tempo(audio, rate), asked_bpm)
+
+
+def tempo_error_of(measured_bpm: float, asked_bpm: float) -> TempoError:
+    """A tempo some tracker measured, against `asked_bpm`, octave errors (×2, ×½) apart."""
+    octave = nearest_octave(measured_bpm, asked_bpm)
+    return TempoError(asked_bpm, measured_bpm, measured_bpm - asked_bpm, octave, measured_bpm - octave * asked_bpm)
 
 
 def tempo_summary(errors: Sequence[TempoError]) -> dict[str, float]:
