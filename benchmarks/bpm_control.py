@@ -11,7 +11,8 @@ the asked tempo, `MeLoDy._fit_tempo`). Two ears measure every clip:
 Reported per ear and asked tempo: the measured tempos, their median, the mean error at the asked octave,
 the share of octave errors, and the share within 8 % of the asked tempo at any octave (×½, ×1, ×2; a
 tracker's pulse is often another metrical level than the one asked); and the rank correlation between
-asked and measured tempo over all clips (0: the control is ignored). With `--reference CORPUS`, the same
+asked and measured tempo over all clips (0: the control is ignored). Per variant, what the fit may cost
+the prompt: MuLan's cosine between each clip's audio embedding and its prompt's text embedding. With `--reference CORPUS`, the same
 ears on the real clips of that corpus's split whose stated tempo lies within ±15 % of each asked one:
 what the measure gives on music that has the asked tempo, the reference for the bundle's rows
 (`--reference-only`: that alone). Writes `benchmarks/results/bpm_control.json`.
@@ -86,6 +87,8 @@ def main() -> None:
     parser.add_argument("--split", default="test", help="the reference corpus's split")
     parser.add_argument("--reference-only", action="store_true", help="measure the reference clips, generate nothing")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--picture", type=Path, default=None,
+                        help="a PNG: the first prompt's first seed at each tempo, each variant, with the asked beat grid")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load_start = load_average()
@@ -102,6 +105,8 @@ def main() -> None:
     rate = model.vae.cfg.sample_rate
     heard = {v: {e: [] for e in trackers} for v in VARIANTS}  # variant → ear → BPM per clip, in `asked` order
     asked, fits, seconds = [], [], {v: 0.0 for v in VARIANTS}
+    cosines = {v: [] for v in VARIANTS}  # MuLan: audio embedding · the prompt's text embedding, per clip
+    shown = []  # (asked BPM, variant, mono audio, {ear: BPM}) for --picture
     for bpm in args.bpm:
         for seed in range(args.seeds):
             asked += [bpm] * len(prompts)
@@ -110,12 +115,19 @@ def main() -> None:
                                      fit_tempo=fit)
                 seconds[variant] += sum(out.seconds.values())
                 fits += out.tempo_fit or []
+                with torch.no_grad():
+                    text = model.mulan.embed_text(out.prompts)
+                    cosines[variant] += (model.mulan.embed_audio(out.audio.mean(1)) * text).sum(-1).tolist()
                 for ear, listen in trackers.items():
                     heard[variant][ear] += [listen(a.mean(0).numpy(), rate) for a in out.audio]
+                if seed == 0:
+                    shown.append((bpm, variant, out.audio[0].mean(0).numpy(),
+                                  {ear: heard[variant][ear][-len(prompts)] for ear in trackers}))
             print(bpm, seed, {v: [round(x) for x in heard[v]["librosa"][-len(prompts):]] for v in VARIANTS}, flush=True)
     data = {"prompts": prompts, "seconds": args.seconds, "seeds": args.seeds, "asked_bpm": args.bpm,
             "lm_guidance": args.lm_guidance if args.lm_guidance is not None else model.cfg.semantic_lm.guidance,
             "variants": {v: {"generation_seconds_total": round(seconds[v], 1),
+                             "mulan_cosine_to_prompt": round(float(np.mean(cosines[v])), 4),
                              **{ear: ear_summary(asked, heard[v][ear], args.bpm) for ear in trackers}}
                          for v in VARIANTS},
             "stretched_clips": round(float(np.mean([f["rate"] != 1.0 for f in fits])), 3),
@@ -128,6 +140,44 @@ def main() -> None:
         print(data["reference"], flush=True)
     write_json_atomic(args.out, {**data, **machine(args.device, args.threads, load_start)})
     print(f"wrote {args.out}")
+    if args.picture is not None:
+        print(f"wrote {beat_grid_picture(shown, rate, prompts[0], args.picture)}")
+
+
+def beat_grid_picture(shown: list[tuple[float, str, np.ndarray, dict]], rate: int, prompt: str, path: Path) -> Path:
+    """One row per asked tempo, one column per variant: the clip's log-mel with the asked tempo's beats drawn over it
+    (at the phase where the onset envelope is strongest), titled with what each ear heard."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from melody.audio import log_mel
+    from melody.data.plots import save_figure
+    from melody.eval.quality import onset_envelope
+
+    tempos, variants = sorted({s[0] for s in shown}), list(VARIANTS)
+    fig, axes = plt.subplots(len(tempos), len(variants), figsize=(6.0 * len(variants), 2.0 * len(tempos)),
+                             squeeze=False)
+    frame_rate = 100.0
+    for bpm, variant, audio, ears_heard in shown:
+        ax = axes[tempos.index(bpm)][variants.index(variant)]
+        mel = log_mel(audio.astype(np.float32), rate, n_mels=80).numpy()
+        seconds = len(audio) / rate
+        ax.imshow(mel, origin="lower", aspect="auto", cmap="magma", vmin=mel.max() - 11.0, vmax=mel.max(),
+                  extent=(0.0, seconds, 0, mel.shape[0]))
+        env, period = onset_envelope(audio, rate, frame_rate), 60.0 / bpm
+        phases = np.arange(0.0, period, 0.01)
+        phase = max(phases, key=lambda p: env[(np.arange(p, seconds, period) * frame_rate).astype(int)
+                                                .clip(max=len(env) - 1)].sum())
+        for beat in np.arange(phase, seconds, period):
+            ax.axvline(beat, color="cyan", lw=0.6, alpha=0.8)
+        ax.set_yticks([])
+        heard_text = ", ".join(f"{ear} {x:.0f}" for ear, x in ears_heard.items())
+        ax.set_title(f"{variant}: asked {bpm:g} BPM; heard {heard_text}", fontsize=8)
+    axes[-1][0].set_xlabel("seconds (cyan: the asked tempo's beats)")
+    fig.suptitle(f"“{prompt}”, seed 0", fontsize=9)
+    return save_figure(fig, path, dpi=90)
 
 
 def near_any_octave(e: TempoError) -> bool:

@@ -358,11 +358,9 @@ def generate_command(
     names = [out] if output.audio.shape[0] == 1 else [out.with_name(f"{out.stem}-{i:03d}{out.suffix}")
                                                       for i in range(output.audio.shape[0])]
     for i, name in enumerate(names):
-        record = generation_record(model, output, prompt=None if prompts is None else prompts[i],
+        record = generation_record(model, output, i, prompt=None if prompts is None else prompts[i],
                          prompt_audio=None if prompt_audio is None else str(prompt_audio), seed=seed + i,
                          duration=duration, steps=steps or model.cfg.dpd.steps, bpm=bpm, key=key)
-        if output.tempo_fit is not None and output.tempo_fit[i] is not None:
-            record["tempo_fit"] = output.tempo_fit[i]
         if best_of > 1:
             record["best_of"] = {"candidates": best_of, "kept": output.candidate[i],
                                  "mulan_scores": [round(x, 4) for x in output.mulan_scores[i]]}

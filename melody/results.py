@@ -19,10 +19,14 @@ def write_result(out: Path, audio, rate: int, record: dict, plot: bool) -> list[
     return paths
 
 
-def generation_record(model, output, **fields) -> dict:
-    """The sidecar of one generation: `fields` (prompt, seed, ...) + rate, forward passes, seconds, version, settings."""
+def generation_record(model, output, row: int = 0, **fields) -> dict:
+    """The sidecar of row `row` of a generation: `fields` (prompt, seed, ...) + its tempo fit where one ran, rate,
+    forward passes, seconds, version, settings."""
     from melody import __version__
 
+    fit = getattr(output, "tempo_fit", None)
+    if fit is not None and fit[row] is not None:
+        fields["tempo_fit"] = fit[row]
     return {**fields, "sample_rate": output.sample_rate, "forward_passes": output.forward_passes,
             "seconds": {k: round(v, 4) for k, v in output.seconds.items()}, "melody": __version__,
             "config": {"dpd": {"steps": model.cfg.dpd.steps, "guidance": model.cfg.dpd.guidance,
