@@ -199,6 +199,10 @@ def test_generate_fits_only_the_rows_that_ask_for_a_tempo_and_a_batch_fits_like_
         alone = melody.generate([prompt], 4.0, seed=11 + i)
         torch.testing.assert_close(alone.audio[0], both.audio[i])
     assert melody.generate(prompts, FIT_MIN_SECONDS - 0.5, seed=11).tempo_fit is None  # too short to listen to
+    best = melody.generate(prompts, 4.0, seed=11, best_of=2)  # each candidate fitted; the kept one's record
+    assert best.tempo_fit[1] is None and best.tempo_fit[0]["asked_bpm"] == 100.0
+    if best.candidate[0] == 0:
+        assert best.tempo_fit[0] == first
 
 
 def test_cli_records_the_tempo_fit_in_the_sidecar_and_can_leave_it_out(bundle, tmp_path):  # noqa: F811
