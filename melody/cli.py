@@ -754,6 +754,8 @@ def eval_music(
     baseline: Annotated[Optional[Path], typer.Option("--baseline", help="A MusicLM-style baseline (`melody train musiclm`'s "
                                                      "run folder) to evaluate instead, on top of the bundle, with the "
                                                      "same clips and seeds.")] = None,
+    fit_tempo: Annotated[bool, typer.Option("--fit-tempo/--no-fit-tempo", help="The pipeline's tempo fit on for captions "
+                                            "that state a tempo (off: the model alone, as the baseline).")] = False,
     progress: ProgressOpt = True,
 ) -> None:
     """Generate music from the held-out clips' captions; FAD, MuLan cycle consistency, tag and tempo adherence vs the real clips.
@@ -778,7 +780,7 @@ def eval_music(
     with tqdm(desc="eval music", unit="clip", total=limit, disable=not progress) as bar:
         report, examples = evaluate_music(model, data, split, seconds, limit, steps, guidance, seed, batch_size,
                                           bundle=str(baseline or bundle or BUNDLE), progress=bar.update,
-                                          attribute_clips=attribute_clips, baseline=judged)
+                                          attribute_clips=attribute_clips, baseline=judged, fit_tempo=fit_tempo)
     paths = write_music_report(report, examples, out)
     typer.echo(summary(report))
     typer.echo("wrote " + ", ".join(str(p) for p in paths))

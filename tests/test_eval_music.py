@@ -120,3 +120,14 @@ def test_bad_input_is_one_line(evaluated, bundle, tmp_path, where, split, messag
                             "--out", str(tmp_path / "r"), "--no-progress")
     assert message in one_line_error(out)
     assert not (tmp_path / "r").exists()
+
+
+def test_the_report_says_whether_the_tempo_fit_was_on_and_the_baseline_has_none(evaluated, bundle):  # noqa: F811
+    from melody.errors import MelodyError
+    from melody.eval.music import evaluate_music
+
+    corpus, out, report, _ = evaluated
+    assert report["fit_tempo"] is False  # the model alone by default, as the baseline
+    assert "the tempo fit on" not in (out / "music_eval.md").read_text()
+    with pytest.raises(MelodyError, match="baseline has no tempo fit"):
+        evaluate_music(MeLoDy.from_pretrained(bundle), corpus, baseline=object(), fit_tempo=True)

@@ -130,6 +130,7 @@ class MusicReport:
     # the corpus's shard digest from its manifest (`shards_digest`): reports on the same corpus share it; None for a
     # corpus built before manifests carried one, or read from URLs
     corpus_digest: str | None = None
+    fit_tempo: bool = False  # the pipeline's tempo fit was on (`MeLoDy.generate(fit_tempo=)`)
 
 
 @dataclass
@@ -182,13 +183,17 @@ def evaluate_music(model: MeLoDy, data_root: str | Path, split: str = "test", se
                    limit: int | None = None, steps: int | None = None, guidance: float | None = None, seed: int = 0,
                    batch_size: int = BATCH_SIZE, tagger: MusicnnTagger | None = None, bundle: str = "",
                    progress: Callable[[int], None] | None = None, attribute_clips: int = ATTRIBUTE_CLIPS,
-                   baseline=None) -> tuple[MusicReport, list[tuple[str, np.ndarray, np.ndarray]]]:
+                   baseline=None, fit_tempo: bool = False) -> tuple[MusicReport, list[tuple[str, np.ndarray, np.ndarray]]]:
     """The report and (caption, real, generated) mono audio of the first clips, for the picture.
 
     `progress(k)` is told after each `generate` call how many clips it made. The attribute classifiers learn from
     `attribute_clips` clips spread over the train split (0: none). With a `baseline` (a `MusicLMStyle` built on
     `model`), the baseline makes the music and `model` only judges it (its MuLan), with the same clips, captions
-    and seeds as `model`'s own evaluation: the two reports compare line by line."""
+    and seeds as `model`'s own evaluation: the two reports compare line by line. `fit_tempo`: the pipeline's tempo
+    fit on (`MeLoDy.generate`); off by default, since it listens with the beat tracker the tempo rows score with, and
+    the baseline has none."""
+    if baseline is not None and fit_tempo:
+        raise MelodyError("--fit-tempo is the pipeline's; the MusicLM-style baseline has no tempo fit")
     if batch_size < 1:
         raise MelodyError(f"--batch-size must be at least 1, got {batch_size}")
     if attribute_clips < 0:
@@ -210,8 +215,7 @@ def evaluate_music(model: MeLoDy, data_root: str | Path, split: str = "test", se
     def make(prompts: list[str], first: int):
         if baseline is not None:
             return baseline.generate(prompts, seconds, seed=first)
-        # the model alone, as the baseline: the tempo fit listens with the beat tracker this report scores with
-        return model.generate(prompts, seconds, steps, guidance, seed=first, fit_tempo=False)
+        return model.generate(prompts, seconds, steps, guidance, seed=first, fit_tempo=fit_tempo)
 
     # 1. music from each caption; clip i with seed + i (a batch starting at clip s is seeded s)
     generated, passes, wall = [], None, {}
@@ -283,7 +287,7 @@ def evaluate_music(model: MeLoDy, data_root: str | Path, split: str = "test", se
     total = sum(per_clip_seconds.values())
     report = MusicReport(
         bundle=bundle, split=split, clips=n, skipped_uncaptioned=real.skipped_uncaptioned, seconds=seconds,
-        sample_rate=rate, steps=steps, guidance=guidance, seed=seed, batch_size=batch_size, fad=fad,
+        sample_rate=rate, steps=steps, guidance=guidance, seed=seed, batch_size=batch_size, fad=fad, fit_tempo=fit_tempo,
         mcc=Compared(float(cosine["generated"].mean()), float(cosine["real"].mean()),
                      cycle_consistency(text[other], mulan["generated"])),
         tag_adherence=Compared(*(float(adherence[k][tagged].mean()) if tagged.any() else None for k in ("generated", "real")),
@@ -344,7 +348,9 @@ def markdown(report: MusicReport) -> str:
     head = (f"# Generated vs real music: `{report.bundle}`, '{report.split}' split\n\n"
             f"{report.clips} clips of {report.seconds:g} s, music from each clip's caption ("
             + (f"DPD {report.steps} steps, guidance {report.guidance:g}, " if report.steps else "the MusicLM-style baseline, ")
-            + f"clip i seeded {report.seed} + i).{_attribute_sentence(report.attributes)} Corpus: "
+            + f"clip i seeded {report.seed} + i"
+            + ("; the tempo fit on: the tempo rows partly measure the tracker it listens with" if report.fit_tempo else "")
+            + f").{_attribute_sentence(report.attributes)} Corpus: "
             + (f"shards' SHA-256 `{report.corpus_digest[:16]}…`" if report.corpus_digest else "no digest in its manifest")
             + ".\n\n"
             "| metric | generated | real (reference) | generated vs another clip's caption (chance) | note |\n"
