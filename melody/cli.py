@@ -365,7 +365,10 @@ def generate_command(
             record["best_of"] = {"candidates": best_of, "kept": output.candidate[i],
                                  "mulan_scores": [round(x, 4) for x in output.mulan_scores[i]]}
         write_result(name, output.audio[i].cpu().numpy(), output.sample_rate, record, plot)
-        typer.echo(f"wrote {name} ({duration:g} s)")
+        fit = record.get("tempo_fit")
+        said = "" if fit is None else (f"; tempo fit: heard {fit['heard_bpm']:g} BPM, " + (
+            f"kept" if fit["rate"] == 1.0 else f"played ×{fit['rate']:.3g} towards {fit['asked_bpm']:g}"))
+        typer.echo(f"wrote {name} ({duration:g} s{said})")
     total = sum(output.seconds.values())
     typer.echo(f"{len(names) * duration:g} s of music in {total:.2f} s; forward passes "
                + ", ".join(f"{k} {v}" for k, v in output.forward_passes.items()))

@@ -207,9 +207,11 @@ def test_generate_fits_only_the_rows_that_ask_for_a_tempo_and_a_batch_fits_like_
 
 def test_cli_records_the_tempo_fit_in_the_sidecar_and_can_leave_it_out(bundle, tmp_path):  # noqa: F811
     fitted, plain = tmp_path / "fitted.wav", tmp_path / "plain.wav"
-    for out, flag in ((fitted, "--fit-tempo"), (plain, "--no-fit-tempo")):
-        run_ok("generate", "funk", "--duration", "4", "--out", str(out), "--bundle", str(bundle), "--bpm", "100", flag)
+    said = {flag: run_ok("generate", "funk", "--duration", "4", "--out", str(out), "--bundle", str(bundle), "--bpm", "100",
+                         flag).stdout for out, flag in ((fitted, "--fit-tempo"), (plain, "--no-fit-tempo"))}
     record = json.loads(fitted.with_suffix(".json").read_text())
+    assert f"tempo fit: heard {record['tempo_fit']['heard_bpm']:g} BPM" in said["--fit-tempo"]
+    assert "tempo fit" not in said["--no-fit-tempo"]
     assert record["tempo_fit"]["asked_bpm"] == 100.0 and record["tempo_fit"]["rate"] > 0
     assert "tempo_fit" in record["seconds"]
     assert "tempo_fit" not in json.loads(plain.with_suffix(".json").read_text())

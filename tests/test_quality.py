@@ -14,6 +14,7 @@ from melody.eval.quality import (
     disjoint_halves,
     fad_report,
     frechet_distance,
+    measure_tempo,
     mulan_cycle_consistency,
     mulan_embeddings,
     musicnn_outputs,
@@ -251,3 +252,14 @@ def test_pulse_clarity_of_a_pulse_noise_and_silence():
     slow = np.zeros(250)
     slow[::50] = 1.0  # 30 BPM: no lag in 40–240 BPM sees it
     assert pulse_clarity(slow, 25.0) < pulse_clarity(pulse, 25.0) / 3
+
+
+@pytest.mark.parametrize("signal", ["clicks", "noise", "silence"])
+def test_measure_tempo_is_the_tempo_librosas_beat_tracker_reports(signal):
+    librosa = pytest.importorskip("librosa")
+    rate = 24_000
+    x = {"clicks": lambda: click_track(97, 10.0, rate)[0],
+         "noise": lambda: np.random.default_rng(0).standard_normal(10 * rate).astype(np.float32) * 0.1,
+         "silence": lambda: np.zeros(10 * rate, np.float32)}[signal]()
+    tracked, _ = librosa.beat.beat_track(y=x, sr=rate, hop_length=128)
+    assert measure_tempo(x, rate) == float(np.atleast_1d(tracked)[0])
