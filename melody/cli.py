@@ -345,10 +345,9 @@ def generate_command(
         from melody.audio import load_audio
 
         music = torch.from_numpy(load_audio(prompt_audio, model.vae.cfg.sample_rate, 1)).float()  # (1, samples)
-    from melody.data.synth.captions import prompt_bpm
-    from melody.pipeline import FIT_MIN_SECONDS
+    from melody.pipeline import tempo_fit_asks
 
-    fits = fit_tempo and prompts is not None and duration >= FIT_MIN_SECONDS and any(prompt_bpm(p) for p in prompts)
+    fits = fit_tempo and any(bpm is not None for bpm in tempo_fit_asks(prompts, duration))
     bar = _StageBar(1 + (3 + fits) * best_of + (best_of > 1), progress)
     try:
         output = model.generate(prompts, duration, steps, guidance, seed=seed, prompt_audio=music, best_of=best_of,
@@ -367,7 +366,7 @@ def generate_command(
         write_result(name, output.audio[i].cpu().numpy(), output.sample_rate, record, plot)
         fit = record.get("tempo_fit")
         said = "" if fit is None else (f"; tempo fit: heard {fit['heard_bpm']:g} BPM, " + (
-            f"kept" if fit["rate"] == 1.0 else f"played ×{fit['rate']:.3g} towards {fit['asked_bpm']:g}"))
+            "kept" if fit["rate"] == 1.0 else f"played ×{fit['rate']:.3g} towards {fit['asked_bpm']:g}"))
         typer.echo(f"wrote {name} ({duration:g} s{said})")
     total = sum(output.seconds.values())
     typer.echo(f"{len(names) * duration:g} s of music in {total:.2f} s; forward passes "

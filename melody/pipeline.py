@@ -52,7 +52,7 @@ from melody.dpd import DPD
 from melody.errors import MelodyError
 from melody.mulan import MuLan
 from melody.runtime import few_row_linears
-from melody.semantic.lm import SemanticLM, stretch_tokens, tempo_bucket, tempo_fit_rate, window_and_stride
+from melody.semantic.lm import SemanticLM, stretch_tokens, tempo_bucket, window_and_stride
 from melody.semantic.sampling import generate as generate_tokens
 from melody.semantic.tokenizer import SemanticTokenizer
 from melody.vae import VAE
@@ -173,6 +173,14 @@ def check_duration(seconds: float) -> float:
     if seconds > MAX_SECONDS:
         raise MelodyError(f"duration {seconds:g} s is beyond the limit of {MAX_SECONDS:g} s; generate less, or continue a clip")
     return float(seconds)
+
+
+def tempo_fit_asks(prompts: list[str] | None, duration: float) -> list[float | None]:
+    """The tempo each prompt asks the tempo fit for (None: none stated), or [] where the fit does not listen: music
+    prompts, and clips shorter than `FIT_MIN_SECONDS`."""
+    if prompts is None or duration < FIT_MIN_SECONDS:
+        return []
+    return [prompt_bpm(p) for p in prompts]
 
 
 def check_region(start: float, end: float, clip_seconds: float, shortest: float = 0.0,
@@ -358,24 +366,32 @@ class MeLoDy:
                                        prompts)
         times["semantic_lm"], passes["semantic_lm"] = time.perf_counter() - clock, result.forward_passes
 
-        tell("dpd")
-        clock = time.perf_counter()
-        counted = _Counted(self.dpd_for_sampling())
-        latents = self.latents(counted, result.tokens, duration, steps, guidance, seed)
-        times["dpd"], passes["dpd"] = time.perf_counter() - clock, counted.calls
-
-        tell("vae")
-        clock = time.perf_counter()
-        samples = round(duration * self.vae.cfg.sample_rate)
-        audio = self.vae.decode_latents(latents, samples).clamp(-1.0, 1.0).float()
-        times["vae"], passes["vae"] = time.perf_counter() - clock, 1
+        latents, audio = self._render(result.tokens, duration, steps, guidance, seed, times, passes, tell)
         out = GenerateOutput(audio, self.vae.cfg.sample_rate, result.tokens, latents, passes, times)
-        listen = fit_tempo and prompts is not None and duration >= FIT_MIN_SECONDS
-        asked = [prompt_bpm(p) for p in prompts] if listen else []
+        asked = tempo_fit_asks(prompts, duration) if fit_tempo else []
         if any(a is not None for a in asked):
             out = self._fit_tempo(out, asked, mulan_tokens, duration, steps, guidance, temperature, top_k, lm_guidance,
                                   seed, tell, prompts)
         return out
+
+    def _render(self, tokens: torch.Tensor, duration: float, steps: int, guidance: float, seed: int,
+                times: dict[str, float], passes: dict[str, int],
+                tell: Callable[[str], None] = lambda stage: None) -> tuple[torch.Tensor, torch.Tensor]:
+        """DPD latents and the VAE's audio `(b, channels, round(duration · rate))` for semantic tokens `(b, t)`, each
+        stage's wall time and network calls added to `times` and `passes`."""
+        tell("dpd")
+        clock = time.perf_counter()
+        counted = _Counted(self.dpd_for_sampling())
+        latents = self.latents(counted, tokens, duration, steps, guidance, seed)
+        times["dpd"] = times.get("dpd", 0.0) + time.perf_counter() - clock
+        passes["dpd"] = passes.get("dpd", 0) + counted.calls
+
+        tell("vae")
+        clock = time.perf_counter()
+        audio = self.vae.decode_latents(latents, round(duration * self.vae.cfg.sample_rate)).clamp(-1.0, 1.0).float()
+        times["vae"] = times.get("vae", 0.0) + time.perf_counter() - clock
+        passes["vae"] = passes.get("vae", 0) + 1
+        return latents, audio
 
     def _fit_tempo(self, out: GenerateOutput, asked: list[float | None], mulan_tokens: torch.Tensor, duration: float,
                    steps: int, guidance: float, temperature: float | None, top_k: int | None,
@@ -386,7 +402,7 @@ class MeLoDy:
         played at `tempo_fit_rate` (`stretch_tokens`; the LM continues the row's own tokens with seed
         (seed + i, 5) where a faster rate needs more of them), and the DPD and VAE render them again with the
         same noise. Rows that are near enough keep their music; `tempo_fit` records each row's measure."""
-        from melody.eval.quality import measure_tempo  # librosa: only where a tempo is asked for
+        from melody.eval.quality import measure_tempo, tempo_fit_rate  # librosa: only where a tempo is asked for
 
         tell("tempo fit")
         clock = time.perf_counter()
@@ -408,15 +424,7 @@ class MeLoDy:
             out.seconds["semantic_lm"] += time.perf_counter() - clock
             out.forward_passes["semantic_lm"] += extra.forward_passes
         tokens = stretch_tokens(tokens, torch.ones_like(tokens, dtype=torch.bool), rate)[0][:, :n]
-        clock = time.perf_counter()
-        counted = _Counted(self.dpd_for_sampling())
-        latents = self.latents(counted, tokens, duration, steps, guidance, seed)
-        out.seconds["dpd"] += time.perf_counter() - clock
-        out.forward_passes["dpd"] += counted.calls
-        clock = time.perf_counter()
-        audio = self.vae.decode_latents(latents, out.audio.shape[-1]).clamp(-1.0, 1.0).float()
-        out.seconds["vae"] += time.perf_counter() - clock
-        out.forward_passes["vae"] += 1
+        latents, audio = self._render(tokens, duration, steps, guidance, seed, out.seconds, out.forward_passes)
         moved = torch.tensor([r != 1.0 for r in rates], device=audio.device)
         out.audio = torch.where(moved[:, None, None], audio, out.audio)
         out.latents = torch.where(moved[:, None, None], latents, out.latents)

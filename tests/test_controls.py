@@ -12,9 +12,9 @@ from test_semantic_stages import one_line_error, run_ok
 
 from melody.data.synth.captions import caption_mentions, parse_key, with_controls
 from melody.errors import MelodyError
-from melody.eval.quality import measure_tempo
+from melody.eval.quality import measure_tempo, tempo_fit_rate
 from melody.pipeline import FIT_MIN_SECONDS
-from melody.semantic.lm import tempo_bucket, tempo_fit_rate
+from melody.semantic.lm import tempo_bucket
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -363,6 +363,20 @@ def nearest_octave(measured_bpm: float, asked_bpm: float) -> float:
     return min((0.5, 1.0, 2.0), key=lambda k: abs(math.log2(measured_bpm / (k * asked_bpm))))
 
 
+def tempo_fit_rate(heard_bpm: float, asked_bpm: float, tolerance: float = 0.04) -> float:
+    """The rate at which `stretch_tokens` plays tokens whose music is heard at `heard_bpm` so that it is heard at
+    `asked_bpm`: r = k · asked ÷ heard, k the `nearest_octave` (½, 1, 2) of the asked tempo, so r lies in [1/√2, √2].
+
+    A beat tracker hears a pulse at one metrical level, often twice or half the one a listener would tap; the
+    smallest stretch that moves some level of the music onto the asked tempo changes the music least (DJ tempo
+    matching picks the octave the same way). 1 when no beat was heard or the music is already within `tolerance`
+    (a share of the asked tempo) of it. Outside the paper: `MeLoDy.generate(fit_tempo=True)`."""
+    if not (heard_bpm > 0 and asked_bpm > 0):
+        return 1.0
+    rate = nearest_octave(heard_bpm, asked_bpm) * asked_bpm / heard_bpm
+    return 1.0 if abs(math.log(rate)) <= math.log1p(tolerance) else rate
+
+
 def tempo_error(audio: np.ndarray | torch.Tensor, rate: int, asked_bpm: float) -> TempoError:
     """The beat tracker's tempo for mono `audio` at `rate` against `asked_bpm`, octave errors (×2, ×½) apart."""
     if not asked_bpm > 0:

@@ -138,20 +138,6 @@ def stretch_tokens(tokens: torch.Tensor, keep: torch.Tensor, rate: torch.Tensor)
     return tokens.gather(1, source), keep.gather(1, source) & inside
 
 
-def tempo_fit_rate(heard_bpm: float, asked_bpm: float, tolerance: float = 0.04) -> float:
-    """The rate at which `stretch_tokens` plays tokens whose music is heard at `heard_bpm` so that it is heard at
-    `asked_bpm`: r = k · asked ÷ heard, k the octave (½, 1, 2) that puts r nearest 1, so r lies in [1/√2, √2].
-
-    A beat tracker hears a pulse at one metrical level, often twice or half the one a listener would tap; the
-    smallest stretch that moves some level of the music onto the asked tempo changes the music least (DJ tempo
-    matching picks the octave the same way). 1 when no beat was heard or the music is already within `tolerance`
-    (a share of the asked tempo) of it. Outside the paper: `MeLoDy.generate(fit_tempo=True)`."""
-    if not (heard_bpm > 0 and asked_bpm > 0):
-        return 1.0
-    rate = min((k * asked_bpm / heard_bpm for k in (0.5, 1.0, 2.0)), key=lambda r: abs(math.log(r)))
-    return 1.0 if abs(math.log(rate)) <= math.log1p(tolerance) else rate
-
-
 def bucket_tempo(token: torch.Tensor, buckets: int, tempo_range: tuple[float, ...]) -> torch.Tensor:
     """The BPM a tempo token stands for `(b,)` float: its bin's geometric centre, NaN for token 0."""
     low, high = _tempo_range(tempo_range)
