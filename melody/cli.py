@@ -758,6 +758,10 @@ def eval_music(
                                                      "same clips and seeds.")] = None,
     fit_tempo: Annotated[bool, typer.Option("--fit-tempo/--no-fit-tempo", help="The pipeline's tempo fit on for captions "
                                             "that state a tempo (off: the model alone, as the baseline).")] = False,
+    source: Annotated[str, typer.Option("--source", help="What the judged music is made from: caption (the whole "
+                                        "pipeline), tokens (the DPD from each real clip's own semantic tokens: the LM "
+                                        "left out) or vae (each real clip through the VAE), to tell which stage loses "
+                                        "what the captions ask for.")] = "caption",
     progress: ProgressOpt = True,
 ) -> None:
     """Generate music from the held-out clips' captions; FAD, MuLan cycle consistency, tag and tempo adherence vs the real clips.
@@ -782,7 +786,8 @@ def eval_music(
     with tqdm(desc="eval music", unit="clip", total=limit, disable=not progress) as bar:
         report, examples = evaluate_music(model, data, split, seconds, limit, steps, guidance, seed, batch_size,
                                           bundle=str(baseline or bundle or BUNDLE), progress=bar.update,
-                                          attribute_clips=attribute_clips, baseline=judged, fit_tempo=fit_tempo)
+                                          attribute_clips=attribute_clips, baseline=judged, fit_tempo=fit_tempo,
+                                          source=source)
     paths = write_music_report(report, examples, out)
     typer.echo(summary(report))
     typer.echo("wrote " + ", ".join(str(p) for p in paths))

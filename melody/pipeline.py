@@ -75,6 +75,7 @@ DECODE_CONTEXT_SECONDS = 1.0
 DECODE_LOOKAHEAD_SECONDS = 0.5
 BLEND_SECONDS = 0.1  # inpainting: the crossfade on each side of a regenerated region
 FIT_MIN_SECONDS = 4.0  # the tempo fit listens to clips this long or longer: a few beats say little about a tempo
+RESYNTHESIS = ("dpd", "vae")  # `resynthesize`: through the DPD from the clip's own tokens, or through the VAE alone
 
 
 @dataclass
@@ -609,6 +610,31 @@ class MeLoDy:
         out = torch.cat((audio, decoded[..., n_in:]), dim=-1)  # the input, untouched, then what follows it
         times["vae"], passes["vae"] = time.perf_counter() - clock, 2  # encode the input, decode the whole
         return GenerateOutput(out, rate, tokens, latents, passes, times)
+
+    @torch.no_grad()
+    def resynthesize(self, audio: torch.Tensor, through: str = "dpd", steps: int | None = None,
+                     guidance: float | None = None, seed: int = 0) -> GenerateOutput:
+        """Clips `(b, channels, n)` made again by the second half of the pipeline, for telling where a stage loses
+        what the music asked for: `through="dpd"` renders the clips' own semantic tokens (the tokenizer's, in place
+        of the LM's) with the DPD and the VAE decoder, clip i's noise from seed + i as in `generate`;
+        `through="vae"` encodes each clip (posterior sample (seed + i, 3)) and decodes it, the ceiling of any model
+        of the VAE's latents. The output has the input's length."""
+        if through not in RESYNTHESIS:
+            raise MelodyError(f"resynthesize through '{through}': choose one of {', '.join(RESYNTHESIS)}")
+        audio = self._clip(audio, "the audio to resynthesize")
+        steps, guidance = self._sampling(steps, guidance)
+        n, times, passes = audio.shape[-1], {}, {}
+        clock = time.perf_counter()
+        tokens = self.tokenizer.tokens(audio.mean(1))
+        times["tokenizer"], passes["tokenizer"] = time.perf_counter() - clock, 1
+        if through == "dpd":
+            latents, out = self._render(tokens, n / self.vae.cfg.sample_rate, steps, guidance, seed, times, passes)
+        else:
+            clock = time.perf_counter()
+            latents = self._encode(audio, seed)
+            out = self.vae.decode_latents(latents, n).clamp(-1.0, 1.0).float()
+            times["vae"], passes["vae"] = time.perf_counter() - clock, 2  # encode, decode
+        return GenerateOutput(out, self.vae.cfg.sample_rate, tokens, latents, passes, times)
 
     @torch.no_grad()
     def inpaint(self, audio: torch.Tensor, start: float, end: float, prompts: list[str] | None = None,

@@ -64,6 +64,13 @@ BATCH_SIZE = 4  # prompts per `generate` call
 PICTURE_CLIPS = 4  # real vs generated spectrograms in the picture
 TEXT_BATCH = 16  # captions per MuLan text-tower call, as `quality.mulan_cycle_consistency`
 ATTRIBUTE_CLIPS = 400  # train clips the attribute classifiers learn from
+# What the judged music is made from: the whole pipeline from the clip's caption, or the real clip made again by the
+# pipeline's second half (`MeLoDy.resynthesize`): the DPD from the clip's own semantic tokens (the LM left out), or
+# the VAE alone. Judged alike, the three split the gap between the pipeline and real music among its stages.
+SOURCES = {"caption": None, "tokens": "dpd", "vae": "vae"}
+SOURCE_WORDS = {"caption": "music from each clip's caption",
+                "tokens": "music the DPD made from each real clip's own semantic tokens (the semantic LM left out)",
+                "vae": "each real clip encoded and decoded by the VAE"}
 
 
 @dataclass
@@ -131,6 +138,7 @@ class MusicReport:
     # corpus built before manifests carried one, or read from URLs
     corpus_digest: str | None = None
     fit_tempo: bool = False  # the pipeline's tempo fit was on (`MeLoDy.generate(fit_tempo=)`)
+    source: str = "caption"  # what the judged music was made from (`SOURCES`)
 
 
 @dataclass
@@ -183,7 +191,8 @@ def evaluate_music(model: MeLoDy, data_root: str | Path, split: str = "test", se
                    limit: int | None = None, steps: int | None = None, guidance: float | None = None, seed: int = 0,
                    batch_size: int = BATCH_SIZE, tagger: MusicnnTagger | None = None, bundle: str = "",
                    progress: Callable[[int], None] | None = None, attribute_clips: int = ATTRIBUTE_CLIPS,
-                   baseline=None, fit_tempo: bool = False) -> tuple[MusicReport, list[tuple[str, np.ndarray, np.ndarray]]]:
+                   baseline=None, fit_tempo: bool = False,
+                   source: str = "caption") -> tuple[MusicReport, list[tuple[str, np.ndarray, np.ndarray]]]:
     """The report and (caption, real, generated) mono audio of the first clips, for the picture.
 
     `progress(k)` is told after each `generate` call how many clips it made. The attribute classifiers learn from
@@ -191,9 +200,15 @@ def evaluate_music(model: MeLoDy, data_root: str | Path, split: str = "test", se
     `model`), the baseline makes the music and `model` only judges it (its MuLan), with the same clips, captions
     and seeds as `model`'s own evaluation: the two reports compare line by line. `fit_tempo`: the pipeline's tempo
     fit on (`MeLoDy.generate`); off by default, since it listens with the beat tracker the tempo rows score with, and
-    the baseline has none."""
+    the baseline has none. `source` (`SOURCES`): "tokens" or "vae" judge the real clips made again by the DPD from
+    their own semantic tokens, or by the VAE, instead of music from the captions (the captions still score them)."""
+    if source not in SOURCES:
+        raise MelodyError(f"--source {source}: choose one of {', '.join(SOURCES)}")
     if baseline is not None and fit_tempo:
         raise MelodyError("--fit-tempo is the pipeline's; the MusicLM-style baseline has no tempo fit")
+    if source != "caption" and (baseline is not None or fit_tempo):
+        raise MelodyError(f"--source {source} makes the real clips again with the bundle's own stages; "
+                          f"--baseline and --fit-tempo go with --source caption")
     if batch_size < 1:
         raise MelodyError(f"--batch-size must be at least 1, got {batch_size}")
     if attribute_clips < 0:
@@ -209,35 +224,42 @@ def evaluate_music(model: MeLoDy, data_root: str | Path, split: str = "test", se
     n, captions = len(real.keys), real.captions
     steps = model.cfg.dpd.steps if steps is None else steps
     guidance = model.cfg.dpd.guidance if guidance is None else guidance
-    if baseline is not None:
+    if baseline is not None or source == "vae":
         steps, guidance = 0, 0.0  # no diffusion: the report says so (its steps and guidance are the DPD's)
 
-    def make(prompts: list[str], first: int):
+    def make(first: int, last: int) -> list:
         if baseline is not None:
-            return baseline.generate(prompts, seconds, seed=first)
-        return model.generate(prompts, seconds, steps, guidance, seed=first, fit_tempo=fit_tempo)
+            return [baseline.generate(captions[first:last], seconds, seed=seed + first)]
+        if source == "caption":
+            return [model.generate(captions[first:last], seconds, steps, guidance, seed=seed + first, fit_tempo=fit_tempo)]
+        # the real clips of the batch, in runs of equal length (a split's last clips may be shorter)
+        runs, i = [], first
+        while i < last:
+            j = i + 1
+            while j < last and len(real.audio[j]) == len(real.audio[i]):
+                j += 1
+            clips = torch.from_numpy(np.stack(real.audio[i:j]))[:, None]
+            runs.append(model.resynthesize(clips, SOURCES[source], steps or None, guidance, seed=seed + i))
+            i = j
+        return runs
 
-    # 1. music from each caption; clip i with seed + i (a batch starting at clip s is seeded s)
+    # 1. the music to judge; clip i with seed + i (a batch starting at clip s is seeded s)
     generated, passes, wall = [], None, {}
     for start in range(0, n, batch_size):
-        out = make(captions[start:start + batch_size], seed + start)
-        generated.extend(out.audio.mean(1).cpu())  # (samples,) each
-        passes = passes or dict(out.forward_passes)  # the same for every call: they depend on duration and steps
-        for stage, s in out.seconds.items():
-            wall[stage] = wall.get(stage, 0.0) + s
-        if progress is not None:
-            progress(out.audio.shape[0])
+        for out in make(start, min(start + batch_size, n)):
+            generated.extend(out.audio.mean(1).cpu())  # (samples,) each
+            passes = passes or dict(out.forward_passes)  # the same for every call: they depend on duration and steps
+            for stage, s in out.seconds.items():
+                wall[stage] = wall.get(stage, 0.0) + s
+            if progress is not None:
+                progress(out.audio.shape[0])
     generated_np = [g.numpy() for g in generated]
 
     # 2. embeddings: musicnn (embedding + tag scores) and MuLan (audio of both sets, text of the captions)
     tagger = tagger or MusicnnTagger.load()
     judged = {"generated": musicnn_outputs(generated_np, rate, tagger), "real": musicnn_outputs(real.audio, rate, tagger)}
-    lengths = torch.tensor([len(a) for a in real.audio])
-    padded = torch.zeros(n, int(lengths.max()))
-    for i, a in enumerate(real.audio):
-        padded[i, : len(a)] = torch.from_numpy(a)
-    mulan = {"generated": mulan_embeddings(model.mulan, torch.stack(generated)),
-             "real": mulan_embeddings(model.mulan, padded, lengths)}
+    mulan = {"generated": mulan_embeddings(model.mulan, *_padded(generated_np)),
+             "real": mulan_embeddings(model.mulan, *_padded(real.audio))}
     text = torch.cat([model.mulan.embed_text(captions[i:i + TEXT_BATCH]).float().cpu() for i in range(0, n, TEXT_BATCH)])
 
     # 3. FAD: reference half A; the floor is real half B against A, the generated number G_B (B's captions) against A
@@ -297,7 +319,7 @@ def evaluate_music(model: MeLoDy, data_root: str | Path, split: str = "test", se
                           tempo_summary(list(tempo["real"].values())), tempo_summary(list(tempo["mismatched"].values()))),
         attributes=attributes, forward_passes=passes, seconds_per_clip=per_clip_seconds,
         speed_x_real_time=seconds / total if total > 0 else math.inf,
-        per_clip=per_clip, corpus_digest=manifest.get("digest"),
+        per_clip=per_clip, corpus_digest=manifest.get("digest"), source=source,
     )
     examples = [(captions[i], real.audio[i], generated_np[i]) for i in range(min(PICTURE_CLIPS, n))]
     return report, examples
@@ -346,8 +368,9 @@ def markdown(report: MusicReport) -> str:
          f"{report.speed_x_real_time:.1f}× real time)", "—", "—", f"batches of {report.batch_size} on this machine"),
     ]
     head = (f"# Generated vs real music: `{report.bundle}`, '{report.split}' split\n\n"
-            f"{report.clips} clips of {report.seconds:g} s, music from each clip's caption ("
-            + (f"DPD {report.steps} steps, guidance {report.guidance:g}, " if report.steps else "the MusicLM-style baseline, ")
+            f"{report.clips} clips of {report.seconds:g} s, {SOURCE_WORDS[report.source]} ("
+            + (f"DPD {report.steps} steps, guidance {report.guidance:g}, " if report.steps else
+               "the MusicLM-style baseline, " if report.source == "caption" else "")
             + f"clip i seeded {report.seed} + i"
             + ("; the tempo fit on: the tempo rows partly measure the tracker it listens with" if report.fit_tempo else "")
             + f").{_attribute_sentence(report.attributes)} Corpus: "
@@ -403,6 +426,15 @@ def _attribute_summary(attributes: AttributeReport) -> str:
         return attributes.note
     return ", ".join(f"{name} {_fmt(s.generated.accuracy, 2)} / {_fmt(s.real.accuracy, 2)} ({_fmt(s.chance, 2)})"
                      for name, s in attributes.scores.items())
+
+
+def _padded(clips: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mono clips of any lengths as one zero-padded batch `(n, longest)` and their lengths `(n,)`."""
+    lengths = torch.tensor([len(a) for a in clips])
+    padded = torch.zeros(len(clips), int(lengths.max()))
+    for i, a in enumerate(clips):
+        padded[i, : len(a)] = torch.from_numpy(a)
+    return padded, lengths
 
 
 def _number(x: float) -> float | None:

@@ -1,0 +1,85 @@
+"""Do the semantic tokens carry the style and the lead instrument? A linear probe on a bag of tokens.
+
+The DPD hears nothing but the semantic tokens (paper §3.3), so music made from a clip's own tokens can only be of the
+clip's style and instrument as far as the tokens say them. This script measures how far: the attribute classifiers of
+`melody eval music` (`melody.eval.attributes`, the same labels, train clips and logistic regression), fit on each
+clip's token histogram (the share of each code over the clip, `codebook_size` columns) instead of musicnn's
+embedding, and scored on the real held-out clips. Beside it, the same probe on musicnn's embedding of the same clips
+(what `melody eval music` reports as "real"). A histogram drops the order of the tokens, which the DPD does see:
+what it scores is what the tokens say at least, linearly.
+
+    .venv/bin/python benchmarks/token_probe.py --data data/corpus --threads 2
+
+Writes `benchmarks/results/ladder/token_probe.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import add_device_args, load_average, machine  # noqa: E402
+from melody.ears.musicnn import MusicnnTagger  # noqa: E402
+from melody.eval.attributes import TRAIN_SPLIT, fit_attribute_classifiers, score_attributes, spread_clips  # noqa: E402
+from melody.eval.music import read_clips  # noqa: E402
+from melody.eval.quality import musicnn_outputs  # noqa: E402
+from melody.io import write_json_atomic  # noqa: E402
+from melody.pipeline import MeLoDy  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def token_histogram(tokens: torch.Tensor, codebook_size: int) -> np.ndarray:
+    """The share of each code among a clip's tokens `(t,)`: `(codebook_size,)`, summing to 1."""
+    counts = torch.bincount(tokens, minlength=codebook_size).double()
+    return (counts / counts.sum()).numpy()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_device_args(parser)
+    parser.add_argument("--bundle", type=Path, default=Path(__file__).resolve().parents[1] / "melody" / "bundled")
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--train-clips", type=int, default=400)
+    parser.add_argument("--limit", type=int, default=None, help="Held-out clips (default: the whole test split).")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--out", type=Path, default=RESULTS / "ladder" / "token_probe.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    load = load_average()
+    model = MeLoDy.from_pretrained(args.bundle)
+    rate, codes = model.vae.cfg.sample_rate, model.tokenizer.quantizer.codebook_size
+    tagger = MusicnnTagger.load()
+
+    def features(clips: list[np.ndarray]) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            tokens = [model.tokenizer.tokens(torch.from_numpy(c)[None])[0] for c in clips]
+        return {"semantic tokens (histogram)": np.stack([token_histogram(t, codes) for t in tokens]),
+                "musicnn embedding": musicnn_outputs(clips, rate, tagger).embeddings}
+
+    train = list(spread_clips(args.data, TRAIN_SPLIT, args.seconds, rate, args.train_clips))
+    test = read_clips(args.data, "test", args.seconds, rate, args.limit)
+    train_features, test_features = features([c for c, _ in train]), features(test.audio)
+    rows = {}
+    for name in train_features:
+        classifiers = fit_attribute_classifiers(train_features[name], [m for _, m in train])
+        scores = score_attributes(classifiers, test_features[name], test_features[name], test.metas,
+                                  list(range(len(test.metas))))
+        rows[name] = {a: {"accuracy": s.real.accuracy, "clips": s.real.clips, "chance": s.chance,
+                          "majority": s.real.majority} for a, s in scores.items()}
+        print(name, {a: r["accuracy"] for a, r in rows[name].items()}, flush=True)
+    write_json_atomic(args.out, {"bundle": str(args.bundle), "codebook_size": codes, "train_clips": len(train),
+                                 "test_clips": len(test.keys), "seconds": args.seconds, "probes": rows,
+                                 **machine(args.device, args.threads, load)})
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
