@@ -8,7 +8,9 @@ what a user's process holds) is that run's alone. In the child:
 - `generate`: load the bundle (timed apart), one untimed 1 s warm-up call, then one timed
   `MeLoDy.generate` of each `--durations` (default 10 and 30 s) at each `--steps` count; reported per
   stage: wall seconds and network forward passes (the pipeline counts them), the total wall, the
-  real-time factor (wall / seconds of music) and the peak memory.
+  real-time factor (wall / seconds of music) and the peak memory. With `--bpm`, each again with that tempo
+  stated, so the tempo fit listens (`tempo_fit` in the stage seconds, plus a second render where it stretches);
+  the first of those rows is the process's first fit, which also loads the beat tracker.
 - `stream`: `MeLoDy.stream` over `--chunks` chunks of `--chunk-seconds`, the prompt changing half way
   (story mode). Reported: time to first audio (from the call, after loading), each chunk's ready time,
   and whether generation keeps ahead of playback: playback starts when chunk 0 is ready, so chunk k
@@ -23,6 +25,7 @@ against the playback deadline).
 
     .venv/bin/python benchmarks/bench_generate.py --threads 2
     .venv/bin/python benchmarks/bench_generate.py --threads 2 --steps 5,10 --durations 10,30
+    .venv/bin/python benchmarks/bench_generate.py --threads 2 --bpm 100   # also with a stated tempo (the tempo fit)
 """
 
 from __future__ import annotations
@@ -63,13 +66,18 @@ def child_generate(args) -> list[dict]:
     load_s = time.perf_counter() - start
     model.generate([PROMPTS[0]], 1.0, seed=1)  # warm-up: one-off allocations and kernel choices
     rows = []
-    for steps in args.steps:
-        for seconds in args.durations:
-            out = model.generate([PROMPTS[0]], seconds, steps=steps, seed=0)
-            wall = sum(out.seconds.values())
-            rows.append({"seconds_of_music": seconds, "steps": steps, "wall_s": round(wall, 3), "rtf": round(wall / seconds, 4),
-                         "stage_seconds": {k: round(v, 3) for k, v in out.seconds.items()},
-                         "forward_passes": out.forward_passes, "load_s": round(load_s, 3)})
+    for bpm in (None, args.bpm) if args.bpm is not None else (None,):
+        for steps in args.steps:
+            for seconds in args.durations:
+                first_fit = bpm is not None and not any(r["bpm"] is not None for r in rows)
+                out = model.generate([PROMPTS[0]], seconds, steps=steps, seed=0, bpm=bpm)
+                wall = sum(out.seconds.values())
+                rows.append({"seconds_of_music": seconds, "steps": steps, "bpm": bpm, "wall_s": round(wall, 3),
+                             "rtf": round(wall / seconds, 4),
+                             "stage_seconds": {k: round(v, 3) for k, v in out.seconds.items()},
+                             "forward_passes": out.forward_passes, "load_s": round(load_s, 3),
+                             # the process's first tempo fit pays for importing the tracker (librosa)
+                             "first_tempo_fit_in_process": first_fit, "tempo_fit": (out.tempo_fit or [None])[0]})
     for row in rows:
         row["peak_memory_mb"] = round(peak_memory_mb(), 1)  # the process's peak over all of its runs
     return rows
@@ -109,6 +117,8 @@ def run_child(mode: str, args) -> list[dict]:
     command = [sys.executable, __file__, "--child", mode, "--bundle", str(args.bundle), "--threads", str(args.threads),
                "--steps", ",".join(map(str, args.steps)), "--durations", ",".join(map(str, args.durations)),
                "--chunks", str(args.chunks), "--chunk-seconds", str(args.chunk_seconds)]
+    if args.bpm is not None:
+        command += ["--bpm", str(args.bpm)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
@@ -121,10 +131,12 @@ def chart(device_rows: dict) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     rows = device_rows["generate"]
     stages = list(rows[0]["stage_seconds"])
-    labels = [f"{r['seconds_of_music']:g} s, {r['steps']} steps" for r in rows]
+    stages += [s for r in rows for s in r["stage_seconds"] if s not in stages]  # the tempo fit's rows add a stage
+    labels = [f"{r['seconds_of_music']:g} s, {r['steps']} steps" + (f", {r['bpm']:g} BPM" if r.get("bpm") else "")
+              for r in rows]
     bottom = [0.0] * len(rows)
     for stage in stages:
-        values = [r["stage_seconds"][stage] for r in rows]
+        values = [r["stage_seconds"].get(stage, 0.0) for r in rows]
         left.bar(labels, values, bottom=bottom, label=stage)
         bottom = [b + v for b, v in zip(bottom, values)]
     for i, r in enumerate(rows):
@@ -155,6 +167,9 @@ def main() -> None:
     parser.add_argument("--durations", type=lambda s: [float(x) for x in s.split(",")], default=[10.0, 30.0])
     parser.add_argument("--chunks", type=int, default=8)
     parser.add_argument("--chunk-seconds", type=float, default=2.0)
+    parser.add_argument("--bpm", type=float, default=None,
+                        help="also time each duration with this tempo stated (`--bpm`: the tempo fit listens, and "
+                             "stretches where the music is off it); the first such call pays for loading the tracker")
     parser.add_argument("--child", choices=("generate", "stream"), default=None)
     args = parser.parse_args()
     if args.steps is None:
@@ -179,8 +194,12 @@ def main() -> None:
             for name in sections}
     chart(mine)
     for r in sections["generate"]:
-        print(f"{r['seconds_of_music']:g} s at {r['steps']} steps: {r['wall_s']:.2f} s wall (RTF {r['rtf']:.3f}), "
-              f"peak {r['peak_memory_mb']:.0f} MB; " + ", ".join(f"{k} {v:.2f} s/{r['forward_passes'][k]} passes"
+        fit = r["tempo_fit"]
+        asked = "" if r["bpm"] is None else (
+            f" at {r['bpm']:g} BPM (tempo fit: heard {fit['heard_bpm']:g}, rate {fit['rate']:g}"
+            + (", the process's first" if r["first_tempo_fit_in_process"] else "") + ")")
+        print(f"{r['seconds_of_music']:g} s at {r['steps']} steps{asked}: {r['wall_s']:.2f} s wall (RTF {r['rtf']:.3f}), "
+              f"peak {r['peak_memory_mb']:.0f} MB; " + ", ".join(f"{k} {v:.2f} s/{r['forward_passes'].get(k, 0)} passes"
                                                            for k, v in r["stage_seconds"].items()))
     for r in sections["stream"]:
         print(f"stream {r['chunks']} × {r['chunk_seconds']:g} s at {r['steps']} steps: first audio {r['first_audio_s']:.2f} s, "
