@@ -8,9 +8,9 @@ what a user's process holds) is that run's alone. In the child:
 - `generate`: load the bundle (timed apart), one untimed 1 s warm-up call, then one timed
   `MeLoDy.generate` of each `--durations` (default 10 and 30 s) at each `--steps` count; reported per
   stage: wall seconds and network forward passes (the pipeline counts them), the total wall, the
-  real-time factor (wall / seconds of music) and the peak memory. With `--bpm`, each again with that tempo
-  stated, so the tempo fit listens (`tempo_fit` in the stage seconds, plus a second render where it stretches);
-  the first of those rows is the process's first fit, which also loads the beat tracker.
+  real-time factor (wall / seconds of music) and the peak memory. With `--bpm`, each again in another child
+  with that tempo stated, so the tempo fit listens (`tempo_fit` in the stage seconds, plus a second render where
+  it stretches); that child's first row is the process's first fit, which also loads the beat tracker.
 - `stream`: `MeLoDy.stream` over `--chunks` chunks of `--chunk-seconds`, the prompt changing half way
   (story mode). Reported: time to first audio (from the call, after loading), each chunk's ready time,
   and whether generation keeps ahead of playback: playback starts when chunk 0 is ready, so chunk k
@@ -66,18 +66,17 @@ def child_generate(args) -> list[dict]:
     load_s = time.perf_counter() - start
     model.generate([PROMPTS[0]], 1.0, seed=1)  # warm-up: one-off allocations and kernel choices
     rows = []
-    for bpm in (None, args.bpm) if args.bpm is not None else (None,):
-        for steps in args.steps:
-            for seconds in args.durations:
-                first_fit = bpm is not None and not any(r["bpm"] is not None for r in rows)
-                out = model.generate([PROMPTS[0]], seconds, steps=steps, seed=0, bpm=bpm)
-                wall = sum(out.seconds.values())
-                rows.append({"seconds_of_music": seconds, "steps": steps, "bpm": bpm, "wall_s": round(wall, 3),
-                             "rtf": round(wall / seconds, 4),
-                             "stage_seconds": {k: round(v, 3) for k, v in out.seconds.items()},
-                             "forward_passes": out.forward_passes, "load_s": round(load_s, 3),
-                             # the process's first tempo fit pays for importing the tracker (librosa)
-                             "first_tempo_fit_in_process": first_fit, "tempo_fit": (out.tempo_fit or [None])[0]})
+    for steps in args.steps:
+        for seconds in args.durations:
+            out = model.generate([PROMPTS[0]], seconds, steps=steps, seed=0, bpm=args.bpm)
+            wall = sum(out.seconds.values())
+            rows.append({"seconds_of_music": seconds, "steps": steps, "bpm": args.bpm, "wall_s": round(wall, 3),
+                         "rtf": round(wall / seconds, 4),
+                         "stage_seconds": {k: round(v, 3) for k, v in out.seconds.items()},
+                         "forward_passes": out.forward_passes, "load_s": round(load_s, 3),
+                         # the process's first tempo fit also pays for importing the tracker (librosa)
+                         "first_tempo_fit_in_process": args.bpm is not None and not rows,
+                         "tempo_fit": (out.tempo_fit or [None])[0]})
     for row in rows:
         row["peak_memory_mb"] = round(peak_memory_mb(), 1)  # the process's peak over all of its runs
     return rows
@@ -113,12 +112,12 @@ def child_stream(args) -> list[dict]:
     return rows
 
 
-def run_child(mode: str, args) -> list[dict]:
+def run_child(mode: str, args, bpm: float | None = None) -> list[dict]:
     command = [sys.executable, __file__, "--child", mode, "--bundle", str(args.bundle), "--threads", str(args.threads),
                "--steps", ",".join(map(str, args.steps)), "--durations", ",".join(map(str, args.durations)),
                "--chunks", str(args.chunks), "--chunk-seconds", str(args.chunk_seconds)]
-    if args.bpm is not None:
-        command += ["--bpm", str(args.bpm)]
+    if bpm is not None:
+        command += ["--bpm", str(bpm)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
@@ -130,9 +129,8 @@ def chart(device_rows: dict) -> None:
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     rows = device_rows["generate"]
-    stages = list(rows[0]["stage_seconds"])
-    stages += [s for r in rows for s in r["stage_seconds"] if s not in stages]  # the tempo fit's rows add a stage
-    labels = [f"{r['seconds_of_music']:g} s, {r['steps']} steps" + (f", {r['bpm']:g} BPM" if r.get("bpm") else "")
+    stages = list(dict.fromkeys(s for r in rows for s in r["stage_seconds"]))  # the tempo fit's rows add a stage
+    labels = [f"{r['seconds_of_music']:g} s, {r['steps']} steps" + (f"\n{r['bpm']:g} BPM (tempo fit)" if r.get("bpm") else "")
               for r in rows]
     bottom = [0.0] * len(rows)
     for stage in stages:
@@ -183,7 +181,9 @@ def main() -> None:
     if args.device != "cpu":
         sys.exit("bench_generate measures the CPU product path; GPU figures come from bench_dpd / bench_semantic_lm")
     load_start = load_average()
-    sections = {"generate": run_child("generate", args), "stream": run_child("stream", args)}
+    # a stated tempo in a process of its own: each process's peak memory is then its configuration's alone
+    generate = run_child("generate", args) + (run_child("generate", args, args.bpm) if args.bpm is not None else [])
+    sections = {"generate": generate, "stream": run_child("stream", args)}
     for rows in sections.values():
         for r in rows:
             r["bundle"] = str(args.bundle)

@@ -263,3 +263,19 @@ def test_measure_tempo_is_the_tempo_librosas_beat_tracker_reports(signal):
          "silence": lambda: np.zeros(10 * rate, np.float32)}[signal]()
     tracked, _ = librosa.beat.beat_track(y=x, sr=rate, hop_length=128)
     assert measure_tempo(x, rate) == float(np.atleast_1d(tracked)[0])
+
+
+@pytest.mark.parametrize("window, frames, length", [(1500, 512, 1875), (1499, 100, 937), (384, 7000, 5000), (10, 3, 4)])
+def test_mean_tempogram_is_the_time_average_of_librosas_tempogram(window, frames, length):
+    """Computed a few columns at a time (any chunk size, odd or even windows, envelopes shorter than the window) it
+    is the column mean of `librosa.feature.tempogram(center=True)`, what `feature.tempo` averages."""
+    librosa = pytest.importorskip("librosa")
+    from melody.eval.quality import mean_tempogram
+
+    envelope = np.random.default_rng(length).random(length).astype(np.float32) ** 4
+    whole = librosa.feature.tempogram(onset_envelope=envelope, win_length=window)
+    chunked = mean_tempogram(envelope, window, frames)
+    assert chunked.shape == (window, 1)
+    np.testing.assert_allclose(chunked[:, 0], whole.mean(axis=-1), rtol=1e-5, atol=1e-7)
+    shifted = mean_tempogram(np.roll(envelope, 1), window, frames)  # it depends on where the onsets fall
+    assert not np.allclose(shifted, chunked, rtol=1e-5, atol=1e-7)
