@@ -246,6 +246,12 @@ BundleOpt = Annotated[Optional[Path], typer.Option("--bundle", help="Model bundl
 StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="DPD sampling steps (default: the bundle's; 5 for the bundled model).")]
 GuidanceOpt = Annotated[Optional[float], typer.Option("--guidance", help="DPD classifier-free guidance (default 2.5).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed: the same seed reproduces the same music.")]
+TemperatureOpt = Annotated[Optional[float], typer.Option("--temperature", help="Semantic LM sampling temperature "
+                                                         "(default: the bundle's, 1; 0 always takes the likeliest token).")]
+TopKOpt = Annotated[Optional[int], typer.Option("--top-k", help="Semantic LM: sample among the k likeliest tokens "
+                                                "(default: the bundle's; 0 keeps every token).")]
+LMGuidanceOpt = Annotated[Optional[float], typer.Option("--lm-guidance", help="Semantic LM classifier-free guidance "
+                                                        "(default: the bundle's, 3; 1 is none).")]
 PlotOpt = Annotated[bool, typer.Option("--plot", help="Also write a spectrogram PNG beside the audio.")]
 ShowProgress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar over the stages.")]
 
@@ -292,6 +298,7 @@ def generate_command(
     duration: Annotated[float, typer.Option("--duration", help="Seconds of music.")] = 10.0,
     out: Annotated[Path, typer.Option("--out", help="Audio file to write (.wav or .flac); a .json sidecar goes beside it.")] = Path("music.wav"),
     steps: StepsOpt = None, guidance: GuidanceOpt = None, seed: SeedOpt = 0,
+    temperature: TemperatureOpt = None, top_k: TopKOpt = None, lm_guidance: LMGuidanceOpt = None,
     prompt_audio: Annotated[Optional[Path], typer.Option("--prompt-audio", help="A music prompt instead of text.")] = None,
     batch: Annotated[Optional[Path], typer.Option("--batch", help="A text file with one prompt per line.")] = None,
     bpm: Annotated[Optional[float], typer.Option("--bpm", help="Tempo in beats per minute, said in the prompt (wins over a tempo the text names).")] = None,
@@ -311,10 +318,11 @@ def generate_command(
 
     from melody.audio import audio_info
     from melody.data.synth.captions import with_controls
-    from melody.pipeline import MAX_BEST_OF, PRECISIONS, check_device, check_duration, check_prompts
+    from melody.pipeline import MAX_BEST_OF, PRECISIONS, check_device, check_duration, check_prompts, check_sampling
 
     _check_out(out)
     check_device(device)
+    check_sampling(steps, guidance, temperature, top_k, lm_guidance)
     if precision is not None and precision not in PRECISIONS:
         raise MelodyError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
     check_duration(duration)
@@ -350,8 +358,8 @@ def generate_command(
     fits = fit_tempo and any(bpm is not None for bpm in tempo_fit_asks(prompts, duration))
     bar = _StageBar(1 + (3 + fits) * best_of + (best_of > 1), progress)
     try:
-        output = model.generate(prompts, duration, steps, guidance, seed=seed, prompt_audio=music, best_of=best_of,
-                                fit_tempo=fit_tempo, progress=bar)
+        output = model.generate(prompts, duration, steps, guidance, temperature, top_k, lm_guidance, seed=seed,
+                                prompt_audio=music, best_of=best_of, fit_tempo=fit_tempo, progress=bar)
     finally:
         bar.close()
     names = [out] if output.audio.shape[0] == 1 else [out.with_name(f"{out.stem}-{i:03d}{out.suffix}")
@@ -359,7 +367,8 @@ def generate_command(
     for i, name in enumerate(names):
         record = generation_record(model, output, i, prompt=None if prompts is None else prompts[i],
                          prompt_audio=None if prompt_audio is None else str(prompt_audio), seed=seed + i,
-                         duration=duration, steps=steps or model.cfg.dpd.steps, bpm=bpm, key=key)
+                         duration=duration, steps=steps or model.cfg.dpd.steps, bpm=bpm, key=key,
+                         sampling=model.sampling_settings(steps, guidance, temperature, top_k, lm_guidance))
         if best_of > 1:
             record["best_of"] = {"candidates": best_of, "kept": output.candidate[i],
                                  "mulan_scores": [round(x, 4) for x in output.mulan_scores[i]]}
@@ -379,26 +388,30 @@ def continue_command(
     seconds: Annotated[float, typer.Option("--seconds", help="Seconds to add.")] = 10.0,
     out: Annotated[Path, typer.Option("--out", help="Audio file to write: the input followed by its continuation.")] = Path("continued.wav"),
     prompt: Annotated[Optional[str], typer.Option("--prompt", help="Steer the continuation with text (default: the clip itself).")] = None,
-    steps: StepsOpt = None, guidance: GuidanceOpt = None, seed: SeedOpt = 0, bundle: BundleOpt = None, plot: PlotOpt = False,
-    progress: ShowProgress = True,
+    steps: StepsOpt = None, guidance: GuidanceOpt = None, seed: SeedOpt = 0,
+    temperature: TemperatureOpt = None, top_k: TopKOpt = None, lm_guidance: LMGuidanceOpt = None,
+    bundle: BundleOpt = None, plot: PlotOpt = False, progress: ShowProgress = True,
 ) -> None:
     """Extend a clip: the output starts with the input, unchanged."""
     import torch
 
     from melody.audio import audio_info, load_audio
-    from melody.pipeline import check_duration
+    from melody.pipeline import check_duration, check_sampling
 
     _check_out(out)
     check_duration(seconds)
+    check_sampling(steps, guidance, temperature, top_k, lm_guidance)
     audio_info(audio)  # a missing or unreadable file: one line, before loading the model
     model = _melody(bundle)
     clip = torch.from_numpy(load_audio(audio, model.vae.cfg.sample_rate, model.vae.cfg.channels)).float()[None]
     bar = _StageBar(5, progress)
     try:
-        output = model.continue_(clip, seconds, None if prompt is None else [prompt], steps, guidance, seed=seed, progress=bar)
+        output = model.continue_(clip, seconds, None if prompt is None else [prompt], steps, guidance, temperature, top_k,
+                                 lm_guidance, seed=seed, progress=bar)
     finally:
         bar.close()
-    record = generation_record(model, output, input=str(audio), prompt=prompt, seed=seed, seconds_added=seconds)
+    record = generation_record(model, output, input=str(audio), prompt=prompt, seed=seed, seconds_added=seconds,
+                               sampling=model.sampling_settings(steps, guidance, temperature, top_k, lm_guidance))
     write_result(out, output.audio[0].numpy(), output.sample_rate, record, plot)
     typer.echo(f"wrote {out} ({output.audio.shape[-1] / output.sample_rate:.2f} s)")
 
@@ -411,16 +424,18 @@ def inpaint_command(
     prompt: Annotated[Optional[str], typer.Argument(help="What the region should become (default: the clip itself).")] = None,
     out: Annotated[Path, typer.Option("--out", help="Audio file to write: the input, region made anew.")] = Path("inpainted.wav"),
     blend: Annotated[float, typer.Option("--blend", help="Seconds of crossfade on each side of the region.")] = 0.1,
-    steps: StepsOpt = None, guidance: GuidanceOpt = None, seed: SeedOpt = 0, bundle: BundleOpt = None, plot: PlotOpt = False,
-    progress: ShowProgress = True,
+    steps: StepsOpt = None, guidance: GuidanceOpt = None, seed: SeedOpt = 0,
+    temperature: TemperatureOpt = None, top_k: TopKOpt = None, lm_guidance: LMGuidanceOpt = None,
+    bundle: BundleOpt = None, plot: PlotOpt = False, progress: ShowProgress = True,
 ) -> None:
     """Regenerate the region --start … --end of a clip; the rest stays the input's own, sample for sample."""
     import torch
 
     from melody.audio import audio_info, load_audio
-    from melody.pipeline import check_prompts, check_region
+    from melody.pipeline import check_prompts, check_region, check_sampling
 
     _check_out(out)
+    check_sampling(steps, guidance, temperature, top_k, lm_guidance)
     info = audio_info(audio)  # a missing or unreadable file: one line, before loading the model
     check_region(start, end, info.frames / info.sample_rate, blend=blend)
     if prompt is not None:
@@ -429,12 +444,12 @@ def inpaint_command(
     clip = torch.from_numpy(load_audio(audio, model.vae.cfg.sample_rate, model.vae.cfg.channels)).float()[None]
     bar = _StageBar(5, progress)
     try:
-        output = model.inpaint(clip, start, end, None if prompt is None else [prompt], steps, guidance, seed=seed,
-                               blend=blend, progress=bar)
+        output = model.inpaint(clip, start, end, None if prompt is None else [prompt], steps, guidance, temperature,
+                               top_k, lm_guidance, seed=seed, blend=blend, progress=bar)
     finally:
         bar.close()
     record = generation_record(model, output, input=str(audio), prompt=prompt, seed=seed, start=start, end=end, blend=blend,
-                     steps=steps or model.cfg.dpd.steps)
+                               steps=steps or model.cfg.dpd.steps, sampling=model.sampling_settings(steps, guidance, temperature, top_k, lm_guidance))
     write_result(out, output.audio[0].numpy(), output.sample_rate, record, plot)
     typer.echo(f"wrote {out} ({start:g} s … {end:g} s regenerated)")
 
@@ -444,12 +459,16 @@ def stream_command(
     prompts: Annotated[Path, typer.Option("--prompts", help="A text file: one prompt per chunk, in order.")],
     out: Annotated[str, typer.Option("--out", help="Audio file to write, or '-' for raw 16-bit PCM on stdout.")] = "stream.wav",
     chunk_seconds: Annotated[float, typer.Option("--chunk-seconds", help="Seconds per chunk.")] = 5.0,
-    steps: StepsOpt = None, guidance: GuidanceOpt = None, seed: SeedOpt = 0, bundle: BundleOpt = None,
-    progress: ShowProgress = True,
+    steps: StepsOpt = None, guidance: GuidanceOpt = None, seed: SeedOpt = 0,
+    temperature: TemperatureOpt = None, top_k: TopKOpt = None, lm_guidance: LMGuidanceOpt = None,
+    bundle: BundleOpt = None, progress: ShowProgress = True,
 ) -> None:
     """Music that follows a story: one chunk per line of --prompts, each continuing the last without a seam."""
     import numpy as np
 
+    from melody.pipeline import check_sampling
+
+    check_sampling(steps, guidance, temperature, top_k, lm_guidance)
     if not prompts.is_file():
         raise MelodyError(f"--prompts {prompts}: no such file")
     story = [line.strip() for line in prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -464,7 +483,7 @@ def stream_command(
         from tqdm.auto import tqdm
 
         rate, pieces = model.vae.cfg.sample_rate, []
-        chunks = model.stream(story, chunk_seconds, steps, guidance, seed=seed)
+        chunks = model.stream(story, chunk_seconds, steps, guidance, temperature, top_k, lm_guidance, seed=seed)
         for chunk in tqdm(chunks, total=len(story), desc="stream", unit="chunk", disable=not progress or not sys.stderr.isatty()):
             if out == "-":
                 pcm = (np.clip(chunk.numpy().T, -1, 1) * 32767).astype("<i2")  # interleaved frames

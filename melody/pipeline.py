@@ -176,6 +176,28 @@ def check_duration(seconds: float) -> float:
     return float(seconds)
 
 
+def check_sampling(steps: int | None = None, guidance: float | None = None, temperature: float | None = None,
+                   top_k: int | None = None, lm_guidance: float | None = None) -> None:
+    """One line for a sampling setting out of its range; None stands for the bundle's own and always passes."""
+    def number(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    def whole(x) -> bool:
+        return number(x) and float(x).is_integer()
+
+    if steps is not None and not (whole(steps) and steps >= 1):
+        raise MelodyError(f"steps must be a whole number of DPD steps, 1 or more, got {steps}")
+    if guidance is not None and not (number(guidance) and guidance >= 0):
+        raise MelodyError(f"guidance must be a number ≥ 0 (1: no guidance; the bundle's is 2.5), got {guidance}")
+    if temperature is not None and not (number(temperature) and temperature >= 0):
+        raise MelodyError(f"temperature must be a number ≥ 0 (0: always the likeliest token; 1: the LM's own "
+                          f"distribution), got {temperature}")
+    if top_k is not None and not (whole(top_k) and top_k >= 0):
+        raise MelodyError(f"top_k must be a whole number ≥ 0 (0: keep every token), got {top_k}")
+    if lm_guidance is not None and not (number(lm_guidance) and lm_guidance >= 0):
+        raise MelodyError(f"lm_guidance must be a number ≥ 0 (1: no guidance), got {lm_guidance}")
+
+
 def tempo_fit_asks(prompts: list[str] | None, duration: float) -> list[float | None]:
     """The tempo each prompt asks the tempo fit for (None: none stated), or [] where the fit does not listen: music
     prompts, and clips shorter than `FIT_MIN_SECONDS`."""
@@ -310,7 +332,7 @@ class MeLoDy:
             raise MelodyError(f"a music prompt must be mono audio (batch, samples), got {tuple(prompt_audio.shape)}")
         if not isinstance(best_of, int) or not 1 <= best_of <= MAX_BEST_OF:
             raise MelodyError(f"best_of {best_of}: draw between 1 and {MAX_BEST_OF} candidates")
-        steps, guidance = self._sampling(steps, guidance)
+        steps, guidance = self._sampling(steps, guidance, temperature, top_k, lm_guidance)
         tell = progress or (lambda stage: None)  # told the name of each stage as it starts
 
         tell("mulan")
@@ -441,7 +463,7 @@ class MeLoDy:
         window, stride = window_and_stride(lm_cfg, self.token_rate)
         return generate_tokens(self.lm_at_precision(), mulan_tokens.to(self._device), n_tokens, prefix,
                                temperature=lm_cfg.temperature if temperature is None else temperature,
-                               top_k=lm_cfg.top_k if top_k is None else top_k, top_p=lm_cfg.top_p,
+                               top_k=lm_cfg.top_k if top_k is None else int(top_k), top_p=lm_cfg.top_p,
                                guidance=lm_cfg.guidance if lm_guidance is None else lm_guidance,
                                generator=generator, window=window, stride=stride, tempo=self.tempo_tokens(prompts),
                                graphs=self._device.type == "cuda" and lm_cfg.cuda_graphs)
@@ -509,10 +531,22 @@ class MeLoDy:
         bpm = torch.tensor([math.nan if b is None else b for b in stated], dtype=torch.float64)
         return tempo_bucket(bpm, lm_cfg.tempo_buckets, lm_cfg.tempo_range).to(self._device)
 
-    def _sampling(self, steps: int | None, guidance: float | None) -> tuple[int, float]:
-        """The DPD's sampling steps and guidance scale, the bundle's own where None."""
+    def _sampling(self, steps: int | None, guidance: float | None, temperature: float | None = None,
+                  top_k: int | None = None, lm_guidance: float | None = None) -> tuple[int, float]:
+        """The DPD's sampling steps and guidance scale, the bundle's own where None; every setting checked."""
+        check_sampling(steps, guidance, temperature, top_k, lm_guidance)
         d = self.cfg.dpd
-        return (d.steps if steps is None else steps), (d.guidance if guidance is None else guidance)
+        return (d.steps if steps is None else int(steps)), (d.guidance if guidance is None else guidance)
+
+    def sampling_settings(self, steps: int | None = None, guidance: float | None = None, temperature: float | None = None,
+                          top_k: int | None = None, lm_guidance: float | None = None) -> dict:
+        """The settings a call with these arguments samples with, the bundle's own filled in (for sidecars)."""
+        steps, guidance = self._sampling(steps, guidance, temperature, top_k, lm_guidance)
+        lm = self.cfg.semantic_lm
+        return {"steps": steps, "guidance": guidance,
+                "temperature": lm.temperature if temperature is None else temperature,
+                "top_k": lm.top_k if top_k is None else int(top_k), "top_p": lm.top_p,
+                "lm_guidance": lm.guidance if lm_guidance is None else lm_guidance}
 
     def _seeded(self, seed: int, *parts: int, rows: int) -> list[torch.Generator]:
         """One generator per prompt i, seeded by (seed + i, *parts)."""
@@ -580,7 +614,7 @@ class MeLoDy:
         audio = self._clip(audio, "the audio to continue")
         rate = self.vae.cfg.sample_rate
         seconds = check_duration(seconds)
-        steps, guidance = self._sampling(steps, guidance)
+        steps, guidance = self._sampling(steps, guidance, temperature, top_k, lm_guidance)
         b, n_in = audio.shape[0], audio.shape[-1]
         times, passes = {}, {}
         tell = progress or (lambda stage: None)
@@ -671,7 +705,7 @@ class MeLoDy:
         rate = self.vae.cfg.sample_rate
         b, n_in = audio.shape[0], audio.shape[-1]
         start, end = check_region(start, end, n_in / rate, 1 / self.token_rate, blend)
-        steps, guidance = self._sampling(steps, guidance)
+        steps, guidance = self._sampling(steps, guidance, temperature, top_k, lm_guidance)
         # the region's tokens (a start or end within 1e-6 token of a token's edge is on it)
         first, last = math.floor(start * self.token_rate + 1e-6), math.ceil(end * self.token_rate - 1e-6)
         times, passes = {}, {}
@@ -765,7 +799,7 @@ class MeLoDy:
         around it, so the chunks join exactly as one decode of everything would; a new prompt is therefore
         heard from that far into its chunk."""
         chunk_seconds = check_duration(chunk_seconds)
-        steps, guidance = self._sampling(steps, guidance)
+        steps, guidance = self._sampling(steps, guidance, temperature, top_k, lm_guidance)
         rate, hop = self.vae.cfg.sample_rate, self.vae.hop
         tokens = torch.zeros(1, 0, dtype=torch.long, device=self._device)
         latents, emitted = None, 0

@@ -74,6 +74,13 @@ def test_continue_keeps_the_input_and_stream_writes_every_chunk(bundle, tmp_path
     (["generate", "--prompt-audio", "/nonexistent.wav"], "no such audio file"),
     (["continue", "/nonexistent.wav"], "no such audio file"),
     (["generate", "funk", "--precision", "fp16"], "--precision fp16: choose one of fp32, bf16"),
+    (["generate", "funk", "--steps", "0"], "steps must be a whole number of DPD steps, 1 or more, got 0"),
+    (["generate", "funk", "--guidance", "-1"], "guidance must be a number ≥ 0"),
+    (["generate", "funk", "--temperature", "-0.5"], "temperature must be a number ≥ 0"),
+    (["generate", "funk", "--temperature", "nan"], "temperature must be a number ≥ 0"),
+    (["generate", "funk", "--top-k", "-3"], "top_k must be a whole number ≥ 0"),
+    (["generate", "funk", "--lm-guidance", "inf"], "lm_guidance must be a number ≥ 0"),
+    (["stream", "--prompts", "/dev/null", "--temperature", "-1"], "temperature must be a number ≥ 0"),
     (["generate", "funk", "--device", "tpu"], "--device tpu: give cpu or cuda[:N]"),
     (["generate", "funk", "--device", "meta"], "--device meta: give cpu or cuda[:N]"),
     pytest.param(["generate", "funk", "--device", "cuda"], "this machine has no CUDA GPU that torch can use",
@@ -116,3 +123,23 @@ def test_generate_in_bf16_says_so_in_its_record(bundle, tmp_path):  # noqa: F811
     assert sf.read(out)[0].shape == (RATE,)
     config = json.loads(out.with_suffix(".json").read_text())["config"]
     assert config["dpd"]["precision"] == config["semantic_lm"]["precision"] == "bf16"
+
+
+def test_the_lm_sampling_options_reach_the_lm_and_the_sidecar(bundle, tmp_path):  # noqa: F811
+    from melody.pipeline import MeLoDy
+
+    greedy = tmp_path / "greedy.wav"
+    run_ok("generate", "calm piano", "--duration", "1", "--out", str(greedy), "--bundle", str(bundle), "--seed", "4",
+           "--steps", "2", "--temperature", "0", "--top-k", "5", "--lm-guidance", "1.5")
+    record = json.loads(greedy.with_suffix(".json").read_text())
+    assert record["sampling"] == {"steps": 2, "guidance": 2.5, "temperature": 0.0, "top_k": 5, "top_p": 1.0,
+                                  "lm_guidance": 1.5}
+    model = MeLoDy.from_pretrained(bundle)
+    want = model.generate(["calm piano"], 1.0, 2, None, 0.0, 5, 1.5, seed=4).audio[0, 0].numpy()
+    np.testing.assert_allclose(sf.read(greedy)[0], want, atol=1 / 32767)  # 16-bit file
+    default = model.generate(["calm piano"], 1.0, 2, None, seed=4).audio[0, 0].numpy()
+    assert np.abs(default - want).max() > 0.01  # the options changed the music
+    run_ok("continue", str(greedy), "--seconds", "0.5", "--out", str(tmp_path / "c.wav"), "--bundle", str(bundle),
+           "--top-k", "3")
+    sampling = json.loads((tmp_path / "c.json").read_text())["sampling"]
+    assert sampling["top_k"] == 3 and sampling["temperature"] == model.cfg.semantic_lm.temperature

@@ -272,3 +272,26 @@ def test_the_bf16_lm_copy_follows_the_lm_to_another_device(melody):
     moved = other.lm_at_precision()
     assert moved is not on_cpu and moved.bos.device.type == "meta" and moved.bos.dtype == torch.bfloat16
     assert on_cpu.bos.device.type == "cpu"
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"steps": 0}, "steps must be"), ({"steps": 2.5}, "steps must be"), ({"steps": True}, "steps must be"),
+    ({"guidance": float("nan")}, "guidance must be"), ({"temperature": -1e-3}, "temperature must be"),
+    ({"temperature": float("inf")}, "temperature must be"), ({"top_k": -1}, "top_k must be"), ({"top_k": 1.5}, "top_k must be"),
+    ({"lm_guidance": -2}, "lm_guidance must be"), ({"lm_guidance": "3"}, "lm_guidance must be"),
+])
+def test_a_sampling_setting_out_of_range_is_one_line(settings, message):
+    from melody.pipeline import check_sampling
+
+    with pytest.raises(MelodyError, match=message):
+        check_sampling(**settings)
+    check_sampling(steps=1, guidance=0, temperature=0, top_k=0, lm_guidance=0)  # the edges are allowed
+    check_sampling()  # None: the bundle's own
+
+
+def test_generate_refuses_bad_lm_settings_before_running(bundle):
+    model = MeLoDy.from_pretrained(bundle)
+    with pytest.raises(MelodyError, match="temperature must be"):
+        model.generate(["funk"], 1.0, temperature=-1)
+    with pytest.raises(MelodyError, match="top_k must be"):
+        model.stream(["funk"], 1.0, top_k=-1).__next__()
