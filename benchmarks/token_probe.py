@@ -8,6 +8,11 @@ embedding, and scored on the real held-out clips. Beside it, the same probe on m
 (what `melody eval music` reports as "real"). A histogram drops the order of the tokens, which the DPD does see:
 what it scores is what the tokens say at least, linearly.
 
+And the tokens the semantic LM writes for each held-out clip's caption (`MeLoDy.semantic_tokens`, seeded as
+`melody eval music` seeds clip i, the LM's own sampling settings), scored by the probe fit on real clips' tokens: do
+the LM's tokens say the caption's style and instrument the way real tokens of such music do? Beside the DPD's music
+from real tokens (`melody eval music --source tokens`) this splits what the caption loses between the LM and the DPD.
+
     .venv/bin/python benchmarks/token_probe.py --data data/corpus --threads 2
 
 Writes `benchmarks/results/ladder/token_probe.json`.
@@ -34,6 +39,8 @@ from melody.io import write_json_atomic  # noqa: E402
 from melody.pipeline import MeLoDy  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+TOKENS = "semantic tokens (histogram)"
+LM_TOKENS = "the semantic LM's tokens from the caption (histogram)"
 
 
 def token_histogram(tokens: torch.Tensor, codebook_size: int) -> np.ndarray:
@@ -50,8 +57,15 @@ def main() -> None:
     parser.add_argument("--train-clips", type=int, default=400)
     parser.add_argument("--limit", type=int, default=None, help="Held-out clips (default: the whole test split).")
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seed", type=int, default=0, help="The LM's clip i is seeded seed + i, as in melody eval music.")
+    parser.add_argument("--temperature", type=float, action="append", default=None,
+                        help="The LM's sampling temperature (repeatable: one row each; default: the bundle's).")
+    parser.add_argument("--lm-guidance", type=float, action="append", default=None,
+                        help="The LM's classifier-free guidance (repeatable; default: the bundle's).")
+    parser.add_argument("--top-k", type=int, default=None, help="The LM's top-k (default: the bundle's).")
     parser.add_argument("--out", type=Path, default=RESULTS / "ladder" / "token_probe.json")
     args = parser.parse_args()
+    args.temperature, args.lm_guidance = args.temperature or [None], args.lm_guidance or [None]
     torch.set_num_threads(args.threads)
     load = load_average()
     model = MeLoDy.from_pretrained(args.bundle)
@@ -61,22 +75,32 @@ def main() -> None:
     def features(clips: list[np.ndarray]) -> dict[str, np.ndarray]:
         with torch.no_grad():
             tokens = [model.tokenizer.tokens(torch.from_numpy(c)[None])[0] for c in clips]
-        return {"semantic tokens (histogram)": np.stack([token_histogram(t, codes) for t in tokens]),
+        return {TOKENS: np.stack([token_histogram(t, codes) for t in tokens]),
                 "musicnn embedding": musicnn_outputs(clips, rate, tagger).embeddings}
 
     train = list(spread_clips(args.data, TRAIN_SPLIT, args.seconds, rate, args.train_clips))
     test = read_clips(args.data, "test", args.seconds, rate, args.limit)
     train_features, test_features = features([c for c, _ in train]), features(test.audio)
+    written = {}
+    for temperature in args.temperature:
+        for lm_guidance in args.lm_guidance:
+            tokens = torch.cat([model.semantic_tokens([caption], args.seconds, temperature, args.top_k, lm_guidance,
+                                                      seed=args.seed + i)
+                                for i, caption in enumerate(test.captions)])  # clip i as `melody eval music` seeds it
+            label = LM_TOKENS + "".join(f", {k} {v:g}" for k, v in (("temperature", temperature), ("guidance", lm_guidance))
+                                        if v is not None)
+            written[label] = np.stack([token_histogram(t, codes) for t in tokens])
     rows = {}
     for name in train_features:
         classifiers = fit_attribute_classifiers(train_features[name], [m for _, m in train])
-        scores = score_attributes(classifiers, test_features[name], test_features[name], test.metas,
-                                  list(range(len(test.metas))))
-        rows[name] = {a: {"accuracy": s.real.accuracy, "clips": s.real.clips, "chance": s.chance,
-                          "majority": s.real.majority} for a, s in scores.items()}
-        print(name, {a: r["accuracy"] for a, r in rows[name].items()}, flush=True)
+        probed = {name: test_features[name]} | (written if name == TOKENS else {})
+        for row, held_out in probed.items():
+            scores = score_attributes(classifiers, test_features[name], held_out, test.metas, list(range(len(test.metas))))
+            rows[row] = {a: {"accuracy": s.generated.accuracy, "clips": s.generated.clips, "chance": s.chance,
+                             "majority": s.real.majority} for a, s in scores.items()}
+            print(row, {a: r["accuracy"] for a, r in rows[row].items()}, flush=True)
     write_json_atomic(args.out, {"bundle": str(args.bundle), "codebook_size": codes, "train_clips": len(train),
-                                 "test_clips": len(test.keys), "seconds": args.seconds, "probes": rows,
+                                 "test_clips": len(test.keys), "seconds": args.seconds, "seed": args.seed, "top_k": args.top_k, "probes": rows,
                                  **machine(args.device, args.threads, load)})
     print(f"wrote {args.out}")
 

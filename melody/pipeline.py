@@ -376,6 +376,19 @@ class MeLoDy:
                               passes, times, prompts=prompts, candidate=pick.tolist(), mulan_scores=scores.tolist(),
                               tempo_fit=None if fits is None else [fits[j][i] for i, j in enumerate(pick.tolist())])
 
+    @torch.no_grad()
+    def semantic_tokens(self, prompts: list[str], duration: float, temperature: float | None = None,
+                        top_k: int | None = None, lm_guidance: float | None = None, seed: int = 0) -> torch.Tensor:
+        """The semantic LM's tokens `(b, ⌈duration · 25⌉)` for text prompts: what `generate` with the same arguments
+        hands the DPD before any tempo fit (row i seeded by seed + i), without rendering them."""
+        duration = check_duration(duration)
+        check_sampling(temperature=temperature, top_k=top_k, lm_guidance=lm_guidance)
+        prompts = check_prompts(prompts)
+        mulan_tokens = self.mulan.tokens(self.mulan.embed_text(prompts))
+        return self._semantic_tokens(mulan_tokens, math.ceil(duration * self.token_rate), None,
+                                     self._seeded(seed, 1, rows=len(prompts)), temperature, top_k, lm_guidance,
+                                     prompts).tokens
+
     def _music(self, mulan_tokens: torch.Tensor, duration: float, steps: int, guidance: float, temperature: float | None,
                top_k: int | None, lm_guidance: float | None, seed: int, tell: Callable[[str], None],
                prompts: list[str] | None = None, fit_tempo: bool = False) -> GenerateOutput:

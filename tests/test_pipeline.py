@@ -295,3 +295,18 @@ def test_generate_refuses_bad_lm_settings_before_running(bundle):
         model.generate(["funk"], 1.0, temperature=-1)
     with pytest.raises(MelodyError, match="top_k must be"):
         model.stream(["funk"], 1.0, top_k=-1).__next__()
+
+
+def test_semantic_tokens_are_what_generate_hands_the_dpd(bundle):
+    model = MeLoDy.from_pretrained(bundle)
+    prompts = ["funk", "calm piano at 90 BPM"]
+    tokens = model.semantic_tokens(prompts, 1.3, temperature=0.9, top_k=7, seed=5)
+    assert tokens.shape == (2, math.ceil(1.3 * model.token_rate)) and tokens.dtype == torch.long
+    out = model.generate(prompts, 1.3, steps=1, temperature=0.9, top_k=7, seed=5, fit_tempo=False)
+    assert torch.equal(tokens, out.semantic_tokens)
+    assert torch.equal(model.semantic_tokens(prompts[1:], 1.3, temperature=0.9, top_k=7, seed=6), tokens[1:])  # row i: seed + i
+    assert not torch.equal(model.semantic_tokens(prompts, 1.3, seed=5), tokens)  # the settings reach the LM
+    with pytest.raises(MelodyError, match="a prompt is empty"):
+        model.semantic_tokens([" "], 1.0)
+    with pytest.raises(MelodyError, match="duration must be"):
+        model.semantic_tokens(["funk"], -1.0)
