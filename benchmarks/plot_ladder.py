@@ -1,5 +1,5 @@
 """The ladder picture: how much of what a caption asks for each stage keeps, from `melody eval music --source
-caption|tokens|vae` reports and `token_probe.py`'s probe of the tokens (`benchmarks/results/ladder/`).
+caption|tokens|vae` reports and `token_probe.py`'s probes of the real clips' tokens and the LM's (`benchmarks/results/ladder/`).
 
     .venv/bin/python benchmarks/plot_ladder.py   # → docs/img/ladder.png
 """
@@ -22,14 +22,16 @@ SOURCES = (("vae", "VAE"), ("tokens", "DPD from the clip's own tokens"), ("capti
 
 def main() -> None:
     reports = {s: json.loads((LADDER / f"music_eval_{s}.json").read_text()) for s, _ in SOURCES}
-    probe = json.loads((LADDER / "token_probe.json").read_text())["probes"]["semantic tokens (histogram)"]
+    probes = json.loads((LADDER / "token_probe.json").read_text())["probes"]
+    probe, lm_probe = probes["semantic tokens (histogram)"], probes["the semantic LM's tokens from the caption (histogram)"]
     first = reports["caption"]
     plt = pyplot()
-    fig, (attributes, closeness) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [3, 2]})
+    fig, (attributes, closeness) = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [3, 2]})
     bars = [("real", [first["attributes"]["scores"][a]["real"]["accuracy"] for a in ATTRIBUTES])]
     bars += [(label, [reports[s]["attributes"]["scores"][a]["generated"]["accuracy"] for a in ATTRIBUTES])
              for s, label in SOURCES]
     bars.insert(2, ("the tokens, probed (bag of tokens)", [probe[a]["accuracy"] for a in ATTRIBUTES]))
+    bars.insert(4, ("the LM's tokens from the caption, probed", [lm_probe[a]["accuracy"] for a in ATTRIBUTES]))
     width = 0.8 / len(bars)
     for i, (label, values) in enumerate(bars):
         attributes.bar([k + (i - (len(bars) - 1) / 2) * width for k in range(len(ATTRIBUTES))], values, width,
@@ -39,13 +41,13 @@ def main() -> None:
         attributes.plot([k - 0.45, k + 0.45], [chance, chance], "k:", lw=1, label="chance (1 / classes)" if k == 0 else None)
     attributes.set_xticks(range(len(ATTRIBUTES)), ATTRIBUTES)
     attributes.set_ylabel("accuracy of a classifier trained on real clips")
-    attributes.set_ylim(0, 1.35)
+    attributes.set_ylim(0, 1.4)
     attributes.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
-    attributes.legend(fontsize=7, loc="upper center", ncol=3)
+    attributes.legend(fontsize=6.5, loc="upper center", ncol=3)
     attributes.set_title(f"what the caption asked for, heard in {first['clips']} held-out clips", fontsize=9)
     names = ["real"] + [label for _, label in SOURCES]
     mcc = [first["mcc"]["real"]] + [reports[s]["mcc"]["generated"] for s, _ in SOURCES]
-    closeness.bar(range(len(names)), mcc, color=["C0", "C1", "C3", "C4"])
+    closeness.bar(range(len(names)), mcc, color=["C0", "C1", "C3", "C5"])  # the attribute bars' colours
     closeness.axhline(first["mcc"]["mismatched"], ls=":", c="k", lw=1, label="music vs another clip's caption")
     closeness.set_xticks(range(len(names)), [n.replace(" from the", "\nfrom the").replace("DPD from", "DPD\nfrom")
                                              for n in names], fontsize=7)
