@@ -250,6 +250,8 @@ TemperatureOpt = Annotated[Optional[float], typer.Option("--temperature", help="
                                                          "(default: the bundle's, 1; 0 always takes the likeliest token).")]
 TopKOpt = Annotated[Optional[int], typer.Option("--top-k", help="Semantic LM: sample among the k likeliest tokens "
                                                 "(default: the bundle's; 0 keeps every token).")]
+SolverOpt = Annotated[Optional[str], typer.Option("--solver", help="DPD sampler: ddim (the paper's) or dpmpp-2m "
+                                                  "(DPM-Solver++(2M), the same passes; the bundled model's default).")]
 LMGuidanceOpt = Annotated[Optional[float], typer.Option("--lm-guidance", help="Semantic LM classifier-free guidance "
                                                         "(default: the bundle's, 3; 1 is none).")]
 PlotOpt = Annotated[bool, typer.Option("--plot", help="Also write a spectrogram PNG beside the audio.")]
@@ -277,11 +279,14 @@ class _StageBar:
         self.bar.close()
 
 
-def _melody(bundle: Optional[Path]):
+def _melody(bundle: Optional[Path], solver: Optional[str] = None):
     from melody.bundled import BUNDLE
     from melody.pipeline import MeLoDy
 
-    return MeLoDy.from_pretrained(bundle or BUNDLE)
+    model = MeLoDy.from_pretrained(bundle or BUNDLE)
+    if solver is not None:
+        model.cfg.dpd.solver = solver
+    return model
 
 
 def _check_out(out: Path) -> Path:
@@ -299,6 +304,7 @@ def generate_command(
     out: Annotated[Path, typer.Option("--out", help="Audio file to write (.wav or .flac); a .json sidecar goes beside it.")] = Path("music.wav"),
     steps: StepsOpt = None, guidance: GuidanceOpt = None, seed: SeedOpt = 0,
     temperature: TemperatureOpt = None, top_k: TopKOpt = None, lm_guidance: LMGuidanceOpt = None,
+    solver: SolverOpt = None,
     prompt_audio: Annotated[Optional[Path], typer.Option("--prompt-audio", help="A music prompt instead of text.")] = None,
     batch: Annotated[Optional[Path], typer.Option("--batch", help="A text file with one prompt per line.")] = None,
     bpm: Annotated[Optional[float], typer.Option("--bpm", help="Tempo in beats per minute, said in the prompt (wins over a tempo the text names).")] = None,
@@ -322,7 +328,7 @@ def generate_command(
 
     _check_out(out)
     check_device(device)
-    check_sampling(steps, guidance, temperature, top_k, lm_guidance)
+    check_sampling(steps, guidance, temperature, top_k, lm_guidance, solver)
     if precision is not None and precision not in PRECISIONS:
         raise MelodyError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
     check_duration(duration)
@@ -345,7 +351,7 @@ def generate_command(
         raise MelodyError(f"--best-of {best_of}: draw between 1 and {MAX_BEST_OF} candidates")
     if prompt_audio is not None:
         audio_info(prompt_audio)  # a missing or unreadable file: one line, before loading the model
-    model = _melody(bundle).to(device)
+    model = _melody(bundle, solver).to(device)
     if precision is not None:
         model.set_precision(precision)
     music = None
@@ -390,6 +396,7 @@ def continue_command(
     prompt: Annotated[Optional[str], typer.Option("--prompt", help="Steer the continuation with text (default: the clip itself).")] = None,
     steps: StepsOpt = None, guidance: GuidanceOpt = None, seed: SeedOpt = 0,
     temperature: TemperatureOpt = None, top_k: TopKOpt = None, lm_guidance: LMGuidanceOpt = None,
+    solver: SolverOpt = None,
     bundle: BundleOpt = None, plot: PlotOpt = False, progress: ShowProgress = True,
 ) -> None:
     """Extend a clip: the output starts with the input, unchanged."""
@@ -400,9 +407,9 @@ def continue_command(
 
     _check_out(out)
     check_duration(seconds)
-    check_sampling(steps, guidance, temperature, top_k, lm_guidance)
+    check_sampling(steps, guidance, temperature, top_k, lm_guidance, solver)
     audio_info(audio)  # a missing or unreadable file: one line, before loading the model
-    model = _melody(bundle)
+    model = _melody(bundle, solver)
     clip = torch.from_numpy(load_audio(audio, model.vae.cfg.sample_rate, model.vae.cfg.channels)).float()[None]
     bar = _StageBar(5, progress)
     try:
@@ -426,6 +433,7 @@ def inpaint_command(
     blend: Annotated[float, typer.Option("--blend", help="Seconds of crossfade on each side of the region.")] = 0.1,
     steps: StepsOpt = None, guidance: GuidanceOpt = None, seed: SeedOpt = 0,
     temperature: TemperatureOpt = None, top_k: TopKOpt = None, lm_guidance: LMGuidanceOpt = None,
+    solver: SolverOpt = None,
     bundle: BundleOpt = None, plot: PlotOpt = False, progress: ShowProgress = True,
 ) -> None:
     """Regenerate the region --start … --end of a clip; the rest stays the input's own, sample for sample."""
@@ -435,12 +443,12 @@ def inpaint_command(
     from melody.pipeline import check_prompts, check_region, check_sampling
 
     _check_out(out)
-    check_sampling(steps, guidance, temperature, top_k, lm_guidance)
+    check_sampling(steps, guidance, temperature, top_k, lm_guidance, solver)
     info = audio_info(audio)  # a missing or unreadable file: one line, before loading the model
     check_region(start, end, info.frames / info.sample_rate, blend=blend)
     if prompt is not None:
         check_prompts([prompt])
-    model = _melody(bundle)
+    model = _melody(bundle, solver)
     clip = torch.from_numpy(load_audio(audio, model.vae.cfg.sample_rate, model.vae.cfg.channels)).float()[None]
     bar = _StageBar(5, progress)
     try:
@@ -461,6 +469,7 @@ def stream_command(
     chunk_seconds: Annotated[float, typer.Option("--chunk-seconds", help="Seconds per chunk.")] = 5.0,
     steps: StepsOpt = None, guidance: GuidanceOpt = None, seed: SeedOpt = 0,
     temperature: TemperatureOpt = None, top_k: TopKOpt = None, lm_guidance: LMGuidanceOpt = None,
+    solver: SolverOpt = None,
     bundle: BundleOpt = None, progress: ShowProgress = True,
 ) -> None:
     """Music that follows a story: one chunk per line of --prompts, each continuing the last without a seam."""
@@ -468,7 +477,7 @@ def stream_command(
 
     from melody.pipeline import check_sampling
 
-    check_sampling(steps, guidance, temperature, top_k, lm_guidance)
+    check_sampling(steps, guidance, temperature, top_k, lm_guidance, solver)
     if not prompts.is_file():
         raise MelodyError(f"--prompts {prompts}: no such file")
     story = [line.strip() for line in prompts.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -479,7 +488,7 @@ def stream_command(
     pcm_out = sys.stdout.buffer
     # With --out -, stdout carries nothing but PCM: whatever else anything prints goes to stderr.
     with contextlib.redirect_stdout(sys.stderr) if out == "-" else contextlib.nullcontext():
-        model = _melody(bundle)
+        model = _melody(bundle, solver)
         from tqdm.auto import tqdm
 
         rate, pieces = model.vae.cfg.sample_rate, []

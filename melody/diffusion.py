@@ -22,6 +22,15 @@ an angle δ ∈ [0, π/2] **per frame**, `(b, L)`:
 - **Update** (DDIM in angle form): z_{δ−ω} = cos ω · z_δ − sin ω · v̂ (`ddim_step`). With the true
   velocity it is exact: it rotates (z, ε) from angle δ to δ − ω, whatever ω.
 - **Guidance** (Ho & Salimans 2022, scale 2.5 in the paper): v̂ = v_u + w (v_c − v_u) (`guided`).
+- **A second-order update at the same passes** (`solver="dpmpp-2m"`, outside the paper): DPM-Solver++(2M)
+  (Lu et al. 2022, Alg. 2) in angle form. With λ = log(α/σ) = −log tan δ and the denoised
+  D = α z_δ − σ v̂, a step δ_s → δ_t is z_t = (σ_t/σ_s) z_s − α_t (e^{−h} − 1) D̃ with h = λ_t − λ_s
+  (`dpm_solver_step`; with D̃ = D it is exactly the DDIM step), and D̃ = (1 + 1/(2r)) D − 1/(2r) D_prev,
+  r = h_prev / h, extrapolates the denoised from the last two steps (`multistep_denoised`). The first
+  step (from δ = π/2, where λ = −∞) and the last (to δ = 0, which lands on D̃) use D̃ = D, as k-diffusion's
+  `sample_dpmpp_2m` does at its ends. Written here rather than taken from k-diffusion: its samplers
+  step one σ per batch row in VE form, while these windows hold clean known frames at δ = 0 beside noisy
+  ones and write them back after every step.
 
 Samplers (k-diffusion's signature): `sample(model, x, deltas, cond, guidance, generator, callback, known)`
 where `model(x, delta, cond)` → v̂ and cond=None is the unconditional branch. `known` (a clean
@@ -150,6 +159,34 @@ def ddim_step(z_delta: torch.Tensor, v: torch.Tensor, omega: torch.Tensor | floa
     return torch.cos(omega) * z_delta - torch.sin(omega) * v
 
 
+def log_snr(delta: float) -> float:
+    """λ = log(α / σ) = −log tan δ: +∞ at δ = 0 (clean), −∞ at π/2 (noise)."""
+    if delta <= 0.0:
+        return math.inf
+    if delta >= HALF_PI:
+        return -math.inf
+    return -math.log(math.tan(delta))
+
+
+def dpm_solver_step(z_s: torch.Tensor, denoised: torch.Tensor, delta_s: float, delta_t: float) -> torch.Tensor:
+    """z_t = (σ_t/σ_s) z_s − α_t (e^{−h} − 1) D, h = λ_t − λ_s (DPM-Solver++ first-order form, Lu et al. 2022
+    Eq. 9); from δ = π/2 (σ_s = 1) it is α_t D + σ_t z_s, and to δ = 0 it is D."""
+    alpha_t, sigma_t, sigma_s = math.cos(delta_t), math.sin(delta_t), math.sin(delta_s)
+    if delta_t <= 0.0:
+        return denoised
+    # α_t (1 − e^{−h}) = α_t − α_s σ_t / σ_s: the closed form, finite at δ_s = π/2 where h is infinite
+    return (sigma_t / sigma_s) * z_s + (alpha_t - math.cos(delta_s) * sigma_t / sigma_s) * denoised
+
+
+def multistep_denoised(denoised: torch.Tensor, previous: torch.Tensor, h: float, h_previous: float) -> torch.Tensor:
+    """D̃ = (1 + 1/(2r)) D − 1/(2r) D_prev, r = h_prev / h (DPM-Solver++(2M), Lu et al. 2022 Alg. 2)."""
+    weight = 1.0 / (2.0 * (h_previous / h))
+    return (1.0 + weight) * denoised - weight * previous
+
+
+SOLVERS = ("ddim", "dpmpp-2m")
+
+
 def guided(v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float) -> torch.Tensor:
     """v̂ = v_u + w (v_c − v_u) (classifier-free guidance; the paper's w = 2.5)."""
     return v_uncond + scale * (v_cond - v_uncond)
@@ -182,14 +219,21 @@ class Known:
 
 @torch.no_grad()
 def sample(model: Callable, x: torch.Tensor, deltas: torch.Tensor, cond=None, guidance: float = 1.0,
-           known: Known | None = None, callback: Callable[[dict], None] | None = None) -> torch.Tensor:
-    """Deterministic angle-DDIM from `x` (noise at δ = deltas[0], usually π/2) down the angles `deltas`
+           known: Known | None = None, callback: Callable[[dict], None] | None = None,
+           solver: str = "ddim") -> torch.Tensor:
+    """Deterministic sampling from `x` (noise at δ = deltas[0], usually π/2) down the angles `deltas`
     `(T + 1,)`; `model(x, delta (b, L), cond)` → v̂, cond=None the unconditional branch; T (+ T if
-    guided) network calls. Known frames stay at δ = 0 with their values (continuation, inpainting)."""
+    guided) network calls. Known frames stay at δ = 0 with their values (continuation, inpainting).
+    `solver`: "ddim" (the paper's angle-DDIM) or "dpmpp-2m" (DPM-Solver++(2M), same passes)."""
+    if solver not in SOLVERS:
+        from melody.errors import MelodyError
+
+        raise MelodyError(f"unknown DPD solver '{solver}'; choose one of: {', '.join(SOLVERS)}")
     b, length, _ = x.shape
     mask = None if known is None else known.mask.to(x.device)
     if mask is not None:
         x = torch.where(mask[..., None], known.latents.to(x), x)
+    previous = None  # (D, h) of the last step, for the multistep update
     for i in range(len(deltas) - 1):
         delta, omega = float(deltas[i]), float(deltas[i] - deltas[i + 1])
         frame_delta = torch.full((b, length), delta, device=x.device, dtype=x.dtype)
@@ -199,8 +243,18 @@ def sample(model: Callable, x: torch.Tensor, deltas: torch.Tensor, cond=None, gu
         v = model(x, frame_delta, cond)
         if cond is not None and guidance != 1.0:
             v = guided(v, model(x, frame_delta, None), guidance)
-        # z_{δ−ω} = cos ω z_δ − sin ω v̂
-        x = ddim_step(x, v, omega)
+        if solver == "ddim":
+            # z_{δ−ω} = cos ω z_δ − sin ω v̂
+            x = ddim_step(x, v, omega)
+        else:
+            target = float(deltas[i + 1])
+            denoised = math.cos(delta) * x - math.sin(delta) * v  # D = α z_δ − σ v̂ (`denoised_from_velocity`)
+            h = log_snr(target) - log_snr(delta)
+            used = denoised
+            if previous is not None and math.isfinite(h) and math.isfinite(previous[1]):
+                used = multistep_denoised(denoised, previous[0], h, previous[1])
+            x = dpm_solver_step(x, used, delta, target)
+            previous = (denoised, h)
         if mask is not None:  # known frames are clean: write them back
             x = torch.where(mask[..., None], known.latents.to(x), x)
         if callback is not None:
@@ -228,7 +282,8 @@ def noise_like_rows(batch: int, frames: int, dim: int, generator, device: torch.
 
 @torch.no_grad()
 def inpaint_latents(model: Callable, latents: torch.Tensor, first: int, count: int, cond, deltas: torch.Tensor,
-                    guidance: float = 1.0, generator=None, callback: Callable[[dict], None] | None = None) -> torch.Tensor:
+                    guidance: float = 1.0, generator=None, callback: Callable[[dict], None] | None = None,
+                    solver: str = "ddim") -> torch.Tensor:
     """Frames `first … first + count − 1` of the window `latents` `(b, L, d)` sampled afresh → `(b, count, d)`:
     they start from noise drawn from `generator` (or one generator per row, `noise_like_rows`), every
     other frame is known (`Known`: δ = 0, written back after every step), sampled with `sample`; `cond`
@@ -239,14 +294,14 @@ def inpaint_latents(model: Callable, latents: torch.Tensor, first: int, count: i
     window = torch.cat((latents[:, :first], noise, latents[:, first + count:]), dim=1)
     mask = torch.ones(b, length, dtype=torch.bool, device=latents.device)
     mask[:, first:first + count] = False
-    out = sample(model, window, deltas, cond, guidance, known=Known(window, mask), callback=callback)
+    out = sample(model, window, deltas, cond, guidance, known=Known(window, mask), callback=callback, solver=solver)
     return out[:, first:first + count]
 
 
 @torch.no_grad()
 def continue_latents(model: Callable, previous: torch.Tensor, new_frames: int, cond, deltas: torch.Tensor,
                      guidance: float = 1.0, generator=None, context: int | None = None,
-                     callback: Callable[[dict], None] | None = None) -> torch.Tensor:
+                     callback: Callable[[dict], None] | None = None, solver: str = "ddim") -> torch.Tensor:
     """`new_frames` latents `(b, new_frames, d)` that continue `previous` `(b, P, d)`: a window of its last
     `context` frames (all of them by default) kept clean, then fresh noise from `generator` (or one
     generator per row, `noise_like_rows`), sampled with `sample` (`inpaint_latents` with nothing known
@@ -254,4 +309,4 @@ def continue_latents(model: Callable, previous: torch.Tensor, new_frames: int, c
     b, _, d = previous.shape
     keep = previous[:, previous.shape[1] - (previous.shape[1] if context is None else min(context, previous.shape[1])):]
     window = torch.cat((keep, keep.new_zeros(b, new_frames, d)), dim=1)
-    return inpaint_latents(model, window, keep.shape[1], new_frames, cond, deltas, guidance, generator, callback)
+    return inpaint_latents(model, window, keep.shape[1], new_frames, cond, deltas, guidance, generator, callback, solver)

@@ -46,7 +46,7 @@ from melody.config import MelodyConfig
 from melody.cuda_graphs import GraphedCalls
 from melody.data.loader import mix_seeds
 from melody.data.synth.captions import prompt_bpm, with_controls
-from melody.diffusion import (SCHEDULES, angles_from_steps, continue_latents, guided_in_one_call, inpaint_latents,
+from melody.diffusion import (SCHEDULES, SOLVERS, angles_from_steps, continue_latents, guided_in_one_call, inpaint_latents,
                               noise_like_rows, sample)
 from melody.dpd import DPD
 from melody.errors import MelodyError
@@ -177,7 +177,7 @@ def check_duration(seconds: float) -> float:
 
 
 def check_sampling(steps: int | None = None, guidance: float | None = None, temperature: float | None = None,
-                   top_k: int | None = None, lm_guidance: float | None = None) -> None:
+                   top_k: int | None = None, lm_guidance: float | None = None, solver: str | None = None) -> None:
     """One line for a sampling setting out of its range; None stands for the bundle's own and always passes."""
     def number(x) -> bool:
         return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
@@ -196,6 +196,8 @@ def check_sampling(steps: int | None = None, guidance: float | None = None, temp
         raise MelodyError(f"top_k must be a whole number ≥ 0 (0: keep every token), got {top_k}")
     if lm_guidance is not None and not (number(lm_guidance) and lm_guidance >= 0):
         raise MelodyError(f"lm_guidance must be a number ≥ 0 (1: no guidance), got {lm_guidance}")
+    if solver is not None and solver not in SOLVERS:
+        raise MelodyError(f"unknown DPD solver '{solver}'; choose one of: {', '.join(SOLVERS)}")
 
 
 def tempo_fit_asks(prompts: list[str] | None, duration: float) -> list[float | None]:
@@ -556,7 +558,7 @@ class MeLoDy:
         """The settings a call with these arguments samples with, the bundle's own filled in (for sidecars)."""
         steps, guidance = self._sampling(steps, guidance, temperature, top_k, lm_guidance)
         lm = self.cfg.semantic_lm
-        return {"steps": steps, "guidance": guidance,
+        return {"steps": steps, "guidance": guidance, "solver": self.cfg.dpd.solver,
                 "temperature": lm.temperature if temperature is None else temperature,
                 "top_k": lm.top_k if top_k is None else int(top_k), "top_p": lm.top_p,
                 "lm_guidance": lm.guidance if lm_guidance is None else lm_guidance}
@@ -604,7 +606,7 @@ class MeLoDy:
         if start is None:
             first = min(window, total)
             noise = noise_like_rows(b, first, self.vae.cfg.latent_dim, generator(0), self._device)
-            latents = sample(model, noise, deltas, window_tokens(0, first), guidance)
+            latents = sample(model, noise, deltas, window_tokens(0, first), guidance, solver=self.cfg.dpd.solver)
         else:
             latents = start
         k = 1
@@ -612,7 +614,7 @@ class MeLoDy:
             new = min(window - context, total - latents.shape[1])
             keep = min(context, latents.shape[1])
             made = continue_latents(model, latents, new, window_tokens(latents.shape[1] - keep, keep + new), deltas,
-                                    guidance, generator(k), context=keep)
+                                    guidance, generator(k), context=keep, solver=self.cfg.dpd.solver)
             latents = torch.cat((latents, made), dim=1)
             k += 1
         return latents
@@ -762,7 +764,7 @@ class MeLoDy:
         for k, (lo, new_first, new, hi) in enumerate(plan):
             out[:, new_first:new_first + new] = inpaint_latents(
                 model, out[:, lo:hi], new_first - lo, new, self._window_tokens(tokens, lo, hi - lo), deltas, guidance,
-                self._window_noise(seed, k, out.shape[0]))
+                self._window_noise(seed, k, out.shape[0]), solver=self.cfg.dpd.solver)
         return out
 
     def _read_clip(self, audio: torch.Tensor, prompts: list[str] | None, times: dict, passes: dict,

@@ -81,6 +81,7 @@ def test_continue_keeps_the_input_and_stream_writes_every_chunk(bundle, tmp_path
     (["generate", "funk", "--top-k", "-3"], "top_k must be a whole number ≥ 0"),
     (["generate", "funk", "--lm-guidance", "inf"], "lm_guidance must be a number ≥ 0"),
     (["stream", "--prompts", "/dev/null", "--temperature", "-1"], "temperature must be a number ≥ 0"),
+    (["generate", "funk", "--solver", "euler"], "unknown DPD solver 'euler'; choose one of: ddim, dpmpp-2m"),
     (["generate", "funk", "--device", "tpu"], "--device tpu: give cpu or cuda[:N]"),
     (["generate", "funk", "--device", "meta"], "--device meta: give cpu or cuda[:N]"),
     pytest.param(["generate", "funk", "--device", "cuda"], "this machine has no CUDA GPU that torch can use",
@@ -130,16 +131,20 @@ def test_the_lm_sampling_options_reach_the_lm_and_the_sidecar(bundle, tmp_path):
 
     greedy = tmp_path / "greedy.wav"
     run_ok("generate", "calm piano", "--duration", "1", "--out", str(greedy), "--bundle", str(bundle), "--seed", "4",
-           "--steps", "2", "--temperature", "0", "--top-k", "5", "--lm-guidance", "1.5")
+           "--steps", "4", "--temperature", "0", "--top-k", "5", "--lm-guidance", "1.5", "--solver", "ddim")
     record = json.loads(greedy.with_suffix(".json").read_text())
-    assert record["sampling"] == {"steps": 2, "guidance": 2.5, "temperature": 0.0, "top_k": 5, "top_p": 1.0,
-                                  "lm_guidance": 1.5}
+    assert record["sampling"] == {"steps": 4, "guidance": 2.5, "solver": "ddim", "temperature": 0.0, "top_k": 5,
+                                  "top_p": 1.0, "lm_guidance": 1.5}
     model = MeLoDy.from_pretrained(bundle)
-    want = model.generate(["calm piano"], 1.0, 2, None, 0.0, 5, 1.5, seed=4).audio[0, 0].numpy()
+    model.cfg.dpd.solver = "ddim"
+    want = model.generate(["calm piano"], 1.0, 4, None, 0.0, 5, 1.5, seed=4).audio[0, 0].numpy()
     np.testing.assert_allclose(sf.read(greedy)[0], want, atol=1 / 32767)  # 16-bit file
-    default = model.generate(["calm piano"], 1.0, 2, None, seed=4).audio[0, 0].numpy()
+    default = model.generate(["calm piano"], 1.0, 4, None, seed=4).audio[0, 0].numpy()
     assert np.abs(default - want).max() > 0.01  # the options changed the music
+    model.cfg.dpd.solver = "dpmpp-2m"  # the tiny preset's, which the sidecar of a run without --solver names
+    assert np.abs(model.generate(["calm piano"], 1.0, 4, None, 0.0, 5, 1.5, seed=4).audio[0, 0].numpy() - want).max() > 1e-4
     run_ok("continue", str(greedy), "--seconds", "0.5", "--out", str(tmp_path / "c.wav"), "--bundle", str(bundle),
            "--top-k", "3")
     sampling = json.loads((tmp_path / "c.json").read_text())["sampling"]
     assert sampling["top_k"] == 3 and sampling["temperature"] == model.cfg.semantic_lm.temperature
+    assert sampling["solver"] == "dpmpp-2m"

@@ -310,3 +310,23 @@ def test_semantic_tokens_are_what_generate_hands_the_dpd(bundle):
         model.semantic_tokens([" "], 1.0)
     with pytest.raises(MelodyError, match="duration must be"):
         model.semantic_tokens(["funk"], -1.0)
+
+
+def test_the_dpd_solver_is_the_bundles_choice_at_the_same_passes(bundle):
+    model = MeLoDy.from_pretrained(bundle)
+    assert model.cfg.dpd.solver == "dpmpp-2m"  # the tiny preset's
+    model.cfg.dpd.solver = "ddim"
+    ddim = model.generate(["funk"], 1.0, steps=5, seed=2)
+    model.cfg.dpd.solver = "dpmpp-2m"
+    dpm = model.generate(["funk"], 1.0, steps=5, seed=2)
+    assert torch.equal(dpm.semantic_tokens, ddim.semantic_tokens) and dpm.forward_passes == ddim.forward_passes
+    assert float((dpm.latents - ddim.latents).abs().max()) > 1e-3  # of 5 steps, the 3rd and 4th are second order
+    at_three = model.generate(["funk"], 1.0, steps=3, seed=2)  # no step of 3 has two finite log-SNR gaps: DDIM's
+    model.cfg.dpd.solver = "ddim"
+    torch.testing.assert_close(at_three.latents, model.generate(["funk"], 1.0, steps=3, seed=2).latents, rtol=0, atol=1e-4)
+    model.cfg.dpd.solver = "dpmpp-2m"
+    longer = model.continue_(dpm.audio, 0.5, ["funk"], steps=3, seed=2)
+    assert torch.equal(longer.audio[..., :dpm.audio.shape[-1]], dpm.audio)
+    model.cfg.dpd.solver = "euler"
+    with pytest.raises(MelodyError, match="unknown DPD solver 'euler'"):
+        model.generate(["funk"], 1.0, steps=2)
