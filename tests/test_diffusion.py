@@ -92,23 +92,29 @@ def gaussian_velocity(mu, s):
     return model
 
 
-def test_ddim_at_1000_steps_and_melody_at_few_agree_on_a_gaussian_with_the_closed_form():
-    # The probability-flow map from noise ε to data for N(μ, s²) data is z = μ + s·ε.
-    mu, s = 0.7, 0.3
+GAUSSIAN_MU, GAUSSIAN_S = 0.7, 0.3
+
+
+def gaussian_sample(schedule, steps, solver="ddim"):
+    """(sampled, exact): the probability-flow map from noise ε to data for N(μ, s²) data is z = μ + s·ε."""
     eps = draws(1, 2000, 4, seed=10)
-    exact = mu + s * eps
-    model = gaussian_velocity(mu, s)
+    out = sample(gaussian_velocity(GAUSSIAN_MU, GAUSSIAN_S), eps, angles_from_steps(schedule(steps)), solver=solver)
+    return out, GAUSSIAN_MU + GAUSSIAN_S * eps
 
-    def error(schedule, steps):
-        return float((sample(model, eps, angles_from_steps(schedule(steps))) - exact).abs().max())
 
+def gaussian_error(schedule, steps, solver="ddim"):
+    out, exact = gaussian_sample(schedule, steps, solver)
+    return float((out - exact).abs().max())
+
+
+def test_ddim_at_1000_steps_and_melody_at_few_agree_on_a_gaussian_with_the_closed_form():
     # measured: DDIM 1000 steps 0.0025; MeLoDy 5/10/20 steps 0.30/0.155/0.079, uniform 0.42/0.23/0.12
-    assert error(uniform_steps, 1000) < 3e-3
-    few = sample(model, eps, angles_from_steps(melody_steps(20)))
+    assert gaussian_error(uniform_steps, 1000) < 3e-3
+    few, exact = gaussian_sample(melody_steps, 20)
     assert float((few - exact).abs().max()) < 0.1
-    assert float(few.mean()) == pytest.approx(mu, abs=0.01) and float(few.std()) == pytest.approx(s, abs=0.03)
+    assert float(few.mean()) == pytest.approx(GAUSSIAN_MU, abs=0.01) and float(few.std()) == pytest.approx(GAUSSIAN_S, abs=0.03)
     for steps in (5, 10, 20):  # the paper's schedule beats the uniform one at every step count it uses
-        assert error(melody_steps, steps) < 0.75 * error(uniform_steps, steps)
+        assert gaussian_error(melody_steps, steps) < 0.75 * gaussian_error(uniform_steps, steps)
 
 
 def test_multichunk_angles_are_constant_per_chunk_seeded_and_in_range():
@@ -232,19 +238,11 @@ def test_multistep_denoised_extrapolates_linearly_in_lambda():
 
 
 def test_dpm_solver_beats_ddim_at_the_same_passes_on_a_gaussian():
-    mu, s = 0.7, 0.3
-    eps = draws(1, 2000, 4, seed=10)
-    exact = mu + s * eps
-    model = gaussian_velocity(mu, s)
-
-    def error(solver, steps):
-        return float((sample(model, eps, angles_from_steps(melody_steps(steps)), solver=solver) - exact).abs().max())
-
     # measured (max error, MeLoDy's schedule): 5 steps DDIM 0.300, DPM-Solver++(2M) 0.208; 10: 0.155, 0.011;
     # 20: 0.079, 0.014. At 1-3 steps no step has two finite log-SNR gaps, so both are the same update
     for steps in (5, 10, 20):
-        assert error("dpmpp-2m", steps) < 0.75 * error("ddim", steps)
-    assert error("dpmpp-2m", 3) == pytest.approx(error("ddim", 3), abs=1e-12)
+        assert gaussian_error(melody_steps, steps, "dpmpp-2m") < 0.75 * gaussian_error(melody_steps, steps, "ddim")
+    assert gaussian_error(melody_steps, 3, "dpmpp-2m") == pytest.approx(gaussian_error(melody_steps, 3, "ddim"), abs=1e-12)
 
 
 def test_known_frames_stay_and_an_unknown_solver_is_one_line():
