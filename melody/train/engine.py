@@ -396,8 +396,11 @@ class Engine:
         previous = {}
         for signum in (signal.SIGINT, signal.SIGTERM):
             if signal.getsignal(signum) is signal.SIG_IGN:
-                continue  # e.g. `nohup`: the user asked for this signal to be ignored
+                continue  # e.g. a background job of a script: the user asked for this signal to be ignored
             previous[signum] = signal.signal(signum, request_stop)
+        # A blocked signal is never delivered, and a mask is inherited across exec: a parent that spawned us while it
+        # blocked SIGINT (multiprocessing does so around spawning its helpers) would make Ctrl-C do nothing here
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, set(previous))
         return previous
 
     # --- checkpoints -------------------------------------------------------------------------
