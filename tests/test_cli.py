@@ -99,11 +99,21 @@ def test_train_vae_writes_the_model_and_refuses_to_overwrite_a_run(tmp_path):
     assert not (tmp_path / "run2").exists()
 
 
+def _as_from_a_terminal() -> None:
+    # what a terminal's foreground job starts with; pytest itself may run as a background job, whose children
+    # inherit SIGINT ignored, which the trainer (rightly) leaves ignored
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 def _block_sigint() -> None:
+    _as_from_a_terminal()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
 
-@pytest.mark.parametrize("signum, preexec", [(signal.SIGINT, None), (signal.SIGTERM, None), (signal.SIGINT, _block_sigint)],
+@pytest.mark.parametrize("signum, preexec", [(signal.SIGINT, _as_from_a_terminal), (signal.SIGTERM, _as_from_a_terminal),
+                                             (signal.SIGINT, _block_sigint)],
                          ids=["SIGINT", "SIGTERM", "SIGINT-blocked-by-the-parent"])
 def test_an_interrupted_training_saves_and_resumes(tmp_path, signum, preexec):
     """Ctrl-C (SIGINT to the whole process group, workers included) or SIGTERM: the step under way
