@@ -187,6 +187,13 @@ def multistep_denoised(denoised: torch.Tensor, previous: torch.Tensor, h: float,
 SOLVERS = ("ddim", "dpmpp-2m")
 
 
+def check_solver(solver: str) -> None:
+    if solver not in SOLVERS:
+        from melody.errors import MelodyError
+
+        raise MelodyError(f"unknown DPD solver '{solver}'; choose one of: {', '.join(SOLVERS)}")
+
+
 def guided(v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float) -> torch.Tensor:
     """v̂ = v_u + w (v_c − v_u) (classifier-free guidance; the paper's w = 2.5)."""
     return v_uncond + scale * (v_cond - v_uncond)
@@ -225,10 +232,7 @@ def sample(model: Callable, x: torch.Tensor, deltas: torch.Tensor, cond=None, gu
     `(T + 1,)`; `model(x, delta (b, L), cond)` → v̂, cond=None the unconditional branch; T (+ T if
     guided) network calls. Known frames stay at δ = 0 with their values (continuation, inpainting).
     `solver`: "ddim" (the paper's angle-DDIM) or "dpmpp-2m" (DPM-Solver++(2M), same passes)."""
-    if solver not in SOLVERS:
-        from melody.errors import MelodyError
-
-        raise MelodyError(f"unknown DPD solver '{solver}'; choose one of: {', '.join(SOLVERS)}")
+    check_solver(solver)
     b, length, _ = x.shape
     mask = None if known is None else known.mask.to(x.device)
     if mask is not None:

@@ -46,7 +46,7 @@ from melody.config import MelodyConfig
 from melody.cuda_graphs import GraphedCalls
 from melody.data.loader import mix_seeds
 from melody.data.synth.captions import prompt_bpm, with_controls
-from melody.diffusion import (SCHEDULES, SOLVERS, angles_from_steps, continue_latents, guided_in_one_call, inpaint_latents,
+from melody.diffusion import (SCHEDULES, angles_from_steps, check_solver, continue_latents, guided_in_one_call, inpaint_latents,
                               noise_like_rows, sample)
 from melody.dpd import DPD
 from melody.errors import MelodyError
@@ -196,8 +196,8 @@ def check_sampling(steps: int | None = None, guidance: float | None = None, temp
         raise MelodyError(f"top_k must be a whole number ≥ 0 (0: keep every token), got {top_k}")
     if lm_guidance is not None and not (number(lm_guidance) and lm_guidance >= 0):
         raise MelodyError(f"lm_guidance must be a number ≥ 0 (1: no guidance), got {lm_guidance}")
-    if solver is not None and solver not in SOLVERS:
-        raise MelodyError(f"unknown DPD solver '{solver}'; choose one of: {', '.join(SOLVERS)}")
+    if solver is not None:
+        check_solver(solver)
 
 
 def tempo_fit_asks(prompts: list[str] | None, duration: float) -> list[float | None]:
