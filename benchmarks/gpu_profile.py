@@ -1,10 +1,13 @@
 """Where the sampling time of the `paper` shapes goes on a GPU: the semantic LM's time per token (fp32 weights, and
 the bf16 copy `semantic_lm.precision=bf16` samples from), eagerly and with its decode step replayed as a CUDA graph,
 with the operators that take it; and one DPD pass (fp32 and under bf16 autocast; the SRU through its fused kernel,
-through its step loop, and the GRU), eagerly and replayed as a CUDA graph. Random weights; times are medians after
-warm-up.
+through its step loop, and the GRU), eagerly and replayed as a CUDA graph. With `--compile`, also the LM's step and
+the DPD's pass through `torch.compile` before they are recorded (`semantic_lm.compile`, `dpd.compile`), with the
+operators of one compiled token step and pass. Random weights; times are medians after warm-up (the compilation
+happens in the warm-up call and is timed on its own as `..._compile_s`).
 
     python benchmarks/gpu_profile.py --out DIR        # writes DIR/gpu_profile.json and DIR/gpu_profile.txt
+    python benchmarks/gpu_profile.py --out DIR --compile --recurrences sru_fused --no-fp32
 """
 
 from __future__ import annotations
@@ -12,13 +15,14 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import torch  # noqa: E402
-from common import timed  # noqa: E402
+from common import sync, timed  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from melody.config import preset  # noqa: E402
@@ -45,6 +49,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--tokens", type=int, default=40)
     parser.add_argument("--preset", default="paper")
+    parser.add_argument("--compile", action="store_true", help="also the compiled LM step and DPD pass, recorded")
+    parser.add_argument("--recurrences", default="sru_fused,sru_loop,gru", help="the DPD variants, comma-separated")
+    parser.add_argument("--no-fp32", dest="fp32", action="store_false", help="bf16 only (the samplers' GPU precision)")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = preset(args.preset)
@@ -53,30 +60,43 @@ def main() -> None:
 
     lm = SemanticLM.from_config(cfg).to(device).eval()
     mulan = torch.randint(0, cfg.mulan.codebook_size, (1, lm.condition_length), device=device)
-    for name, model in (("fp32", lm), ("bf16", copy.deepcopy(lm).to(torch.bfloat16).eval())):
-        for graphs in (False, True):
-            def run(n, model=model, graphs=graphs):
+    lms = [("fp32", lm)] if args.fp32 else []
+    for name, model in lms + [("bf16", copy.deepcopy(lm).to(torch.bfloat16).eval())]:
+        for graphs, compiled in ((False, False), (True, False)) + (((True, True),) if args.compile else ()):
+            def run(n, model=model, graphs=graphs, compiled=compiled):
                 with torch.no_grad():
-                    generate(model, mulan, n, guidance=cfg.semantic_lm.guidance, graphs=graphs,
+                    generate(model, mulan, n, guidance=cfg.semantic_lm.guidance, graphs=graphs, compiled=compiled,
                              generator=torch.Generator(device).manual_seed(0))
+            label = f"lm_{name}{'_compiled' if compiled else ''}{'_graphed' if graphs else ''}"
+            if compiled:
+                clock = time.perf_counter()
+                run(4)
+                report[f"{label}_compile_s"] = time.perf_counter() - clock
             short, long = timed(lambda: run(4), 3, device.type), timed(lambda: run(4 + args.tokens), 3, device.type)
-            report[f"lm_{name}{'_graphed' if graphs else ''}_ms_per_token"] = (long - short) / args.tokens * 1e3
+            report[f"{label}_ms_per_token"] = (long - short) / args.tokens * 1e3
         text.append(operator_table(f"semantic LM, {name} weights, 12 tokens, eager", device, lambda model=model: generate(
             model, mulan, 12, guidance=cfg.semantic_lm.guidance, generator=torch.Generator(device).manual_seed(0))))
+        if args.compile:  # the compiled step, outside a graph, so that the profiler sees its kernels
+            text.append(operator_table(f"semantic LM, {name} weights, 12 tokens, compiled (not recorded)", device,
+                                       lambda model=model: generate(model, mulan, 12, guidance=cfg.semantic_lm.guidance,
+                                                                    compiled=True,
+                                                                    generator=torch.Generator(device).manual_seed(0))))
 
     dpd_report = {}
     frames = int(cfg.dpd.window_seconds * cfg.vae.sample_rate / torch.tensor(cfg.vae.strides).prod().item())
     tokens = torch.randint(0, cfg.tokenizer.codebook_size, (2, int(cfg.dpd.window_seconds * cfg.tokenizer.frame_rate)),
                            device=device)
-    for recurrence, fused in (("sru", True), ("sru", False), ("gru", False)):
+    variants = {"sru_fused": ("sru", True), "sru_loop": ("sru", False), "gru": ("gru", False)}
+    for label in args.recurrences.split(","):
+        recurrence, fused = variants[label]
         cfg.dpd.recurrence = recurrence
         fused_sru.enabled = fused
-        label = recurrence + ("_fused" if fused else "_loop" if recurrence == "sru" else "")
         dpd = DPD.from_config(cfg).to(device).eval()
         x, delta = torch.randn(2, frames, cfg.dpd.latent_dim, device=device), torch.full((2, frames), 0.7, device=device)
-        for precision in ("fp32", "bf16"):
+        for precision in ("fp32", "bf16") if args.fp32 else ("bf16",):
             # as the pipeline samples it: at bf16, a copy with bf16 linear weights under autocast (`dpd_at_precision`)
-            net = at_precision(dpd if precision == "fp32" else linears_in(dpd, torch.bfloat16), precision, device)
+            network = dpd if precision == "fp32" else linears_in(dpd, torch.bfloat16)
+            net = at_precision(network, precision, device)
             graphed = GraphedCalls(net)
             with torch.no_grad():
                 dpd_report[f"{label}_{precision}_s_per_pass"] = timed(lambda net=net: net(x, delta, tokens), 3, device.type)
@@ -86,6 +106,22 @@ def main() -> None:
                 text.append(operator_table(f"DPD pass, {label}, bf16 autocast, eager", device,
                                            lambda net=net: net(x, delta, tokens)))
             del graphed
+            if args.compile:  # as `dpd.compile` samples it: the network compiled, under the same autocast, recorded
+                compiled = at_precision(torch.compile(network, dynamic=False), precision, device)
+                with torch.no_grad():
+                    clock = time.perf_counter()
+                    compiled(x, delta, tokens)
+                    sync(device.type)
+                    dpd_report[f"{label}_{precision}_compiled_compile_s"] = time.perf_counter() - clock
+                    dpd_report[f"{label}_{precision}_compiled_s_per_pass"] = timed(lambda: compiled(x, delta, tokens), 3,
+                                                                                  device.type)
+                    graphed = GraphedCalls(compiled)
+                    dpd_report[f"{label}_{precision}_compiled_graphed_s_per_pass"] = timed(
+                        lambda g=graphed: g(x, delta, tokens), 3, device.type)
+                if recurrence == "sru" and precision == "bf16":
+                    text.append(operator_table(f"DPD pass, {label}, bf16 autocast, compiled (not recorded)", device,
+                                               lambda: compiled(x, delta, tokens)))
+                del graphed, compiled
         del dpd
     fused_sru.enabled = True
     report["dpd"] = dpd_report

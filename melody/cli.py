@@ -839,13 +839,16 @@ def bench_command(
     device: Annotated[str, typer.Option("--device", help="cpu or cuda[:N].")] = "cpu",
     out: Annotated[Path, typer.Option("--out", help="Report folder: bench.json, bench.md, bench.png.")] = Path("bench"),
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Print each run's steps.")] = True,
+    compile_: Annotated[bool, typer.Option("--compile", help="On a CUDA device: also time MeLoDy with both samplers "
+                                           "torch.compiled before their CUDA graphs are recorded.")] = False,
 ) -> None:
     """Forward passes, wall time, real-time factor, peak memory and roofline bounds per stage; MusicGen-small shapes beside."""
     from melody.eval.bench import run_bench, summary, write_bench_report
 
     report = run_bench(bundle, seconds or [10.0, 30.0], shapes or ["bundled"], threads, steps, device,
                        progress=(lambda line: typer.echo(line, err=True)) if progress else None,
-                       partial=lambda done: write_bench_report(done, out))  # the runs done so far survive a stop
+                       partial=lambda done: write_bench_report(done, out),  # the runs done so far survive a stop
+                       compile=compile_)
     paths = write_bench_report(report, out)
     typer.echo(summary(report))
     typer.echo("wrote " + ", ".join(str(p) for p in paths))

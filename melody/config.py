@@ -175,6 +175,9 @@ class SemanticLMConfig:
     # is what counts on a CPU); the sampler reads the logits in fp32.
     precision: str = "fp32"
     cuda_graphs: bool = True  # at sampling on a CUDA device: each token's step replayed as one CUDA graph
+    # at sampling: the token step through torch.compile (inductor), then recorded as above; costs a compilation
+    # at the first token (tens of seconds), so it pays where one process generates many clips (a server, a bench)
+    compile: bool = False
 
 
 @dataclass
@@ -202,6 +205,7 @@ class DPDConfig:
     window_seconds: float = 10.0  # sampling window (rotary positions and recurrence: any length works)
     precision: str = "fp32"  # the network at sampling: "fp32", or "bf16" autocast (the sampler's state stays fp32)
     cuda_graphs: bool = True  # at sampling on a CUDA device: each pass replayed as one CUDA graph (per input shape)
+    compile: bool = False  # at sampling: the pass through torch.compile (inductor) first, compiled once per input shape
 
 
 @dataclass

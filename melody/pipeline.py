@@ -481,7 +481,7 @@ class MeLoDy:
                                top_k=lm_cfg.top_k if top_k is None else int(top_k), top_p=lm_cfg.top_p,
                                guidance=lm_cfg.guidance if lm_guidance is None else lm_guidance,
                                generator=generator, window=window, stride=stride, tempo=self.tempo_tokens(prompts),
-                               graphs=self._device.type == "cuda" and lm_cfg.cuda_graphs)
+                               graphs=self._device.type == "cuda" and lm_cfg.cuda_graphs, compiled=lm_cfg.compile)
 
     def to(self, device: str | torch.device) -> MeLoDy:
         """Every stage moved to `device` ("cpu", "cuda", "cuda:1"); an unknown or absent device is one line."""
@@ -499,15 +499,28 @@ class MeLoDy:
         """The DPD as the samplers call it: at `dpd.precision`, and on a CUDA device with `dpd.cuda_graphs` through
         `GraphedCalls` (one CUDA graph per input shape and precision, recorded at its first call and kept with the
         model); otherwise the DPD itself under `at_precision`. Wrap it in a call counter, not the other way round:
-        a replay runs no Python inside."""
-        model = self.dpd_at_precision()
+        a replay runs no Python inside. With `dpd.compile` the network is `torch.compile`d first (`compiled_dpd`)."""
+        model = self.compiled_dpd() if self.cfg.dpd.compile else self.dpd_at_precision()
         if self._device.type != "cuda" or not self.cfg.dpd.cuda_graphs:
             return model
         graphs = self.__dict__.setdefault("_dpd_graphs", {})
-        key = (self.cfg.dpd.precision, self._device)
+        key = (self.cfg.dpd.precision, self._device, self.cfg.dpd.compile)
         if key not in graphs:
             graphs[key] = GraphedCalls(model)
         return graphs[key]
+
+    def compiled_dpd(self):
+        """`dpd_at_precision()` with its network through `torch.compile` (inductor; one compilation per input shape,
+        at its first call), kept per precision and device. Under autocast the compiled network is the bf16 copy, the
+        autocast context around it, as `dpd_at_precision` runs it."""
+        sampled = self.dpd_at_precision()
+        network = sampled.model if isinstance(sampled, _Autocast) else sampled
+        kept = self.__dict__.setdefault("_dpd_compiled", {})
+        key = (self.cfg.dpd.precision, next(self.dpd.parameters()).device)
+        if key not in kept or kept[key][0] is not network:
+            kept[key] = (network, torch.compile(network, dynamic=False))
+        compiled = kept[key][1]
+        return _Autocast(compiled, sampled.dtype, self._device) if isinstance(sampled, _Autocast) else compiled
 
     def dpd_at_precision(self):
         """The DPD as sampled at `dpd.precision`: itself in fp32; for bf16, under autocast, a copy whose linear layers

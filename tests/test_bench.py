@@ -202,6 +202,7 @@ def test_own_durations_limit_what_a_shape_set_runs():
     (("--shapes", "huge"), "unknown shape set 'huge'"),
     (("--threads", "0"), "--threads must be at least 1"),
     (("--steps", "5", "--steps", "0"), "--steps must be at least 1, got 0"),
+    (("--compile",), "--compile times the compiled samplers under CUDA graphs: give --device cuda"),
 ])
 def test_bench_cli_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
     line = one_line_error(melody_one_thread("bench", *args, "--out", str(tmp_path)))

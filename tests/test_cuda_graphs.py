@@ -92,6 +92,26 @@ def test_generate_keeps_its_decode_graph_on_the_lm_between_calls():
     assert not copy.deepcopy(lm)._decode_graphs  # a copy's graphs would replay on this LM's buffers
 
 
+def test_compiled_decode_samples_the_plain_paths_tokens_and_is_compiled_once():
+    """`compiled=True` on the CPU: the static step through torch.compile (inductor), eagerly on its buffers; its
+    windows' re-encoding and the cache's write position work as on the graph path."""
+    lm = tiny_lm()
+    m = torch.randint(0, CODES, (2, LEVELS), generator=torch.Generator().manual_seed(3))
+
+    def run(compiled: bool) -> torch.Tensor:
+        return generate(lm, m, 40, guidance=3.0, temperature=1.0, generator=torch.Generator().manual_seed(7),
+                        window=16, stride=8, compiled=compiled)
+
+    plain = run(False)
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(error_on_recompile=True):  # the step reads no host-side counter: one compilation
+        first, again = run(True), run(True)
+    assert torch.equal(first.tokens, plain.tokens) and torch.equal(again.tokens, plain.tokens)
+    assert (first.forward_passes, first.windows) == (40, 4)
+    (kept,) = lm._decode_graphs.values()
+    assert kept.compiled and not kept.step.recorded  # on the CPU: compiled, run eagerly
+
+
 def test_graphed_step_copies_inputs_in_and_outputs_out():
     calls = []
 
@@ -159,3 +179,36 @@ def test_recorded_dpd_pass_equals_the_eager_pass_at_every_shape():
             got = graphed(x, delta, tokens, drop=drop)
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     assert len(graphed.steps) == 2 and all(step.recorded for step in graphed.steps.values())
+
+
+@cuda
+def test_compiled_recorded_decode_replays_the_plain_decoders_tokens():
+    lm = tiny_lm(device="cuda")
+    m = torch.randint(0, CODES, (2, LEVELS), generator=torch.Generator().manual_seed(3)).cuda()
+    runs = [generate(lm, m, 40, guidance=3.0, temperature=1.0, generator=torch.Generator(device="cuda").manual_seed(7),
+                     window=16, stride=8, graphs=graphs, compiled=graphs) for graphs in (False, True)]
+    assert torch.equal(runs[1].tokens, runs[0].tokens)
+    (kept,) = lm._decode_graphs.values()
+    assert kept.compiled and kept.step.recorded
+
+
+@cuda
+def test_compiled_recorded_dpd_pass_equals_the_eager_pass():
+    """With the SRU's fused kernel (called between the compiled parts) and under bf16 autocast as the pipeline runs it."""
+    torch.manual_seed(0)
+    dpd = DPD(DPDConfig(hidden=64, blocks=2, segment_size=8, segment_hop=4, merge_factors=(2, 4), heads=4,
+                        roformer_layers=1, angle_dim=16), latent_dim=8, vocab_size=VOCAB).cuda().eval()
+    with torch.no_grad():
+        dpd.output.weight.normal_(0, 0.1)
+    x, delta = torch.randn(2, 40, 8, device="cuda"), torch.rand(2, 40, device="cuda")
+    tokens = torch.randint(0, VOCAB, (2, 10), device="cuda")
+    drop = torch.tensor([False, True], device="cuda")
+    graphed = GraphedCalls(torch.compile(dpd, dynamic=False))
+    with torch.no_grad():
+        want = dpd(x, delta, tokens, drop=drop)
+        torch.testing.assert_close(graphed(x, delta, tokens, drop=drop), want, atol=1e-4, rtol=1e-4)
+        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+            want = dpd(x, delta, tokens, drop=drop).float()
+            got = graphed(x, delta, tokens, drop=drop).float()
+        torch.testing.assert_close(got, want, atol=2e-2, rtol=2e-2)
+    assert all(step.recorded for step in graphed.steps.values())

@@ -71,6 +71,20 @@ def test_rotary_is_roformer_eq34_on_adjacent_pairs():
     assert apply_rotary(x.bfloat16(), rotary_phases(d, m)).dtype == torch.bfloat16
 
 
+def test_rotary_in_real_form_under_compile_gives_the_complex_forms_numbers():
+    """Under torch.compile the phases are (cos, sin) pairs (inductor generates no code for complex numbers); the
+    rotation they give is Eq. 34's, compiled or not."""
+    torch.manual_seed(0)
+    d, m = 8, torch.arange(3, 8)
+    x = torch.randn(2, 5, d)
+    complex_form = rotary_phases(d, m)
+    real_form = torch.view_as_real(complex_form)  # (t, d/2, 2): what rotary_phases gives while compiling
+    assert not real_form.is_complex() and real_form.shape == (5, d // 2, 2)
+    torch.testing.assert_close(apply_rotary(x, real_form), apply_rotary(x, complex_form), atol=1e-6, rtol=0)
+    compiled = torch.compile(lambda x, m: apply_rotary(x, rotary_phases(d, m)), fullgraph=True, dynamic=False)
+    torch.testing.assert_close(compiled(x, m), apply_rotary(x, complex_form), atol=1e-6, rtol=0)
+
+
 @torch.no_grad()
 def test_causal_attention_ignores_future_tokens():
     torch.manual_seed(0)

@@ -22,7 +22,9 @@ inputs the hooks kept). Shape sets:
 
 On a CUDA device the counted run is eager (a CUDA graph's replay runs no forward hook), and the same generation
 then runs again with the samplers' CUDA graphs (`melody.cuda_graphs`), after one untimed run at the same duration
-that records them: its wall time, stage seconds, and whether its tokens equal the eager run's (`graphed`).
+that records them: its wall time, stage seconds, and whether its tokens equal the eager run's (`graphed`). With
+`compile`, once more with both samplers' networks through `torch.compile` before they are recorded (`compiled`; its
+untimed first run, which compiles and records, is reported as `record_s`).
 
 Per stage: the passes the pipeline reports, the passes the hooks saw and the formula's (a mismatch is
 listed in the report), wall seconds, RTF (seconds ÷ seconds of music), and the roofline bound
@@ -156,10 +158,11 @@ def _cpu_name() -> str:
 def run_bench(bundle: str | Path | None, seconds: list[float], shapes: list[str], threads: int,
               steps: int | list[int] | None = None,
               device: str = "cpu", musicgen_config: dict | None = None, progress: Callable[[str], None] | None = None,
-              partial: Callable[[dict], Any] | None = None) -> dict[str, Any]:
+              partial: Callable[[dict], Any] | None = None, compile: bool = False) -> dict[str, Any]:
     """The whole benchmark (module docstring) → the report dict. `musicgen_config`: a `MusicgenConfig.to_dict()` to
     run instead of MusicGen-small's (tests use a tiny one); `progress` gets one line per step of every run; `partial`
-    gets the report of the runs done so far after each one (so a long run stopped half way leaves those)."""
+    gets the report of the runs done so far after each one (so a long run stopped half way leaves those); `compile`:
+    on a CUDA device, MeLoDy's runs also time their samplers `torch.compile`d and recorded."""
     from melody.bundled import BUNDLE
 
     if not isinstance(threads, int) or threads < 1:
@@ -170,6 +173,8 @@ def run_bench(bundle: str | Path | None, seconds: list[float], shapes: list[str]
             raise MelodyError(f"--steps must be at least 1, got {count}")
     if not (device == "cpu" or device.startswith("cuda")):
         raise MelodyError(f"--device {device}: give cpu or cuda[:N]")
+    if compile and not device.startswith("cuda"):
+        raise MelodyError("--compile times the compiled samplers under CUDA graphs: give --device cuda")
     runs = [(name, secs, None if name.startswith("musicgen-small") else count)  # MusicGen has no DPD steps
             for name, secs in parse_runs(shapes, seconds) for count in step_counts]
     runs = list(dict.fromkeys(runs))
@@ -184,6 +189,7 @@ def run_bench(bundle: str | Path | None, seconds: list[float], shapes: list[str]
     if not given and any(name.startswith("musicgen-small") for name, _, _ in runs):
         musicgen_config = musicgen_small_config().to_dict()
     command = {"bundle": str(bundle), "seconds": seconds, "shapes": shapes, "threads": threads, "steps": steps, "device": device,
+               "compile": compile,
                "musicgen_config": "given by the caller" if given else "published musicgen-small sizes"}
     results: list[dict] = []
 
@@ -197,7 +203,7 @@ def run_bench(bundle: str | Path | None, seconds: list[float], shapes: list[str]
         tell(f"[{i}/{len(runs)}] {label}")
         musicgen = name.startswith("musicgen-small")  # musicgen-small or musicgen-small@bf16
         spec = {"task": "musicgen" if musicgen else "melody", "shapes": name, "seconds": secs,
-                "bundle": str(bundle), "steps": count, "threads": threads, "device": device,
+                "bundle": str(bundle), "steps": count, "threads": threads, "device": device, "compile": compile,
                 "musicgen_config": musicgen_config if musicgen else None}
         results.append(with_bounds({**_run_child(spec, label, threads, tell), "label": label}, machine))
         if partial is not None and i < len(runs):
@@ -276,10 +282,11 @@ def comparisons(runs: list[dict]) -> list[dict]:
     out = []
     for mg in (r for r in runs if r["model"] == "musicgen"):
         for r in (r for r in runs if r["model"] == "melody" and r["seconds"] == mg["seconds"]):
-            graphed = r.get("graphed")
+            graphed, compiled = r.get("graphed"), r.get("compiled")
             out.append({"seconds": r["seconds"], "melody": r["shapes"], "melody_steps": r["steps"], "musicgen": mg["shapes"],
                         "time_ratio": mg["wall_s"] / r["wall_s"], "passes_ratio": mg["total_passes"] / r["total_passes"],
                         "time_ratio_graphed": mg["wall_s"] / graphed["wall_s"] if graphed else None,
+                        "time_ratio_compiled": mg["wall_s"] / compiled["wall_s"] if compiled and "wall_s" in compiled else None,
                         "musicgen_wall_s": mg["wall_s"], "melody_wall_s": r["wall_s"],
                         "musicgen_passes": mg["total_passes"], "melody_passes": r["total_passes"]})
     return out
@@ -398,6 +405,13 @@ def bench_melody(spec: dict, tell: Callable[[str], None]) -> dict:
     peak_rss = _peak_rss_mb()
     peak_gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     graphed = _graphed_run(model, seconds, steps, out, sync, tell) if device.type == "cuda" else None
+    compiled = None
+    if device.type == "cuda" and spec.get("compile"):
+        try:
+            compiled = _graphed_run(model, seconds, steps, out, sync, tell, compiled=True)
+        except Exception as err:  # noqa: BLE001 — a compiler failure is a finding of the run, not the end of it
+            compiled = {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300]}
+            tell(f"the compiled run failed: {compiled['error']}")
     tell("counting the FLOPs of one pass of each kind (DPD, text tower, VAE decoder)")
     # FLOPs from the fp32 DPD on the same inputs (the bf16 copy runs only under autocast; the FLOPs are the same)
     flops = {name: _kept_flops(model.dpd if name == "dpd" else networks[name], counter, name) for name in counter.inputs}
@@ -419,28 +433,34 @@ def bench_melody(spec: dict, tell: Callable[[str], None]) -> dict:
             "guidance": {"dpd": model.cfg.dpd.guidance, "semantic_lm": model.cfg.semantic_lm.guidance},
             "audio_seconds": out.audio.shape[-1] / out.sample_rate, "build_s": build_s, "warmup_s": warmup_s,
             "wall_s": wall, "rtf": wall / seconds, "other_s": wall - sum(s["seconds"] for s in stages.values()),
-            "peak_rss_mb": peak_rss, "peak_gpu_mb": peak_gpu, "stages": stages, "graphed": graphed,
+            "peak_rss_mb": peak_rss, "peak_gpu_mb": peak_gpu, "stages": stages, "graphed": graphed, "compiled": compiled,
             "total_passes": sum(s["hooked"] for s in stages.values()),
             "parameters": _parameters(model.mulan, *held, model.tokenizer, model.semantic_lm, model.dpd, model.vae),
             "left_out": []}
 
 
-def _graphed_run(model, seconds: float, steps: int, eager, sync: Callable[[], None], tell: Callable[[str], None]) -> dict:
+def _graphed_run(model, seconds: float, steps: int, eager, sync: Callable[[], None], tell: Callable[[str], None],
+                 compiled: bool = False) -> dict:
     """The same generation with the LM's token step and the DPD's pass replayed as CUDA graphs (`melody.cuda_graphs`):
     one untimed run at the same duration records them (both are kept with the model, as an application generating
-    more than once keeps them), then one timed run; its audio against the eager run's, same seed."""
+    more than once keeps them), then one timed run; its audio against the eager run's, same seed. `compiled`: both
+    networks through `torch.compile` before they are recorded (the untimed run compiles them: `record_s`)."""
     import torch
 
     model.cfg.dpd.cuda_graphs = model.cfg.semantic_lm.cuda_graphs = True
-    tell(f"CUDA graphs: recording at {seconds:g} s, then the timed run")
+    model.cfg.dpd.compile = model.cfg.semantic_lm.compile = compiled
+    tell(f"CUDA graphs{' of the compiled samplers' if compiled else ''}: recording at {seconds:g} s, then the timed run")
+    clock = time.perf_counter()
     model.generate([PROMPT], seconds, steps=steps, seed=0)
     sync()
+    record_s = time.perf_counter() - clock
     torch.cuda.reset_peak_memory_stats()
     clock = time.perf_counter()
     out = model.generate([PROMPT], seconds, steps=steps, seed=0)
     sync()
     wall = time.perf_counter() - clock
-    return {"wall_s": wall, "rtf": wall / seconds, "stage_seconds": out.seconds, "passes": out.forward_passes,
+    return {"wall_s": wall, "rtf": wall / seconds, "record_s": record_s, "stage_seconds": out.seconds,
+            "passes": out.forward_passes,
             "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20,
             "tokens_equal_eager": bool(torch.equal(out.semantic_tokens, eager.semantic_tokens)),
             "audio_max_abs_diff_eager": float((out.audio - eager.audio).abs().max())}
@@ -601,19 +621,23 @@ def markdown(report: dict) -> str:
     if graphed:
         lines += ["", "## With CUDA graphs (`melody.cuda_graphs`: the LM's token step and the DPD's pass replayed)", "",
                   "The runs above are eager, so that forward hooks count every pass; the same generation then ran with "
-                  "graphs, after one untimed run at the same duration recorded the DPD's.", "",
-                  "| run | wall s eager | wall s graphed | speed-up | LM s | DPD s | peak GPU MB | tokens = eager "
-                  "| audio max abs diff |", "|---|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['label']} | {r['wall_s']:.2f} | {g['wall_s']:.3f} | {r['wall_s'] / g['wall_s']:.1f}× "
+                  "graphs, after one untimed run at the same duration recorded them (its time: 'record s'). A "
+                  "'compiled' row: the same with both networks through `torch.compile` before they were recorded.", "",
+                  "| run | wall s eager | wall s graphed | speed-up | record s | LM s | DPD s | peak GPU MB | tokens = eager "
+                  "| audio max abs diff |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['label']}{' compiled' if kind == 'compiled' else ''} | {r['wall_s']:.2f} | {g['wall_s']:.3f} "
+                  f"| {r['wall_s'] / g['wall_s']:.1f}× | {g.get('record_s', math.nan):.1f} "
                   f"| {g['stage_seconds']['semantic_lm']:.3f} | {g['stage_seconds']['dpd']:.3f} | {g['peak_gpu_mb']:.0f} "
                   f"| {g['tokens_equal_eager']} | {g['audio_max_abs_diff_eager']:.2g} |"
-                  for r in graphed for g in [r["graphed"]]]
+                  for r in graphed for kind in ("graphed", "compiled") if r.get(kind) and "wall_s" in r[kind] for g in [r[kind]]]
+        lines += [f"\nThe compiled run of {r['label']} failed: {r['compiled']['error']}" for r in graphed
+                  if r.get("compiled") and "error" in r["compiled"]]
     if report["comparisons"]:
         lines += ["", "## MusicGen ÷ MeLoDy (this run)", "",
                   "| seconds | MusicGen shapes | MeLoDy shapes | DPD steps | time ratio | time ratio, MeLoDy with CUDA graphs "
-                  "| passes ratio |", "|---|---|---|---|---|---|---|"]
+                  "| time ratio, MeLoDy compiled and graphed | passes ratio |", "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {c['seconds']:g} | {c['musicgen']} | {c['melody']} | {c.get('melody_steps')} | {c['time_ratio']:.2f} ({c['musicgen_wall_s']:.2f} s ÷ "
-                  f"{c['melody_wall_s']:.2f} s) | {_f(c.get('time_ratio_graphed'))} "
+                  f"{c['melody_wall_s']:.2f} s) | {_f(c.get('time_ratio_graphed'))} | {_f(c.get('time_ratio_compiled'))} "
                   f"| {c['passes_ratio']:.2f} ({c['musicgen_passes']} ÷ {c['melody_passes']}) |"
                   for c in report["comparisons"]]
     lines += ["", "## The paper's Table 3 (forward passes) beside the measured counts", "",
@@ -645,7 +669,7 @@ def chart(report: dict, path: Path) -> Path:
     roles = list(dict.fromkeys(s["role"] for r in runs for s in r["stages"].values())) + ["other (sampling, glue)"]
     width = 0.8 / len(roles)
     fig, (left, right) = plt.subplots(1, 2, figsize=(max(8.0, 2.2 * len(runs) + 3), 4.4))
-    graphed = []  # (x, seconds) of a stage in a run's CUDA-graph rerun
+    graphed, compiled = [], []  # (x, seconds) of a stage in a run's CUDA-graph rerun, and in its compiled one
     for j, role in enumerate(roles):
         xs, passes, secs, bounds = [], [], [], []
         for i, r in enumerate(runs):
@@ -660,6 +684,9 @@ def chart(report: dict, path: Path) -> Path:
                     again = (r.get("graphed") or {}).get("stage_seconds", {}).get(name)
                     if again is not None:
                         graphed.append((xs[-1], max(again, 1e-4)))
+                    again = (r.get("compiled") or {}).get("stage_seconds", {}).get(name)
+                    if again is not None:
+                        compiled.append((xs[-1], max(again, 1e-4)))
         if role != roles[-1]:
             left.bar(xs, passes, width, label=role, color=f"C{j}")
         right.bar(xs, secs, width, label=role, color=f"C{j}" if role != roles[-1] else "0.6")
@@ -669,6 +696,8 @@ def chart(report: dict, path: Path) -> Path:
     right.plot([], [], "k-", lw=1.5, label="roofline bound")
     if graphed:
         right.plot(*zip(*graphed), "D", mfc="white", mec="k", ms=4, ls="none", label="with CUDA graphs")
+    if compiled:
+        right.plot(*zip(*compiled), "*", mfc="gold", mec="k", ms=6, ls="none", label="compiled, with CUDA graphs")
     labels = [r["label"] for r in runs]
     for ax, title in ((left, "forward passes per stage"), (right, "wall seconds per stage")):
         ax.set_yscale("log")
@@ -697,8 +726,11 @@ def summary(report: dict) -> str:
     lines += [f"mismatch: {x}" for x in report["mismatches"]]
     lines += [f"{r['label']} with CUDA graphs: {r['graphed']['wall_s']:.3f} s wall (tokens as eager: "
               f"{r['graphed']['tokens_equal_eager']})" for r in report["runs"] if r.get("graphed")]
+    lines += [f"{r['label']} compiled, with CUDA graphs: {r['compiled']['wall_s']:.3f} s wall (compiling and recording "
+              f"{r['compiled']['record_s']:.1f} s)" for r in report["runs"] if r.get("compiled") and "wall_s" in r["compiled"]]
     lines += [f"{c['musicgen']} ÷ MeLoDy ({c['melody']}, {c.get('melody_steps')} steps, {c['seconds']:g} s): time {c['time_ratio']:.2f}×"
               + (f" ({c['time_ratio_graphed']:.2f}× with graphs)" if c.get("time_ratio_graphed") else "")
+              + (f" ({c['time_ratio_compiled']:.2f}× compiled)" if c.get("time_ratio_compiled") else "")
               + f", passes {c['passes_ratio']:.2f}×"
               for c in report["comparisons"]]
     lines += [f"Table 3 at {t['seconds']:g} s: MusicLM {t['musiclm']:,.0f}, MeLoDy {t['melody']:,.0f} passes → "

@@ -75,6 +75,9 @@ def usable(x: torch.Tensor) -> bool:
     return enabled and x.is_cuda and not torch.is_grad_enabled() and 3 * x.numel() < 2**31 and _triton() is not None
 
 
+# a compiled DPD (`dpd.compile`) calls the kernel as it is, between its compiled parts: dynamo would otherwise trace
+# into the cached kernel factory
+@torch.compiler.disable
 def sru_unit(u: torch.Tensor, x: torch.Tensor, v: torch.Tensor, b: torch.Tensor, reverse: bool = False) -> torch.Tensor:
     """One SRU direction after its matmul: u `(n, K, 3h)` = W x, x `(n, K, h)`, v and b `(2, h)` ([f; r]) →
     h `(n, K, h)` float32. The module docstring gives the equations."""

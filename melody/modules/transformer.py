@@ -101,6 +101,10 @@ def rotary_phases(head_dim: int, positions: torch.Tensor, base: float = 10000.0)
     """
     theta = base ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
     angles = positions.to(torch.float32)[:, None] * theta[None, :]  # (t, d/2)
+    if torch.compiler.is_compiling():
+        # inductor generates no code for complex numbers (it would call eager kernels); the real form of the same
+        # phases, (cos mθ_j, sin mθ_j) `(t, d/2, 2)`, fuses with the rotation into one kernel
+        return torch.stack((angles.cos(), angles.sin()), dim=-1)
     return torch.polar(torch.ones_like(angles), angles)
 
 
@@ -108,8 +112,13 @@ def apply_rotary(x: torch.Tensor, phases: torch.Tensor) -> torch.Tensor:
     """R_Θ,m x (RoFormer Eq. 34): each adjacent pair (x_2j, x_2j+1), read as the complex number x_2j + i x_2j+1, times
     e^{i m θ_j}, i.e. (x_2j cos mθ_j − x_2j+1 sin mθ_j, x_2j sin mθ_j + x_2j+1 cos mθ_j). x `(..., t, d)`, phases
     `(t, d/2)` (`rotary_phases`); computed in float32 and returned in x's dtype. One complex product, where the
-    real-valued form of Eq. 34 takes five kernels: a decode step runs this in every layer."""
+    real-valued form of Eq. 34 takes five kernels: a decode step runs this in every layer. Under `torch.compile`
+    the phases come as real (cos, sin) pairs `(t, d/2, 2)` and Eq. 34 is written out, which inductor fuses."""
     pairs = x.float().unflatten(-1, (-1, 2))
+    if not phases.is_complex():
+        re, im = pairs.unbind(-1)
+        cos, sin = phases.unbind(-1)
+        return torch.stack((re * cos - im * sin, re * sin + im * cos), dim=-1).flatten(-2).to(x.dtype)
     if pairs.stride(-1) != 1 or pairs.storage_offset() % 2 or any(step % 2 for step in pairs.stride()[:-1]):
         pairs = pairs.contiguous()  # complex views need whole pairs in memory
     pairs = torch.view_as_complex(pairs)
@@ -202,7 +211,7 @@ class StaticKVCache:
     keys, values: `(b, heads, capacity, head_dim)`, keys already rotated; `position`: `()` long tensor, the
     slots written so far (the next token's slot, and its rotary position: windows start at 0), advanced on the
     device, so a captured step moves it on at each replay. `filled` mirrors `position` for calls made eagerly
-    (a replay does not update it); `reset()` empties the cache for a new window.
+    (a replay or a `torch.compile`d call does not update it); `reset()` empties the cache for a new window.
     """
 
     def __init__(self, batch: int, heads: int, capacity: int, head_dim: int, dtype: torch.dtype,
@@ -224,7 +233,9 @@ class StaticKVCache:
     def positions(self, t_new: int) -> torch.Tensor:
         """The slots `(t_new,)` of the next t_new tokens, which are their rotary positions too, from the device-side
         write position."""
-        if self.filled + t_new > self.capacity:  # checked for eager calls; a replayed step is sized by its caller
+        # checked for eager calls; a replayed or compiled step is sized by its caller (a compiled step reading `filled`
+        # would be recompiled for each value of it)
+        if not torch.compiler.is_compiling() and self.filled + t_new > self.capacity:
             raise ValueError(f"the static KV cache holds {self.capacity} tokens; {self.filled} + {t_new} do not fit")
         return self.position + self.slots[:t_new]
 
@@ -242,7 +253,8 @@ class StaticKVCache:
         # a query sees the slots written before it (and itself when causal); every written slot otherwise
         allowed = j[None, :] <= slots[:, None] if causal else (j < self.position + t_new).expand(t_new, -1)
         self.position += t_new
-        self.filled += t_new
+        if not torch.compiler.is_compiling():  # as a replay, a compiled step leaves the host's mirror alone
+            self.filled += t_new
         return self.keys, self.values, rearrange(allowed, "q k -> 1 1 q k")
 
 

@@ -108,6 +108,27 @@ class DecodeGraph:
 
     cache: SemanticLMCache
     step: GraphedStep | None = None
+    compiled: bool = False  # the step goes through `torch.compile` before it is recorded
+
+    def record(self, token: torch.Tensor, lm: SemanticLM) -> GraphedStep:
+        """The step `token (b, 1) → scores (b, V)` over this cache, recorded with `token`'s shape (the cache's write
+        position is put back after the recording's warm-up calls)."""
+        filled = self.cache.length
+
+        def rewind() -> None:
+            for layer in self.cache.layers:
+                layer.position.fill_(filled)
+                layer.filled = filled
+
+        def step(t: torch.Tensor) -> torch.Tensor:
+            return lm.step_scores(t, self.cache.layers)[:, -1]
+
+        if self.compiled:
+            # inductor fuses each layer's norms, rotary and residual adds into a few kernels: what a recorded step is
+            # bound by at `paper` shapes is its count of small kernels, not arithmetic (README, "On a GPU")
+            step = torch.compile(step, dynamic=False)
+        self.step = GraphedStep(step, (token,), rewind)
+        return self.step
 
 
 DECODE_GRAPHS_KEPT = 4
@@ -121,17 +142,18 @@ class _DecodeGraphs(OrderedDict):
         return _DecodeGraphs()
 
 
-def decode_graph(lm: SemanticLM, batch: int, window: int) -> DecodeGraph:
+def decode_graph(lm: SemanticLM, batch: int, window: int, compiled: bool = False) -> DecodeGraph:
     """The `DecodeGraph` for `batch` rows and windows of `window` tokens, kept on `lm` between calls (at most
     `DECODE_GRAPHS_KEPT`, least recently used dropped): recording costs a few steps' time, which a call of 250 tokens
     at `paper` shapes noticed, and the cache's buffers are reset, not reallocated, for each window. Keyed by the LM's
-    dtype and device too, since a graph replays the kernels and addresses it recorded."""
+    dtype and device too, since a graph replays the kernels and addresses it recorded, and by whether its step is
+    `torch.compile`d (`compiled`)."""
     kept = lm.__dict__.setdefault("_decode_graphs", _DecodeGraphs())
-    key = (batch, window, lm.bos.dtype, lm.bos.device)
+    key = (batch, window, lm.bos.dtype, lm.bos.device, compiled)
     if key not in kept:
         while len(kept) >= DECODE_GRAPHS_KEPT:
             kept.popitem(last=False)
-        kept[key] = DecodeGraph(lm.new_static_cache(batch, window))
+        kept[key] = DecodeGraph(lm.new_static_cache(batch, window), compiled=compiled)
     kept.move_to_end(key)
     return kept[key]
 
@@ -151,7 +173,7 @@ def generate(lm: SemanticLM, mulan_tokens: torch.Tensor | None, n_tokens: int, p
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, guidance: float = 1.0,
              generator: torch.Generator | Sequence[torch.Generator] | None = None, window: int = 250, stride: int = 125,
              callback: Callable[[dict], None] | None = None, tempo: torch.Tensor | None = None,
-             graphs: bool = False) -> GenerateResult:
+             graphs: bool = False, compiled: bool = False) -> GenerateResult:
     """Ancestral sampling of `n_tokens` semantic tokens with a KV cache, guidance and sliding windows.
 
     mulan_tokens `(b, L)` long (None: unconditional, one row unless `prefix` gives b); prefix `(b, P)`
@@ -159,6 +181,7 @@ def generate(lm: SemanticLM, mulan_tokens: torch.Tensor | None, n_tokens: int, p
     tempo given), part of the condition that guidance strengthens. `callback` gets {"i", "token" (b,), "window"} after every token. The
     caller puts `lm` in eval mode. `graphs`: decode from a `StaticKVCache` through a `GraphedStep`, one CUDA graph
     replayed per token on a CUDA device (`melody.cuda_graphs`); elsewhere the same static path runs eagerly.
+    `compiled`: that static step through `torch.compile` first (on any device; the first token pays the compilation).
     """
     if n_tokens < 0:
         raise MelodyError(f"cannot generate {n_tokens} tokens; ask for 0 or more")
@@ -186,7 +209,7 @@ def generate(lm: SemanticLM, mulan_tokens: torch.Tensor | None, n_tokens: int, p
         logits = logits.float()
         return cfg_logits(*logits.chunk(2), guidance) if guided else logits
 
-    slot = decode_graph(lm, rows * b, window) if graphs else None
+    slot = decode_graph(lm, rows * b, window, compiled) if graphs or compiled else None
     static = None if slot is None else slot.cache
 
     def fresh_cache():
@@ -199,16 +222,8 @@ def generate(lm: SemanticLM, mulan_tokens: torch.Tensor | None, n_tokens: int, p
     def feed(token: torch.Tensor) -> torch.Tensor:  # (rows·b, 1) → the next token's scores (rows·b, V)
         if static is None:
             return lm(None, token, cache=cache).next_logits
-        if slot.step is None:
-            filled = static.length
-
-            def rewind() -> None:  # undo the recording's warm-up calls
-                for layer in static.layers:
-                    layer.position.fill_(filled)
-                    layer.filled = filled
-
-            slot.step = GraphedStep(lambda t: lm.step_scores(t, static.layers)[:, -1], (token,), rewind)
-        return slot.step(token)
+        step = slot.step or slot.record(token, lm)
+        return step(token)
 
     # a window: [condition | BOS | content] from a fresh cache, in one pass
     cache = fresh_cache()
