@@ -31,6 +31,7 @@ from melody.dpd import DPD  # noqa: E402
 from melody.modules import fused_sru  # noqa: E402
 from melody.io import write_json_atomic, write_text_atomic  # noqa: E402
 from melody.pipeline import at_precision, linears_in  # noqa: E402
+from melody.runtime import stacked_gates  # noqa: E402
 from melody.semantic.lm import SemanticLM  # noqa: E402
 from melody.semantic.sampling import generate  # noqa: E402
 
@@ -61,7 +62,8 @@ def main() -> None:
     lm = SemanticLM.from_config(cfg).to(device).eval()
     mulan = torch.randint(0, cfg.mulan.codebook_size, (1, lm.condition_length), device=device)
     lms = [("fp32", lm)] if args.fp32 else []
-    for name, model in lms + [("bf16", copy.deepcopy(lm).to(torch.bfloat16).eval())]:
+    # the bf16 copy as the pipeline samples from it on a GPU (`MeLoDy.lm_at_precision`)
+    for name, model in lms + [("bf16", stacked_gates(copy.deepcopy(lm).to(torch.bfloat16).eval()))]:
         for graphs, compiled in ((False, False), (True, False)) + (((True, True),) if args.compile else ()):
             def run(n, model=model, graphs=graphs, compiled=compiled):
                 with torch.no_grad():

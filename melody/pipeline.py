@@ -51,7 +51,7 @@ from melody.diffusion import (SCHEDULES, angles_from_steps, check_solver, contin
 from melody.dpd import DPD
 from melody.errors import MelodyError
 from melody.mulan import MuLan
-from melody.runtime import few_row_linears
+from melody.runtime import few_row_linears, stacked_gates
 from melody.semantic.lm import SemanticLM, stretch_tokens, tempo_bucket, window_and_stride
 from melody.semantic.sampling import generate as generate_tokens
 from melody.semantic.tokenizer import SemanticTokenizer
@@ -539,7 +539,8 @@ class MeLoDy:
     def lm_at_precision(self):
         """The semantic LM at `semantic_lm.precision`: itself in fp32, else a copy in that dtype, made once per device
         and kept (the fp32 weights stay as they are, so switching back loses nothing; moving the LM to another device
-        makes a new copy there, rather than sampling from a copy left on the old one)."""
+        makes a new copy there, rather than sampling from a copy left on the old one). The copy's linear layers are
+        `FewRowLinear`s on a CPU; on a GPU its SwiGLUs' W1 and W3 are one product (`stacked_gates`)."""
         dtype = precision_dtype(self.cfg.semantic_lm.precision)
         if dtype is None:
             return self.semantic_lm
@@ -547,7 +548,7 @@ class MeLoDy:
         key = (dtype, self.semantic_lm.bos.device)
         if key not in copies:
             lm = copy.deepcopy(self.semantic_lm).to(dtype).eval()
-            copies[key] = few_row_linears(lm) if key[1].type == "cpu" else lm
+            copies[key] = few_row_linears(lm) if key[1].type == "cpu" else stacked_gates(lm)
         return copies[key]
 
     def tempo_tokens(self, prompts: list[str] | None) -> torch.Tensor | None:

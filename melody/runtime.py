@@ -71,6 +71,18 @@ class FewRowLinear(nn.Linear):
         return out.reshape(*x.shape[:-1], self.out_features)
 
 
+def stacked_gates(model: nn.Module) -> nn.Module:
+    """`model` with each SwiGLU's W1 and W3 stacked into one layer, in place (for a GPU sampling copy of a decoding LM:
+    `SwiGLU.stack_gate_and_value`). On a CPU a token's pass is bound by the weight bytes it streams, which this does
+    not change, so the CPU's copy keeps them apart (and its sampled tokens as they were)."""
+    from melody.modules.transformer import SwiGLU
+
+    for module in model.modules():
+        if isinstance(module, SwiGLU):
+            module.stack_gate_and_value()
+    return model
+
+
 def few_row_linears(model: nn.Module) -> nn.Module:
     """`model` with every plain `nn.Linear` made a `FewRowLinear`, in place (for a sampling copy of a decoding LM)."""
     for module in model.modules():

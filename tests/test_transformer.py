@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -69,6 +71,32 @@ def test_rotary_is_roformer_eq34_on_adjacent_pairs():
     torch.testing.assert_close(apply_rotary(qkv[:2].transpose(1, 2), rotary_phases(d, m)),
                                apply_rotary(qkv[:2].transpose(1, 2).contiguous(), rotary_phases(d, m)))
     assert apply_rotary(x.bfloat16(), rotary_phases(d, m)).dtype == torch.bfloat16
+
+
+def test_stacked_gate_and_value_give_the_same_block_output_and_lm_tokens():
+    """A GPU sampling copy's SwiGLUs compute W1 x and W3 x as one product ([W1; W3] x): the same numbers."""
+    from melody.config import SemanticLMConfig
+    from melody.runtime import stacked_gates
+    from melody.semantic.lm import SemanticLM
+    from melody.semantic.sampling import generate
+
+    net = tiny()
+    x = torch.randn(2, 7, DIM)
+    with torch.no_grad():
+        want = net(x)
+        stacked_gates(net)
+        got = net(x)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    ff = net.blocks[0].ff
+    assert not hasattr(ff, "w1") and not hasattr(ff, "w3") and ff.w13.weight.shape == (2 * ff.w2.in_features, DIM)
+    assert "blocks.0.ff.w13.weight" in net.state_dict()
+
+    torch.manual_seed(0)
+    lm = SemanticLM(SemanticLMConfig(dim=32, depth=2, heads=4), 50, 3, 16).eval()
+    m = torch.randint(0, 16, (2, 3), generator=torch.Generator().manual_seed(3))
+    runs = [generate(model, m, 30, guidance=3.0, generator=torch.Generator().manual_seed(7), window=16, stride=8).tokens
+            for model in (lm, stacked_gates(copy.deepcopy(lm)))]
+    assert torch.equal(runs[0], runs[1])
 
 
 def test_rotary_in_real_form_under_compile_gives_the_complex_forms_numbers():
