@@ -34,16 +34,16 @@ class GraphedStep:
     """`fn(*inputs) → tensor`, recorded once as a CUDA graph for inputs shaped like `example` and replayed.
 
     `rewind()` (optional) is called after the warm-up calls, to undo what they changed in the state `fn` reads.
-    Inputs not on a CUDA device: `fn` runs eagerly on the static buffers (`recorded` is False).
+    Inputs not on a CUDA device, or `record=False`: `fn` runs eagerly on the static buffers (`recorded` is False).
     """
 
     def __init__(self, fn: Callable[..., torch.Tensor], example: tuple[torch.Tensor, ...],
-                 rewind: Callable[[], None] | None = None) -> None:
+                 rewind: Callable[[], None] | None = None, record: bool = True) -> None:
         self.fn = fn
         self.inputs = tuple(x.detach().clone() for x in example)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.output: torch.Tensor | None = None
-        if all(x.device.type == "cuda" for x in self.inputs) and self.inputs:
+        if record and all(x.device.type == "cuda" for x in self.inputs) and self.inputs:
             self._record(rewind)
 
     @property

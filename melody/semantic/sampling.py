@@ -108,11 +108,12 @@ class DecodeGraph:
 
     cache: SemanticLMCache
     step: GraphedStep | None = None
-    compiled: bool = False  # the step goes through `torch.compile` before it is recorded
+    compiled: bool = False  # the step goes through `torch.compile` first
+    graphs: bool = True  # the step is recorded as a CUDA graph (on a CUDA device)
 
     def record(self, token: torch.Tensor, lm: SemanticLM) -> GraphedStep:
-        """The step `token (b, 1) → scores (b, V)` over this cache, recorded with `token`'s shape (the cache's write
-        position is put back after the recording's warm-up calls)."""
+        """The step `token (b, 1) → scores (b, V)` over this cache, recorded with `token`'s shape where `graphs` (the
+        cache's write position is put back after the recording's warm-up calls)."""
         filled = self.cache.length
 
         def rewind() -> None:
@@ -127,7 +128,7 @@ class DecodeGraph:
             # inductor fuses each layer's norms, rotary and residual adds into a few kernels: what a recorded step is
             # bound by at `paper` shapes is its count of small kernels, not arithmetic (README, "On a GPU")
             step = torch.compile(step, dynamic=False)
-        self.step = GraphedStep(step, (token,), rewind)
+        self.step = GraphedStep(step, (token,), rewind, record=self.graphs)
         return self.step
 
 
@@ -142,18 +143,18 @@ class _DecodeGraphs(OrderedDict):
         return _DecodeGraphs()
 
 
-def decode_graph(lm: SemanticLM, batch: int, window: int, compiled: bool = False) -> DecodeGraph:
+def decode_graph(lm: SemanticLM, batch: int, window: int, compiled: bool = False, graphs: bool = True) -> DecodeGraph:
     """The `DecodeGraph` for `batch` rows and windows of `window` tokens, kept on `lm` between calls (at most
     `DECODE_GRAPHS_KEPT`, least recently used dropped): recording costs a few steps' time, which a call of 250 tokens
     at `paper` shapes noticed, and the cache's buffers are reset, not reallocated, for each window. Keyed by the LM's
     dtype and device too, since a graph replays the kernels and addresses it recorded, and by whether its step is
-    `torch.compile`d (`compiled`)."""
+    `torch.compile`d (`compiled`) and recorded (`graphs`)."""
     kept = lm.__dict__.setdefault("_decode_graphs", _DecodeGraphs())
-    key = (batch, window, lm.bos.dtype, lm.bos.device, compiled)
+    key = (batch, window, lm.bos.dtype, lm.bos.device, compiled, graphs)
     if key not in kept:
         while len(kept) >= DECODE_GRAPHS_KEPT:
             kept.popitem(last=False)
-        kept[key] = DecodeGraph(lm.new_static_cache(batch, window), compiled=compiled)
+        kept[key] = DecodeGraph(lm.new_static_cache(batch, window), compiled=compiled, graphs=graphs)
     kept.move_to_end(key)
     return kept[key]
 
@@ -181,7 +182,8 @@ def generate(lm: SemanticLM, mulan_tokens: torch.Tensor | None, n_tokens: int, p
     tempo given), part of the condition that guidance strengthens. `callback` gets {"i", "token" (b,), "window"} after every token. The
     caller puts `lm` in eval mode. `graphs`: decode from a `StaticKVCache` through a `GraphedStep`, one CUDA graph
     replayed per token on a CUDA device (`melody.cuda_graphs`); elsewhere the same static path runs eagerly.
-    `compiled`: that static step through `torch.compile` first (on any device; the first token pays the compilation).
+    `compiled`: that static step through `torch.compile` first (on any device; the first token pays the compilation),
+    recorded only with `graphs`.
     """
     if n_tokens < 0:
         raise MelodyError(f"cannot generate {n_tokens} tokens; ask for 0 or more")
@@ -209,7 +211,7 @@ def generate(lm: SemanticLM, mulan_tokens: torch.Tensor | None, n_tokens: int, p
         logits = logits.float()
         return cfg_logits(*logits.chunk(2), guidance) if guided else logits
 
-    slot = decode_graph(lm, rows * b, window, compiled) if graphs or compiled else None
+    slot = decode_graph(lm, rows * b, window, compiled, graphs) if graphs or compiled else None
     static = None if slot is None else slot.cache
 
     def fresh_cache():
