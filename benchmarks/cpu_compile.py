@@ -1,7 +1,9 @@
 """`torch.compile` for the samplers on a CPU (`semantic_lm.compile`, `dpd.compile`): the bundled model generating 10 s,
 plain and compiled, alternated in one process since this machine's speed drifts between runs. The first compiled
 round pays the compilation (timed on its own); the rounds after it are what a process generating many clips sees.
-Writes benchmarks/results/cpu-compile/compile.json.
+Then `stream` (5 s chunks), plain and compiled on two copies of the bundle, chunk by chunk alternated: each chunk's
+wall time (the compiled stream's first chunks wait for its compilations). Writes
+benchmarks/results/cpu-compile/compile.json.
 
     .venv/bin/python benchmarks/cpu_compile.py --rounds 5 --threads 2
 """
@@ -27,8 +29,13 @@ PROMPT = "an upbeat funk groove with slap bass"
 
 
 def main() -> None:
-    args, load_start = alternated_run(__doc__, 5, RESULTS, lambda p: p.add_argument("--seconds", type=float, default=10.0))
-    model = MeLoDy.from_pretrained(Path(__file__).resolve().parents[1] / "melody" / "bundled")
+    def options(parser) -> None:
+        parser.add_argument("--seconds", type=float, default=10.0)
+        parser.add_argument("--chunks", type=int, default=8, help="stream chunks of 5 s (0: no stream)")
+
+    args, load_start = alternated_run(__doc__, 5, RESULTS, options)
+    bundle = Path(__file__).resolve().parents[1] / "melody" / "bundled"
+    model = MeLoDy.from_pretrained(bundle)
 
     def run(compiled: bool):
         model.cfg.semantic_lm.compile = model.cfg.dpd.compile = compiled
@@ -56,8 +63,28 @@ def main() -> None:
             "audio_max_abs_diff": float((outs["plain"].audio - outs["compiled"].audio).abs().max()),
             "first_compiled_equals_later": bool(torch.equal(first.audio, outs["compiled"].audio))}
     print({k: data[k] for k in ("first_compiled_call_s", "median_wall_s", "speedup", "same_tokens", "audio_max_abs_diff")})
+    if args.chunks:
+        data["stream"] = stream_chunks(bundle, args.chunks)
+        print(data["stream"])
     write_json_atomic(args.out, {**data, **machine("cpu", args.threads, load_start)})
     print(f"wrote {args.out}")
+
+
+def stream_chunks(bundle: Path, chunks: int) -> dict:
+    """Per-chunk wall seconds of `stream`, plain and compiled, alternated; medians from the third chunk on."""
+    streams, walls, last = {}, {"plain": [], "compiled": []}, {}
+    for way in walls:
+        copy = MeLoDy.from_pretrained(bundle)
+        copy.cfg.semantic_lm.compile = copy.cfg.dpd.compile = way == "compiled"
+        streams[way] = copy.stream([PROMPT] * chunks, 5.0, seed=0)
+    for _ in range(chunks):
+        for way, stream in streams.items():
+            clock = time.perf_counter()
+            last[way] = next(stream)
+            walls[way].append(round(time.perf_counter() - clock, 3))
+    return {"chunk_seconds": 5.0, "chunk_wall_s": walls,
+            "median_from_third_chunk_s": {w: statistics.median(v[2:]) for w, v in walls.items()},
+            "last_chunk_max_abs_diff": float((last["plain"] - last["compiled"]).abs().max())}
 
 
 if __name__ == "__main__":

@@ -255,6 +255,9 @@ SolverOpt = Annotated[Optional[str], typer.Option("--solver", help="DPD sampler:
 LMGuidanceOpt = Annotated[Optional[float], typer.Option("--lm-guidance", help="Semantic LM classifier-free guidance "
                                                         "(default: the bundle's, 3; 1 is none).")]
 PlotOpt = Annotated[bool, typer.Option("--plot", help="Also write a spectrogram PNG beside the audio.")]
+CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the semantic LM's token step and the DPD's "
+                                          "pass: the first chunks wait for the compilation (about a minute on 2 CPU "
+                                          "cores, less once inductor's cache holds it), the later ones come faster.")]
 ShowProgress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar over the stages.")]
 
 
@@ -279,13 +282,15 @@ class _StageBar:
         self.bar.close()
 
 
-def _melody(bundle: Optional[Path], solver: Optional[str] = None):
+def _melody(bundle: Optional[Path], solver: Optional[str] = None, compile_: bool = False):
     from melody.bundled import BUNDLE
     from melody.pipeline import MeLoDy
 
     model = MeLoDy.from_pretrained(bundle or BUNDLE)
     if solver is not None:
         model.cfg.dpd.solver = solver
+    if compile_:
+        model.cfg.semantic_lm.compile = model.cfg.dpd.compile = True
     return model
 
 
@@ -470,7 +475,7 @@ def stream_command(
     steps: StepsOpt = None, guidance: GuidanceOpt = None, seed: SeedOpt = 0,
     temperature: TemperatureOpt = None, top_k: TopKOpt = None, lm_guidance: LMGuidanceOpt = None,
     solver: SolverOpt = None,
-    bundle: BundleOpt = None, progress: ShowProgress = True,
+    bundle: BundleOpt = None, progress: ShowProgress = True, compile_: CompileOpt = False,
 ) -> None:
     """Music that follows a story: one chunk per line of --prompts, each continuing the last without a seam."""
     import numpy as np
@@ -488,7 +493,7 @@ def stream_command(
     pcm_out = sys.stdout.buffer
     # With --out -, stdout carries nothing but PCM: whatever else anything prints goes to stderr.
     with contextlib.redirect_stdout(sys.stderr) if out == "-" else contextlib.nullcontext():
-        model = _melody(bundle, solver)
+        model = _melody(bundle, solver, compile_)
         from tqdm.auto import tqdm
 
         rate, pieces = model.vae.cfg.sample_rate, []

@@ -30,7 +30,8 @@ def generation_record(model, output, row: int = 0, **fields) -> dict:
     return {**fields, "sample_rate": output.sample_rate, "forward_passes": output.forward_passes,
             "seconds": {k: round(v, 4) for k, v in output.seconds.items()}, "melody": __version__,
             "config": {"dpd": {"steps": model.cfg.dpd.steps, "guidance": model.cfg.dpd.guidance,
-                               "precision": model.cfg.dpd.precision},
+                               "precision": model.cfg.dpd.precision, "compile": model.cfg.dpd.compile},
                        "semantic_lm": {"guidance": model.cfg.semantic_lm.guidance,
                                        "temperature": model.cfg.semantic_lm.temperature,
-                                       "precision": model.cfg.semantic_lm.precision}}}
+                                       "precision": model.cfg.semantic_lm.precision,
+                                       "compile": model.cfg.semantic_lm.compile}}}

@@ -126,6 +126,16 @@ def test_generate_in_bf16_says_so_in_its_record(bundle, tmp_path):  # noqa: F811
     assert config["dpd"]["precision"] == config["semantic_lm"]["precision"] == "bf16"
 
 
+def test_stream_compile_sets_both_samplers_to_compile(bundle):  # noqa: F811
+    """What `stream --compile` loads (the compiled samplers' music: tests/test_pipeline.py)."""
+    from melody.cli import _melody
+
+    model = _melody(bundle, None, True)
+    assert model.cfg.semantic_lm.compile and model.cfg.dpd.compile
+    plain = _melody(bundle)
+    assert not plain.cfg.semantic_lm.compile and not plain.cfg.dpd.compile
+
+
 def test_the_lm_sampling_options_reach_the_lm_and_the_sidecar(bundle, tmp_path):  # noqa: F811
     from melody.pipeline import MeLoDy
 

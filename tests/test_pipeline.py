@@ -330,3 +330,18 @@ def test_the_dpd_solver_is_the_bundles_choice_at_the_same_passes(bundle):
     model.cfg.dpd.solver = "euler"
     with pytest.raises(MelodyError, match="unknown DPD solver 'euler'"):
         model.generate(["funk"], 1.0, steps=2)
+
+
+def test_compiled_samplers_give_the_plain_music_and_are_kept(bundle):  # noqa: F811
+    """`semantic_lm.compile` and `dpd.compile` on the CPU: the LM's static step and the DPD through torch.compile
+    (inductor), the same tokens and, to the compiled sums' order, the same audio; a second clip reuses them."""
+    model = MeLoDy.from_pretrained(bundle)
+    plain = model.generate(["calm piano"], 1.0, seed=4)
+    model.cfg.semantic_lm.compile = model.cfg.dpd.compile = True
+    compiled = model.generate(["calm piano"], 1.0, seed=4)
+    assert torch.equal(compiled.semantic_tokens, plain.semantic_tokens)
+    torch.testing.assert_close(compiled.audio, plain.audio, atol=1e-4, rtol=0)
+    kept = model.compiled_dpd()
+    assert kept is not model.dpd_at_precision() and model.compiled_dpd() is kept  # compiled once, kept
+    again = model.generate(["calm piano"], 1.0, seed=4)
+    torch.testing.assert_close(again.audio, compiled.audio, atol=1e-6, rtol=0)
