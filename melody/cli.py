@@ -795,6 +795,8 @@ def eval_music(
                                         "pipeline), tokens (the DPD from each real clip's own semantic tokens: the LM "
                                         "left out) or vae (each real clip through the VAE), to tell which stage loses "
                                         "what the captions ask for.")] = "caption",
+    best_of: Annotated[int, typer.Option("--best-of", help="Each caption's music the best of N candidates by MuLan, as "
+                                         "`generate --best-of` (N times the generation).")] = 1,
     progress: ProgressOpt = True,
 ) -> None:
     """Generate music from the held-out clips' captions; FAD, MuLan cycle consistency, tag and tempo adherence vs the real clips.
@@ -820,7 +822,7 @@ def eval_music(
         report, examples = evaluate_music(model, data, split, seconds, limit, steps, guidance, seed, batch_size,
                                           bundle=str(baseline or bundle or BUNDLE), progress=bar.update,
                                           attribute_clips=attribute_clips, baseline=judged, fit_tempo=fit_tempo,
-                                          source=source)
+                                          source=source, best_of=best_of)
     paths = write_music_report(report, examples, out)
     typer.echo(summary(report))
     typer.echo("wrote " + ", ".join(str(p) for p in paths))

@@ -131,3 +131,26 @@ def test_the_report_says_whether_the_tempo_fit_was_on_and_the_baseline_has_none(
     assert "the tempo fit on" not in (out / "music_eval.md").read_text()
     with pytest.raises(MelodyError, match="baseline has no tempo fit"):
         evaluate_music(MeLoDy.from_pretrained(bundle), corpus, baseline=object(), fit_tempo=True)
+
+
+def test_best_of_draws_candidates_for_each_caption_and_says_so(evaluated, bundle):  # noqa: F811
+    """`--best-of 2`: each caption's music the pipeline's best of 2 (twice the generation passes), named in the report;
+    the other sources and the baseline refuse it in one line."""
+    from melody.errors import MelodyError
+    from melody.eval.music import evaluate_music, markdown
+
+    corpus, _, plain, _ = evaluated
+    model = MeLoDy.from_pretrained(bundle)
+    report, _ = evaluate_music(model, corpus, limit=4, seconds=1.0, steps=2, seed=3, batch_size=2, attribute_clips=0,
+                               best_of=2)
+    assert report.best_of == 2 and "the best of 2 candidates by MuLan" in markdown(report)
+    assert report.forward_passes["dpd"] == 2 * plain["forward_passes"]["dpd"]
+    assert report.forward_passes["semantic_lm"] == 2 * plain["forward_passes"]["semantic_lm"]
+    # candidate 0 is the plain run: a caption's best is at least as close to it by MuLan as the plain music
+    for best, one in zip(report.per_clip, plain["per_clip"], strict=True):
+        assert best.mcc_generated >= one["mcc_generated"] - 1e-6
+    for best_of, kwargs, message in ((2, {"source": "tokens"}, "--best-of go with --source caption"),
+                                     (2, {"baseline": object()}, "baseline draws one candidate"),
+                                     (0, {}, "--best-of 0: draw between 1 and")):
+        with pytest.raises(MelodyError, match=message):
+            evaluate_music(model, corpus, best_of=best_of, **kwargs)

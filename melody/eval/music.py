@@ -57,7 +57,7 @@ from melody.eval.attributes import (FEATURES, TRAIN_SPLIT, AttributeReport, scor
 from melody.eval.quality import (FADReport, cycle_consistency, disjoint_halves, fad_report, mulan_embeddings,
                                  musicnn_outputs, pair_cosines, prompt_bpm, tag_adherence, tempo_error, tempo_summary)
 from melody.io import write_json_atomic, write_text_atomic
-from melody.pipeline import MeLoDy
+from melody.pipeline import MAX_BEST_OF, MeLoDy
 
 MIN_CLIPS = 4  # two real halves of at least 2 clips each: a covariance needs 2
 BATCH_SIZE = 4  # prompts per `generate` call
@@ -139,6 +139,7 @@ class MusicReport:
     corpus_digest: str | None = None
     fit_tempo: bool = False  # the pipeline's tempo fit was on (`MeLoDy.generate(fit_tempo=)`)
     source: str = "caption"  # what the judged music was made from (`SOURCES`)
+    best_of: int = 1  # candidates per caption, the one MuLan finds closest kept (`MeLoDy.generate(best_of=)`)
 
 
 @dataclass
@@ -191,8 +192,8 @@ def evaluate_music(model: MeLoDy, data_root: str | Path, split: str = "test", se
                    limit: int | None = None, steps: int | None = None, guidance: float | None = None, seed: int = 0,
                    batch_size: int = BATCH_SIZE, tagger: MusicnnTagger | None = None, bundle: str = "",
                    progress: Callable[[int], None] | None = None, attribute_clips: int = ATTRIBUTE_CLIPS,
-                   baseline=None, fit_tempo: bool = False,
-                   source: str = "caption") -> tuple[MusicReport, list[tuple[str, np.ndarray, np.ndarray]]]:
+                   baseline=None, fit_tempo: bool = False, source: str = "caption",
+                   best_of: int = 1) -> tuple[MusicReport, list[tuple[str, np.ndarray, np.ndarray]]]:
     """The report and (caption, real, generated) mono audio of the first clips, for the picture.
 
     `progress(k)` is told after each `generate` call how many clips it made. The attribute classifiers learn from
@@ -201,16 +202,23 @@ def evaluate_music(model: MeLoDy, data_root: str | Path, split: str = "test", se
     and seeds as `model`'s own evaluation: the two reports compare line by line. `fit_tempo`: the pipeline's tempo
     fit on (`MeLoDy.generate`); off by default, since it listens with the beat tracker the tempo rows score with, and
     the baseline has none. `source` (`SOURCES`): "tokens" or "vae" judge the real clips made again by the DPD from
-    their own semantic tokens, or by the VAE, instead of music from the captions (the captions still score them)."""
+    their own semantic tokens, or by the VAE, instead of music from the captions (the captions still score them).
+    `best_of` N: each caption's music is the best of N candidates by MuLan (`MeLoDy.generate`); MuLan then chose what
+    the MCC and FAD-MuLan rows score, so those rows measure the choice too, while the tagger's and the attribute
+    classifiers' rows stay independent judges."""
     if source not in SOURCES:
         raise MelodyError(f"--source {source}: choose one of {', '.join(SOURCES)}")
     if baseline is not None and fit_tempo:
         raise MelodyError("--fit-tempo is the pipeline's; the MusicLM-style baseline has no tempo fit")
-    if source != "caption" and (baseline is not None or fit_tempo):
+    if source != "caption" and (baseline is not None or fit_tempo or best_of != 1):
         raise MelodyError(f"--source {source} makes the real clips again with the bundle's own stages; "
-                          f"--baseline and --fit-tempo go with --source caption")
+                          f"--baseline, --fit-tempo and --best-of go with --source caption")
+    if baseline is not None and best_of != 1:
+        raise MelodyError("--best-of is the pipeline's; the MusicLM-style baseline draws one candidate")
     if batch_size < 1:
         raise MelodyError(f"--batch-size must be at least 1, got {batch_size}")
+    if not isinstance(best_of, int) or not 1 <= best_of <= MAX_BEST_OF:
+        raise MelodyError(f"--best-of {best_of}: draw between 1 and {MAX_BEST_OF} candidates")
     if attribute_clips < 0:
         raise MelodyError(f"--attribute-clips must be 0 (no attribute classifiers) or more, got {attribute_clips}")
     if steps is not None and steps < 1:
@@ -231,7 +239,8 @@ def evaluate_music(model: MeLoDy, data_root: str | Path, split: str = "test", se
         if baseline is not None:
             return [baseline.generate(captions[first:last], seconds, seed=seed + first)]
         if source == "caption":
-            return [model.generate(captions[first:last], seconds, steps, guidance, seed=seed + first, fit_tempo=fit_tempo)]
+            return [model.generate(captions[first:last], seconds, steps, guidance, seed=seed + first, fit_tempo=fit_tempo,
+                                   best_of=best_of)]
         # the real clips of the batch, in runs of equal length (a split's last clips may be shorter)
         runs, i = [], first
         while i < last:
@@ -319,7 +328,7 @@ def evaluate_music(model: MeLoDy, data_root: str | Path, split: str = "test", se
                           tempo_summary(list(tempo["real"].values())), tempo_summary(list(tempo["mismatched"].values()))),
         attributes=attributes, forward_passes=passes, seconds_per_clip=per_clip_seconds,
         speed_x_real_time=seconds / total if total > 0 else math.inf,
-        per_clip=per_clip, corpus_digest=manifest.get("digest"), source=source,
+        per_clip=per_clip, corpus_digest=manifest.get("digest"), source=source, best_of=best_of,
     )
     examples = [(captions[i], real.audio[i], generated_np[i]) for i in range(min(PICTURE_CLIPS, n))]
     return report, examples
@@ -373,6 +382,8 @@ def markdown(report: MusicReport) -> str:
                "the MusicLM-style baseline, " if report.source == "caption" else "")
             + f"clip i seeded {report.seed} + i"
             + ("; the tempo fit on: the tempo rows partly measure the tracker it listens with" if report.fit_tempo else "")
+            + (f"; each the best of {report.best_of} candidates by MuLan, which the MCC and FAD-MuLan rows therefore "
+               "partly measure" if report.best_of > 1 else "")
             + f").{_attribute_sentence(report.attributes)} Corpus: "
             + (f"shards' SHA-256 `{report.corpus_digest[:16]}…`" if report.corpus_digest else "no digest in its manifest")
             + ".\n\n"
