@@ -12,7 +12,7 @@ from test_semantic_stages import one_line_error
 from torch import nn
 
 from melody.errors import MelodyError
-from melody.eval.bench import parse_runs, run_bench
+from melody.eval.bench import chart, comparisons, markdown, parse_runs, run_bench, summary
 from melody.eval.passes import ForwardCounter, dpd_windows, melody_passes, musicgen_passes, table3
 from melody.eval.roofline import bound_seconds, flops_of_call, streamed_bytes
 
@@ -161,7 +161,7 @@ def test_bench_on_a_tiny_bundle_reports_the_formulas_counts(bundle, tmp_path):  
     assert (tmp_path / "b" / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_bench_with_musicgen_counts_its_decoder_steps_and_compares(bundle):  # noqa: F811
+def test_bench_with_musicgen_counts_its_decoder_steps_and_compares(bundle, tmp_path):  # noqa: F811
     partials = []
     report = run_bench(bundle, [1.0], ["bundled", "musicgen-small"], threads=1, musicgen_config=tiny_musicgen_config(),
                        partial=partials.append)
@@ -178,6 +178,26 @@ def test_bench_with_musicgen_counts_its_decoder_steps_and_compares(bundle):  # n
     (c,) = report["comparisons"]
     assert c["time_ratio"] == pytest.approx(musicgen["wall_s"] / melody_run["wall_s"])
     assert c["passes_ratio"] == pytest.approx(musicgen["total_passes"] / melody_run["total_passes"])
+
+    # a CUDA run's reruns with graphs and with the compiled samplers (`--compile`), as a GPU writes them: the ratios,
+    # the tables, the summary and the chart take them, and a failed compilation is reported, not fatal
+    seconds = {name: s["seconds"] for name, s in melody_run["stages"].items()}
+    rerun = {"rtf": 0.0, "stage_seconds": seconds, "passes": {}, "peak_gpu_mb": 10.0, "tokens_equal_eager": True,
+             "audio_max_abs_diff_eager": 0.0}
+    melody_run["graphed"] = {**rerun, "wall_s": melody_run["wall_s"] / 2, "record_s": 1.0}
+    melody_run["compiled"] = {**rerun, "wall_s": melody_run["wall_s"] / 4, "record_s": 30.0}
+    (c,) = report["comparisons"] = comparisons(report["runs"])
+    assert c["time_ratio_compiled"] == pytest.approx(4 * c["time_ratio"]) == pytest.approx(2 * c["time_ratio_graphed"])
+    text = markdown(report)
+    assert "| bundled 1 s compiled |" in text and f"| {c['time_ratio_compiled']:.3g} |" in text
+    assert "compiled, with CUDA graphs" in summary(report) and "compiled)" in summary(report)
+    chart(report, tmp_path / "chart.png")
+    assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    melody_run["compiled"] = {"error": "BackendCompilerFailed: no C compiler"}
+    (c,) = report["comparisons"] = comparisons(report["runs"])
+    assert c["time_ratio_compiled"] is None
+    assert "The compiled run of bundled 1 s failed: BackendCompilerFailed: no C compiler" in markdown(report)
+    assert "compiled, with CUDA graphs" not in summary(report)
 
 
 @pytest.mark.parametrize("shapes, seconds, message", [
