@@ -13,6 +13,14 @@ And the tokens the semantic LM writes for each held-out clip's caption (`MeLoDy.
 the LM's tokens say the caption's style and instrument the way real tokens of such music do? Beside the DPD's music
 from real tokens (`melody eval music --source tokens`) this splits what the caption loses between the LM and the DPD.
 
+With `--audio-condition`, also the tokens the LM writes for each held-out clip conditioned on the clip's own MuLan
+*audio* tokens (the clip as a music prompt, `MeLoDy.semantic_tokens(prompt_audio=)`; the same seeds, no tempo token):
+beside the caption's row, this splits the LM's share between MuLan's text side (the caption's embedding and tokens)
+and the LM itself.
+With `--mulan`, the same probe on what the LM is conditioned by: each clip's MuLan audio embedding, and its MuLan
+tokens (their RVQ code vectors summed, the embedding as the tokens keep it): does the condition itself say the style
+and instrument?
+
     .venv/bin/python benchmarks/token_probe.py --data data/corpus --threads 2
 
 Writes `benchmarks/results/ladder/token_probe.json`.
@@ -41,6 +49,9 @@ from melody.pipeline import MeLoDy  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 TOKENS = "semantic tokens (histogram)"
 LM_TOKENS = "the semantic LM's tokens from the caption (histogram)"
+LM_TOKENS_FROM_AUDIO = "the semantic LM's tokens from the clip's own MuLan audio tokens (histogram)"
+MULAN_EMBEDDING = "MuLan audio embedding"
+MULAN_TOKENS = "MuLan audio tokens (their code vectors summed)"
 
 
 def token_histogram(tokens: torch.Tensor, codebook_size: int) -> np.ndarray:
@@ -63,6 +74,9 @@ def main() -> None:
     parser.add_argument("--lm-guidance", type=float, action="append", default=None,
                         help="The LM's classifier-free guidance (repeatable; default: the bundle's).")
     parser.add_argument("--top-k", type=int, default=None, help="The LM's top-k (default: the bundle's).")
+    parser.add_argument("--audio-condition", action="store_true",
+                        help="Also the LM's tokens conditioned on each clip's own MuLan audio tokens.")
+    parser.add_argument("--mulan", action="store_true", help="Also probe the clips' MuLan audio embeddings and tokens.")
     parser.add_argument("--out", type=Path, default=RESULTS / "ladder" / "token_probe.json")
     args = parser.parse_args()
     args.temperature, args.lm_guidance = args.temperature or [None], args.lm_guidance or [None]
@@ -75,8 +89,17 @@ def main() -> None:
     def features(clips: list[np.ndarray]) -> dict[str, np.ndarray]:
         with torch.no_grad():
             tokens = [model.tokenizer.tokens(torch.from_numpy(c)[None])[0] for c in clips]
-        return {TOKENS: np.stack([token_histogram(t, codes) for t in tokens]),
-                "musicnn embedding": musicnn_outputs(clips, rate, tagger).embeddings}
+        out = {TOKENS: np.stack([token_histogram(t, codes) for t in tokens]),
+               "musicnn embedding": musicnn_outputs(clips, rate, tagger).embeddings}
+        if args.mulan:
+            with torch.no_grad():
+                embedding = torch.cat([model.mulan.embed_audio(torch.from_numpy(c)[None]) for c in clips])
+                levels = model.mulan.tokens(embedding)  # (n, L)
+            out[MULAN_EMBEDDING] = embedding.numpy()
+            # the tokens as the sum of their code vectors: all they say, in the embedding's own space (a one-hot per
+            # level asks a linear probe on a few hundred clips to learn each code anew)
+            out[MULAN_TOKENS] = model.mulan.rvq.decode(levels).numpy()
+        return out
 
     train = list(spread_clips(args.data, TRAIN_SPLIT, args.seconds, rate, args.train_clips))
     test = read_clips(args.data, "test", args.seconds, rate, args.limit)
@@ -90,6 +113,11 @@ def main() -> None:
             label = LM_TOKENS + "".join(f", {k} {v:g}" for k, v in (("temperature", temperature), ("guidance", lm_guidance))
                                         if v is not None)
             written[label] = np.stack([token_histogram(t, codes) for t in tokens])
+    if args.audio_condition:  # each clip as a music prompt, seeded as its caption's row
+        tokens = torch.cat([model.semantic_tokens(None, args.seconds, None, args.top_k, None, seed=args.seed + i,
+                                                  prompt_audio=torch.from_numpy(clip)[None])
+                            for i, clip in enumerate(test.audio)])
+        written[LM_TOKENS_FROM_AUDIO] = np.stack([token_histogram(t, codes) for t in tokens])
     rows = {}
     for name in train_features:
         classifiers = fit_attribute_classifiers(train_features[name], [m for _, m in train])

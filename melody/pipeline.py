@@ -322,16 +322,7 @@ class MeLoDy:
         tracker measures the music and, if it is more than 4 % off at its nearest octave, the tokens are
         stretched to the asked tempo and rendered again (`_fit_tempo`)."""
         duration = check_duration(duration)
-        if prompt_audio is None:
-            prompts = check_prompts(prompts)
-            if bpm is not None or key is not None:
-                prompts = [with_controls(p, bpm, key) for p in prompts]
-        elif prompts is not None:
-            raise MelodyError("give text prompts or a music prompt, not both")
-        elif bpm is not None or key is not None:
-            raise MelodyError("bpm and key steer a text prompt; give a text prompt with them")
-        elif prompt_audio.dim() != 2 or prompt_audio.shape[-1] < 1:
-            raise MelodyError(f"a music prompt must be mono audio (batch, samples), got {tuple(prompt_audio.shape)}")
+        prompts = self._check_condition(prompts, prompt_audio, bpm, key)
         if not isinstance(best_of, int) or not 1 <= best_of <= MAX_BEST_OF:
             raise MelodyError(f"best_of {best_of}: draw between 1 and {MAX_BEST_OF} candidates")
         steps, guidance = self._sampling(steps, guidance, temperature, top_k, lm_guidance)
@@ -339,10 +330,7 @@ class MeLoDy:
 
         tell("mulan")
         clock = time.perf_counter()
-        if prompt_audio is None:
-            reference = self.mulan.embed_text(prompts)  # (b, embed_dim) unit vectors
-        else:
-            reference = self.mulan.embed_audio(prompt_audio.to(self._device, torch.float32))
+        reference = self._reference(prompts, prompt_audio)
         mulan_tokens = self.mulan.tokens(reference)  # (b, L)
         times, passes = {"mulan": time.perf_counter() - clock}, {"mulan": 1}
 
@@ -379,17 +367,41 @@ class MeLoDy:
                               tempo_fit=None if fits is None else [fits[j][i] for i, j in enumerate(pick.tolist())])
 
     @torch.no_grad()
-    def semantic_tokens(self, prompts: list[str], duration: float, temperature: float | None = None,
-                        top_k: int | None = None, lm_guidance: float | None = None, seed: int = 0) -> torch.Tensor:
-        """The semantic LM's tokens `(b, ⌈duration · 25⌉)` for text prompts: what `generate` with the same arguments
-        hands the DPD before any tempo fit (row i seeded by seed + i), without rendering them."""
+    def semantic_tokens(self, prompts: list[str] | None, duration: float, temperature: float | None = None,
+                        top_k: int | None = None, lm_guidance: float | None = None, seed: int = 0,
+                        prompt_audio: torch.Tensor | None = None) -> torch.Tensor:
+        """The semantic LM's tokens `(b, ⌈duration · 25⌉)` for text prompts, or for music prompts `prompt_audio`:
+        what `generate` with the same arguments hands the DPD before any tempo fit (row i seeded by seed + i),
+        without rendering them."""
         duration = check_duration(duration)
         check_sampling(temperature=temperature, top_k=top_k, lm_guidance=lm_guidance)
-        prompts = check_prompts(prompts)
-        mulan_tokens = self.mulan.tokens(self.mulan.embed_text(prompts))
+        prompts = self._check_condition(prompts, prompt_audio)
+        mulan_tokens = self.mulan.tokens(self._reference(prompts, prompt_audio))
         return self._semantic_tokens(mulan_tokens, math.ceil(duration * self.token_rate), None,
-                                     self._seeded(seed, 1, rows=len(prompts)), temperature, top_k, lm_guidance,
+                                     self._seeded(seed, 1, rows=mulan_tokens.shape[0]), temperature, top_k, lm_guidance,
                                      prompts).tokens
+
+    @staticmethod
+    def _check_condition(prompts: list[str] | None, prompt_audio: torch.Tensor | None, bpm: float | None = None,
+                         key: str | None = None) -> list[str] | None:
+        """Text prompts (checked, with `bpm` and `key` said in them) or a music prompt, never both: one line if not."""
+        if prompt_audio is None:
+            prompts = check_prompts(prompts)
+            return prompts if bpm is None and key is None else [with_controls(p, bpm, key) for p in prompts]
+        if prompts is not None:
+            raise MelodyError("give text prompts or a music prompt, not both")
+        if bpm is not None or key is not None:
+            raise MelodyError("bpm and key steer a text prompt; give a text prompt with them")
+        if prompt_audio.dim() != 2 or prompt_audio.shape[-1] < 1:
+            raise MelodyError(f"a music prompt must be mono audio (batch, samples), got {tuple(prompt_audio.shape)}")
+        return None
+
+    def _reference(self, prompts: list[str] | None, prompt_audio: torch.Tensor | None) -> torch.Tensor:
+        """The condition's MuLan embeddings `(b, embed_dim)` (unit vectors): the prompts' text, or the music prompts'
+        audio (§3.1)."""
+        if prompt_audio is None:
+            return self.mulan.embed_text(prompts)
+        return self.mulan.embed_audio(prompt_audio.to(self._device, torch.float32))
 
     def _music(self, mulan_tokens: torch.Tensor, duration: float, steps: int, guidance: float, temperature: float | None,
                top_k: int | None, lm_guidance: float | None, seed: int, tell: Callable[[str], None],

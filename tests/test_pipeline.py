@@ -310,6 +310,12 @@ def test_semantic_tokens_are_what_generate_hands_the_dpd(bundle):
         model.semantic_tokens([" "], 1.0)
     with pytest.raises(MelodyError, match="duration must be"):
         model.semantic_tokens(["funk"], -1.0)
+    # a music prompt: the tokens generate hands the DPD for it
+    music = 0.2 * torch.sin(torch.arange(2 * model.vae.cfg.sample_rate) * 0.05)[None]
+    heard = model.semantic_tokens(None, 1.3, seed=5, prompt_audio=music)
+    assert torch.equal(heard, model.generate(None, 1.3, steps=1, seed=5, prompt_audio=music).semantic_tokens)
+    with pytest.raises(MelodyError, match="not both"):
+        model.semantic_tokens(["funk"], 1.0, prompt_audio=music)
 
 
 def test_the_dpd_solver_is_the_bundles_choice_at_the_same_passes(bundle):
