@@ -1,5 +1,6 @@
 """The ladder picture: how much of what a caption asks for each stage keeps, from `melody eval music --source
-caption|tokens|vae` reports and `token_probe.py`'s probes of the real clips' tokens and the LM's (`benchmarks/results/ladder/`).
+caption|tokens|vae` reports and `token_probe.py`'s probes of the real clips' tokens and the LM's, and where measured
+(`--audio-condition --mulan`) of the clips' MuLan tokens and the LM's tokens from them (`benchmarks/results/ladder/`).
 
     .venv/bin/python benchmarks/plot_ladder.py   # → docs/img/ladder.png
 """
@@ -32,6 +33,12 @@ def main() -> None:
              for s, label in SOURCES]
     bars.insert(2, ("the tokens, probed (bag of tokens)", [probe[a]["accuracy"] for a in ATTRIBUTES]))
     bars.insert(4, ("the LM's tokens from the caption, probed", [lm_probe[a]["accuracy"] for a in ATTRIBUTES]))
+    if (LADDER / "token_probe_audio_condition.json").is_file():  # `token_probe.py --audio-condition --mulan`
+        told = json.loads((LADDER / "token_probe_audio_condition.json").read_text())["probes"]
+        bars[4:4] = [(label, [told[key][a]["accuracy"] for a in ATTRIBUTES]) for label, key in (
+            ("the clip's MuLan tokens, probed", "MuLan audio tokens (their code vectors summed)"),
+            ("the LM's tokens from the clip's MuLan tokens, probed",
+             "the semantic LM's tokens from the clip's own MuLan audio tokens (histogram)"))]
     width = 0.8 / len(bars)
     for i, (label, values) in enumerate(bars):
         attributes.bar([k + (i - (len(bars) - 1) / 2) * width for k in range(len(ATTRIBUTES))], values, width,
