@@ -51,7 +51,7 @@ from melody.diffusion import (SCHEDULES, angles_from_steps, check_solver, contin
 from melody.dpd import DPD
 from melody.errors import MelodyError
 from melody.mulan import MuLan
-from melody.runtime import few_row_linears, stacked_gates
+from melody.runtime import Compiled, few_row_linears, stacked_gates
 from melody.semantic.lm import SemanticLM, stretch_tokens, tempo_bucket, window_and_stride
 from melody.semantic.sampling import generate as generate_tokens
 from melody.semantic.tokenizer import SemanticTokenizer
@@ -530,7 +530,7 @@ class MeLoDy:
         kept = self.__dict__.setdefault("_dpd_compiled", {})
         key = (self.cfg.dpd.precision, next(self.dpd.parameters()).device)
         if key not in kept or kept[key][0] is not network:
-            kept[key] = (network, torch.compile(network, dynamic=False))
+            kept[key] = (network, Compiled(network))
         compiled = kept[key][1]
         return _Autocast(compiled, sampled.dtype, self._device) if isinstance(sampled, _Autocast) else compiled
 

@@ -71,6 +71,25 @@ class FewRowLinear(nn.Linear):
         return out.reshape(*x.shape[:-1], self.out_features)
 
 
+class Compiled:
+    """`torch.compile(fn)` (inductor, one compilation per input shape) whose failure to compile, a missing C++
+    compiler on a CPU say, is one line naming the way out instead of inductor's traceback. Called only while
+    recording on a GPU, so the replays it makes go through no Python."""
+
+    def __init__(self, fn) -> None:
+        self.fn = torch.compile(fn, dynamic=False)
+
+    def __call__(self, *args, **kwargs):
+        from melody.errors import MelodyError
+
+        try:
+            return self.fn(*args, **kwargs)
+        except torch._dynamo.exc.TorchDynamoException as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise MelodyError(f"torch.compile failed ({first}); run without --compile (in Python: "
+                              "cfg.semantic_lm.compile = cfg.dpd.compile = False)") from None
+
+
 def stacked_gates(model: nn.Module) -> nn.Module:
     """`model` with each SwiGLU's W1 and W3 stacked into one layer, in place (for a GPU sampling copy of a decoding LM:
     `SwiGLU.stack_gate_and_value`). On a CPU a token's pass is bound by the weight bytes it streams, which this does

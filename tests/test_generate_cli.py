@@ -126,6 +126,22 @@ def test_generate_in_bf16_says_so_in_its_record(bundle, tmp_path):  # noqa: F811
     assert config["dpd"]["precision"] == config["semantic_lm"]["precision"] == "bf16"
 
 
+def test_stream_compile_without_a_working_compiler_is_one_line_and_no_file(bundle, tmp_path):  # noqa: F811
+    """Inductor compiles C++ on a CPU: without a compiler (`CXX` pointing nowhere, and an empty inductor cache so that
+    nothing compiled earlier is reused) `--compile` fails in one line naming the way out, before any audio is written."""
+    story = tmp_path / "story.txt"
+    story.write_text("funk\n")
+    out = tmp_path / "s.wav"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CXX": str(tmp_path / "no-such-g++"),
+           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    done = subprocess.run([sys.executable, "-m", "melody.cli", "stream", "--prompts", str(story), "--chunk-seconds",
+                           "0.6", "--out", str(out), "--bundle", str(bundle), "--compile", "--no-progress"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    line = one_line_error(done)
+    assert "torch.compile failed" in line and "No working C++ compiler" in line and "run without --compile" in line
+    assert not out.exists() and not list(tmp_path.glob("s*.wav*"))
+
+
 def test_stream_compile_sets_both_samplers_to_compile(bundle):  # noqa: F811
     """What `stream --compile` loads (the compiled samplers' music: tests/test_pipeline.py)."""
     from melody.cli import _melody

@@ -39,6 +39,7 @@ import torch
 
 from melody.cuda_graphs import GraphedStep
 from melody.errors import MelodyError
+from melody.runtime import Compiled
 from melody.semantic.lm import SemanticLM, SemanticLMCache
 
 
@@ -127,7 +128,7 @@ class DecodeGraph:
         if self.compiled:
             # inductor fuses each layer's norms, rotary and residual adds into a few kernels: what a recorded step is
             # bound by at `paper` shapes is its count of small kernels, not arithmetic (README, "On a GPU")
-            step = torch.compile(step, dynamic=False)
+            step = Compiled(step)
         self.step = GraphedStep(step, (token,), rewind, record=self.graphs)
         return self.step
 
