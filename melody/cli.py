@@ -496,6 +496,10 @@ def stream_command(
         model = _melody(bundle, solver, compile_)
         from tqdm.auto import tqdm
 
+        if compile_ and progress:  # the first chunks wait on the compiler with nothing else to show
+            typer.echo("compiling the semantic LM's step and the DPD's pass (torch.compile): the first two chunks take "
+                       "about a minute on 2 CPU cores, less once inductor's cache holds them", err=True)
+
         rate, pieces = model.vae.cfg.sample_rate, []
         chunks = model.stream(story, chunk_seconds, steps, guidance, temperature, top_k, lm_guidance, seed=seed)
         for chunk in tqdm(chunks, total=len(story), desc="stream", unit="chunk", disable=not progress or not sys.stderr.isatty()):
