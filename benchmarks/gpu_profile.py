@@ -31,7 +31,7 @@ from melody.dpd import DPD  # noqa: E402
 from melody.modules import fused_sru  # noqa: E402
 from melody.io import write_json_atomic, write_text_atomic  # noqa: E402
 from melody.pipeline import at_precision, linears_in  # noqa: E402
-from melody.runtime import stacked_gates  # noqa: E402
+from melody.runtime import Compiled, stacked_gates  # noqa: E402
 from melody.semantic.lm import SemanticLM  # noqa: E402
 from melody.semantic.sampling import generate  # noqa: E402
 
@@ -109,7 +109,7 @@ def main() -> None:
                                            lambda net=net: net(x, delta, tokens)))
             del graphed
             if args.compile:  # as `dpd.compile` samples it: the network compiled, under the same autocast, recorded
-                compiled = at_precision(torch.compile(network, dynamic=False), precision, device)
+                compiled = at_precision(Compiled(network), precision, device)
                 with torch.no_grad():
                     clock = time.perf_counter()
                     compiled(x, delta, tokens)

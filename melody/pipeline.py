@@ -523,15 +523,14 @@ class MeLoDy:
 
     def compiled_dpd(self):
         """`dpd_at_precision()` with its network through `torch.compile` (inductor; one compilation per input shape,
-        at its first call), kept per precision and device. Under autocast the compiled network is the bf16 copy, the
+        at its first call), kept for that network (one per precision and device, as `dpd_at_precision` keeps them). Under autocast the compiled network is the bf16 copy, the
         autocast context around it, as `dpd_at_precision` runs it."""
         sampled = self.dpd_at_precision()
         network = sampled.model if isinstance(sampled, _Autocast) else sampled
-        kept = self.__dict__.setdefault("_dpd_compiled", {})
-        key = (self.cfg.dpd.precision, next(self.dpd.parameters()).device)
-        if key not in kept or kept[key][0] is not network:
-            kept[key] = (network, Compiled(network))
-        compiled = kept[key][1]
+        kept = self.__dict__.setdefault("_dpd_compiled", {})  # by the network compiled: the DPD or its kept copy
+        if network not in kept:
+            kept[network] = Compiled(network)
+        compiled = kept[network]
         return _Autocast(compiled, sampled.dtype, self._device) if isinstance(sampled, _Autocast) else compiled
 
     def dpd_at_precision(self):

@@ -73,8 +73,8 @@ class FewRowLinear(nn.Linear):
 
 class Compiled:
     """`torch.compile(fn)` (inductor, one compilation per input shape) whose failure to compile, a missing C++
-    compiler on a CPU say, is one line naming the way out instead of inductor's traceback. Called only while
-    recording on a GPU, so the replays it makes go through no Python."""
+    compiler on a CPU say, is one line naming the way out instead of inductor's traceback. On a GPU it is called only
+    while a CUDA graph records it: the replays go through no Python, this wrapper's included."""
 
     def __init__(self, fn) -> None:
         self.fn = torch.compile(fn, dynamic=False)

@@ -13,6 +13,7 @@ from melody.config import DPDConfig, SemanticLMConfig
 from melody.cuda_graphs import GraphedCalls, GraphedStep
 from melody.dpd import DPD
 from melody.modules.transformer import Transformer, TransformerConfig
+from melody.runtime import Compiled
 from melody.semantic.lm import SemanticLM
 from melody.semantic.sampling import generate
 
@@ -203,7 +204,7 @@ def test_compiled_recorded_dpd_pass_equals_the_eager_pass():
     x, delta = torch.randn(2, 40, 8, device="cuda"), torch.rand(2, 40, device="cuda")
     tokens = torch.randint(0, VOCAB, (2, 10), device="cuda")
     drop = torch.tensor([False, True], device="cuda")
-    graphed = GraphedCalls(torch.compile(dpd, dynamic=False))
+    graphed = GraphedCalls(Compiled(dpd))  # as `MeLoDy.compiled_dpd` compiles it
     with torch.no_grad():
         want = dpd(x, delta, tokens, drop=drop)
         torch.testing.assert_close(graphed(x, delta, tokens, drop=drop), want, atol=1e-4, rtol=1e-4)
