@@ -1,9 +1,13 @@
 """Semantic LM runs side by side: training loss, held-out perplexity with the caption's tokens, and the tempo-stretch
 check (held-out clips played at 0.8× and 1.25×, their tempo token moved with them, `told`, or left as it was,
 `stale`): docs/img/semantic_lm_tempo_stretch.png from the runs in training/semantic-lm-gpu/.
+With `--first-second` the third panel is instead the held-out clips' first second, where only the condition informs
+the LM: perplexity with the caption's MuLan tokens and with the null condition (docs/img/semantic_lm_condition.png).
 
     .venv/bin/python benchmarks/plot_lm_runs.py training/semantic-lm-gpu/w0 training/semantic-lm-gpu/w0s \\
         training/semantic-lm-gpu/w025s --out docs/img/semantic_lm_tempo_stretch.png
+    .venv/bin/python benchmarks/plot_lm_runs.py training/semantic-lm-condition/table \\
+        training/semantic-lm-condition/codebook --first-second --out docs/img/semantic_lm_condition.png
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", type=Path, nargs="+", help="run folders (each with metrics.jsonl); the folder name labels it")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
+    parser.add_argument("--first-second", action="store_true",
+                        help="third panel: held-out first second, caption's condition against the null one")
     args = parser.parse_args()
     import matplotlib
 
@@ -33,11 +39,15 @@ def main() -> None:
         steps, loss = metrics["semantic_lm/total"]
         axes[0].plot(steps, loss, color=colour, alpha=0.8, label=run.name)
         axes[1].plot(*metrics["valid/ppl_text"], "o-", color=colour, label=run.name)
-        if "valid/ppl_stretched_told" in metrics:
+        if args.first_second:
+            axes[2].plot(*metrics["valid/ppl_first_second_text"], "o-", color=colour, label=f"{run.name}: caption")
+            axes[2].plot(*metrics["valid/ppl_first_second_null"], "x--", color=colour, label=f"{run.name}: null condition")
+        elif "valid/ppl_stretched_told" in metrics:
             axes[2].plot(*metrics["valid/ppl_stretched_told"], "o-", color=colour, label=f"{run.name}: tempo token moved")
             axes[2].plot(*metrics["valid/ppl_stretched_stale"], "x--", color=colour, label=f"{run.name}: tempo token stale")
     titles = ("training loss (nats per token)", "held-out perplexity, caption's MuLan tokens",
-              "held-out clips at 0.8× and 1.25×: perplexity")
+              "held-out clips' first second: perplexity" if args.first_second
+              else "held-out clips at 0.8× and 1.25×: perplexity")
     for ax, title in zip(axes, titles, strict=True):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")

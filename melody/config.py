@@ -171,6 +171,13 @@ class SemanticLMConfig:
     # drawn log-uniformly in [1 / (1 + s), 1 + s] (`stretch_tokens`), their tempo token moved with them, so that the
     # token, not the corpus's usual pace, sets how fast tokens come (0: off; outside the paper).
     tempo_stretch: float = 0.0
+    # How a MuLan token enters the LM: "table", one learned vector per (level, code) (the paper is silent); or
+    # "codebook", level l's position holds a learned projection of the RVQ's running reconstruction Σ_{i≤l} q_i, the
+    # MuLan embedding at l levels' precision, so nearby embeddings give nearby conditions (a small corpus's LM then
+    # cannot read a clip's 12 codes as its name). `condition_noise` σ: training-time Gaussian noise on those
+    # reconstructions (codebook only; 0: off).
+    condition_embedding: str = "table"
+    condition_noise: float = 0.0
     # At sampling: "fp32", or "bf16" weights (a bf16 copy: one token's pass streams every weight, so half the bytes
     # is what counts on a CPU); the sampler reads the logits in fp32.
     precision: str = "fp32"

@@ -8,7 +8,7 @@ from test_cli import TINY_VAE
 from test_mulan import tiny_bert
 from test_semantic_stages import TINY_STACK
 
-from melody.checkpoint import save_model
+from melody.checkpoint import load_model_and_config, save_model
 from melody.config import preset
 from melody.dpd import DPD
 from melody.errors import MelodyError
@@ -115,6 +115,25 @@ def test_a_missing_or_incomplete_bundle_is_a_one_line_error(bundle, tmp_path):
     with pytest.raises(MelodyError, match="no 'dpd' folder"):
         MeLoDy.from_pretrained(partial)
     assert set(STAGES) == {p.name for p in bundle.iterdir()}
+
+
+def test_a_codebook_lm_must_carry_the_bundles_mulan_codebooks(bundle, melody, tmp_path):
+    import shutil
+
+    copy = tmp_path / "codebook"
+    shutil.copytree(bundle, copy)
+    _, cfg = load_model_and_config(bundle / "semantic_lm", "semantic_lm", "semantic_lm", SemanticLM.from_config)
+    cfg.semantic_lm.condition_embedding = "codebook"
+    torch.manual_seed(0)
+    lm = SemanticLM.from_config(cfg)
+    lm.set_mulan_codebooks(melody.mulan.rvq.codebooks)
+    save_model(copy / "semantic_lm", "semantic_lm", lm, cfg, "semantic_lm", torch.float16)  # --half, as the bundle's
+    out = MeLoDy.from_pretrained(copy).generate(["funk"], 0.5, seed=3)
+    assert out.audio.shape == (1, 1, round(0.5 * melody.vae.cfg.sample_rate)) and bool(torch.isfinite(out.audio).all())
+    lm.set_mulan_codebooks(melody.mulan.rvq.codebooks + 0.01)
+    save_model(copy / "semantic_lm", "semantic_lm", lm, cfg, "semantic_lm")
+    with pytest.raises(MelodyError, match="another MuLan's codebooks"):
+        MeLoDy.from_pretrained(copy)
 
 
 def test_a_batch_gives_each_prompt_what_it_gets_alone_with_seed_plus_its_index(melody):

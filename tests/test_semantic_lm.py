@@ -6,8 +6,9 @@ import torch
 from melody.config import MelodyConfig, SemanticLMConfig, preset
 from melody.modules.transformer import swiglu_hidden_dim
 from melody.errors import MelodyError
-from melody.semantic.lm import (SemanticLM, bucket_tempo, condition_dropout_mask, lm_loss, parameter_count, stretch_rates,
-                                stretch_tokens, tempo_bucket, window_and_stride)
+from melody.modules.rvq import dequantize
+from melody.semantic.lm import (SemanticLM, bucket_tempo, condition_dropout_mask, lm_loss, parameter_count,
+                                running_reconstruction, stretch_rates, stretch_tokens, tempo_bucket, window_and_stride)
 from melody.semantic.sampling import cfg_logits, generate, sample_token
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -265,6 +266,82 @@ def test_parameter_count_at_paper_shapes():
     assert tiny().num_parameters() == parameter_count(SemanticLMConfig(dim=32, depth=2, heads=4), VOCAB, LEVELS, CODES)
     assert window_and_stride(c, cfg.tokenizer.frame_rate) == (250, 125)
     assert SemanticLM.from_config(preset("tiny")).vocab_size == preset("tiny").tokenizer.codebook_size
+
+
+# --- the codebook condition ---------------------------------------------------------------------
+
+MULAN_DIM = 6
+
+
+def codebook_lm(noise: float = 0.0, seed: int = 0) -> SemanticLM:
+    torch.manual_seed(seed)
+    lm = SemanticLM(SemanticLMConfig(dim=32, depth=2, heads=4, condition_embedding="codebook", condition_noise=noise),
+                    VOCAB, LEVELS, CODES, MULAN_DIM).eval()
+    lm.set_mulan_codebooks(torch.randn(LEVELS, CODES, MULAN_DIM, generator=torch.Generator().manual_seed(7)) / LEVELS)
+    return lm
+
+
+def test_running_reconstruction_is_the_rvq_decode_of_each_prefix_of_levels():
+    codebooks = torch.randn(LEVELS, CODES, MULAN_DIM)
+    codes = mulan(5)
+    sums = running_reconstruction(codes, codebooks)
+    assert sums.shape == (5, LEVELS, MULAN_DIM) and sums.dtype == torch.float32
+    for level in range(1, LEVELS + 1):
+        torch.testing.assert_close(sums[:, level - 1], dequantize(codes[:, :level], codebooks))
+
+
+@torch.no_grad()
+def test_the_codebook_condition_follows_the_codewords_not_the_code_numbers():
+    lm = codebook_lm()
+    assert not hasattr(lm, "mulan_embedding") and "mulan_codebooks" in lm.state_dict()
+    m = mulan(2)
+    cond = lm.condition(m, None, 2)
+    assert cond.shape == (2, LEVELS, 32)
+    # two codes with one codeword give one condition: the table would give two unrelated vectors
+    other = m.clone()
+    other[:, -1] = (m[:, -1] + 1) % CODES
+    lm.mulan_codebooks[-1, other[:, -1]] = lm.mulan_codebooks[-1, m[:, -1]]
+    torch.testing.assert_close(lm.condition(other, None, 2), cond)
+    # a codeword a little off moves the condition a little; the last level's changes only the last position
+    lm.mulan_codebooks[-1, other[:, -1]] += 1e-3
+    moved = lm.condition(other, None, 2)
+    assert torch.equal(moved[:, :-1], cond[:, :-1]) and 0 < (moved - cond).abs().max() < 0.1
+    # the same tokens and semantic tokens give the same logits; another condition other ones
+    s = semantic(2, 6)
+    assert not torch.allclose(lm(m, s).logits, lm(mulan(2, seed=5), s).logits)
+
+
+def test_condition_noise_is_drawn_in_training_only():
+    lm, m = codebook_lm(noise=0.1), mulan(2)
+    with torch.no_grad():
+        assert torch.equal(lm.condition(m, None, 2), lm.condition(m, None, 2))
+        lm.train()
+        assert not torch.equal(lm.condition(m, None, 2), lm.condition(m, None, 2))
+    # the noise is σ in MuLan's space: the projection of (noisy − clean) has std ≈ σ · |W row|
+    torch.manual_seed(0)
+    lm.train()
+    with torch.no_grad():
+        many = torch.stack([lm.condition(m, None, 2) for _ in range(400)])
+    lm.eval()
+    with torch.no_grad():
+        spread = (many - lm.condition(m, None, 2)).std(dim=0)
+    expected = 0.1 * lm.condition_projection.weight.norm(dim=1)  # (d,)
+    torch.testing.assert_close(spread.mean(dim=(0, 1)), expected, rtol=0.15, atol=0.0)
+
+
+def test_codebook_lm_checks_its_codebooks_and_config():
+    with pytest.raises(MelodyError, match="do not fit"):
+        codebook_lm().set_mulan_codebooks(torch.zeros(LEVELS, CODES, MULAN_DIM + 1))
+    with pytest.raises(MelodyError, match="holds no codebooks"):
+        tiny().set_mulan_codebooks(torch.zeros(LEVELS, CODES, MULAN_DIM))
+    with pytest.raises(MelodyError, match="'table' or 'codebook'"):
+        SemanticLM(SemanticLMConfig(dim=32, depth=2, heads=4, condition_embedding="tokens"), VOCAB, LEVELS, CODES, 4)
+    with pytest.raises(MelodyError, match="embedding width"):
+        SemanticLM(SemanticLMConfig(dim=32, depth=2, heads=4, condition_embedding="codebook"), VOCAB, LEVELS, CODES)
+    cfg = SemanticLMConfig(dim=32, depth=2, heads=4, condition_embedding="codebook")
+    # the projection (and its bias) replaces the table; the codebooks are a buffer, not parameters
+    assert (parameter_count(cfg, VOCAB, LEVELS, CODES, MULAN_DIM) - tiny().num_parameters()
+            == MULAN_DIM * 32 + 32 - LEVELS * CODES * 32)
 
 
 # --- the tempo token -----------------------------------------------------------------------------

@@ -150,6 +150,18 @@ def test_codebook_refit_keeps_the_encoder_and_adds_the_onset_column(stack, tmp_p
     assert "other sizes than this run's" in one_line_error(out)
 
 
+def test_a_codebook_lm_trains_on_its_mulans_codebooks(stack, tmp_path):
+    corpus, runs, overrides = stack
+    run_ok("train", "semantic", "--data", str(corpus), "--out", str(tmp_path / "lm"), "--mulan", str(runs["mulan"]),
+           "--tokenizer", str(runs["tokenizer"]),
+           *sets([*overrides, "semantic_lm.condition_embedding=codebook", "semantic_lm.condition_noise=0.1"]))
+    lm, cfg = load_model_and_config(tmp_path / "lm", "semantic_lm", "semantic_lm", SemanticLM.from_config)
+    mulan, _ = load_model_and_config(runs["mulan"], "mulan", "mulan", lambda c: MuLan.from_config(c.mulan, c.vae.sample_rate))
+    assert cfg.semantic_lm.condition_embedding == "codebook" and torch.equal(lm.mulan_codebooks, mulan.rvq.codebooks)
+    logs = [json.loads(line) for line in (tmp_path / "lm" / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(v) for row in logs for k, v in row.items() if k != "step")
+
+
 def test_semantic_training_needs_a_finished_mulan(stack, tmp_path):
     corpus, runs, overrides = stack
     unfinished = tmp_path / "mulan"

@@ -15,10 +15,17 @@ compares `logits` with the same `semantic` tokens that went in), plus `next_logi
 distribution of s_t, which is what decoding samples.
 
 Choices where the paper is silent:
-- **Condition embedding**: one table of `mulan_levels × mulan_codebook_size` rows with level
-  offsets (token k at level l is row l·K + k), the same thing as one table per level in one
-  gather; so the same code at two levels has two unrelated vectors. No extra level embedding:
-  rotary positions already tell the levels apart.
+- **Condition embedding** (`condition_embedding`):
+  - `"table"`: one table of `mulan_levels × mulan_codebook_size` rows with level offsets (token k at
+    level l is row l·K + k), the same thing as one table per level in one gather; so the same code at two
+    levels has two unrelated vectors. No extra level embedding: rotary positions already tell the levels apart.
+  - `"codebook"` (outside the paper): position l holds W S_l + b, S_l = Σ_{i≤l} q_i[c_i] the RVQ's running
+    reconstruction (`running_reconstruction`) from a frozen copy of MuLan's codebooks (`mulan_codebooks`, set by
+    `set_mulan_codebooks`, saved with the LM). Two embeddings close in MuLan's space give close conditions, where
+    the table gives unrelated vectors to two codes however close their codewords. Why: the bundled table LM read a
+    training clip's 12 codes as its name. Its first second's perplexity on training clips is 1.38 with their
+    condition against 2.02 with the null one, and on held-out clips 4.09 against 4.09
+    (`benchmarks/condition_probe.py`). `condition_noise` adds N(0, σ²) to each S_l in training.
 - **BOS**: a learned vector between the condition and the first semantic token (the separator; its
   output predicts s_0, so the first token is predicted from the condition alone).
 - **Guidance** (lineage choice, `shared/reference/melody-paper.md`): a dropped condition is replaced by
@@ -169,13 +176,26 @@ class SemanticLM(nn.Module):
     `semantic` continues the stream (one token at a time when decoding).
     """
 
-    def __init__(self, config: SemanticLMConfig, vocab_size: int, mulan_levels: int, mulan_codebook_size: int) -> None:
+    def __init__(self, config: SemanticLMConfig, vocab_size: int, mulan_levels: int, mulan_codebook_size: int,
+                 mulan_dim: int = 0) -> None:
         super().__init__()
         self.config = config
         self.vocab_size, self.mulan_levels, self.mulan_codebook_size = vocab_size, mulan_levels, mulan_codebook_size
         d = config.dim
-        self.mulan_embedding = nn.Embedding(mulan_levels * mulan_codebook_size, d)  # row l·K + k: code k at level l
-        self.register_buffer("level_offsets", torch.arange(mulan_levels) * mulan_codebook_size, persistent=False)
+        if config.condition_embedding == "table":
+            self.mulan_embedding = nn.Embedding(mulan_levels * mulan_codebook_size, d)  # row l·K + k: code k at level l
+            self.register_buffer("level_offsets", torch.arange(mulan_levels) * mulan_codebook_size, persistent=False)
+        elif config.condition_embedding == "codebook":
+            if mulan_dim < 1 or config.condition_noise < 0:
+                raise MelodyError(f"a codebook condition needs MuLan's embedding width (got {mulan_dim}) and "
+                                  f"semantic_lm.condition_noise ≥ 0 (got {config.condition_noise})")
+            self.register_buffer("mulan_codebooks", torch.zeros(mulan_levels, mulan_codebook_size, mulan_dim))
+            self.condition_projection = nn.Linear(mulan_dim, d)
+            nn.init.normal_(self.condition_projection.weight)  # S_l has norm ≈ 1: conditions start at N(0, 1), as the table's
+            nn.init.zeros_(self.condition_projection.bias)
+        else:
+            raise MelodyError(f"semantic_lm.condition_embedding must be 'table' or 'codebook', not "
+                              f"{config.condition_embedding!r}")
         self.null_condition = nn.Parameter(torch.randn(mulan_levels, d))  # (L, d) the dropped condition
         # row 0: no tempo given (and the dropped condition's); rows 1 … buckets: `tempo_bucket`
         self.tempo_embedding = nn.Embedding(config.tempo_buckets + 1, d) if config.tempo_buckets > 0 else None
@@ -187,7 +207,19 @@ class SemanticLM(nn.Module):
     @classmethod
     def from_config(cls, cfg: MelodyConfig) -> SemanticLM:
         """Sizes from the config tree: vocabulary = the tokenizer's k-means codes, condition = MuLan's RVQ."""
-        return cls(cfg.semantic_lm, cfg.tokenizer.codebook_size, cfg.mulan.rvq_levels, cfg.mulan.codebook_size)
+        return cls(cfg.semantic_lm, cfg.tokenizer.codebook_size, cfg.mulan.rvq_levels, cfg.mulan.codebook_size,
+                   cfg.mulan.embed_dim)
+
+    @torch.no_grad()
+    def set_mulan_codebooks(self, codebooks: torch.Tensor) -> None:
+        """Copy MuLan's RVQ codebooks `(L, K, D)` into a `"codebook"` LM (what training does once, before step 0)."""
+        if not hasattr(self, "mulan_codebooks"):
+            raise MelodyError("this semantic LM embeds MuLan tokens by a table (semantic_lm.condition_embedding = 'table'); "
+                              "it holds no codebooks")
+        if codebooks.shape != self.mulan_codebooks.shape:
+            raise MelodyError(f"MuLan codebooks {tuple(codebooks.shape)} do not fit this LM's "
+                              f"{tuple(self.mulan_codebooks.shape)}; train the LM with this MuLan")
+        self.mulan_codebooks.copy_(codebooks)
 
     def new_cache(self) -> SemanticLMCache:
         return SemanticLMCache(self.transformer.new_cache())
@@ -224,7 +256,7 @@ class SemanticLM(nn.Module):
                 raise ValueError(f"mulan_tokens must be (b={batch}, {self.mulan_levels}), got {tuple(mulan_tokens.shape)}")
             if ((mulan_tokens < 0) | (mulan_tokens >= self.mulan_codebook_size)).any():
                 raise ValueError(f"MuLan tokens must lie in [0, {self.mulan_codebook_size})")  # else they land on another level
-            cond = self.mulan_embedding(mulan_tokens + self.level_offsets)  # (b, L, d)
+            cond = self.embed_mulan_tokens(mulan_tokens)  # (b, L, d)
             if drop is not None:
                 cond = torch.where(drop.view(batch, 1, 1), null, cond)
         if self.tempo_embedding is None:
@@ -237,6 +269,15 @@ class SemanticLM(nn.Module):
         if drop is not None:
             tempo = tempo.masked_fill(drop, 0)
         return torch.cat((cond, self.tempo_embedding(tempo)[:, None]), dim=1)
+
+    def embed_mulan_tokens(self, mulan_tokens: torch.Tensor) -> torch.Tensor:
+        """MuLan tokens `(b, L)` → the condition's vectors `(b, L, d)` (`condition_embedding`)."""
+        if self.config.condition_embedding == "table":
+            return self.mulan_embedding(mulan_tokens + self.level_offsets)
+        sums = running_reconstruction(mulan_tokens, self.mulan_codebooks)
+        if self.training and self.config.condition_noise > 0:
+            sums = sums + self.config.condition_noise * torch.randn_like(sums)
+        return self.condition_projection(sums.to(self.condition_projection.weight.dtype))
 
     def forward(self, mulan_tokens: torch.Tensor | None, semantic: torch.Tensor,
                 drop_condition: torch.Tensor | None = None, cache: SemanticLMCache | None = None,
@@ -263,7 +304,15 @@ class SemanticLM(nn.Module):
         return LMOutput(logits, next_logits)
 
 
-def parameter_count(config: SemanticLMConfig, vocab_size: int, mulan_levels: int, mulan_codebook_size: int) -> int:
+def running_reconstruction(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
+    """S_l = Σ_{i≤l} q_i[c_i] for l = 1 … L: RVQ codes `(b, L)` with codebooks `(L, K, D)` → `(b, L, D)`, the embedding
+    as each level refines it (SoundStream Alg. 1's output after l levels; S_L is `dequantize`'s)."""
+    levels = torch.arange(codes.shape[1], device=codes.device)
+    return codebooks[levels[None, :], codes].cumsum(dim=1)
+
+
+def parameter_count(config: SemanticLMConfig, vocab_size: int, mulan_levels: int, mulan_codebook_size: int,
+                    mulan_dim: int = 0) -> int:
     """Parameters of a `SemanticLM` of these sizes, counted on the meta device (no memory, no init)."""
     with torch.device("meta"):
-        return SemanticLM(config, vocab_size, mulan_levels, mulan_codebook_size).num_parameters()
+        return SemanticLM(config, vocab_size, mulan_levels, mulan_codebook_size, mulan_dim).num_parameters()

@@ -80,6 +80,8 @@ class SemanticLMStage(Stage):
         self.tokenizer.eval().requires_grad_(False)
         torch.manual_seed(cfg.train.seed)
         lm = SemanticLM.from_config(cfg)
+        if cfg.semantic_lm.condition_embedding == "codebook":
+            lm.set_mulan_codebooks(self.mulan.rvq.codebooks)
         self.models = {"semantic_lm": lm}
         self.optimizers = {"semantic_lm": torch.optim.AdamW(lm.parameters(), lr=cfg.train.lr, betas=BETAS,
                                                             weight_decay=cfg.train.weight_decay)}
