@@ -23,7 +23,9 @@ SOURCES = (("vae", "VAE"), ("tokens", "DPD from the clip's own tokens"), ("capti
 
 def main() -> None:
     reports = {s: json.loads((LADDER / f"music_eval_{s}.json").read_text()) for s, _ in SOURCES}
-    probes = json.loads((LADDER / "token_probe.json").read_text())["probes"]
+    # the newest probe run holds the caption's row too: `--audio-condition --mulan` where measured, else the plain one
+    told_file = LADDER / "token_probe_audio_condition.json"
+    probes = json.loads((told_file if told_file.is_file() else LADDER / "token_probe.json").read_text())["probes"]
     probe, lm_probe = probes["semantic tokens (histogram)"], probes["the semantic LM's tokens from the caption (histogram)"]
     first = reports["caption"]
     plt = pyplot()
@@ -33,8 +35,8 @@ def main() -> None:
              for s, label in SOURCES]
     bars.insert(2, ("the tokens, probed (bag of tokens)", [probe[a]["accuracy"] for a in ATTRIBUTES]))
     bars.insert(4, ("the LM's tokens from the caption, probed", [lm_probe[a]["accuracy"] for a in ATTRIBUTES]))
-    if (LADDER / "token_probe_audio_condition.json").is_file():  # `token_probe.py --audio-condition --mulan`
-        told = json.loads((LADDER / "token_probe_audio_condition.json").read_text())["probes"]
+    if told_file.is_file():
+        told = probes
         bars[4:4] = [(label, [told[key][a]["accuracy"] for a in ATTRIBUTES]) for label, key in (
             ("the clip's MuLan tokens, probed", "MuLan audio tokens (their code vectors summed)"),
             ("the LM's tokens from the clip's MuLan tokens, probed",
@@ -54,7 +56,8 @@ def main() -> None:
     attributes.set_title(f"what the caption asked for, heard in {first['clips']} held-out clips", fontsize=9)
     names = ["real"] + [label for _, label in SOURCES]
     mcc = [first["mcc"]["real"]] + [reports[s]["mcc"]["generated"] for s, _ in SOURCES]
-    closeness.bar(range(len(names)), mcc, color=["C0", "C1", "C3", "C5"])  # the attribute bars' colours
+    labels = [label for label, _ in bars]
+    closeness.bar(range(len(names)), mcc, color=[f"C{labels.index(n)}" for n in names])  # the attribute bars' colours
     closeness.axhline(first["mcc"]["mismatched"], ls=":", c="k", lw=1, label="music vs another clip's caption")
     closeness.set_xticks(range(len(names)), [n.replace(" from the", "\nfrom the").replace("DPD from", "DPD\nfrom")
                                              for n in names], fontsize=7)

@@ -458,3 +458,30 @@ def test_stretched_nll_sets_the_moved_tempo_token_against_the_stale_one():
     assert out["told"] == pytest.approx(lm_nll(lm, split.text_mulan[stated], tokens, keep, tempo=told))
     assert out["told"] != out["stale"]
     assert stretched_nll(tiny(), split) == {}  # an LM without the tempo token
+
+
+@torch.no_grad()
+def test_condition_probe_scores_each_condition_over_the_window_and_its_first_frames():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from condition_probe import CONDITIONS, perplexities
+
+    from melody.eval.semantic import TokenizedSplit, lm_nll
+
+    lm, n, t = tiny(sharp=True), 6, 20
+    keep = torch.ones(n, t, dtype=torch.bool)
+    keep[0, 15:] = False  # a shorter clip
+    split = TokenizedSplit(semantic(n, t), keep, mulan(n), mulan(n, seed=3), [""] * n, [""] * n,
+                           torch.full((n,), math.nan, dtype=torch.float64))
+    got = perplexities(lm, split, first_frames=5, seed=0)
+    assert set(got) == set(CONDITIONS) and all(set(v) == {"window", "first second"} for v in got.values())
+    first = keep & (torch.arange(t)[None, :] < 5)
+    assert got["null"]["window"] == pytest.approx(math.exp(lm_nll(lm, None, split.semantic, keep)))
+    assert got["caption"]["first second"] == pytest.approx(math.exp(lm_nll(lm, split.text_mulan, split.semantic, first)))
+    assert got["audio"]["window"] != pytest.approx(got["another clip's audio"]["window"])  # shuffled among the clips
+    # one condition for every clip: shuffling changes nothing
+    same = TokenizedSplit(split.semantic, keep, mulan(1).expand(n, -1), split.text_mulan, [""] * n, [""] * n, split.bpm)
+    again = perplexities(lm, same, first_frames=5, seed=0)
+    assert again["audio"] == pytest.approx(again["another clip's audio"])

@@ -61,12 +61,14 @@ OVERRIDES: dict[str, dict[str, tuple[str, ...]]] = {
                   "train.checkpoint_every=250", "train.sample_every=250", "train.num_workers=1"),
         "tokenizer": ("train.steps=2000", "train.batch_size=16", "train.lr=5e-4",
                       "train.checkpoint_every=250", "train.sample_every=250", "train.num_workers=1"),
-        # docs/semantic.md ("The bundled LM, trained on a GPU"): 4× the width of the first bundled LM, the tempo token
-        # and the tempo stretch, from cached features of the 10 h corpus (`melody data synth --hours 12`); 3 000 steps
-        # of batch 64 on an H200 (140 s). No weight decay: the run left the preset's 0 (the first LM had 0.1).
-        "semantic": ("semantic_lm.dim=256", "semantic_lm.tempo_buckets=24", "semantic_lm.tempo_stretch=0.25",
-                     "train.steps=3000", "train.batch_size=64", "train.lr=1e-3", "train.cached_features=true",
-                     "train.log_every=50", "train.checkpoint_every=1000", "train.sample_every=250", "train.num_workers=3"),
+        # docs/semantic.md ("The LM's condition"): MuLan tokens embedded through MuLan's codebooks, the tempo token
+        # and the tempo stretch, the preset's width (128), from cached features of the 3 h corpus; 1 500 steps of
+        # batch 32 on 2 CPU cores (one thread each for two runs side by side, about 30 min). Logs in
+        # training/semantic-lm-condition/codebook/.
+        "semantic": ("semantic_lm.condition_embedding=codebook", "semantic_lm.tempo_buckets=24",
+                     "semantic_lm.tempo_stretch=0.25", "train.steps=1500", "train.batch_size=32", "train.lr=1e-3",
+                     "train.cached_features=true", "train.log_every=50", "train.checkpoint_every=500",
+                     "train.sample_every=250", "train.num_workers=1"),
         # docs/dpd.md and training/dpd-tiny/config.json: lr 5e-4 with EMA; the bundled run began on a 30 000-step
         # schedule, was re-scheduled at step 5 398 to end at 12 000 (cosine decay from there) and stopped at 11 330
         "dpd": ("train.lr=5e-4", "train.ema_decay=0.999", "train.steps=12000", "train.checkpoint_every=500",
