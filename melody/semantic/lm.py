@@ -22,9 +22,9 @@ Choices where the paper is silent:
   - `"codebook"` (outside the paper): position l holds W S_l + b, S_l = Σ_{i≤l} q_i[c_i] the RVQ's running
     reconstruction (`running_reconstruction`) from a frozen copy of MuLan's codebooks (`mulan_codebooks`, set by
     `set_mulan_codebooks`, saved with the LM). Two embeddings close in MuLan's space give close conditions, where
-    the table gives unrelated vectors to two codes however close their codewords. Why: the bundled table LM read a
-    training clip's 12 codes as its name. Its first second's perplexity on training clips is 1.38 with their
-    condition against 2.02 with the null one, and on held-out clips 4.09 against 4.09
+    the table gives unrelated vectors to two codes however close their codewords. Why: the previously bundled
+    table LM read a training clip's 12 codes as its name. Its first second's perplexity on training clips is 1.38
+    with their condition against 2.02 with the null one, and on held-out clips 4.09 against 4.09
     (`benchmarks/condition_probe.py`). `condition_noise` adds N(0, σ²) to each S_l in training.
 - **BOS**: a learned vector between the condition and the first semantic token (the separator; its
   output predicts s_0, so the first token is predicted from the condition alone).
