@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load_average, machine  # noqa: E402
 from melody.checkpoint import load_model_and_config  # noqa: E402
 from melody.data.features import find_features  # noqa: E402
-from melody.eval.semantic import lm_nll, tokenized_features  # noqa: E402
+from melody.eval.semantic import leading_frames, lm_nll, tokenized_features  # noqa: E402
 from melody.io import write_json_atomic, write_text_atomic  # noqa: E402
 from melody.pipeline import MeLoDy  # noqa: E402
 from melody.semantic.lm import SemanticLM  # noqa: E402
@@ -46,7 +46,7 @@ def perplexities(lm: SemanticLM, split, first_frames: int, seed: int) -> dict[st
     """{condition: {"window": ppl, "first second": ppl}} over the clips of `split` (a `TokenizedSplit`)."""
     shuffle = torch.randperm(split.audio_mulan.shape[0], generator=torch.Generator().manual_seed(seed))
     conditions = dict(zip(CONDITIONS, (split.audio_mulan, split.text_mulan, None, split.audio_mulan[shuffle])))
-    first = split.keep & (torch.arange(split.keep.shape[1])[None, :] < first_frames)
+    first = leading_frames(split.keep, first_frames)
     return {name: {"window": math.exp(lm_nll(lm, cond, split.semantic, split.keep)),
                    "first second": math.exp(lm_nll(lm, cond, split.semantic, first))}
             for name, cond in conditions.items()}
@@ -87,8 +87,8 @@ def main() -> None:
         with torch.no_grad():
             results[str(folder)] = {s: perplexities(lm, split, cfg.tokenizer.frame_rate, args.seed)
                                     for s, split in splits.items()}
-        print(folder, {s: {c: round(v["first second"], 3) for c, v in r.items()} for s, r in results[str(folder)].items()},
-              flush=True)
+        firsts = {s: {c: round(v["first second"], 3) for c, v in r.items()} for s, r in results[str(folder)].items()}
+        print(folder, firsts, flush=True)
     write_json_atomic(args.out, {"data": str(args.data), "features": str(features), "seed": args.seed,
                                  "clips": {s: int(split.semantic.shape[0]) for s, split in splits.items()},
                                  "perplexity": results, **machine("cpu", args.threads, load)})

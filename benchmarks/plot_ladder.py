@@ -36,8 +36,7 @@ def main() -> None:
     bars.insert(2, ("the tokens, probed (bag of tokens)", [probe[a]["accuracy"] for a in ATTRIBUTES]))
     bars.insert(4, ("the LM's tokens from the caption, probed", [lm_probe[a]["accuracy"] for a in ATTRIBUTES]))
     if told_file.is_file():
-        told = probes
-        bars[4:4] = [(label, [told[key][a]["accuracy"] for a in ATTRIBUTES]) for label, key in (
+        bars[4:4] = [(label, [probes[key][a]["accuracy"] for a in ATTRIBUTES]) for label, key in (
             ("the clip's MuLan tokens, probed", "MuLan audio tokens (their code vectors summed)"),
             ("the LM's tokens from the clip's MuLan tokens, probed",
              "the semantic LM's tokens from the clip's own MuLan audio tokens (histogram)"))]

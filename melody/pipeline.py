@@ -528,8 +528,9 @@ class MeLoDy:
 
     def compiled_dpd(self):
         """`dpd_at_precision()` with its network through `torch.compile` (inductor; one compilation per input shape,
-        at its first call), kept for that network (one per precision and device, as `dpd_at_precision` keeps them). Under autocast the compiled network is the bf16 copy, the
-        autocast context around it, as `dpd_at_precision` runs it."""
+        at its first call), kept for that network (one per precision and device, as `dpd_at_precision` keeps them).
+        Under autocast the compiled network is the bf16 copy, the autocast context around it, as `dpd_at_precision`
+        runs it."""
         sampled = self.dpd_at_precision()
         network = sampled.model if isinstance(sampled, _Autocast) else sampled
         kept = self.__dict__.setdefault("_dpd_compiled", {})  # by the network compiled: the DPD or its kept copy

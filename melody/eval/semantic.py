@@ -152,6 +152,12 @@ def ngram_nll(tokens: torch.Tensor, keep: torch.Tensor, unigram: torch.Tensor, b
 
 
 @torch.no_grad()
+def leading_frames(keep: torch.Tensor, frames: int) -> torch.Tensor:
+    """The valid frames `keep` `(n, t)` among each clip's first `frames` (its first second at the frame rate), where
+    only the condition informs the LM."""
+    return keep & (torch.arange(keep.shape[1], device=keep.device)[None, :] < frames)
+
+
 def lm_nll(lm: SemanticLM, mulan_tokens: torch.Tensor | None, semantic: torch.Tensor, keep: torch.Tensor,
            batch_size: int = 16, tempo: torch.Tensor | None = None) -> float:
     """Mean −log p(s_i | condition, s_<i) per kept token, teacher-forced (None: the null condition;
@@ -247,7 +253,7 @@ def evaluate_semantic(lm: SemanticLM, mulan: MuLan, tokenizer: SemanticTokenizer
         }
         return {k: round(math.exp(v), 3) for k, v in nll.items()}
 
-    first = test.keep & (torch.arange(test.keep.shape[1])[None, :] < tokenizer.config.frame_rate)
+    first = leading_frames(test.keep, tokenizer.config.frame_rate)
     counts = torch.bincount(test.semantic[test.keep], minlength=vocab).double()
     p = counts / counts.sum()
     entropy = float(-(p[p > 0] * p[p > 0].log()).sum())

@@ -61,7 +61,7 @@ OVERRIDES: dict[str, dict[str, tuple[str, ...]]] = {
                   "train.checkpoint_every=250", "train.sample_every=250", "train.num_workers=1"),
         "tokenizer": ("train.steps=2000", "train.batch_size=16", "train.lr=5e-4",
                       "train.checkpoint_every=250", "train.sample_every=250", "train.num_workers=1"),
-        # docs/semantic.md ("The LM's condition"): MuLan tokens embedded through MuLan's codebooks, the tempo token
+        # docs/semantic.md ("The bundled semantic LM"): MuLan tokens embedded through MuLan's codebooks, the tempo token
         # and the tempo stretch, the preset's width (128), from cached features of the 3 h corpus; 1 500 steps of
         # batch 32 on 2 CPU cores (one thread each for two runs side by side, about 30 min). Logs in
         # training/semantic-lm-condition/codebook/.

@@ -44,7 +44,7 @@ from melody.config import MelodyConfig
 from melody.data.features import FeatureDataset, find_features
 from melody.data.loader import ShardDataset, clip_bpm
 from melody.errors import MelodyError
-from melody.eval.semantic import lm_nll, stretched_nll, tokenize_split, tokenized_features
+from melody.eval.semantic import leading_frames, lm_nll, stretched_nll, tokenize_split, tokenized_features
 from melody.io import write_json_atomic
 from melody.mulan import MuLan
 from melody.semantic.lm import SemanticLM, condition_dropout_mask, lm_loss, stretch_rates, stretch_tokens, tempo_bucket
@@ -151,7 +151,7 @@ class SemanticLMStage(Stage):
             self._valid = tokenize_split(self.mulan, self.tokenizer, self.data_root, "valid",
                                          self.cfg.semantic_lm.window_seconds)
         v, lm = self._valid, engine.ema_or_model("semantic_lm").eval()
-        first = v.keep & (torch.arange(v.keep.shape[1])[None, :] < self.tokenizer.config.frame_rate)
+        first = leading_frames(v.keep, self.tokenizer.config.frame_rate)
         logs = {"valid/ppl": math.exp(lm_nll(lm, v.audio_mulan, v.semantic, v.keep)),
                 "valid/ppl_text": math.exp(lm_nll(lm, v.text_mulan, v.semantic, v.keep)),
                 "valid/ppl_null": math.exp(lm_nll(lm, None, v.semantic, v.keep)),
