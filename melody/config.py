@@ -175,7 +175,7 @@ class SemanticLMConfig:
     # "codebook", level l's position holds a learned projection of the RVQ's running reconstruction Σ_{i≤l} q_i, the
     # MuLan embedding at l levels' precision, so nearby embeddings give nearby conditions (a small corpus's LM then
     # cannot read a clip's 12 codes as its name). `condition_noise` σ: training-time Gaussian noise on those
-    # reconstructions (codebook only; 0: off).
+    # reconstructions (codebook only: a table LM refuses it; 0: off).
     condition_embedding: str = "table"
     condition_noise: float = 0.0
     # At sampling: "fp32", or "bf16" weights (a bf16 copy: one token's pass streams every weight, so half the bytes

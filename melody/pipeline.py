@@ -302,9 +302,7 @@ class MeLoDy:
             models[stage], configs[stage] = load_model_and_config(folder / stage, stage, stage, STAGE_BUILDERS[stage])
         cfg = configs["dpd"]
         cfg.mulan, cfg.semantic_lm = configs["mulan"].mulan, configs["semantic_lm"].semantic_lm
-        lm_codebooks = getattr(models["semantic_lm"], "mulan_codebooks", None)
-        # compared in float16: either stage may have been exported with --half
-        if lm_codebooks is not None and not torch.equal(lm_codebooks.half(), models["mulan"].rvq.codebooks.half()):
+        if not models["semantic_lm"].has_codebooks(models["mulan"].rvq.codebooks):
             raise MelodyError(f"{folder}: the semantic LM was trained with another MuLan's codebooks than the bundle's "
                               "'mulan'; export both from the same runs")
         return cls(**models, cfg=cfg)

@@ -336,6 +336,8 @@ def test_codebook_lm_checks_its_codebooks_and_config():
         tiny().set_mulan_codebooks(torch.zeros(LEVELS, CODES, MULAN_DIM))
     with pytest.raises(MelodyError, match="'table' or 'codebook'"):
         SemanticLM(SemanticLMConfig(dim=32, depth=2, heads=4, condition_embedding="tokens"), VOCAB, LEVELS, CODES, 4)
+    with pytest.raises(MelodyError, match="condition_noise .* codebook condition"):  # a table has no codewords to perturb
+        SemanticLM(SemanticLMConfig(dim=32, depth=2, heads=4, condition_noise=0.1), VOCAB, LEVELS, CODES, MULAN_DIM)
     with pytest.raises(MelodyError, match="embedding width"):
         SemanticLM(SemanticLMConfig(dim=32, depth=2, heads=4, condition_embedding="codebook"), VOCAB, LEVELS, CODES)
     cfg = SemanticLMConfig(dim=32, depth=2, heads=4, condition_embedding="codebook")

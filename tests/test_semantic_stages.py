@@ -160,6 +160,13 @@ def test_a_codebook_lm_trains_on_its_mulans_codebooks(stack, tmp_path):
     assert cfg.semantic_lm.condition_embedding == "codebook" and torch.equal(lm.mulan_codebooks, mulan.rvq.codebooks)
     logs = [json.loads(line) for line in (tmp_path / "lm" / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(v) for row in logs for k, v in row.items() if k != "step")
+    # an LM that read another MuLan's codebooks is no start for a run against this MuLan: refused before step 0
+    lm.set_mulan_codebooks(mulan.rvq.codebooks + 0.01)
+    save_model(tmp_path / "other", "semantic_lm", lm, cfg, "semantic_lm")
+    out = melody_one_thread("train", "semantic", "--data", str(corpus), "--out", str(tmp_path / "ft"), "--mulan",
+                            str(runs["mulan"]), "--tokenizer", str(runs["tokenizer"]), "--init", str(tmp_path / "other"),
+                            *sets([*overrides, "semantic_lm.condition_embedding=codebook"]), "--no-progress")
+    assert "another MuLan's codebooks" in one_line_error(out) and not (tmp_path / "ft" / "metrics.jsonl").exists()
 
 
 def test_semantic_training_needs_a_finished_mulan(stack, tmp_path):

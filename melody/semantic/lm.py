@@ -183,6 +183,9 @@ class SemanticLM(nn.Module):
         self.vocab_size, self.mulan_levels, self.mulan_codebook_size = vocab_size, mulan_levels, mulan_codebook_size
         d = config.dim
         if config.condition_embedding == "table":
+            if config.condition_noise:
+                raise MelodyError(f"semantic_lm.condition_noise ({config.condition_noise}) perturbs the codewords of a "
+                                  "codebook condition; set semantic_lm.condition_embedding=codebook, or condition_noise=0")
             self.mulan_embedding = nn.Embedding(mulan_levels * mulan_codebook_size, d)  # row l·K + k: code k at level l
             self.register_buffer("level_offsets", torch.arange(mulan_levels) * mulan_codebook_size, persistent=False)
         elif config.condition_embedding == "codebook":
@@ -220,6 +223,12 @@ class SemanticLM(nn.Module):
             raise MelodyError(f"MuLan codebooks {tuple(codebooks.shape)} do not fit this LM's "
                               f"{tuple(self.mulan_codebooks.shape)}; train the LM with this MuLan")
         self.mulan_codebooks.copy_(codebooks)
+
+    def has_codebooks(self, codebooks: torch.Tensor) -> bool:
+        """Whether this LM reads MuLan tokens through `codebooks` (always, for a `"table"` LM, which reads none).
+        Compared in float16: either model may have been exported with `--half`."""
+        mine = getattr(self, "mulan_codebooks", None)
+        return mine is None or (mine.shape == codebooks.shape and torch.equal(mine.half(), codebooks.half()))
 
     def new_cache(self) -> SemanticLMCache:
         return SemanticLMCache(self.transformer.new_cache())

@@ -119,6 +119,9 @@ class Stage(ABC):
     def sample(self, engine: Engine, batch: dict, folder: Path) -> None:  # noqa: B027 (optional)
         """Write listening material for `batch` (held-out audio) into `folder`."""
 
+    def check_init(self, model: str, source: nn.Module) -> None:  # noqa: B027 (optional)
+        """Refuse `--init` weights for `model` that do not fit what this stage holds frozen (one line)."""
+
     def finalize(self, engine: Engine) -> None:  # noqa: B027 (optional)
         """Settle what is measured from the trained model (e.g. a latent scale in `self.cfg`) before the export."""
 

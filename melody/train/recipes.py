@@ -148,6 +148,7 @@ def train_stage(name: str, data: Path, run_dir: Path, preset_name: str, override
     started_from = {}
     for model in stage.export if init is not None else ():
         source, _ = load_stage(init, model)
+        stage.check_init(model, source)
         load_weights(stage.models[model], source.state_dict(), f"--init {init}")
         started_from[model] = fingerprint(source)
     engine = Engine(stage, run_dir, resume=resume, progress=progress)

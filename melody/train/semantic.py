@@ -39,6 +39,7 @@ import math
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from melody.config import MelodyConfig
 from melody.data.features import FeatureDataset, find_features
@@ -110,6 +111,11 @@ class SemanticLMStage(Stage):
         """MuLan tokens of each caption `(b, L)`, each caption quantised once."""
         self.mulan.to(device)
         return self._caption_tokens(captions, self.mulan.tokens_from_text).to(device)
+
+    def check_init(self, model: str, source: nn.Module) -> None:
+        if isinstance(source, SemanticLM) and not source.has_codebooks(self.mulan.rvq.codebooks):
+            raise MelodyError("--init: that semantic LM read MuLan tokens through another MuLan's codebooks than this "
+                              "run's --mulan; start from an LM trained with this MuLan, or give its MuLan")
 
     def train_step(self, engine: Engine, batch: dict, generator: torch.Generator) -> dict[str, float]:
         if "tokens" in batch:  # cached features
