@@ -171,6 +171,10 @@ class SemanticLMConfig:
     # drawn log-uniformly in [1 / (1 + s), 1 + s] (`stretch_tokens`), their tempo token moved with them, so that the
     # token, not the corpus's usual pace, sets how fast tokens come (0: off; outside the paper).
     tempo_stretch: float = 0.0
+    # With the stretch: the condition says the new tempo too. A stretched example's caption restates it as
+    # `generate(bpm=)` words it (`with_controls`), and MuLan tokens of the clip's audio, which cannot, are never
+    # stretched. Off, a stretched example's caption and audio tokens still say the clip's own tempo.
+    tempo_restate: bool = False
     # How a MuLan token enters the LM: "table", one learned vector per (level, code) (the paper is silent); or
     # "codebook", level l's position holds a learned projection of the RVQ's running reconstruction Σ_{i≤l} q_i, the
     # MuLan embedding at l levels' precision, so nearby embeddings give nearby conditions (a small corpus's LM then

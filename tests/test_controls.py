@@ -10,7 +10,7 @@ from test_pipeline import bundle, melody  # noqa: F401 (the fixtures)
 from test_quality import click_track
 from test_semantic_stages import one_line_error, run_ok
 
-from melody.data.synth.captions import caption_mentions, parse_key, with_controls
+from melody.data.synth.captions import caption_mentions, parse_key, prompt_bpm, restate_tempo, with_controls
 from melody.errors import MelodyError
 from melody.eval.quality import measure_tempo, tempo_fit_rate
 from melody.pipeline import FIT_MIN_SECONDS
@@ -36,6 +36,15 @@ def test_a_controlled_prompt_passes_the_corpus_caption_check():
     text = with_controls("a funk groove at 90 BPM in C major", 118, "G# minor")
     assert caption_mentions(text, {"style": "funk", "tempo_bpm": 118, "key": "G#", "mode": "minor"})
     assert not caption_mentions(text, {"style": "funk", "tempo_bpm": 90, "key": "C", "mode": "major"})
+
+
+def test_a_stretched_captions_tempo_is_restated_rounded_and_kept_in_range():
+    caption = "Upbeat rock track in C major, 137 BPM, with overdriven guitar and drums."
+    assert restate_tempo(caption, 110.4) == "Upbeat rock track in C major, with overdriven guitar and drums, at 110 BPM."
+    assert prompt_bpm(restate_tempo(caption, 171.25)) == 171
+    # beyond what --bpm accepts: clamped rather than refused, since a stretch of a corpus tempo may cross the edge
+    assert prompt_bpm(restate_tempo(caption, 25.0)) == 30 and prompt_bpm(restate_tempo(caption, 340.0)) == 300
+    assert restate_tempo("clip number 3", 88.0) == "clip number 3, at 88 BPM."  # a caption stating none gains one
 
 
 @pytest.mark.parametrize("call, message", [

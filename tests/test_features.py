@@ -287,6 +287,35 @@ def test_the_semantic_lm_trains_and_is_judged_from_features_alone(setup, tmp_pat
     assert all(np.isfinite(valid[k]) for k in ("valid/ppl", "valid/ppl_text", "valid/ppl_stretched_told", "valid/ppl_stretched_stale"))
 
 
+def test_tempo_restate_conditions_a_stretched_example_on_its_caption_saying_the_new_tempo(setup, tmp_path):
+    """`semantic_lm.tempo_restate`: the stretched examples are text-conditioned ones, each on its caption restating its
+    new tempo (clip i states 60 + 10 i BPM; the stretch is within ×0.8 … ×1.25); the held-out log adds
+    `told_restated`."""
+    import re
+
+    _, _, models, _, bert = setup
+    corpus = make_corpus(tmp_path / "corpus", clips=10, per_shard=3, seconds=(1.0, 2.0), tempo=True)
+    encode_corpus(corpus, None, models["tokenizer"], models["mulan"], latents="none", progress=False)
+    stage = semantic_stage(corpus, bert, tmp_path / "run", "train.batch_size=4", "train.steps=4", "semantic_lm.window_seconds=2",
+                           "train.cached_features=true", "semantic_lm.text_condition_prob=0.5", "semantic_lm.tempo_buckets=8",
+                           "semantic_lm.tempo_stretch=0.25", "semantic_lm.tempo_restate=true", "semantic_lm.tempo_dropout=0",
+                           "train.sample_every=4", conditioners=(models["mulan"], models["tokenizer"]))
+    asked, tokens = [], stage.caption_tokens
+
+    def recording(captions, device):
+        asked.extend(captions)
+        return tokens(captions, device)
+
+    stage.caption_tokens = recording
+    Engine(stage, tmp_path / "run", progress=False, cpu=True).fit()
+    said = [re.fullmatch(r"clip number (\d+), at (\d+) BPM\.", c) for c in asked]
+    assert asked and all(said), asked
+    assert all(0.8 - 0.01 <= int(m[2]) / (60 + 10 * int(m[1])) <= 1.25 + 0.01 for m in said)
+    logs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    valid = next(log for log in logs if "valid/ppl_stretched_told_restated" in log)
+    assert np.isfinite(valid["valid/ppl_stretched_told_restated"])
+
+
 def test_the_tempo_stretch_needs_the_tempo_token_and_a_spread_of_at_least_0(setup, tmp_path):
     corpus, _, models, _, bert = setup
     with pytest.raises(MelodyError, match="tempo_buckets") as err:

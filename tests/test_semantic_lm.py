@@ -449,8 +449,8 @@ def test_stretched_nll_sets_the_moved_tempo_token_against_the_stale_one():
 
     lm, n = sharpen(tempo_lm(seed=1)), 4
     bpm = torch.tensor([60.0, 90.0, math.nan, 150.0], dtype=torch.float64)
-    split = TokenizedSplit(semantic(n, 12), torch.ones(n, 12, dtype=torch.bool), mulan(n), mulan(n, seed=5), [""] * n,
-                           [f"clip-{i}" for i in range(n)], bpm)
+    split = TokenizedSplit(semantic(n, 12), torch.ones(n, 12, dtype=torch.bool), mulan(n), mulan(n, seed=5),
+                           [f"clip {i}" for i in range(n)], [""] * n, bpm)
     same = stretched_nll(lm, split, rates=(1.0,))
     assert same["told"] == same["stale"]  # not stretched: the moved token is the clip's own
     out = stretched_nll(lm, split, rates=(1.25,))
@@ -458,7 +458,18 @@ def test_stretched_nll_sets_the_moved_tempo_token_against_the_stale_one():
     tokens, keep = stretch_tokens(split.semantic[stated], split.keep[stated], torch.full((3,), 1.25, dtype=torch.float64))
     told = tempo_bucket(bpm[stated] * 1.25, BUCKETS, TEMPO_RANGE)
     assert out["told"] == pytest.approx(lm_nll(lm, split.text_mulan[stated], tokens, keep, tempo=told))
-    assert out["told"] != out["stale"]
+    assert out["told"] != out["stale"] and "told_restated" not in out
+    # with the captions' tokenizer: the condition restates the new tempo too (`semantic_lm.tempo_restate`)
+    asked = []
+
+    def caption_tokens(captions):
+        asked.extend(captions)
+        return mulan(len(captions), seed=9)
+
+    out = stretched_nll(lm, split, rates=(1.25,), caption_tokens=caption_tokens)
+    assert asked == ["clip 0, at 75 BPM.", "clip 1, at 112 BPM.", "clip 3, at 188 BPM."]  # 60, 90, 150 × 1.25, rounded
+    assert out["told_restated"] == pytest.approx(lm_nll(lm, mulan(3, seed=9), tokens, keep, tempo=told))
+    assert out["told_restated"] != out["told"]
     assert stretched_nll(tiny(), split) == {}  # an LM without the tempo token
 
 

@@ -26,6 +26,7 @@ Also the tokens' code usage and their unigram perplexity (the tokenizer's effect
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ import torch
 
 from melody.data.features import FeatureDataset
 from melody.data.loader import ShardDataset, clip_bpm, make_loader
+from melody.data.synth.captions import restate_tempo
 from melody.errors import MelodyError
 from melody.io import write_json_atomic
 from melody.modules import device_of
@@ -174,15 +176,19 @@ def lm_nll(lm: SemanticLM, mulan_tokens: torch.Tensor | None, semantic: torch.Te
     return total / max(count, 1)
 
 
-def stretched_nll(lm: SemanticLM, split: TokenizedSplit, rates: tuple[float, ...] = (0.8, 1.25)) -> dict[str, float]:
+def stretched_nll(lm: SemanticLM, split: TokenizedSplit, rates: tuple[float, ...] = (0.8, 1.25),
+                  caption_tokens: Callable[[list[str]], torch.Tensor] | None = None) -> dict[str, float]:
     """Does the LM's tempo token set the pace? The clips that state a tempo, played at each of `rates`
     (`stretch_tokens`), text-conditioned: mean NLL per token with the tempo token moved with them (`told`) and with
-    the clip's own, now wrong, one (`stale`). `told` below `stale` means the LM reads the pace from the token."""
+    the clip's own, now wrong, one (`stale`). `told` below `stale` means the LM reads the pace from the token.
+    With `caption_tokens` (captions → MuLan tokens `(n, L)`), also `told_restated`: the token moved and the caption
+    restating the new tempo (`restate_tempo`), the condition that `semantic_lm.tempo_restate` trains with."""
     config = lm.config
     stated = torch.isfinite(split.bpm) & (split.bpm > 0)
     if lm.tempo_embedding is None or not bool(stated.any()):
         return {}
-    parts: dict[str, list] = {"semantic": [], "keep": [], "mulan": [], "told": [], "stale": []}
+    captions = [c for c, s in zip(split.captions, stated.tolist()) if s]
+    parts: dict[str, list] = {"semantic": [], "keep": [], "mulan": [], "told": [], "stale": [], "restated": []}
     for r in rates:
         rate = torch.full((int(stated.sum()),), float(r), dtype=torch.float64)
         semantic, keep = stretch_tokens(split.semantic[stated], split.keep[stated], rate)
@@ -191,8 +197,14 @@ def stretched_nll(lm: SemanticLM, split: TokenizedSplit, rates: tuple[float, ...
         parts["mulan"].append(split.text_mulan[stated])
         parts["told"].append(tempo_bucket(split.bpm[stated] * rate, config.tempo_buckets, config.tempo_range))
         parts["stale"].append(tempo_bucket(split.bpm[stated], config.tempo_buckets, config.tempo_range))
-    joined = {k: torch.cat(v) for k, v in parts.items()}
-    return {name: lm_nll(lm, joined["mulan"], joined["semantic"], joined["keep"], tempo=joined[name]) for name in ("told", "stale")}
+        if caption_tokens is not None:
+            new_bpm = (split.bpm[stated] * rate).tolist()
+            parts["restated"].append(caption_tokens([restate_tempo(c, b) for c, b in zip(captions, new_bpm)]).cpu())
+    joined = {k: torch.cat(v) for k, v in parts.items() if v}
+    nll = {name: lm_nll(lm, joined["mulan"], joined["semantic"], joined["keep"], tempo=joined[name]) for name in ("told", "stale")}
+    if caption_tokens is not None:
+        nll["told_restated"] = lm_nll(lm, joined["restated"], joined["semantic"], joined["keep"], tempo=joined["told"])
+    return nll
 
 
 @dataclass

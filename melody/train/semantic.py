@@ -44,6 +44,7 @@ from torch import nn
 from melody.config import MelodyConfig
 from melody.data.features import FeatureDataset, find_features
 from melody.data.loader import ShardDataset, clip_bpm
+from melody.data.synth.captions import restate_tempo
 from melody.errors import MelodyError
 from melody.eval.semantic import leading_frames, lm_nll, stretched_nll, tokenize_split, tokenized_features
 from melody.io import write_json_atomic
@@ -125,6 +126,7 @@ class SemanticLMStage(Stage):
             mulan_tokens, semantic, keep = self.condition_and_targets(batch["audio"][:, 0], batch["length"])
         lm_cfg = self.cfg.semantic_lm
         drop = condition_dropout_mask(semantic.shape[0], lm_cfg.cond_dropout, generator)
+        use_text = torch.zeros(semantic.shape[0], dtype=torch.bool, device=semantic.device)
         if lm_cfg.text_condition_prob > 0:
             use_text = (torch.rand(semantic.shape[0], generator=generator, device=generator.device)
                         < lm_cfg.text_condition_prob).to(semantic.device)
@@ -136,9 +138,16 @@ class SemanticLMStage(Stage):
             unsaid = torch.rand(bpm.shape[0], generator=generator, device=generator.device).cpu() < lm_cfg.tempo_dropout
             bpm = bpm.masked_fill(unsaid, math.nan)
             if lm_cfg.tempo_stretch > 0:  # only examples that state their tempo: the token must say the new pace
-                rate = stretch_rates(bpm.shape[0], lm_cfg.tempo_stretch, generator).masked_fill(~torch.isfinite(bpm), 1.0)
+                stretched = torch.isfinite(bpm) & (use_text.cpu() if lm_cfg.tempo_restate else True)
+                rate = stretch_rates(bpm.shape[0], lm_cfg.tempo_stretch, generator).masked_fill(~stretched, 1.0)
                 semantic, keep = stretch_tokens(semantic, keep, rate)
                 bpm = bpm * rate
+                if lm_cfg.tempo_restate and bool(stretched.any()):
+                    rows = stretched.nonzero()[:, 0].tolist()
+                    restated = self.caption_tokens([restate_tempo(batch["caption"][i], float(bpm[i])) for i in rows],
+                                                   semantic.device)
+                    mulan_tokens = mulan_tokens.clone()
+                    mulan_tokens[rows] = restated
             tempo = tempo_bucket(bpm, lm_cfg.tempo_buckets, lm_cfg.tempo_range).to(semantic.device)
         with engine.autocast():
             out = engine.model("semantic_lm")(mulan_tokens, semantic, drop.to(semantic.device), tempo=tempo)
@@ -166,6 +175,8 @@ class SemanticLMStage(Stage):
         if lm.tempo_embedding is not None:
             tempo = tempo_bucket(v.bpm, lm.config.tempo_buckets, lm.config.tempo_range)
             logs["valid/ppl_first_second_text_tempo"] = math.exp(lm_nll(lm, v.text_mulan, v.semantic, first, tempo=tempo))
-            logs |= {f"valid/ppl_stretched_{name}": math.exp(nll) for name, nll in stretched_nll(lm, v).items()}
+            restate = (lambda c: self.caption_tokens(c, v.semantic.device)) if lm.config.tempo_restate else None
+            logs |= {f"valid/ppl_stretched_{name}": math.exp(nll)
+                     for name, nll in stretched_nll(lm, v, caption_tokens=restate).items()}
         engine.log(logs, engine.step)
         write_json_atomic(folder / "perplexity.json", logs)

@@ -289,6 +289,12 @@ def check_bpm(bpm: float) -> float:
     return float(bpm)
 
 
+def restate_tempo(caption: str, bpm: float) -> str:
+    """`caption` saying `bpm` (rounded, and clamped into `BPM_RANGE`) in place of any tempo it states, as
+    `with_controls` says a `--bpm`: what a semantic-LM example stretched to that tempo is captioned with."""
+    return with_controls(caption, bpm=min(max(round(bpm), BPM_RANGE[0]), BPM_RANGE[1]))
+
+
 def with_controls(prompt: str, bpm: float | None = None, key: str | None = None) -> str:
     """`prompt` with the tempo and key it must follow, worded as the training captions word them ("at 120 BPM",
     "in A minor"), so that the text tower meets words it was trained on. A tempo or key the prompt already
