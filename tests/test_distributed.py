@@ -96,11 +96,12 @@ def test_two_processes_equal_one_with_the_same_global_batch(runs, launcher):
     assert one.keys() == two.keys()
     # Adam divides each gradient by its own running RMS, so where a gradient is near zero the reduction's rounding (one
     # sum over 4 examples against two sums of 2 added) becomes a visible share of that element's step: one element
-    # of 21 745 moved 7e-5 (2 % of a step at lr 3e-3) on one CPU. Every element within 1e-4, nearly all within 2e-5.
+    # of 21 745 moved 7e-5 (2 % of a step at lr 3e-3) on a Xeon; on an AMD EPYC one moved 1.04e-4 and 3 moved more than
+    # 2e-5. Every element within 2e-4, nearly all within 2e-5 (the single run's step 2 is more than 1e-3 away).
     for key in one:
-        torch.testing.assert_close(two[key], one[key], atol=1e-4, rtol=1e-4, msg=key)
+        torch.testing.assert_close(two[key], one[key], atol=2e-4, rtol=1e-4, msg=key)
     off = sum(int(((two[k] - one[k]).abs() > 2e-5).sum()) for k in one if one[k].is_floating_point())
-    assert off <= 1e-4 * sum(one[k].numel() for k in one if one[k].is_floating_point())
+    assert off <= 5e-4 * sum(one[k].numel() for k in one if one[k].is_floating_point())
     # and the three steps moved the weights well past that tolerance
     at_2 = read_tensors(runs["single"] / "checkpoints" / "step-00000002" / "models.safetensors", "c")[0]
     assert max((at_2[f"mulan.{k}"] - one[k]).abs().max().item() for k in one if one[k].is_floating_point()) > 1e-3
