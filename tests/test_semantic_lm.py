@@ -443,6 +443,15 @@ def test_stretch_rates_are_log_uniform_within_the_spread_and_seeded():
         stretch_rates(4, -0.1)
 
 
+def test_lm_nll_scores_without_building_a_graph():
+    from melody.eval.semantic import lm_nll
+
+    lm, grad = tiny(), []
+    lm.register_forward_hook(lambda *_: grad.append(torch.is_grad_enabled()))
+    lm_nll(lm, mulan(2), semantic(2, 8), torch.ones(2, 8, dtype=torch.bool))
+    assert grad and not any(grad)  # held-out scoring in training runs with the model's parameters trainable
+
+
 @torch.no_grad()
 def test_stretched_nll_sets_the_moved_tempo_token_against_the_stale_one():
     from melody.eval.semantic import TokenizedSplit, lm_nll, stretched_nll

@@ -153,13 +153,13 @@ def ngram_nll(tokens: torch.Tensor, keep: torch.Tensor, unigram: torch.Tensor, b
     return float(nll[keep].mean())
 
 
-@torch.no_grad()
 def leading_frames(keep: torch.Tensor, frames: int) -> torch.Tensor:
     """The valid frames `keep` `(n, t)` among each clip's first `frames` (its first second at the frame rate), where
     only the condition informs the LM."""
     return keep & (torch.arange(keep.shape[1], device=keep.device)[None, :] < frames)
 
 
+@torch.no_grad()
 def lm_nll(lm: SemanticLM, mulan_tokens: torch.Tensor | None, semantic: torch.Tensor, keep: torch.Tensor,
            batch_size: int = 16, tempo: torch.Tensor | None = None) -> float:
     """Mean −log p(s_i | condition, s_<i) per kept token, teacher-forced (None: the null condition;
