@@ -175,6 +175,10 @@ class SemanticLMConfig:
     # `generate(bpm=)` words it (`with_controls`), and MuLan tokens of the clip's audio, which cannot, are never
     # stretched. Off, a stretched example's caption and audio tokens still say the clip's own tempo.
     tempo_restate: bool = False
+    # With the tempo token: a beat clock beside each semantic token (`beat_clock`; outside the paper). The input that
+    # predicts frame i also holds sin/cos of its phase on the beat grid of the stated tempo (bars, half bars, beats,
+    # half beats), so every frame of a window, not only its first second, shows the LM where the asked beats fall.
+    tempo_clock: bool = False
     # How a MuLan token enters the LM: "table", one learned vector per (level, code) (the paper is silent); or
     # "codebook", level l's position holds a learned projection of the RVQ's running reconstruction Σ_{i≤l} q_i, the
     # MuLan embedding at l levels' precision, so nearby embeddings give nearby conditions (a small corpus's LM then

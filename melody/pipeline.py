@@ -52,7 +52,7 @@ from melody.dpd import DPD
 from melody.errors import MelodyError
 from melody.mulan import MuLan
 from melody.runtime import Compiled, few_row_linears, stacked_gates
-from melody.semantic.lm import SemanticLM, stretch_tokens, tempo_bucket, window_and_stride
+from melody.semantic.lm import SemanticLM, beat_grid, stretch_tokens, tempo_bucket, window_and_stride
 from melody.semantic.sampling import generate as generate_tokens
 from melody.semantic.tokenizer import SemanticTokenizer
 from melody.vae import VAE
@@ -206,6 +206,11 @@ def tempo_fit_asks(prompts: list[str] | None, duration: float) -> list[float | N
     if prompts is None or duration < FIT_MIN_SECONDS:
         return []
     return [prompt_bpm(p) for p in prompts]
+
+
+def stated_bpm(prompts: list[str]) -> torch.Tensor:
+    """The tempo each prompt states `(b,)` float64 (`prompt_bpm`), NaN where it states none."""
+    return torch.tensor([math.nan if (b := prompt_bpm(p)) is None else b for p in prompts], dtype=torch.float64)
 
 
 def check_region(start: float, end: float, clip_seconds: float, shortest: float = 0.0,
@@ -488,7 +493,8 @@ class MeLoDy:
                          temperature: float | None, top_k: int | None, lm_guidance: float | None,
                          prompts: list[str] | None = None):
         """`n_tokens` semantic tokens from the LM after `prefix`, with the config's sampling settings where None;
-        an LM with a tempo token gets the tempo each of `prompts` states (none for a prompt naming none)."""
+        an LM with a tempo token gets the tempo each of `prompts` states (none for a prompt naming none), and an LM with
+        a beat clock its beat grid, from a downbeat at `prefix`'s first token (the first new one without a prefix)."""
         lm_cfg = self.cfg.semantic_lm
         window, stride = window_and_stride(lm_cfg, self.token_rate)
         return generate_tokens(self.lm_at_precision(), mulan_tokens.to(self._device), n_tokens, prefix,
@@ -496,6 +502,7 @@ class MeLoDy:
                                top_k=lm_cfg.top_k if top_k is None else int(top_k), top_p=lm_cfg.top_p,
                                guidance=lm_cfg.guidance if lm_guidance is None else lm_guidance,
                                generator=generator, window=window, stride=stride, tempo=self.tempo_tokens(prompts),
+                               beats=self.tempo_beats(prompts),
                                graphs=self._device.type == "cuda" and lm_cfg.cuda_graphs, compiled=lm_cfg.compile)
 
     def to(self, device: str | torch.device) -> MeLoDy:
@@ -571,9 +578,14 @@ class MeLoDy:
         lm_cfg = self.semantic_lm.config
         if prompts is None or self.semantic_lm.tempo_embedding is None:
             return None
-        stated = [prompt_bpm(p) for p in prompts]
-        bpm = torch.tensor([math.nan if b is None else b for b in stated], dtype=torch.float64)
-        return tempo_bucket(bpm, lm_cfg.tempo_buckets, lm_cfg.tempo_range).to(self._device)
+        return tempo_bucket(stated_bpm(prompts), lm_cfg.tempo_buckets, lm_cfg.tempo_range).to(self._device)
+
+    def tempo_beats(self, prompts: list[str] | None) -> torch.Tensor | None:
+        """The LM's beat grid for each prompt `(b, 2)` (`beat_grid`: a downbeat at the first frame; no clock where the
+        prompt states no tempo); None without prompts or beat clock."""
+        if prompts is None or self.semantic_lm.clock_projection is None:
+            return None
+        return beat_grid(stated_bpm(prompts), self.token_rate)
 
     def _sampling(self, steps: int | None, guidance: float | None, temperature: float | None = None,
                   top_k: int | None = None, lm_guidance: float | None = None) -> tuple[int, float]:

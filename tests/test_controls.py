@@ -68,34 +68,60 @@ def test_bpm_and_key_condition_like_the_text_that_says_them(melody):  # noqa: F8
         melody.generate(None, 0.6, prompt_audio=torch.zeros(1, 8000), bpm=100)
 
 
-def test_the_tempo_a_prompt_states_reaches_the_lm_as_its_tempo_token_in_every_mode(melody):  # noqa: F811
+def test_the_tempo_a_prompt_states_reaches_the_lm_as_its_tempo_token_and_beat_clock_in_every_mode(melody):  # noqa: F811
     lm_cfg = melody.semantic_lm.config
-    assert lm_cfg.tempo_buckets > 0  # the test bundle's LM has the token (TINY_STACK)
+    assert lm_cfg.tempo_buckets > 0 and lm_cfg.tempo_clock  # the test bundle's LM has both (TINY_STACK)
 
     def bucket(*bpm):
         return tempo_bucket(torch.tensor(bpm, dtype=torch.float64), lm_cfg.tempo_buckets, lm_cfg.tempo_range)
 
+    def grid(*bpm):  # from a downbeat at the first token given, beats per token frame
+        return pytest.approx([x for b in bpm for x in (0.0, b / 60 / melody.token_rate)])
+
+    torch.testing.assert_close(melody.tempo_beats(["calm piano at 70 BPM", "calm piano"]),
+                               torch.tensor([[0.0, 70 / 60 / melody.token_rate], [0.0, math.nan]], dtype=torch.float64),
+                               equal_nan=True)
+
     assert torch.equal(melody.tempo_tokens(["calm piano at 70 BPM", "calm piano", "funk, 140 beats per minute"]),
                        bucket(70.0, math.nan, 140.0))
     assert melody.tempo_tokens(None) is None  # music prompts: no tempo given
-    seen = []
-    hook = melody.semantic_lm.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs.get("tempo")),
-                                                        with_kwargs=True)
+    seen, beats = [], []
+
+    def watch(m, args, kwargs):
+        seen.append(kwargs.get("tempo"))
+        beats.append(kwargs.get("beats"))
+
+    hook = melody.semantic_lm.register_forward_pre_hook(watch, with_kwargs=True)
     try:
         melody.generate(["calm piano"], 0.3, bpm=150)
         assert torch.equal(seen[0], bucket(150.0, 150.0))  # the cond and uncond rows; the model drops the uncond's
-        seen.clear()
+        assert beats[0].flatten().tolist() == grid(150.0, 150.0)
+        seen.clear(), beats.clear()
         clip = torch.zeros(1, 1, 4000)
         melody.continue_(clip, 0.2, prompts=["funk at 90 BPM"])
-        assert torch.equal(seen[0], bucket(90.0, 90.0))
-        seen.clear()
+        assert torch.equal(seen[0], bucket(90.0, 90.0)) and beats[0].flatten().tolist() == grid(90.0, 90.0)
+        seen.clear(), beats.clear()
         melody.inpaint(torch.zeros(1, 1, 16000), 0.8, 1.2, prompts=["funk at 100 BPM"])
-        assert torch.equal(seen[0], bucket(100.0, 100.0))
-        seen.clear()
+        assert torch.equal(seen[0], bucket(100.0, 100.0)) and beats[0].flatten().tolist() == grid(100.0, 100.0)
+        seen.clear(), beats.clear()
         list(melody.stream(["funk at 60 BPM", "funk at 180 BPM"], 0.3))
         assert [t.tolist() for t in seen if t is not None] == [bucket(60.0, 60.0).tolist(), bucket(180.0, 180.0).tolist()]
+        clocked = [b.flatten().tolist() for b in beats if b is not None]
+        assert len(clocked) == 2 and clocked[0] == grid(60.0, 60.0) and clocked[1] == grid(180.0, 180.0)
     finally:
         hook.remove()
+    # the clock is heard: the same prompt from an LM whose clock says nothing gives other tokens
+    asked = melody.semantic_tokens(["calm piano at 150 BPM"], 1.0, seed=2)
+    weight = melody.semantic_lm.clock_projection.weight
+    kept = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.zero_()
+        deaf = melody.semantic_tokens(["calm piano at 150 BPM"], 1.0, seed=2)
+    finally:
+        with torch.no_grad():
+            weight.copy_(kept)
+    assert not torch.equal(asked, deaf)
 
 
 def test_best_of_keeps_the_candidate_mulan_scores_highest_and_candidate_zero_is_best_of_one(melody):  # noqa: F811

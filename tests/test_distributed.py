@@ -154,7 +154,8 @@ def semantic_stage(corpus, bert, run, *overrides, conditioners=None):
     choices off (no condition dropout, no caption conditions, no tempo token, no dropout): its loss is then a
     function of the batch alone."""
     cfg = preset("tiny", [*TINY_STACK, f"mulan.text_encoder={bert}", "semantic_lm.cond_dropout=0", "semantic_lm.dropout=0",
-                          "semantic_lm.text_condition_prob=0", "semantic_lm.tempo_buckets=0", "semantic_lm.window_seconds=1",
+                          "semantic_lm.text_condition_prob=0", "semantic_lm.tempo_buckets=0", "semantic_lm.tempo_clock=false",
+                          "semantic_lm.window_seconds=1",
                           "train.shuffle_buffer=0", "train.num_workers=0", "train.sample_every=0", "train.checkpoint_every=100",
                           "train.mixed_precision=no", "train.lr=3e-3", "train.warmup_steps=1", *overrides])
     torch.manual_seed(1)
@@ -202,7 +203,8 @@ def test_a_batch_that_does_not_split_is_a_one_line_error():
 # --- FSDP (train.fsdp): the semantic LM sharded over 2 processes ---------------------------------------------------
 
 SEMANTIC = [*TINY_STACK, "semantic_lm.cond_dropout=0", "semantic_lm.dropout=0", "semantic_lm.text_condition_prob=0",
-            "semantic_lm.tempo_buckets=0", "semantic_lm.window_seconds=1", "train.shuffle_buffer=0", "train.num_workers=0",
+            "semantic_lm.tempo_buckets=0", "semantic_lm.tempo_clock=false", "semantic_lm.window_seconds=1",
+            "train.shuffle_buffer=0", "train.num_workers=0",
             "train.sample_every=0", "train.mixed_precision=no", "train.lr=3e-3", "train.warmup_steps=1", "train.batch_size=4",
             "train.steps=3", "train.checkpoint_every=2", "train.log_every=1", "train.ema_decay=0.9"]
 

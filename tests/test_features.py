@@ -2,6 +2,7 @@
 tokens aligned, stages train from them, and features of other checkpoints or another corpus are refused."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from melody.data.features import FEATURES_FILE, FeatureDataset, encode_corpus, f
 from melody.eval.semantic import tokenize_split, tokenized_features
 from melody.data.loader import ShardDataset, make_loader
 from melody.errors import MelodyError
+from melody.semantic.lm import tempo_bucket
 from melody.train.dpd import DPDStage
 from melody.train.engine import Engine
 from melody.train.recipes import load_stage
@@ -314,6 +316,56 @@ def test_tempo_restate_conditions_a_stretched_example_on_its_caption_saying_the_
     logs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     valid = next(log for log in logs if "valid/ppl_stretched_told_restated" in log)
     assert np.isfinite(valid["valid/ppl_stretched_told_restated"])
+
+
+def test_the_beat_clock_trains_on_each_example_s_moved_tempo_from_where_its_crop_falls_in_the_piece(setup, tmp_path):
+    """`semantic_lm.tempo_clock`: every example that keeps its tempo is clocked at the pace its tempo token says (after
+    the stretch), from the beat where its crop starts (`clip_beat_phase`); one without a tempo gets no clock."""
+    from melody.data.loader import clip_beat_phase
+
+    _, _, models, _, bert = setup
+    corpus = make_corpus(tmp_path / "corpus", clips=10, per_shard=3, seconds=(1.0, 2.0), tempo=True)
+    encode_corpus(corpus, None, models["tokenizer"], models["mulan"], latents="none", progress=False)
+    stage = semantic_stage(corpus, bert, tmp_path / "run", "train.batch_size=4", "train.steps=3", "semantic_lm.window_seconds=1",
+                           "train.cached_features=true", "semantic_lm.tempo_buckets=8", "semantic_lm.tempo_stretch=0.25",
+                           "semantic_lm.tempo_clock=true", "semantic_lm.tempo_dropout=0.5", "train.sample_every=3",
+                           conditioners=(models["mulan"], models["tokenizer"]))
+    seen, step = [], stage.train_step
+
+    def watched(engine, batch, generator):
+        lm = engine.model("semantic_lm")
+        hook = lm.register_forward_hook(lambda m, args, kwargs, out: seen.append((batch, kwargs)), with_kwargs=True)
+        try:
+            return step(engine, batch, generator)
+        finally:
+            hook.remove()
+
+    stage.train_step = watched
+    Engine(stage, tmp_path / "run", progress=False, cpu=True).fit()
+    assert len(seen) == 3
+    frame_rate, cfg = models["tokenizer"].config.frame_rate, stage.cfg.semantic_lm
+    clocked = 0
+    for batch, kwargs in seen:
+        beats, tempo = kwargs["beats"], kwargs["tempo"]
+        assert beats.shape == (4, 2) and beats.dtype == torch.float64
+        told = tempo_bucket(beats[:, 1] * 60 * frame_rate, cfg.tempo_buckets, cfg.tempo_range)
+        assert torch.equal(told, tempo.cpu())  # the clock's pace is the tempo token's, stretched or not, absent or not
+        phases = [clip_beat_phase(meta, float(s)) for meta, s in zip(batch["meta"], batch["start"])]
+        assert beats[:, 0].tolist() == pytest.approx([p for p in phases])  # the stretch keeps the first beat
+        clocked += int(beats[:, 1].isfinite().sum())
+    assert 0 < clocked < 12  # dropout leaves some examples without a tempo
+    logs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    valid = next(log for log in logs if "valid/ppl_stretched_told" in log)
+    assert np.isfinite(valid["valid/ppl_stretched_told"]) and valid["valid/ppl_stretched_told"] != valid["valid/ppl_stretched_stale"]
+
+
+def test_a_clip_s_first_beat_is_where_its_crop_falls_in_the_piece():
+    from melody.data.loader import clip_beat_phase
+
+    meta = {"offset": 10.0, "attributes": {"tempo_bpm": 120}}
+    assert clip_beat_phase(meta) == 20.0 and clip_beat_phase(meta, 0.75) == 21.5
+    assert clip_beat_phase({"attributes": {"tempo_bpm": 90}}, 2.0) == 3.0  # no offset: the clip is the piece
+    assert math.isnan(clip_beat_phase({"offset": 10.0, "attributes": {}}))
 
 
 def test_the_tempo_stretch_needs_the_tempo_token_and_a_spread_of_at_least_0(setup, tmp_path):

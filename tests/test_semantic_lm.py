@@ -7,8 +7,9 @@ from melody.config import MelodyConfig, SemanticLMConfig, preset
 from melody.modules.transformer import swiglu_hidden_dim
 from melody.errors import MelodyError
 from melody.modules.rvq import dequantize
-from melody.semantic.lm import (SemanticLM, bucket_tempo, condition_dropout_mask, lm_loss, parameter_count,
-                                running_reconstruction, stretch_rates, stretch_tokens, tempo_bucket, window_and_stride)
+from melody.semantic.lm import (CLOCK_MULTIPLES, SemanticLM, beat_clock, beat_grid, bucket_tempo, condition_dropout_mask,
+                                lm_loss, parameter_count, running_reconstruction, stretch_rates, stretch_tokens, tempo_bucket,
+                                window_and_stride)
 from melody.semantic.sampling import cfg_logits, generate, sample_token
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -126,20 +127,25 @@ def test_lm_loss_per_example_and_mask():
 
 def naive_generate(lm: SemanticLM, m: torch.Tensor | None, n: int, window: int, stride: int,
                    prefix: torch.Tensor | None = None, guidance: float = 1.0, seed: int | None = None,
-                   tempo: torch.Tensor | None = None) -> torch.Tensor:
+                   tempo: torch.Tensor | None = None, beats: torch.Tensor | None = None) -> torch.Tensor:
     """No cache: the whole window is recomputed for every token; greedy, or sampled with `seed`. The
     windowing rule written out: a window holds at most `window` tokens; to sample one more from a full
-    window, keep its last `window − stride` tokens; a prefix of `window` tokens or more is a full window."""
+    window, keep its last `window − stride` tokens; a prefix of `window` tokens or more is a full window.
+    A window starting `origin` frames after the prefix's first token is clocked on `beats` moved by that many frames."""
     b = m.shape[0] if m is not None else 1
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     content = prefix if prefix is not None else torch.zeros(b, 0, dtype=torch.long)
+    origin = 0
     if content.shape[1] >= window:
-        content = content[:, content.shape[1] - (window - stride):]
+        origin = content.shape[1] - (window - stride)
+        content = content[:, origin:]
     out = []
     for _ in range(n):
         if content.shape[1] == window:
             content = content[:, stride:]
-        logits = lm(m, content, tempo=tempo).next_logits
+            origin += stride
+        moved = None if beats is None else beats + torch.stack((origin * beats[:, 1], torch.zeros(b, dtype=beats.dtype)), 1)
+        logits = lm(m, content, tempo=tempo, beats=moved).next_logits
         if guidance != 1.0:
             logits = cfg_logits(logits, lm(None, content).next_logits, guidance)
         token = logits.argmax(-1) if seed is None else sample_token(logits, 1.0, generator=generator)
@@ -420,6 +426,112 @@ def test_an_lm_learns_the_tempo_token_when_only_it_tells_two_sequences_apart():
     assert torch.equal(generate(lm, m, 16, temperature=0.0, window=32, stride=16, tempo=tempo).tokens, s)
 
 
+def clock_lm(seed: int = 0, dim: int = 32) -> SemanticLM:
+    torch.manual_seed(seed)
+    return SemanticLM(SemanticLMConfig(dim=dim, depth=2, heads=4, tempo_buckets=BUCKETS, tempo_range=TEMPO_RANGE,
+                                       tempo_clock=True), VOCAB, LEVELS, CODES).eval()
+
+
+def test_beat_grid_and_clock_put_the_beats_where_the_tempo_says():
+    beats = beat_grid(torch.tensor([150.0, math.nan, 0.0, 120.0]), 25, torch.tensor([0.0, 3.0, 1.0, 1.5]))
+    assert beats.dtype == torch.float64 and beats[0].tolist() == [0.0, 0.1] and beats[3].tolist() == [1.5, 0.08]
+    assert beats[1:3, 1].isnan().all()  # no tempo (NaN, ≤ 0): no clock
+    clock = beat_clock(beats, 0, 41)
+    assert clock.shape == (4, 41, 2 * len(CLOCK_MULTIPLES)) and clock.dtype == torch.float32
+    assert not clock[1:3].any()
+    # 150 BPM at 25 Hz: a beat every 10 frames, a bar of four every 40
+    m = torch.tensor(CLOCK_MULTIPLES)
+    for frame, beat in ((0, 0.0), (5, 0.5), (10, 1.0), (20, 2.0), (40, 4.0)):
+        torch.testing.assert_close(clock[0, frame], torch.cat(((2 * math.pi * m * beat).sin(), (2 * math.pi * m * beat).cos())))
+    assert clock[0, 10, 6].item() == pytest.approx(1.0) and clock[0, 5, 6].item() == pytest.approx(-1.0)  # cos of the beat cycle
+    assert clock[0, 20, 4].item() == pytest.approx(-1.0) and clock[0, 40, 4].item() == pytest.approx(1.0)  # half bar, bar
+    torch.testing.assert_close(beat_clock(beats, 7, 30), clock[:, 7:37])  # frames first … first + length − 1
+    # a row's grid starts at its phase: 120 BPM from beat 1.5, so frame 25 is beat 3.5
+    want = 2 * math.pi * m * 3.5
+    torch.testing.assert_close(clock[3, 25], torch.cat((want.sin(), want.cos())))
+    # hours into a stream the clock keeps its digits (β is taken mod one bar before the angle)
+    far = beat_clock(beat_grid(torch.tensor([137.0]), 25), 25 * 3600 * 5, 3)
+    near = beat_clock(beat_grid(torch.tensor([137.0]), 25, torch.tensor([(25 * 3600 * 5 * 137 / 1500) % 4])), 0, 3)
+    torch.testing.assert_close(far, near, atol=1e-6, rtol=0)
+
+
+@torch.no_grad()
+def test_the_beat_clock_conditions_every_frame_and_the_cache_matches_the_full_pass():
+    lm = clock_lm(seed=3)
+    m, s, tempo = mulan(3), semantic(3, 12), torch.tensor([2, 4, 0])
+    beats = beat_grid(torch.tensor([100.0, 150.0, math.nan]), 25, torch.tensor([0.0, 0.5, 0.0]))
+    full = lm(m, s, tempo=tempo, beats=beats)
+    shifted = lm(m, s, tempo=tempo, beats=beats + torch.tensor([[0.25, 0.0]]))
+    assert not torch.allclose(full.logits[:2], shifted.logits[:2])  # where the beats fall changes every frame's scores
+    assert (full.logits[:2] - shifted.logits[:2]).abs().amax(dim=-1).min() > 0
+    torch.testing.assert_close(full.logits[2], lm(m, s, tempo=tempo).logits[2], atol=0, rtol=0)  # no tempo: no clock
+    dropped = torch.tensor([True, False, False])  # the dropped condition loses the clock, as it loses the tempo token
+    torch.testing.assert_close(lm(m, s, dropped, tempo=tempo, beats=beats).logits[0], lm(None, s).logits[0], atol=0, rtol=0)
+    cache = lm.new_cache()
+    pieces = [lm(m, s[:, :4], tempo=tempo, beats=beats, cache=cache).logits]
+    pieces += [lm(None, s[:, j:j + 2], cache=cache).logits for j in range(4, 12, 2)]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(cache.next_logits, full.next_logits, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="beats"):
+        lm(None, s[:, :1], cache=cache, beats=beats)  # the grid is in the cache already
+    with pytest.raises(ValueError, match="beat clock"):
+        tempo_lm()(m, s, tempo=tempo, beats=beats)  # an LM without a clock cannot be given one …
+    tempo_lm()(m, s, tempo=tempo, beats=beat_grid(torch.full((3,), math.nan), 25))  # … except a grid of no tempo
+    with pytest.raises(MelodyError, match="tempo_buckets"):
+        SemanticLM(SemanticLMConfig(dim=32, depth=1, heads=4, tempo_clock=True), VOCAB, LEVELS, CODES)
+
+
+@torch.no_grad()
+def test_every_window_is_clocked_on_the_grid_of_the_first_token_given():
+    lm = sharpen(clock_lm(seed=4))
+    m, tempo = mulan(2), torch.tensor([3, 5])
+    beats = beat_grid(torch.tensor([90.0, 140.0]), 25, torch.tensor([0.0, 0.75]))
+
+    def run(n, prefix=None, grid=beats, seed=3, graphs=False):
+        return generate(lm, m, n, prefix, guidance=2.0, window=8, stride=3, tempo=tempo, beats=grid,
+                        generator=torch.Generator().manual_seed(seed), graphs=graphs)
+
+    result = run(20)
+    assert torch.equal(result.tokens, naive_generate(lm, m, 20, 8, 3, guidance=2.0, seed=3, tempo=tempo, beats=beats))
+    assert torch.equal(result.tokens, run(20, graphs=True).tokens)  # the static cache's step takes the clock as an input
+    assert not torch.equal(result.tokens, run(20, grid=beats + torch.tensor([[0.5, 0.0]])).tokens)
+    # a long prefix: its first window starts from its last tokens, on the prefix's grid
+    prefix = semantic(2, 11, seed=6)
+    assert torch.equal(run(9, prefix).tokens,
+                       naive_generate(lm, m, 9, 8, 3, prefix=prefix, guidance=2.0, seed=3, tempo=tempo, beats=beats))
+    # so music continued in two calls is the music of one: the second call's prefix is the first's tokens
+    once = generate(lm, m, 16, guidance=2.0, window=8, stride=3, tempo=tempo, beats=beats, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    first = generate(lm, m, 8, guidance=2.0, window=8, stride=3, tempo=tempo, beats=beats, generator=g).tokens
+    then = generate(lm, m, 8, first, guidance=2.0, window=8, stride=3, tempo=tempo, beats=beats, generator=g).tokens
+    assert torch.equal(once.tokens, torch.cat((first, then), dim=1))
+
+
+def test_an_lm_learns_where_the_beats_fall_when_only_the_clock_tells_sequences_apart():
+    """One pattern (an accent on each beat, a weaker one on each half beat) at 150 BPM, 25 Hz (a beat every 10 frames),
+    starting at four places in the bar: the same MuLan tokens and tempo token for all, so only the clock says where
+    the beats fall. Greedy generation from each grid writes that grid's sequence."""
+    lm = clock_lm(seed=5)
+    offsets = (0, 3, 5, 8)  # frames from a beat to the first frame
+    frames = torch.arange(30)
+    s = torch.stack([torch.where((frames + o) % 10 == 0, 3, torch.where((frames + o) % 5 == 0, 2, 1)) for o in offsets])
+    m, tempo = mulan(1, seed=7).repeat(4, 1), torch.full((4,), 4)
+    beats = beat_grid(torch.full((4,), 150.0), 25, torch.tensor(offsets) / 10.0)
+    lm.train()
+    opt = torch.optim.Adam(lm.parameters(), lr=3e-3)
+    first = lm_loss(lm(m, s, tempo=tempo, beats=beats).logits, s).loss.item()
+    for _ in range(300):
+        opt.zero_grad()
+        loss = lm_loss(lm(m, s, tempo=tempo, beats=beats).logits, s).loss
+        loss.backward()
+        opt.step()
+        if loss.item() < first / 50:
+            break
+    lm.eval()
+    assert loss.item() < first / 10, (first, loss.item())
+    assert torch.equal(generate(lm, m, 30, temperature=0.0, window=32, stride=16, tempo=tempo, beats=beats).tokens, s)
+
+
 def test_stretching_tokens_plays_them_faster_or_slower_and_rate_one_gives_them_back():
     tokens = torch.arange(1, 11)[None].repeat(3, 1)  # 10 frames, all kept except the last two of row 2
     keep = torch.ones(3, 10, dtype=torch.bool)
@@ -459,7 +571,7 @@ def test_stretched_nll_sets_the_moved_tempo_token_against_the_stale_one():
     lm, n = sharpen(tempo_lm(seed=1)), 4
     bpm = torch.tensor([60.0, 90.0, math.nan, 150.0], dtype=torch.float64)
     split = TokenizedSplit(semantic(n, 12), torch.ones(n, 12, dtype=torch.bool), mulan(n), mulan(n, seed=5),
-                           [f"clip {i}" for i in range(n)], [""] * n, bpm)
+                           [f"clip {i}" for i in range(n)], [""] * n, bpm, torch.zeros(n, dtype=torch.float64), 25.0)
     same = stretched_nll(lm, split, rates=(1.0,))
     assert same["told"] == same["stale"]  # not stretched: the moved token is the clip's own
     out = stretched_nll(lm, split, rates=(1.25,))
@@ -480,6 +592,16 @@ def test_stretched_nll_sets_the_moved_tempo_token_against_the_stale_one():
     assert out["told_restated"] == pytest.approx(lm_nll(lm, mulan(3, seed=9), tokens, keep, tempo=told))
     assert out["told_restated"] != out["told"]
     assert stretched_nll(tiny(), split) == {}  # an LM without the tempo token
+    # an LM with a beat clock: `told` moves the clock's pace with the token, from the clips' first beats
+    clocked = sharpen(clock_lm(seed=1))
+    split.phase = torch.tensor([0.0, 1.5, math.nan, 2.25], dtype=torch.float64)
+    out = stretched_nll(clocked, split, rates=(1.25,))
+    grid = beat_grid(bpm[stated] * 1.25, 25.0, split.phase[stated])
+    assert out["told"] == pytest.approx(lm_nll(clocked, split.text_mulan[stated], tokens, keep, tempo=told, beats=grid))
+    assert out["told"] != pytest.approx(lm_nll(clocked, split.text_mulan[stated], tokens, keep, tempo=told))
+    stale = beat_grid(bpm[stated], 25.0, split.phase[stated])
+    assert out["stale"] == pytest.approx(lm_nll(clocked, split.text_mulan[stated], tokens, keep,
+                                                tempo=tempo_bucket(bpm[stated], BUCKETS, TEMPO_RANGE), beats=stale))
 
 
 @torch.no_grad()
@@ -496,7 +618,7 @@ def test_condition_probe_scores_each_condition_over_the_window_and_its_first_fra
     keep = torch.ones(n, t, dtype=torch.bool)
     keep[0, 15:] = False  # a shorter clip
     split = TokenizedSplit(semantic(n, t), keep, mulan(n), mulan(n, seed=3), [""] * n, [""] * n,
-                           torch.full((n,), math.nan, dtype=torch.float64))
+                           torch.full((n,), math.nan, dtype=torch.float64), torch.zeros(n, dtype=torch.float64), 25.0)
     got = perplexities(lm, split, first_frames=5, seed=0)
     assert set(got) == set(CONDITIONS) and all(set(v) == {"window", "first second"} for v in got.values())
     first = keep & (torch.arange(t)[None, :] < 5)
@@ -504,6 +626,7 @@ def test_condition_probe_scores_each_condition_over_the_window_and_its_first_fra
     assert got["caption"]["first second"] == pytest.approx(math.exp(lm_nll(lm, split.text_mulan, split.semantic, first)))
     assert got["audio"]["window"] != pytest.approx(got["another clip's audio"]["window"])  # shuffled among the clips
     # one condition for every clip: shuffling changes nothing
-    same = TokenizedSplit(split.semantic, keep, mulan(1).expand(n, -1), split.text_mulan, [""] * n, [""] * n, split.bpm)
+    same = TokenizedSplit(split.semantic, keep, mulan(1).expand(n, -1), split.text_mulan, [""] * n, [""] * n, split.bpm,
+                          split.phase, split.frame_rate)
     again = perplexities(lm, same, first_frames=5, seed=0)
     assert again["audio"] == pytest.approx(again["another clip's audio"])

@@ -25,7 +25,8 @@ TINY_STACK = [
     "tokenizer.dim=32", "tokenizer.layers=2", "tokenizer.heads=2", "tokenizer.n_mels=16", "tokenizer.targets=8",
     "tokenizer.codebook_size=16", "tokenizer.feature_layer=1", "tokenizer.crop_seconds=2", "tokenizer.mask_prob=0.3",
     "semantic_lm.dim=32", "semantic_lm.depth=1", "semantic_lm.heads=2", "semantic_lm.window_seconds=2",
-    "semantic_lm.stride_seconds=1", "semantic_lm.tempo_buckets=8",  # the tempo token's path runs in every test
+    "semantic_lm.stride_seconds=1", "semantic_lm.tempo_buckets=8",  # the tempo token's path runs in every test,
+    "semantic_lm.tempo_clock=true",  # and the beat clock's
     "train.batch_size=4", "train.steps=3", "train.warmup_steps=1", "train.sample_every=2", "train.checkpoint_every=2",
     "train.num_workers=0", "train.log_every=1",
 ]

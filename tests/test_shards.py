@@ -120,9 +120,10 @@ def test_workers_split_shards_without_repeats(tmp_path):
 
 
 def test_collate_keeps_metadata_lists():
-    items = [{"audio": torch.zeros(1, 4), "length": 4, "caption": "a", "key": "k", "meta": {"x": 1}}] * 2
+    items = [{"audio": torch.zeros(1, 4), "length": 4, "start": 0.5, "caption": "a", "key": "k", "meta": {"x": 1}}] * 2
     out = collate(items)
     assert out["audio"].shape == (2, 1, 4) and out["meta"] == [{"x": 1}, {"x": 1}]
+    assert out["start"].dtype == torch.float64 and out["start"].tolist() == [0.5, 0.5]
 
 
 @pytest.mark.parametrize("workers", [0, 2])

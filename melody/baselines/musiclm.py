@@ -684,7 +684,8 @@ class MusicLMStyle:
         generators = [torch.Generator(device=device).manual_seed(mix_seeds(seed + i, 1)) for i in range(mulan_tokens.shape[0])]
         return generate_semantic(melody.semantic_lm, mulan_tokens.to(device), n_tokens, None, temperature=lm_cfg.temperature,
                                  top_k=lm_cfg.top_k, top_p=lm_cfg.top_p, guidance=lm_cfg.guidance, generator=generators,
-                                 window=window, stride=stride, tempo=melody.tempo_tokens(prompts))
+                                 window=window, stride=stride, tempo=melody.tempo_tokens(prompts),
+                                 beats=melody.tempo_beats(prompts))
 
     def acoustic_tokens(self, mulan_tokens: torch.Tensor, semantic: torch.Tensor, frames: int, seed: int,
                         times: dict | None = None, passes: dict | None = None,

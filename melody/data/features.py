@@ -210,6 +210,7 @@ class FeatureDataset(ShardDataset):
         if abs(ratio - round(ratio)) > 1e-6:
             raise MelodyError(f"{folder}: {record['latent_rate']} Hz latents are no whole multiple of {record['token_rate']} Hz tokens")
         self.latents_per_token = round(ratio)
+        self.token_rate = record["token_rate"]
         self.shape = FeatureCrop(round(crop_seconds * latent_rate), round(crop_seconds * record["token_rate"]))
         self.collate = collate_features
 
@@ -225,7 +226,8 @@ class FeatureDataset(ShardDataset):
         where = choose_crop(len(f["tokens"]), crop.tokens, rng, self.random_offset)  # in tokens
         first = where.start * self.latents_per_token
         frames = max(0, min(where.length * self.latents_per_token, len(f["mean"]) - first, crop.latent_frames)) if "mean" in f else 0
-        out = {"length": frames, "token_length": where.length, "caption": sample["meta"].get("caption", ""),
+        out = {"length": frames, "token_length": where.length, "start": where.start / self.token_rate,
+               "caption": sample["meta"].get("caption", ""),
                "key": sample["key"], "meta": sample["meta"]}
         # padding frames: a posterior of exactly 0 (the variance of e^-30 is the VAE's own lower bound)
         for name, pad in (("mean", 0.0), ("logvar", -30.0)) if "mean" in f else ():
@@ -246,4 +248,5 @@ def collate_features(batch: list[dict]) -> dict:
     stacked = [k for k in ("mean", "logvar", "tokens", "mulan", "text_mulan") if all(k in b for b in batch)]
     out = {k: torch.stack([b[k] for b in batch]) for k in stacked}
     out |= {k: torch.tensor([b[k] for b in batch]) for k in ("length", "token_length")}
+    out["start"] = torch.tensor([b["start"] for b in batch], dtype=torch.float64)
     return out | {k: [b[k] for b in batch] for k in ("caption", "key", "meta")}

@@ -145,6 +145,7 @@ class ShardDataset(IterableDataset):
         return {
             "audio": torch.from_numpy(crop_audio(audio, self.crop, where)),
             "length": where.length,
+            "start": where.start / self.sample_rate,  # seconds into the clip (`clip_beat_phase`)
             "caption": sample["meta"].get("caption", ""),
             "key": sample["key"],
             "meta": sample["meta"],
@@ -152,10 +153,11 @@ class ShardDataset(IterableDataset):
 
 
 def collate(batch: list[dict]) -> dict:
-    """Stack audio `(b, channels, crop)`; keep captions, keys and metadata as lists."""
+    """Stack audio `(b, channels, crop)`, lengths and crop starts; keep captions, keys and metadata as lists."""
     return {
         "audio": torch.stack([b["audio"] for b in batch]),
         "length": torch.tensor([b["length"] for b in batch]),
+        "start": torch.tensor([b["start"] for b in batch], dtype=torch.float64),
         "caption": [b["caption"] for b in batch],
         "key": [b["key"] for b in batch],
         "meta": [b["meta"] for b in batch],
@@ -199,3 +201,13 @@ def clip_bpm(meta: dict) -> float:
     """The tempo a clip's metadata states (`attributes.tempo_bpm`), NaN where it states none."""
     bpm = (meta.get("attributes") or {}).get("tempo_bpm")
     return float(bpm) if isinstance(bpm, (int, float)) and not isinstance(bpm, bool) else math.nan
+
+
+def clip_beat_phase(meta: dict, start: float = 0.0) -> float:
+    """The beat at a crop's first frame, `start` seconds into the clip, counted from its piece's first beat: (the
+    clip's `offset` in its piece + start) · bpm / 60, NaN where the clip states no tempo. A synthesised piece starts
+    on a downbeat at a steady tempo, so this is where its beats fall; a recording's offset is no beat, so its phase
+    is arbitrary, but the pace is right."""
+    offset = meta.get("offset", 0.0)
+    offset = float(offset) if isinstance(offset, (int, float)) and not isinstance(offset, bool) else 0.0
+    return (offset + start) * clip_bpm(meta) / 60.0

@@ -34,13 +34,13 @@ import numpy as np
 import torch
 
 from melody.data.features import FeatureDataset
-from melody.data.loader import ShardDataset, clip_bpm, make_loader
+from melody.data.loader import ShardDataset, clip_beat_phase, clip_bpm, make_loader
 from melody.data.synth.captions import restate_tempo
 from melody.errors import MelodyError
 from melody.io import write_json_atomic
 from melody.modules import device_of
 from melody.mulan import MuLan
-from melody.semantic.lm import SemanticLM, lm_loss, stretch_tokens, tempo_bucket
+from melody.semantic.lm import SemanticLM, beat_grid, lm_loss, stretch_tokens, tempo_bucket
 from melody.semantic.tokenizer import SemanticTokenizer, frame_count
 
 BIGRAM_PRIOR = 1.0  # pseudo-counts of the unigram distribution added to each row of bigram counts
@@ -57,6 +57,8 @@ class TokenizedSplit:
     captions: list[str]
     keys: list[str]
     bpm: torch.Tensor  # (n,) float64: the tempo its metadata states, NaN where none
+    phase: torch.Tensor  # (n,) float64: the beat at its first frame (`clip_beat_phase`), NaN where no tempo is stated
+    frame_rate: float  # of the semantic tokens (Hz)
 
 
 @torch.no_grad()
@@ -75,7 +77,7 @@ def tokenize_split(mulan: MuLan, tokenizer: SemanticTokenizer, data_root: str | 
                   mulan.tokens_from_text(batch["caption"]).cpu())
         if progress is not None:
             progress(len(batch["key"]))
-    return parts.joined(data_root, split)
+    return parts.joined(data_root, split, tokenizer.config.frame_rate)
 
 
 def tokenized_features(folder: str | Path, split: str, seconds: float, limit: int | None = None) -> TokenizedSplit:
@@ -90,7 +92,7 @@ def tokenized_features(folder: str | Path, split: str, seconds: float, limit: in
                               "version 3); run `melody data encode` again with a MuLan")
         keep = torch.arange(batch["tokens"].shape[1])[None, :] < batch["token_length"][:, None]
         parts.add(batch, batch["tokens"], keep, batch["mulan"], batch["text_mulan"])
-    return parts.joined(folder, split)
+    return parts.joined(folder, split, dataset.token_rate)
 
 
 class _SplitParts:
@@ -103,6 +105,7 @@ class _SplitParts:
         self.captions: list[str] = []
         self.keys: list[str] = []
         self.bpm: list[float] = []
+        self.phase: list[float] = []
 
     def batches(self, loader, limit: int | None):
         """The loader's batches, the last one cut so that at most `limit` clips are gathered."""
@@ -118,13 +121,15 @@ class _SplitParts:
             self.tensors[name].append(x)
         self.captions += batch["caption"]
         self.bpm += [clip_bpm(meta) for meta in batch["meta"]]
+        self.phase += [clip_beat_phase(meta, float(s)) for meta, s in zip(batch["meta"], batch["start"])]
         self.keys += batch["key"]
 
-    def joined(self, where: str | Path, split: str) -> TokenizedSplit:
+    def joined(self, where: str | Path, split: str, frame_rate: float) -> TokenizedSplit:
         if not self.keys:
             raise MelodyError(f"{where}: the '{split}' split has no clips; choose another --split")
         return TokenizedSplit(**{k: torch.cat(v) for k, v in self.tensors.items()}, captions=self.captions, keys=self.keys,
-                              bpm=torch.tensor(self.bpm, dtype=torch.float64))
+                              bpm=torch.tensor(self.bpm, dtype=torch.float64),
+                              phase=torch.tensor(self.phase, dtype=torch.float64), frame_rate=float(frame_rate))
 
 
 # --- baselines (pure functions) -----------------------------------------------------------------
@@ -161,15 +166,17 @@ def leading_frames(keep: torch.Tensor, frames: int) -> torch.Tensor:
 
 @torch.no_grad()
 def lm_nll(lm: SemanticLM, mulan_tokens: torch.Tensor | None, semantic: torch.Tensor, keep: torch.Tensor,
-           batch_size: int = 16, tempo: torch.Tensor | None = None) -> float:
+           batch_size: int = 16, tempo: torch.Tensor | None = None, beats: torch.Tensor | None = None) -> float:
     """Mean −log p(s_i | condition, s_<i) per kept token, teacher-forced (None: the null condition;
-    `tempo` `(n,)`: the LM's tempo tokens, None: no tempo given)."""
+    `tempo` `(n,)`: the LM's tempo tokens, None: no tempo given; `beats` `(n, 2)`: the beat grids (`beat_grid`) of an
+    LM with a beat clock)."""
     device = lm.bos.device
     total, count = 0.0, 0
     for start in range(0, semantic.shape[0], batch_size):
         rows = slice(start, start + batch_size)
         cond = None if mulan_tokens is None else mulan_tokens[rows].to(device)
-        out = lm(cond, semantic[rows].to(device), tempo=None if tempo is None else tempo[rows].to(device))
+        out = lm(cond, semantic[rows].to(device), tempo=None if tempo is None else tempo[rows].to(device),
+                 beats=None if beats is None else beats[rows])
         loss = lm_loss(out.logits, semantic[rows].to(device), keep[rows].to(device))
         total += float(loss.loss) * int(loss.tokens)
         count += int(loss.tokens)
@@ -179,8 +186,8 @@ def lm_nll(lm: SemanticLM, mulan_tokens: torch.Tensor | None, semantic: torch.Te
 def stretched_nll(lm: SemanticLM, split: TokenizedSplit, rates: tuple[float, ...] = (0.8, 1.25),
                   caption_tokens: Callable[[list[str]], torch.Tensor] | None = None) -> dict[str, float]:
     """Does the LM's tempo token set the pace? The clips that state a tempo, played at each of `rates`
-    (`stretch_tokens`), text-conditioned: mean NLL per token with the tempo token moved with them (`told`) and with
-    the clip's own, now wrong, one (`stale`). `told` below `stale` means the LM reads the pace from the token.
+    (`stretch_tokens`), text-conditioned: mean NLL per token with the tempo token (and beat clock) moved with them
+    (`told`) and with the clip's own, now wrong, ones (`stale`). `told` below `stale` means the LM reads the pace from the token.
     With `caption_tokens` (captions → MuLan tokens `(n, L)`), also `told_restated`: the token moved and the caption
     restating the new tempo (`restate_tempo`), the condition that `semantic_lm.tempo_restate` trains with."""
     config = lm.config
@@ -188,7 +195,8 @@ def stretched_nll(lm: SemanticLM, split: TokenizedSplit, rates: tuple[float, ...
     if lm.tempo_embedding is None or not bool(stated.any()):
         return {}
     captions = [c for c, s in zip(split.captions, stated.tolist()) if s]
-    parts: dict[str, list] = {"semantic": [], "keep": [], "mulan": [], "told": [], "stale": [], "restated": []}
+    parts: dict[str, list] = {"semantic": [], "keep": [], "mulan": [], "told": [], "stale": [], "restated": [],
+                              "told_beats": [], "stale_beats": []}
     for r in rates:
         rate = torch.full((int(stated.sum()),), float(r), dtype=torch.float64)
         semantic, keep = stretch_tokens(split.semantic[stated], split.keep[stated], rate)
@@ -197,13 +205,18 @@ def stretched_nll(lm: SemanticLM, split: TokenizedSplit, rates: tuple[float, ...
         parts["mulan"].append(split.text_mulan[stated])
         parts["told"].append(tempo_bucket(split.bpm[stated] * rate, config.tempo_buckets, config.tempo_range))
         parts["stale"].append(tempo_bucket(split.bpm[stated], config.tempo_buckets, config.tempo_range))
+        parts["told_beats"].append(beat_grid(split.bpm[stated] * rate, split.frame_rate, split.phase[stated]))
+        parts["stale_beats"].append(beat_grid(split.bpm[stated], split.frame_rate, split.phase[stated]))
         if caption_tokens is not None:
             new_bpm = (split.bpm[stated] * rate).tolist()
             parts["restated"].append(caption_tokens([restate_tempo(c, b) for c, b in zip(captions, new_bpm)]).cpu())
     joined = {k: torch.cat(v) for k, v in parts.items() if v}
-    nll = {name: lm_nll(lm, joined["mulan"], joined["semantic"], joined["keep"], tempo=joined[name]) for name in ("told", "stale")}
+    clocked = config.tempo_clock
+    nll = {name: lm_nll(lm, joined["mulan"], joined["semantic"], joined["keep"], tempo=joined[name],
+                        beats=joined[f"{name}_beats"] if clocked else None) for name in ("told", "stale")}
     if caption_tokens is not None:
-        nll["told_restated"] = lm_nll(lm, joined["restated"], joined["semantic"], joined["keep"], tempo=joined["told"])
+        nll["told_restated"] = lm_nll(lm, joined["restated"], joined["semantic"], joined["keep"], tempo=joined["told"],
+                                      beats=joined["told_beats"] if clocked else None)
     return nll
 
 

@@ -38,6 +38,14 @@ Choices where the paper is silent:
   bundled LM needed it: MuLan's text tokens do change with a stated tempo (70 vs 140 BPM: 10 of 12
   tokens differ), but the LM never learnt to turn them into a pace, since a clip's tempo is one of many
   things its MuLan tokens say. A dropped condition (guidance) drops τ too.
+- **Beat clock** (`tempo_clock`, with the tempo token; outside the paper): the input that predicts frame i (BOS for
+  frame 0, s_{i−1} after it) also holds W_β [sin 2π m β_i, cos 2π m β_i]_m (`beat_clock`), β_i the beat at frame i
+  on the stated tempo's grid (`beat_grid`) and m ∈ {1/4, 1/2, 1, 2} cycles per beat. Why: the tempo token informs only
+  a window's first frames, since after them the tokens already show the pace; with a stretched corpus the codebook
+  LMs never learnt it (docs/semantic.md). The clock informs every frame: where on the asked grid the next token
+  falls. It is 0 where no tempo is given and where the condition is dropped, so guidance strengthens it with τ.
+  In training β_0 is the window's place in its piece (`clip_beat_phase`); generation starts on a downbeat, β_0 = 0,
+  and continuation windows carry on the grid of the first token given (`generate`'s `beats`).
 - Width, depth and heads come from `SemanticLMConfig` (the paper gives none); at the `paper`
   defaults (1024 × 24 layers, 16 heads, SwiGLU 2752) the model has ≈ 318 M parameters
   (`parameter_count`), against the paper's 429.5 M.
@@ -86,6 +94,7 @@ class SemanticLMCache:
 
     layers: list[KVCache] | list[StaticKVCache]
     next_logits: torch.Tensor | None = None  # (b, vocab), None before the first call
+    beats: torch.Tensor | None = None  # (b, 2) float64: the window's beat grid (`beat_grid`), where the LM has a clock
 
     @property
     def length(self) -> int:
@@ -145,6 +154,31 @@ def stretch_tokens(tokens: torch.Tensor, keep: torch.Tensor, rate: torch.Tensor)
     return tokens.gather(1, source), keep.gather(1, source) & inside
 
 
+CLOCK_MULTIPLES = (0.25, 0.5, 1.0, 2.0)  # cycles per beat: a bar of four, half a bar, the beat, the half beat
+
+
+def beat_grid(bpm: torch.Tensor, frame_rate: float, phase: torch.Tensor | None = None) -> torch.Tensor:
+    """The beats of `bpm` `(b,)` on frames at `frame_rate` Hz: `(b, 2)` float64, [β_0, beats per frame = bpm / (60 ·
+    frame_rate)], β_0 the beat at frame 0 (`phase` `(b,)` in beats, e.g. 2.5 = half way from the third beat to the
+    fourth; None: 0, a downbeat). A row whose BPM is NaN or ≤ 0 gets a NaN rate: no clock."""
+    bpm = bpm.double().cpu()
+    rate = torch.where(torch.isfinite(bpm) & (bpm > 0), bpm / (60.0 * frame_rate), torch.full_like(bpm, math.nan))
+    phase = torch.zeros_like(rate) if phase is None else phase.double().cpu().nan_to_num(0.0)
+    return torch.stack((phase, rate), dim=1)
+
+
+def beat_clock(beats: torch.Tensor, first: int, length: int) -> torch.Tensor:
+    """The clock of frames first … first + length − 1: beats `(b, 2)` (`beat_grid`) → `(b, length, 8)` float32,
+    [sin 2π m β_i | cos 2π m β_i] for m in `CLOCK_MULTIPLES`, β_i = β_0 + i · rate; all 0 in a row without a clock."""
+    frames = torch.arange(first, first + length, dtype=torch.float64, device=beats.device)
+    # mod one bar of four: the slowest cycle's period, so a long stream's β keeps its fractional digits
+    at = torch.remainder(beats[:, :1].double() + frames[None, :] * beats[:, 1:].double(), 4.0)  # (b, length)
+    angle = 2 * math.pi * at[..., None] * torch.tensor(CLOCK_MULTIPLES, dtype=torch.float64, device=beats.device)
+    clock = torch.cat((angle.sin(), angle.cos()), dim=-1)
+    known = torch.isfinite(beats[:, 1])[:, None, None]
+    return torch.where(known, clock, torch.zeros_like(clock)).float()
+
+
 def bucket_tempo(token: torch.Tensor, buckets: int, tempo_range: tuple[float, ...]) -> torch.Tensor:
     """The BPM a tempo token stands for `(b,)` float: its bin's geometric centre, NaN for token 0."""
     low, high = _tempo_range(tempo_range)
@@ -180,6 +214,9 @@ class SemanticLM(nn.Module):
                  mulan_dim: int = 0) -> None:
         super().__init__()
         self.config = config
+        if config.tempo_clock and config.tempo_buckets < 1:
+            raise MelodyError("semantic_lm.tempo_clock sets a beat clock beside the tempo token: set semantic_lm.tempo_buckets "
+                              "(e.g. 24) too, or tempo_clock=false")
         self.vocab_size, self.mulan_levels, self.mulan_codebook_size = vocab_size, mulan_levels, mulan_codebook_size
         d = config.dim
         if config.condition_embedding == "table":
@@ -202,6 +239,7 @@ class SemanticLM(nn.Module):
         self.null_condition = nn.Parameter(torch.randn(mulan_levels, d))  # (L, d) the dropped condition
         # row 0: no tempo given (and the dropped condition's); rows 1 … buckets: `tempo_bucket`
         self.tempo_embedding = nn.Embedding(config.tempo_buckets + 1, d) if config.tempo_buckets > 0 else None
+        self.clock_projection = nn.Linear(2 * len(CLOCK_MULTIPLES), d, bias=False) if config.tempo_clock else None  # W_β
         self.bos = nn.Parameter(torch.randn(d))  # (d,) separator; its output predicts s_0
         self.token_embedding = nn.Embedding(vocab_size, d)
         self.transformer = Transformer(TransformerConfig(d, config.depth, config.heads, causal=True, dropout=config.dropout))
@@ -239,10 +277,40 @@ class SemanticLM(nn.Module):
         capacity = self.condition_length + 1 + window
         return SemanticLMCache(self.transformer.new_static_cache(batch, capacity, self.bos.dtype, self.bos.device))
 
-    def step_scores(self, semantic: torch.Tensor, layers: list[KVCache] | list[StaticKVCache]) -> torch.Tensor:
+    def step_scores(self, semantic: torch.Tensor, layers: list[KVCache] | list[StaticKVCache],
+                    clock: torch.Tensor | None = None) -> torch.Tensor:
         """The scores `(b, t, V)` after each token of `semantic` `(b, t)`, fed on after the stream the cache `layers`
-        holds: the network of one decode step (no bookkeeping, so a CUDA graph can capture it)."""
-        return self.head(self.transformer(self.token_embedding(semantic), cache=layers))
+        holds: the network of one decode step (no bookkeeping, so a CUDA graph can capture it). `clock` `(b, t, 8)`:
+        the beat clock of the frames these tokens predict (`step_clock`), where the LM has one."""
+        x = self.token_embedding(semantic)
+        if clock is not None:
+            x = x + self.clock_projection(clock.to(x.dtype))
+        return self.head(self.transformer(x, cache=layers))
+
+    def step_clock(self, cache: SemanticLMCache, t: int = 1) -> torch.Tensor | None:
+        """The beat clock `(b, t, 8)` of the next `t` tokens fed to `cache` (None where the LM or the window has none):
+        after n semantic tokens, the token fed predicts frame n + 1."""
+        if self.clock_projection is None or cache.beats is None:
+            return None
+        fed = cache.length - self.condition_length - 1
+        return beat_clock(cache.beats, fed + 1, t).to(self.bos.device)
+
+    def window_beats(self, beats: torch.Tensor | None, drop_condition: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        """The beat grid `(b, 2)` a window is clocked by, on the LM's device, or None (no clock): rows whose
+        condition is dropped lose it, as they lose the tempo token."""
+        if self.clock_projection is None:
+            if beats is not None and bool(torch.isfinite(beats[:, 1]).any()):
+                raise ValueError("this LM was trained without a beat clock (semantic_lm.tempo_clock = false)")
+            return None
+        if beats is None:
+            return None
+        if beats.shape != (batch, 2):
+            raise ValueError(f"beats must be (b={batch}, 2): the beat at the first frame and beats per frame (`beat_grid`)")
+        beats = beats.to(self.bos.device, torch.float64)
+        if drop_condition is not None:
+            beats = beats.clone()
+            beats[drop_condition.to(self.bos.device, torch.bool).view(batch), 1] = math.nan
+        return beats
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -290,22 +358,28 @@ class SemanticLM(nn.Module):
 
     def forward(self, mulan_tokens: torch.Tensor | None, semantic: torch.Tensor,
                 drop_condition: torch.Tensor | None = None, cache: SemanticLMCache | None = None,
-                tempo: torch.Tensor | None = None) -> LMOutput:
+                tempo: torch.Tensor | None = None, beats: torch.Tensor | None = None) -> LMOutput:
+        """`beats` `(b, 2)`: the beat grid of `semantic`'s first frame (`beat_grid`), for an LM with a beat clock."""
         b, t = semantic.shape
         if cache is None or cache.length == 0:
             # stream [c_1 … c_L (τ) | BOS | s_0 … s_{t−1}]; outputs at BOS … s_{t−1} predict s_0 … s_t
-            bos = self.bos.expand(b, 1, -1)
-            x = torch.cat((self.condition(mulan_tokens, drop_condition, b, tempo), bos, self.token_embedding(semantic)), dim=1)
+            beats = self.window_beats(beats, drop_condition, b)
+            inputs = torch.cat((self.bos.expand(b, 1, -1), self.token_embedding(semantic)), dim=1)
+            if beats is not None:  # the input that predicts frame i holds frame i's clock
+                inputs = inputs + self.clock_projection(beat_clock(beats, 0, t + 1).to(inputs.dtype))
+            x = torch.cat((self.condition(mulan_tokens, drop_condition, b, tempo), inputs), dim=1)
             h = self.transformer(x, cache=None if cache is None else cache.layers)
             scores = self.head(h[:, -(t + 1):])  # (b, t + 1, V)
             logits, next_logits = scores[:, :t], scores[:, t]
+            if cache is not None:
+                cache.beats = beats
         else:
-            if mulan_tokens is not None or drop_condition is not None or tempo is not None:
-                raise ValueError("the condition is already in the cache; pass mulan_tokens, drop_condition and tempo as None")
+            if mulan_tokens is not None or drop_condition is not None or tempo is not None or beats is not None:
+                raise ValueError("the condition is already in the cache; pass mulan_tokens, drop_condition, tempo and beats as None")
             if t == 0:
                 return LMOutput(cache.next_logits.new_empty(b, 0, self.vocab_size), cache.next_logits)
             # the stream goes on: the output at s_j predicts s_{j+1}; s_0 of this call was scored by the last one
-            scores = self.step_scores(semantic, cache.layers)  # (b, t, V)
+            scores = self.step_scores(semantic, cache.layers, self.step_clock(cache, t))  # (b, t, V)
             logits = torch.cat((cache.next_logits[:, None], scores[:, :-1]), dim=1)
             next_logits = scores[:, -1]
         if cache is not None:

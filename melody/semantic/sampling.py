@@ -112,9 +112,9 @@ class DecodeGraph:
     compiled: bool = False  # the step goes through `torch.compile` first
     graphs: bool = True  # the step is recorded as a CUDA graph (on a CUDA device)
 
-    def record(self, token: torch.Tensor, lm: SemanticLM) -> GraphedStep:
-        """The step `token (b, 1) → scores (b, V)` over this cache, recorded with `token`'s shape where `graphs` (the
-        cache's write position is put back after the recording's warm-up calls)."""
+    def record(self, inputs: tuple[torch.Tensor, ...], lm: SemanticLM) -> GraphedStep:
+        """The step `token (b, 1)[, clock (b, 1, 8)] → scores (b, V)` over this cache, recorded with the inputs' shapes
+        where `graphs` (the cache's write position is put back after the recording's warm-up calls)."""
         filled = self.cache.length
 
         def rewind() -> None:
@@ -122,14 +122,14 @@ class DecodeGraph:
                 layer.position.fill_(filled)
                 layer.filled = filled
 
-        def step(t: torch.Tensor) -> torch.Tensor:
-            return lm.step_scores(t, self.cache.layers)[:, -1]
+        def step(t: torch.Tensor, *clock: torch.Tensor) -> torch.Tensor:
+            return lm.step_scores(t, self.cache.layers, *clock)[:, -1]
 
         if self.compiled:
             # inductor fuses each layer's norms, rotary and residual adds into a few kernels: what a recorded step is
             # bound by at `paper` shapes is its count of small kernels, not arithmetic (README, "On a GPU")
             step = Compiled(step)
-        self.step = GraphedStep(step, (token,), rewind, record=self.graphs)
+        self.step = GraphedStep(step, inputs, rewind, record=self.graphs)
         return self.step
 
 
@@ -144,14 +144,15 @@ class _DecodeGraphs(OrderedDict):
         return _DecodeGraphs()
 
 
-def decode_graph(lm: SemanticLM, batch: int, window: int, compiled: bool = False, graphs: bool = True) -> DecodeGraph:
+def decode_graph(lm: SemanticLM, batch: int, window: int, compiled: bool = False, graphs: bool = True,
+                 clocked: bool = False) -> DecodeGraph:
     """The `DecodeGraph` for `batch` rows and windows of `window` tokens, kept on `lm` between calls (at most
     `DECODE_GRAPHS_KEPT`, least recently used dropped): recording costs a few steps' time, which a call of 250 tokens
     at `paper` shapes noticed, and the cache's buffers are reset, not reallocated, for each window. Keyed by the LM's
     dtype and device too, since a graph replays the kernels and addresses it recorded, and by whether its step is
-    `torch.compile`d (`compiled`) and recorded (`graphs`)."""
+    `torch.compile`d (`compiled`) and recorded (`graphs`), and by whether it takes a beat clock (`clocked`)."""
     kept = lm.__dict__.setdefault("_decode_graphs", _DecodeGraphs())
-    key = (batch, window, lm.bos.dtype, lm.bos.device, compiled, graphs)
+    key = (batch, window, lm.bos.dtype, lm.bos.device, compiled, graphs, clocked)
     if key not in kept:
         while len(kept) >= DECODE_GRAPHS_KEPT:
             kept.popitem(last=False)
@@ -175,12 +176,14 @@ def generate(lm: SemanticLM, mulan_tokens: torch.Tensor | None, n_tokens: int, p
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, guidance: float = 1.0,
              generator: torch.Generator | Sequence[torch.Generator] | None = None, window: int = 250, stride: int = 125,
              callback: Callable[[dict], None] | None = None, tempo: torch.Tensor | None = None,
-             graphs: bool = False, compiled: bool = False) -> GenerateResult:
+             beats: torch.Tensor | None = None, graphs: bool = False, compiled: bool = False) -> GenerateResult:
     """Ancestral sampling of `n_tokens` semantic tokens with a KV cache, guidance and sliding windows.
 
     mulan_tokens `(b, L)` long (None: unconditional, one row unless `prefix` gives b); prefix `(b, P)`
     long, tokens to continue; tempo `(b,)` long, the LM's tempo tokens (`tempo_bucket`; None or 0: no
-    tempo given), part of the condition that guidance strengthens. `callback` gets {"i", "token" (b,), "window"} after every token. The
+    tempo given), part of the condition that guidance strengthens; beats `(b, 2)`, the beat grid (`beat_grid`) of the
+    prefix's first token (of the first new token without a prefix), for an LM with a beat clock: every window is
+    clocked on it, wherever it starts. `callback` gets {"i", "token" (b,), "window"} after every token. The
     caller puts `lm` in eval mode. `graphs`: decode from a `StaticKVCache` through a `GraphedStep`, one CUDA graph
     replayed per token on a CUDA device (`melody.cuda_graphs`); elsewhere the same static path runs eagerly.
     `compiled`: that static step through `torch.compile` first (on any device; the first token pays the compilation),
@@ -196,8 +199,10 @@ def generate(lm: SemanticLM, mulan_tokens: torch.Tensor | None, n_tokens: int, p
     if content.shape[0] != b:
         raise ValueError(f"prefix has {content.shape[0]} rows, mulan_tokens {b}")
     keep = window - stride
+    origin = 0  # the frame of content[:, 0], counted from the prefix's first token
     if content.shape[1] >= window:  # a full window: the first one starts from its last `keep` tokens
-        content = content[:, content.shape[1] - keep:]
+        origin = content.shape[1] - keep
+        content = content[:, origin:]
     tokens = torch.zeros(b, n_tokens, dtype=torch.long, device=device)
     if n_tokens == 0:
         return GenerateResult(tokens, 0, 0, 0)
@@ -207,12 +212,20 @@ def generate(lm: SemanticLM, mulan_tokens: torch.Tensor | None, n_tokens: int, p
     branch_mulan = None if mulan_tokens is None else mulan_tokens.to(device).repeat(rows, 1)
     drop = torch.arange(rows * b, device=device) >= b if guided else None
     branch_tempo = None if tempo is None else tempo.to(device).repeat(rows)
+    clocked = beats is not None and lm.clock_projection is not None
+
+    def window_beats() -> torch.Tensor | None:  # the grid moved to the window's first frame, per branch row
+        if beats is None:
+            return None
+        moved = beats.double().cpu().clone()
+        moved[:, 0] += origin * moved[:, 1]
+        return moved.repeat(rows, 1)
 
     def guide(logits: torch.Tensor) -> torch.Tensor:  # (rows·b, V) → (b, V), in fp32 whatever the LM's dtype
         logits = logits.float()
         return cfg_logits(*logits.chunk(2), guidance) if guided else logits
 
-    slot = decode_graph(lm, rows * b, window, compiled, graphs) if graphs or compiled else None
+    slot = decode_graph(lm, rows * b, window, compiled, graphs, clocked) if graphs or compiled else None
     static = None if slot is None else slot.cache
 
     def fresh_cache():
@@ -225,12 +238,13 @@ def generate(lm: SemanticLM, mulan_tokens: torch.Tensor | None, n_tokens: int, p
     def feed(token: torch.Tensor) -> torch.Tensor:  # (rows·b, 1) → the next token's scores (rows·b, V)
         if static is None:
             return lm(None, token, cache=cache).next_logits
-        step = slot.step or slot.record(token, lm)
-        return step(token)
+        inputs = (token,) if not clocked else (token, lm.step_clock(cache, 1))
+        step = slot.step or slot.record(inputs, lm)
+        return step(*inputs)
 
     # a window: [condition | BOS | content] from a fresh cache, in one pass
     cache = fresh_cache()
-    logits = lm(branch_mulan, content.repeat(rows, 1), drop, cache=cache, tempo=branch_tempo).next_logits
+    logits = lm(branch_mulan, content.repeat(rows, 1), drop, cache=cache, tempo=branch_tempo, beats=window_beats()).next_logits
     passes, windows, positions = 1, 1, lm.condition_length + 1 + content.shape[1]
     for i in range(n_tokens):
         # sample s ~ p(· | condition, window content), guided
@@ -244,8 +258,10 @@ def generate(lm: SemanticLM, mulan_tokens: torch.Tensor | None, n_tokens: int, p
         if content.shape[1] == window:
             # the window is full: the next one starts from its last `keep` tokens, re-encoded
             content = content[:, stride:]
+            origin += stride
             cache = fresh_cache()
-            logits = lm(branch_mulan, content.repeat(rows, 1), drop, cache=cache, tempo=branch_tempo).next_logits
+            logits = lm(branch_mulan, content.repeat(rows, 1), drop, cache=cache, tempo=branch_tempo,
+                        beats=window_beats()).next_logits
             windows += 1
             positions += lm.condition_length + 1 + keep
         else:

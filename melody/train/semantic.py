@@ -16,7 +16,10 @@ guidance needs at sampling. Where the LM has a tempo token (`semantic_lm.tempo_b
 bucket of the clip's `attributes.tempo_bpm`, left out ("no tempo") for `semantic_lm.tempo_dropout`
 of the examples and for clips whose metadata states none. With `semantic_lm.tempo_stretch` the examples
 that state their tempo are played faster or slower (`stretch_tokens`) and their tempo token moves with
-them, so that the token sets the tokens' pace (`valid/ppl_stretched_told` against `_stale` shows it).
+them, so that the token sets the tokens' pace (`valid/ppl_stretched_told` against `_stale` shows it). With
+`semantic_lm.tempo_clock` each frame's input also holds its place on the beat grid of that (moved) tempo, the grid
+starting where the window's first frame falls in its piece (`clip_beat_phase`); a stretch keeps that first beat and
+changes the pace.
 
 With a captioned corpus, `semantic_lm.text_condition_prob` of the examples are conditioned on the
 MuLan tokens of their *caption* instead (a departure from the paper, whose MuLan was trained on
@@ -43,13 +46,14 @@ from torch import nn
 
 from melody.config import MelodyConfig
 from melody.data.features import FeatureDataset, find_features
-from melody.data.loader import ShardDataset, clip_bpm
+from melody.data.loader import ShardDataset, clip_beat_phase, clip_bpm
 from melody.data.synth.captions import restate_tempo
 from melody.errors import MelodyError
 from melody.eval.semantic import leading_frames, lm_nll, stretched_nll, tokenize_split, tokenized_features
 from melody.io import write_json_atomic
 from melody.mulan import MuLan
-from melody.semantic.lm import SemanticLM, condition_dropout_mask, lm_loss, stretch_rates, stretch_tokens, tempo_bucket
+from melody.semantic.lm import (SemanticLM, beat_grid, condition_dropout_mask, lm_loss, stretch_rates, stretch_tokens,
+                               tempo_bucket)
 from melody.semantic.tokenizer import SemanticTokenizer, frame_count
 from melody.train.engine import Engine, PerCaption, Stage, check_frozen
 
@@ -132,9 +136,11 @@ class SemanticLMStage(Stage):
                         < lm_cfg.text_condition_prob).to(semantic.device)
             texts = batch["text_mulan"] if "text_mulan" in batch else self.caption_tokens(batch["caption"], semantic.device)
             mulan_tokens = torch.where(use_text[:, None], texts, mulan_tokens)
-        tempo = None
+        tempo = beats = None
         if lm_cfg.tempo_buckets > 0:
             bpm = torch.tensor([clip_bpm(meta) for meta in batch["meta"]], dtype=torch.float64)
+            phase = torch.tensor([clip_beat_phase(meta, float(s)) for meta, s in zip(batch["meta"], batch["start"])],
+                                 dtype=torch.float64)
             unsaid = torch.rand(bpm.shape[0], generator=generator, device=generator.device).cpu() < lm_cfg.tempo_dropout
             bpm = bpm.masked_fill(unsaid, math.nan)
             if lm_cfg.tempo_stretch > 0:  # only examples that state their tempo: the token must say the new pace
@@ -149,8 +155,10 @@ class SemanticLMStage(Stage):
                     mulan_tokens = mulan_tokens.clone()
                     mulan_tokens[rows] = restated
             tempo = tempo_bucket(bpm, lm_cfg.tempo_buckets, lm_cfg.tempo_range).to(semantic.device)
+            if lm_cfg.tempo_clock:
+                beats = beat_grid(bpm, self.tokenizer.config.frame_rate, phase)
         with engine.autocast():
-            out = engine.model("semantic_lm")(mulan_tokens, semantic, drop.to(semantic.device), tempo=tempo)
+            out = engine.model("semantic_lm")(mulan_tokens, semantic, drop.to(semantic.device), tempo=tempo, beats=beats)
         loss = lm_loss(out.logits, semantic, keep)
         grad_norm = engine.optimize("semantic_lm", loss.loss)
         return {"semantic_lm/total": loss.loss.item(), "semantic_lm/ppl": math.exp(min(loss.loss.item(), 50.0)),
@@ -174,7 +182,9 @@ class SemanticLMStage(Stage):
                 "valid/ppl_first_second_null": math.exp(lm_nll(lm, None, v.semantic, first))}
         if lm.tempo_embedding is not None:
             tempo = tempo_bucket(v.bpm, lm.config.tempo_buckets, lm.config.tempo_range)
-            logs["valid/ppl_first_second_text_tempo"] = math.exp(lm_nll(lm, v.text_mulan, v.semantic, first, tempo=tempo))
+            beats = beat_grid(v.bpm, v.frame_rate, v.phase) if lm.config.tempo_clock else None
+            logs["valid/ppl_first_second_text_tempo"] = math.exp(lm_nll(lm, v.text_mulan, v.semantic, first, tempo=tempo,
+                                                                        beats=beats))
             restate = (lambda c: self.caption_tokens(c, v.semantic.device)) if lm.config.tempo_restate else None
             logs |= {f"valid/ppl_stretched_{name}": math.exp(nll)
                      for name, nll in stretched_nll(lm, v, caption_tokens=restate).items()}
