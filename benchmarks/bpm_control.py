@@ -12,10 +12,14 @@ Reported per ear and asked tempo: the measured tempos, their median, the mean er
 the share of octave errors, and the share within 8 % of the asked tempo at any octave (×½, ×1, ×2; a
 tracker's pulse is often another metrical level than the one asked); and the rank correlation between
 asked and measured tempo over all clips (0: the control is ignored). Per variant, what the fit may cost
-the prompt: MuLan's cosine between each clip's audio embedding and its prompt's text embedding. With `--reference CORPUS`, the same
-ears on the real clips of that corpus's split whose stated tempo lies within ±15 % of each asked one:
-what the measure gives on music that has the asked tempo, the reference for the bundle's rows
-(`--reference-only`: that alone). Writes `benchmarks/results/bpm_control.json`.
+the prompt: MuLan's cosine between each clip's audio embedding and its prompt's text embedding. And, with no tracker,
+how the onsets keep to the asked grid itself (`beat_locking`: vector strength R of the onset envelope on the grid of
+the asked beats, and of its half beats, from a downbeat at 0 s, where the LM's beat clock starts; and how well the
+clips agree on where in the beat their onsets fall, |mean e^{2πiθ}|, about 1/√n for clips that ignore the grid's
+phase). With `--reference CORPUS`, the same ears on the real clips of that corpus's split whose stated tempo lies
+within ±15 % of each asked one: what the measure gives on music that has the asked tempo, the reference for the
+bundle's rows, and R on each real clip's own grid (from its first beat, `clip_beat_phase`) against a grid 6 % off
+(the floor) (`--reference-only`: that alone). Writes `benchmarks/results/bpm_control.json`.
 
     .venv/bin/python benchmarks/bpm_control.py --threads 2 --reference /tmp/corpus
 """
@@ -36,9 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import add_device_args, load_average, machine  # noqa: E402
-from melody.data.loader import clip_bpm  # noqa: E402
+from melody.data.loader import clip_beat_phase, clip_bpm  # noqa: E402
 from melody.data.shards import iter_samples  # noqa: E402
-from melody.eval.quality import TempoError, measure_tempo, tempo_error_of  # noqa: E402
+from melody.eval.quality import TempoError, beat_locking, measure_tempo, onset_envelope, tempo_error_of  # noqa: E402
 from melody.io import write_json_atomic  # noqa: E402
 from melody.pipeline import MeLoDy  # noqa: E402
 
@@ -49,6 +53,8 @@ PROMPTS = ("a funk groove with slap bass and drums", "a rock song with electric 
            "an electronic dance track with synth bass")
 VARIANTS = {"tempo token only": False, "tempo token + tempo fit": True}  # name → generate(fit_tempo=)
 Ear = Callable[[np.ndarray, int], float]  # mono audio, sample rate → BPM (0: no beat)
+ENVELOPE_RATE = 100.0  # onset envelope frames per second for `beat_locking`
+DETUNE = 1.06  # the floor's grid: 6 % off the stated tempo, a quarter beat adrift after 4 beats
 
 
 def essentia_tempo(audio: np.ndarray, rate: int) -> float:
@@ -106,6 +112,7 @@ def main() -> None:
     heard = {v: {e: [] for e in trackers} for v in VARIANTS}  # variant → ear → BPM per clip, in `asked` order
     asked, fits, seconds = [], [], {v: 0.0 for v in VARIANTS}
     cosines = {v: [] for v in VARIANTS}  # MuLan: audio embedding · the prompt's text embedding, per clip
+    locking = {v: [] for v in VARIANTS}  # (R, θ) on the asked beat grid, R on its half beats, per clip
     shown = []  # (asked BPM, variant, mono audio, {ear: BPM}) for --picture
     for bpm in args.bpm:
         for seed in range(args.seeds):
@@ -120,6 +127,8 @@ def main() -> None:
                     cosines[variant] += (model.mulan.embed_audio(out.audio.mean(1)) * text).sum(-1).tolist()
                 for ear, listen in trackers.items():
                     heard[variant][ear] += [listen(a.mean(0).numpy(), rate) for a in out.audio]
+                locking[variant] += [grid_locking(onset_envelope(a.mean(0).numpy(), rate, ENVELOPE_RATE), bpm)
+                                     for a in out.audio]
                 if seed == 0:
                     shown.append((bpm, variant, out.audio[0].mean(0).numpy(),
                                   {ear: heard[variant][ear][-len(prompts)] for ear in trackers}))
@@ -128,13 +137,15 @@ def main() -> None:
             "lm_guidance": args.lm_guidance if args.lm_guidance is not None else model.cfg.semantic_lm.guidance,
             "variants": {v: {"generation_seconds_total": round(seconds[v], 1),
                              "mulan_cosine_to_prompt": round(float(np.mean(cosines[v])), 4),
+                             "beat_locking": locking_summary(asked, locking[v], args.bpm),
                              **{ear: ear_summary(asked, heard[v][ear], args.bpm) for ear in trackers}}
                          for v in VARIANTS},
             "stretched_clips": round(float(np.mean([f["rate"] != 1.0 for f in fits])), 3),
             "fit_rates": [f["rate"] for f in fits]}
     for v in VARIANTS:
         print(v, {ear: {k: data["variants"][v][ear][k] for k in ("spearman_asked_vs_measured", "within_8pct_any_octave")}
-                  for ear in trackers}, flush=True)
+                  for ear in trackers}, {k: x for k, x in data["variants"][v]["beat_locking"].items() if k != "rows"},
+              flush=True)
     if args.reference is not None:
         data["reference"] = reference(args.reference, args.split, args.bpm, trackers)
         print(data["reference"], flush=True)
@@ -180,6 +191,29 @@ def beat_grid_picture(shown: list[tuple[float, str, np.ndarray, dict]], rate: in
     return save_figure(fig, path, dpi=90)
 
 
+def grid_locking(envelope: np.ndarray, bpm: float, phase: float = 0.0) -> tuple[float, float, float]:
+    """(R, θ) of `envelope` on the beat grid of `bpm` from beat `phase` at its first frame, and R on its half beats."""
+    r, theta = beat_locking(envelope, ENVELOPE_RATE, bpm, phase)
+    return r, theta, beat_locking(envelope, ENVELOPE_RATE, 2 * bpm, 2 * phase)[0]
+
+
+def locking_figures(locks: list[tuple[float, float, float]]) -> dict:
+    """Mean R on the beats and on the half beats, and the clips' agreement on where in the beat they lock."""
+    if not locks:
+        return {"clips": 0}
+    r, theta, half = (np.array(x) for x in zip(*locks))
+    return {"clips": len(locks), "r_beat": round(float(r.mean()), 3), "r_half_beat": round(float(half.mean()), 3),
+            "phase_agreement": round(float(abs(np.exp(2j * np.pi * theta).mean())), 3),
+            "median_phase_beats": round(float(np.median(theta)), 3)}
+
+
+def locking_summary(asked: list[float], locks: list[tuple[float, float, float]], tempos: list[float]) -> dict:
+    """`locking_figures` over all clips and per asked tempo."""
+    return {**locking_figures(locks),
+            "rows": [{"asked_bpm": bpm, **locking_figures([x for a, x in zip(asked, locks, strict=True) if a == bpm])}
+                     for bpm in tempos]}
+
+
 def near_any_octave(e: TempoError) -> bool:
     """Within `NEAR` of the asked tempo at the octave (×½, ×1, ×2) the tracker heard."""
     return e.measured_bpm > 0 and abs(math.log(e.measured_bpm / (e.octave * e.asked_bpm))) <= math.log1p(NEAR)
@@ -209,14 +243,20 @@ def ear_summary(asked: list[float], measured: list[float], tempos: list[float]) 
 def reference(corpus: Path, split: str, asked: list[float], trackers: dict[str, Ear]) -> dict:
     """The trackers on the real clips of `split` that state a tempo: per asked tempo, the clips within ±BAND of it
     (measured against their own stated tempo), and the rank correlation of stated and measured over all of them."""
-    stated, heard = [], {ear: [] for ear in trackers}
+    stated, heard, own, detuned = [], {ear: [] for ear in trackers}, {}, {}
     for clip in iter_samples(corpus, split):
         bpm = clip_bpm(clip["meta"])
         if bpm == bpm:  # not NaN
             stated.append(bpm)
             for ear, listen in trackers.items():
                 heard[ear].append(listen(clip["audio"].mean(0), clip["sample_rate"]))
-    data = {"corpus": str(corpus), "split": split, "band": BAND, "clips": len(stated)}
+            envelope = onset_envelope(clip["audio"].mean(0), clip["sample_rate"], ENVELOPE_RATE)
+            phase, source = clip_beat_phase(clip["meta"]), clip["meta"].get("source", "unknown")
+            own.setdefault(source, []).append(grid_locking(envelope, bpm, phase))
+            detuned.setdefault(source, []).append(grid_locking(envelope, DETUNE * bpm, phase))
+    data = {"corpus": str(corpus), "split": split, "band": BAND, "clips": len(stated),
+            "beat_locking_by_source": {source: {"own_grid": locking_figures(own[source]),
+                                                f"grid_x{DETUNE}": locking_figures(detuned[source])} for source in own}}
     for ear, measured in heard.items():
         errors = [tempo_error_of(m, s) for m, s in zip(measured, stated, strict=True)]
         rho = float(spearmanr(stated, measured).statistic) if len(errors) > 1 else None

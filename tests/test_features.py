@@ -289,19 +289,25 @@ def test_the_semantic_lm_trains_and_is_judged_from_features_alone(setup, tmp_pat
     assert all(np.isfinite(valid[k]) for k in ("valid/ppl", "valid/ppl_text", "valid/ppl_stretched_told", "valid/ppl_stretched_stale"))
 
 
+def tempo_stage(setup, tmp_path, *overrides):
+    """The semantic LM's stage on cached features of 10 clips stating tempos (clip i: 60 + 10 i BPM), with the tempo
+    token and the tempo stretch."""
+    _, _, models, _, bert = setup
+    corpus = make_corpus(tmp_path / "corpus", clips=10, per_shard=3, seconds=(1.0, 2.0), tempo=True)
+    encode_corpus(corpus, None, models["tokenizer"], models["mulan"], latents="none", progress=False)
+    return semantic_stage(corpus, bert, tmp_path / "run", "train.batch_size=4", "train.cached_features=true",
+                          "semantic_lm.tempo_buckets=8", "semantic_lm.tempo_stretch=0.25", *overrides,
+                          conditioners=(models["mulan"], models["tokenizer"]))
+
+
 def test_tempo_restate_conditions_a_stretched_example_on_its_caption_saying_the_new_tempo(setup, tmp_path):
     """`semantic_lm.tempo_restate`: the stretched examples are text-conditioned ones, each on its caption restating its
     new tempo (clip i states 60 + 10 i BPM; the stretch is within ×0.8 … ×1.25); the held-out log adds
     `told_restated`."""
     import re
 
-    _, _, models, _, bert = setup
-    corpus = make_corpus(tmp_path / "corpus", clips=10, per_shard=3, seconds=(1.0, 2.0), tempo=True)
-    encode_corpus(corpus, None, models["tokenizer"], models["mulan"], latents="none", progress=False)
-    stage = semantic_stage(corpus, bert, tmp_path / "run", "train.batch_size=4", "train.steps=4", "semantic_lm.window_seconds=2",
-                           "train.cached_features=true", "semantic_lm.text_condition_prob=0.5", "semantic_lm.tempo_buckets=8",
-                           "semantic_lm.tempo_stretch=0.25", "semantic_lm.tempo_restate=true", "semantic_lm.tempo_dropout=0",
-                           "train.sample_every=4", conditioners=(models["mulan"], models["tokenizer"]))
+    stage = tempo_stage(setup, tmp_path, "train.steps=4", "semantic_lm.window_seconds=2", "semantic_lm.text_condition_prob=0.5",
+                        "semantic_lm.tempo_restate=true", "semantic_lm.tempo_dropout=0", "train.sample_every=4")
     asked, tokens = [], stage.caption_tokens
 
     def recording(captions, device):
@@ -323,13 +329,8 @@ def test_the_beat_clock_trains_on_each_example_s_moved_tempo_from_where_its_crop
     the stretch), from the beat where its crop starts (`clip_beat_phase`); one without a tempo gets no clock."""
     from melody.data.loader import clip_beat_phase
 
-    _, _, models, _, bert = setup
-    corpus = make_corpus(tmp_path / "corpus", clips=10, per_shard=3, seconds=(1.0, 2.0), tempo=True)
-    encode_corpus(corpus, None, models["tokenizer"], models["mulan"], latents="none", progress=False)
-    stage = semantic_stage(corpus, bert, tmp_path / "run", "train.batch_size=4", "train.steps=3", "semantic_lm.window_seconds=1",
-                           "train.cached_features=true", "semantic_lm.tempo_buckets=8", "semantic_lm.tempo_stretch=0.25",
-                           "semantic_lm.tempo_clock=true", "semantic_lm.tempo_dropout=0.5", "train.sample_every=3",
-                           conditioners=(models["mulan"], models["tokenizer"]))
+    stage = tempo_stage(setup, tmp_path, "train.steps=3", "semantic_lm.window_seconds=1", "semantic_lm.tempo_clock=true",
+                        "semantic_lm.tempo_dropout=0.5", "train.sample_every=3")
     seen, step = [], stage.train_step
 
     def watched(engine, batch, generator):
@@ -343,7 +344,7 @@ def test_the_beat_clock_trains_on_each_example_s_moved_tempo_from_where_its_crop
     stage.train_step = watched
     Engine(stage, tmp_path / "run", progress=False, cpu=True).fit()
     assert len(seen) == 3
-    frame_rate, cfg = models["tokenizer"].config.frame_rate, stage.cfg.semantic_lm
+    frame_rate, cfg = stage.tokenizer.config.frame_rate, stage.cfg.semantic_lm
     clocked = 0
     for batch, kwargs in seen:
         beats, tempo = kwargs["beats"], kwargs["tempo"]

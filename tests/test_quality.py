@@ -11,6 +11,7 @@ from test_mulan import CAPTIONS, SR, bert, textures, tiny_mulan  # noqa: F401 (b
 from melody.ears.musicnn import TAGS, MusicnnTagger
 from melody.errors import MelodyError
 from melody.eval.quality import (
+    beat_locking,
     disjoint_halves,
     fad_report,
     frechet_distance,
@@ -227,6 +228,23 @@ def test_tempo_error_of_a_click_track_is_small(bpm):
     pytest.importorskip("librosa")
     err = tempo_error(*click_track(bpm), asked_bpm=bpm)
     assert abs(err.error_bpm) < 1.5 and not err.is_octave_error, err
+
+
+def test_beat_locking_finds_a_click_track_on_its_own_grid_and_where_in_the_beat_it_falls():
+    """Vector strength of the onset envelope: near 1 on the clicks' own grid, with the clicks at its beats (θ ≈ 0); a
+    grid started a quarter beat early hears them a quarter beat after its beats; music at half the grid's tempo locks,
+    at twice it cancels; a grid 6 % off hears no lock; silence is (0, 0)."""
+    from melody.eval.quality import onset_envelope
+
+    envelope = onset_envelope(*click_track(120, seconds=10.0), frame_rate=100.0)
+    r, theta = beat_locking(envelope, 100.0, 120.0)
+    assert r > 0.8 and abs(theta) < 0.05, (r, theta)
+    late = beat_locking(envelope, 100.0, 120.0, phase=0.25)
+    assert late[0] == pytest.approx(r, abs=1e-9) and late[1] == pytest.approx(theta + 0.25, abs=1e-9)
+    assert beat_locking(envelope, 100.0, 120.0 * 1.06)[0] < 0.2
+    assert beat_locking(envelope, 100.0, 240.0)[0] > 0.8  # a grid of half beats: a click on every other one locks
+    assert beat_locking(envelope, 100.0, 60.0)[0] < 0.2  # a grid of two beats: clicks on it and half way cancel
+    assert beat_locking(np.zeros(500), 100.0, 120.0) == (0.0, 0.0)
 
 
 def test_tempo_at_half_or_double_the_asked_is_an_octave_error():
