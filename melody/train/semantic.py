@@ -32,7 +32,8 @@ LM's vocabulary and condition), and `RUN/conditioners.json` records a fingerprin
 conditioner's weights: resuming with different ones is refused, since the LM's targets would
 change under it. Every `train.sample_every` steps the valid split's perplexity is logged with
 the audio, text and null conditions (`valid/ppl`, `valid/ppl_text`, `valid/ppl_null`), and over
-each clip's first second, where only the condition informs the LM (`valid/ppl_first_second_*`).
+each clip's first second, where only the condition informs the LM (`valid/ppl_first_second_*`); with a tempo token,
+also with the caption and the clip's stated tempo (`valid/ppl_text_tempo`), as a prompt stating a tempo generates.
 """
 
 from __future__ import annotations
@@ -185,6 +186,7 @@ class SemanticLMStage(Stage):
             beats = beat_grid(v.bpm, v.frame_rate, v.phase) if lm.config.tempo_clock else None
             logs["valid/ppl_first_second_text_tempo"] = math.exp(lm_nll(lm, v.text_mulan, v.semantic, first, tempo=tempo,
                                                                         beats=beats))
+            logs["valid/ppl_text_tempo"] = math.exp(lm_nll(lm, v.text_mulan, v.semantic, v.keep, tempo=tempo, beats=beats))
             restate = (lambda c: self.caption_tokens(c, v.semantic.device)) if lm.config.tempo_restate else None
             logs |= {f"valid/ppl_stretched_{name}": math.exp(nll)
                      for name, nll in stretched_nll(lm, v, caption_tokens=restate).items()}
