@@ -43,8 +43,8 @@ def main() -> None:
             axes[2].plot(*metrics["valid/ppl_first_second_text"], "o-", color=colour, label=f"{run.name}: caption")
             axes[2].plot(*metrics["valid/ppl_first_second_null"], "x--", color=colour, label=f"{run.name}: null condition")
         elif "valid/ppl_stretched_told" in metrics:
-            axes[2].plot(*metrics["valid/ppl_stretched_told"], "o-", color=colour, label=f"{run.name}: tempo token moved")
-            axes[2].plot(*metrics["valid/ppl_stretched_stale"], "x--", color=colour, label=f"{run.name}: tempo token stale")
+            axes[2].plot(*metrics["valid/ppl_stretched_told"], "o-", color=colour, label=f"{run.name}: tempo moved")
+            axes[2].plot(*metrics["valid/ppl_stretched_stale"], "x--", color=colour, label=f"{run.name}: tempo stale")
     titles = ("training loss (nats per token)", "held-out perplexity, caption's MuLan tokens",
               "held-out clips' first second: perplexity" if args.first_second
               else "held-out clips at 0.8× and 1.25×: perplexity")

@@ -315,9 +315,10 @@ def generate_command(
     bpm: Annotated[Optional[float], typer.Option("--bpm", help="Tempo in beats per minute, said in the prompt (wins over a tempo the text names).")] = None,
     key: Annotated[Optional[str], typer.Option("--key", help="Key and mode, e.g. 'A minor' or 'Bb dorian' (wins over a key the text names).")] = None,
     best_of: Annotated[int, typer.Option("--best-of", help="Draw N candidates per prompt; keep the one MuLan finds closest to the prompt.")] = 1,
-    fit_tempo: Annotated[bool, typer.Option("--fit-tempo/--no-fit-tempo", help="Where a prompt states a tempo (--bpm, or "
-                                            "'at 90 BPM'), measure the music with a beat tracker and stretch it onto "
-                                            "that tempo when it is more than 4 % off (costs a second render).")] = True,
+    fit_tempo: Annotated[Optional[bool], typer.Option("--fit-tempo/--no-fit-tempo", help="Where a prompt states a tempo (--bpm, "
+                                                      "or 'at 90 BPM'), measure the music with a beat tracker and stretch it "
+                                                      "onto that tempo when it is more than 4 % off (costs a second render). "
+                                                      "Default: on for an LM without a beat clock.")] = None,
     precision: Annotated[Optional[str], typer.Option("--precision", help="The networks' precision at sampling: fp32, or "
                                                      "bf16 (the DPD under autocast, the semantic LM's weights in bf16).")] = None,
     device: Annotated[str, typer.Option("--device", help="Where to run: cpu, or cuda[:N] (there the samplers replay CUDA "
@@ -366,6 +367,7 @@ def generate_command(
         music = torch.from_numpy(load_audio(prompt_audio, model.vae.cfg.sample_rate, 1)).float()  # (1, samples)
     from melody.pipeline import tempo_fit_asks
 
+    fit_tempo = model.fits_tempo if fit_tempo is None else fit_tempo
     fits = fit_tempo and any(bpm is not None for bpm in tempo_fit_asks(prompts, duration))
     bar = _StageBar(1 + (3 + fits) * best_of + (best_of > 1), progress)
     try:

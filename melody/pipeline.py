@@ -316,7 +316,7 @@ class MeLoDy:
     def generate(self, prompts: list[str] | None, duration: float, steps: int | None = None, guidance: float | None = None,
                  temperature: float | None = None, top_k: int | None = None, lm_guidance: float | None = None,
                  seed: int = 0, prompt_audio: torch.Tensor | None = None, bpm: float | None = None,
-                 key: str | None = None, best_of: int = 1, fit_tempo: bool = True,
+                 key: str | None = None, best_of: int = 1, fit_tempo: bool | None = None,
                  progress: Callable[[str], None] | None = None) -> GenerateOutput:
         """Music for each prompt `(b, channels, round(duration · rate))`; None takes the config's value.
 
@@ -328,8 +328,10 @@ class MeLoDy:
         the seed mix(seed, 4, j), so more candidates never score lower. `fit_tempo`: where a prompt states a
         tempo (`bpm`, or "at 90 BPM" in its text) and the music lasts `FIT_MIN_SECONDS` or more, the beat
         tracker measures the music and, if it is more than 4 % off at its nearest octave, the tokens are
-        stretched to the asked tempo and rendered again (`_fit_tempo`)."""
+        stretched to the asked tempo and rendered again (`_fit_tempo`); None: `fits_tempo`, on only for an LM without a
+        beat clock."""
         duration = check_duration(duration)
+        fit_tempo = self.fits_tempo if fit_tempo is None else bool(fit_tempo)
         prompts = self._check_condition(prompts, prompt_audio, bpm, key)
         if not isinstance(best_of, int) or not 1 <= best_of <= MAX_BEST_OF:
             raise MelodyError(f"best_of {best_of}: draw between 1 and {MAX_BEST_OF} candidates")
@@ -572,6 +574,13 @@ class MeLoDy:
             lm = copy.deepcopy(self.semantic_lm).to(dtype).eval()
             copies[key] = few_row_linears(lm) if key[1].type == "cpu" else stacked_gates(lm)
         return copies[key]
+
+    @property
+    def fits_tempo(self) -> bool:
+        """Whether `generate` fits the music to a stated tempo unless told: for an LM without a beat clock
+        (`semantic_lm.tempo_clock`). An LM with one keeps to the asked grid itself, and the fit, which hears
+        with one tracker, moved music the other tracker had heard at the asked tempo (docs/semantic.md)."""
+        return self.semantic_lm.clock_projection is None
 
     def tempo_tokens(self, prompts: list[str] | None) -> torch.Tensor | None:
         """The LM's tempo token for each prompt `(b,)` (0 where it states no tempo); None without prompts or tempo token."""

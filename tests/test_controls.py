@@ -223,7 +223,7 @@ def test_music_heard_at_the_asked_tempo_or_an_octave_of_it_is_kept(melody):  # n
 
 def test_generate_fits_only_the_rows_that_ask_for_a_tempo_and_a_batch_fits_like_single_runs(melody):  # noqa: F811
     prompts = ["funk, at 100 BPM.", "calm piano"]
-    both = melody.generate(prompts, 4.0, seed=11)
+    both = melody.generate(prompts, 4.0, seed=11, fit_tempo=True)
     plain = melody.generate(prompts, 4.0, seed=11, fit_tempo=False)
     first = both.tempo_fit[0]
     assert both.tempo_fit[1] is None and first["asked_bpm"] == 100.0
@@ -231,22 +231,36 @@ def test_generate_fits_only_the_rows_that_ask_for_a_tempo_and_a_batch_fits_like_
     assert torch.equal(both.audio[1], plain.audio[1])  # no tempo asked: untouched
     assert torch.equal(both.audio[0], plain.audio[0]) == (first["rate"] == 1.0)
     for i, prompt in enumerate(prompts):
-        alone = melody.generate([prompt], 4.0, seed=11 + i)
+        alone = melody.generate([prompt], 4.0, seed=11 + i, fit_tempo=True)
         torch.testing.assert_close(alone.audio[0], both.audio[i])
-    assert melody.generate(prompts, FIT_MIN_SECONDS - 0.5, seed=11).tempo_fit is None  # too short to listen to
-    best = melody.generate(prompts, 4.0, seed=11, best_of=2)  # each candidate fitted; the kept one's record
+    assert melody.generate(prompts, FIT_MIN_SECONDS - 0.5, seed=11, fit_tempo=True).tempo_fit is None  # too short
+    best = melody.generate(prompts, 4.0, seed=11, best_of=2, fit_tempo=True)  # each candidate fitted; the kept one's record
     assert best.tempo_fit[1] is None and best.tempo_fit[0]["asked_bpm"] == 100.0
     if best.candidate[0] == 0:
         assert best.tempo_fit[0] == first
 
 
+def test_the_fit_is_on_by_default_only_for_an_lm_without_a_beat_clock(melody):  # noqa: F811
+    assert melody.semantic_lm.clock_projection is not None and not melody.fits_tempo  # the test bundle's LM has a clock
+    out = melody.generate(["funk, at 100 BPM."], 4.0, seed=11)
+    assert out.tempo_fit is None and "tempo_fit" not in out.seconds
+    clock = melody.semantic_lm.clock_projection
+    melody.semantic_lm.clock_projection = None  # as the LM of a bundle made before the clock
+    try:
+        assert melody.fits_tempo
+    finally:
+        melody.semantic_lm.clock_projection = clock
+
+
 def test_cli_records_the_tempo_fit_in_the_sidecar_and_can_leave_it_out(bundle, tmp_path):  # noqa: F811
-    fitted, plain = tmp_path / "fitted.wav", tmp_path / "plain.wav"
-    said = {flag: run_ok("generate", "funk", "--duration", "4", "--out", str(out), "--bundle", str(bundle), "--bpm", "100",
-                         flag).stdout for out, flag in ((fitted, "--fit-tempo"), (plain, "--no-fit-tempo"))}
+    fitted, plain, default = tmp_path / "fitted.wav", tmp_path / "plain.wav", tmp_path / "default.wav"
+    said = {tuple(flag): run_ok("generate", "funk", "--duration", "4", "--out", str(out), "--bundle", str(bundle), "--bpm",
+                                "100", *flag).stdout
+            for out, flag in ((fitted, ["--fit-tempo"]), (plain, ["--no-fit-tempo"]), (default, []))}
     record = json.loads(fitted.with_suffix(".json").read_text())
-    assert f"tempo fit: heard {record['tempo_fit']['heard_bpm']:g} BPM" in said["--fit-tempo"]
-    assert "tempo fit" not in said["--no-fit-tempo"]
+    assert f"tempo fit: heard {record['tempo_fit']['heard_bpm']:g} BPM" in said[("--fit-tempo",)]
+    assert "tempo fit" not in said[("--no-fit-tempo",)] and "tempo fit" not in said[()]  # an LM with a beat clock
     assert record["tempo_fit"]["asked_bpm"] == 100.0 and record["tempo_fit"]["rate"] > 0
     assert "tempo_fit" in record["seconds"]
     assert "tempo_fit" not in json.loads(plain.with_suffix(".json").read_text())
+    assert "tempo_fit" not in json.loads(default.with_suffix(".json").read_text())
