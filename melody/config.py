@@ -179,6 +179,9 @@ class SemanticLMConfig:
     # predicts frame i also holds sin/cos of its phase on the beat grid of the stated tempo (bars, half bars, beats,
     # half beats), so every frame of a window, not only its first second, shows the LM where the asked beats fall.
     tempo_clock: bool = False
+    # The clock is part of the condition that guidance drops and strengthens (True), or an input both branches get
+    # (False: the unconditional branch is clocked too, so guidance strengthens only the caption and the tempo token).
+    clock_guided: bool = True
     # How a MuLan token enters the LM: "table", one learned vector per (level, code) (the paper is silent); or
     # "codebook", level l's position holds a learned projection of the RVQ's running reconstruction Σ_{i≤l} q_i, the
     # MuLan embedding at l levels' precision, so nearby embeddings give nearby conditions (a small corpus's LM then

@@ -467,6 +467,11 @@ def test_the_beat_clock_conditions_every_frame_and_the_cache_matches_the_full_pa
     torch.testing.assert_close(full.logits[2], lm(m, s, tempo=tempo).logits[2], atol=0, rtol=0)  # no tempo: no clock
     dropped = torch.tensor([True, False, False])  # the dropped condition loses the clock, as it loses the tempo token
     torch.testing.assert_close(lm(m, s, dropped, tempo=tempo, beats=beats).logits[0], lm(None, s).logits[0], atol=0, rtol=0)
+    lm.config.clock_guided = False  # … unless the clock is an input both guidance branches get
+    unguided = lm(m, s, dropped, tempo=tempo, beats=beats).logits[0]
+    torch.testing.assert_close(unguided, lm(None, s, beats=beats).logits[0], atol=0, rtol=0)
+    assert not torch.allclose(unguided, lm(None, s).logits[0])
+    lm.config.clock_guided = True
     cache = lm.new_cache()
     pieces = [lm(m, s[:, :4], tempo=tempo, beats=beats, cache=cache).logits]
     pieces += [lm(None, s[:, j:j + 2], cache=cache).logits for j in range(4, 12, 2)]

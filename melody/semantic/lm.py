@@ -43,7 +43,8 @@ Choices where the paper is silent:
   on the stated tempo's grid (`beat_grid`) and m ∈ {1/4, 1/2, 1, 2} cycles per beat. Why: the tempo token informs only
   a window's first frames, since after them the tokens already show the pace; with a stretched corpus the codebook
   LMs never learnt it (docs/semantic.md). The clock informs every frame: where on the asked grid the next token
-  falls. It is 0 where no tempo is given and where the condition is dropped, so guidance strengthens it with τ.
+  falls. It is 0 where no tempo is given, and where the condition is dropped if `clock_guided` (guidance then
+  strengthens it with τ; else both branches are clocked and guidance strengthens the caption and τ only).
   In training β_0 is the window's place in its piece (`clip_beat_phase`); generation starts on a downbeat, β_0 = 0,
   and continuation windows carry on the grid of the first token given (`generate`'s `beats`).
 - Width, depth and heads come from `SemanticLMConfig` (the paper gives none); at the `paper`
@@ -297,7 +298,7 @@ class SemanticLM(nn.Module):
 
     def window_beats(self, beats: torch.Tensor | None, drop_condition: torch.Tensor | None, batch: int) -> torch.Tensor | None:
         """The beat grid `(b, 2)` a window is clocked by, on the LM's device, or None (no clock): rows whose
-        condition is dropped lose it, as they lose the tempo token."""
+        condition is dropped lose it, as they lose the tempo token, where `clock_guided`."""
         if self.clock_projection is None:
             if beats is not None and bool(torch.isfinite(beats[:, 1]).any()):
                 raise ValueError("this LM was trained without a beat clock (semantic_lm.tempo_clock = false)")
@@ -307,7 +308,7 @@ class SemanticLM(nn.Module):
         if beats.shape != (batch, 2):
             raise ValueError(f"beats must be (b={batch}, 2): the beat at the first frame and beats per frame (`beat_grid`)")
         beats = beats.to(self.bos.device, torch.float64)
-        if drop_condition is not None:
+        if drop_condition is not None and self.config.clock_guided:
             beats = beats.clone()
             beats[drop_condition.to(self.bos.device, torch.bool).view(batch), 1] = math.nan
         return beats
