@@ -9,8 +9,9 @@ what a user's process holds) is that run's alone. In the child:
   `MeLoDy.generate` of each `--durations` (default 10 and 30 s) at each `--steps` count; reported per
   stage: wall seconds and network forward passes (the pipeline counts them), the total wall, the
   real-time factor (wall / seconds of music) and the peak memory. With `--bpm`, each again in another child
-  with that tempo stated, so the tempo fit listens (`tempo_fit` in the stage seconds, plus a second render where
-  it stretches); that child's first row is the process's first fit, which also loads the beat tracker.
+  with that tempo stated: the LM's tempo token and beat clock get it, and for an LM without a clock the tempo fit
+  listens (`tempo_fit` in the stage seconds, plus a second render where it stretches; that child's first row is
+  then the process's first fit, which also loads the beat tracker).
 - `stream`: `MeLoDy.stream` over `--chunks` chunks of `--chunk-seconds`, the prompt changing half way
   (story mode). Reported: time to first audio (from the call, after loading), each chunk's ready time,
   and whether generation keeps ahead of playback: playback starts when chunk 0 is ready, so chunk k
@@ -75,7 +76,7 @@ def child_generate(args) -> list[dict]:
                          "stage_seconds": {k: round(v, 3) for k, v in out.seconds.items()},
                          "forward_passes": out.forward_passes, "load_s": round(load_s, 3),
                          # the process's first tempo fit also pays for importing the tracker (librosa)
-                         "first_tempo_fit_in_process": args.bpm is not None and not rows,
+                         "first_tempo_fit_in_process": args.bpm is not None and model.fits_tempo and not rows,
                          "tempo_fit": (out.tempo_fit or [None])[0]})
     for row in rows:
         row["peak_memory_mb"] = round(peak_memory_mb(), 1)  # the process's peak over all of its runs
@@ -166,8 +167,9 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=8)
     parser.add_argument("--chunk-seconds", type=float, default=2.0)
     parser.add_argument("--bpm", type=float, default=None,
-                        help="also time each duration with this tempo stated (`--bpm`: the tempo fit listens, and "
-                             "stretches where the music is off it); the first such call pays for loading the tracker")
+                        help="also time each duration with this tempo stated (`--bpm`: for an LM without a beat clock "
+                             "the tempo fit listens, and stretches where the music is off it; the first such call pays "
+                             "for loading the tracker)")
     parser.add_argument("--child", choices=("generate", "stream"), default=None)
     args = parser.parse_args()
     if args.steps is None:
@@ -195,9 +197,9 @@ def main() -> None:
     chart(mine)
     for r in sections["generate"]:
         fit = r["tempo_fit"]
-        asked = "" if r["bpm"] is None else (
-            f" at {r['bpm']:g} BPM (tempo fit: heard {fit['heard_bpm']:g}, rate {fit['rate']:g}"
-            + (", the process's first" if r["first_tempo_fit_in_process"] else "") + ")")
+        asked = "" if r["bpm"] is None else f" at {r['bpm']:g} BPM" + ("" if fit is None else (
+            f" (tempo fit: heard {fit['heard_bpm']:g}, rate {fit['rate']:g}"
+            + (", the process's first" if r["first_tempo_fit_in_process"] else "") + ")"))
         print(f"{r['seconds_of_music']:g} s at {r['steps']} steps{asked}: {r['wall_s']:.2f} s wall (RTF {r['rtf']:.3f}), "
               f"peak {r['peak_memory_mb']:.0f} MB; " + ", ".join(f"{k} {v:.2f} s/{r['forward_passes'].get(k, 0)} passes"
                                                            for k, v in r["stage_seconds"].items()))

@@ -88,11 +88,11 @@ def test_bundled_lm_predicts_new_music_and_follows_its_condition(pieces, mulan, 
     g = torch.Generator().manual_seed(0)
     shuffled = torch.stack([row[torch.randperm(row.numel(), generator=g)] for row in tokens])
     real = float(np.exp(lm_nll(lm, from_audio, tokens, keep)))
-    # measured: 3.0 on the pieces as played, 8.5 on the same tokens in random order (vocabulary 256)
+    # measured: 2.5 on the pieces as played, 5.1 on the same tokens in random order (vocabulary 256)
     assert real < 5.0 and float(np.exp(lm_nll(lm, from_audio, shuffled, keep))) > 2 * real
     n = len(captions)
-    for condition, at_least in ((from_text, 0.05), (from_audio, 0.2)):  # measured: 0.094 and 0.375
+    for condition, at_least in ((from_text, 0.05), (from_audio, 0.2)):  # measured: 0.36 and 0.63
         made = generate(lm, condition, 250, temperature=1.0, guidance=3.0, generator=torch.Generator().manual_seed(0)).tokens
         own = np.mean([code_overlap(made[i], tokens[i]) for i in range(n)])
         other = np.mean([code_overlap(made[i], tokens[j]) for i in range(n) for j in range(n) if j != i])
-        assert own > at_least and own > 5 * other, (own, other)  # measured: other pieces' codes 0.003 and 0.022
+        assert own > at_least and own > 5 * other, (own, other)  # measured: other pieces' codes 0.021 and 0.040

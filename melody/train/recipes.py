@@ -61,12 +61,13 @@ OVERRIDES: dict[str, dict[str, tuple[str, ...]]] = {
                   "train.checkpoint_every=250", "train.sample_every=250", "train.num_workers=1"),
         "tokenizer": ("train.steps=2000", "train.batch_size=16", "train.lr=5e-4",
                       "train.checkpoint_every=250", "train.sample_every=250", "train.num_workers=1"),
-        # docs/semantic.md ("The bundled semantic LM"): MuLan tokens embedded through MuLan's codebooks, the tempo token
-        # and the tempo stretch, the preset's width (128), from cached features of the 3 h corpus; 1 500 steps of
-        # batch 32 on 2 CPU cores (one thread each for two runs side by side, about 30 min). Logs in
-        # training/semantic-lm-condition/codebook/.
+        # docs/semantic.md ("A beat clock beside each token"): MuLan tokens embedded through MuLan's codebooks, the tempo
+        # token, the tempo stretch and the beat clock, the preset's width (128), from cached features of the 10 h corpus
+        # (`melody data synth --hours 12 --seed 0`); 3 000 steps of batch 32 on one CPU thread (51 min), sampled at LM
+        # guidance 1.5 (at 3 the clock crowded out the caption). Logs in training/semantic-lm-corpus12/clock/.
         "semantic": ("semantic_lm.condition_embedding=codebook", "semantic_lm.tempo_buckets=24",
-                     "semantic_lm.tempo_stretch=0.25", "train.steps=1500", "train.batch_size=32", "train.lr=1e-3",
+                     "semantic_lm.tempo_stretch=0.25", "semantic_lm.tempo_clock=true", "semantic_lm.guidance=1.5",
+                     "train.steps=3000", "train.batch_size=32", "train.lr=1e-3",
                      "train.cached_features=true", "train.log_every=50", "train.checkpoint_every=500",
                      "train.sample_every=250", "train.num_workers=1"),
         # docs/dpd.md and training/dpd-tiny/config.json: lr 5e-4 with EMA; the bundled run began on a 30 000-step
