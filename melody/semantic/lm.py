@@ -95,7 +95,7 @@ class SemanticLMCache:
 
     layers: list[KVCache] | list[StaticKVCache]
     next_logits: torch.Tensor | None = None  # (b, vocab), None before the first call
-    beats: torch.Tensor | None = None  # (b, 2) float64: the window's beat grid (`beat_grid`), where the LM has a clock
+    beats: torch.Tensor | None = None  # (b, 2) float64 on the CPU: the window's beat grid (`beat_grid`), for a clock
 
     @property
     def length(self) -> int:
@@ -297,8 +297,9 @@ class SemanticLM(nn.Module):
         return beat_clock(cache.beats, fed + 1, t).to(self.bos.device)
 
     def window_beats(self, beats: torch.Tensor | None, drop_condition: torch.Tensor | None, batch: int) -> torch.Tensor | None:
-        """The beat grid `(b, 2)` a window is clocked by, on the LM's device, or None (no clock): rows whose
-        condition is dropped lose it, as they lose the tempo token, where `clock_guided`."""
+        """The beat grid `(b, 2)` a window is clocked by, or None (no clock): rows whose condition is dropped lose it,
+        as they lose the tempo token, where `clock_guided`. Kept in float64 on the CPU (not every device has float64:
+        MPS has none); only the clock's float32 features go to the LM's device."""
         if self.clock_projection is None:
             if beats is not None and bool(torch.isfinite(beats[:, 1]).any()):
                 raise ValueError("this LM was trained without a beat clock (semantic_lm.tempo_clock = false)")
@@ -307,10 +308,10 @@ class SemanticLM(nn.Module):
             return None
         if beats.shape != (batch, 2):
             raise ValueError(f"beats must be (b={batch}, 2): the beat at the first frame and beats per frame (`beat_grid`)")
-        beats = beats.to(self.bos.device, torch.float64)
+        beats = beats.detach().to("cpu", torch.float64)
         if drop_condition is not None and self.config.clock_guided:
             beats = beats.clone()
-            beats[drop_condition.to(self.bos.device, torch.bool).view(batch), 1] = math.nan
+            beats[drop_condition.to("cpu", torch.bool).view(batch), 1] = math.nan
         return beats
 
     def num_parameters(self) -> int:
@@ -367,7 +368,7 @@ class SemanticLM(nn.Module):
             beats = self.window_beats(beats, drop_condition, b)
             inputs = torch.cat((self.bos.expand(b, 1, -1), self.token_embedding(semantic)), dim=1)
             if beats is not None:  # the input that predicts frame i holds frame i's clock
-                inputs = inputs + self.clock_projection(beat_clock(beats, 0, t + 1).to(inputs.dtype))
+                inputs = inputs + self.clock_projection(beat_clock(beats, 0, t + 1).to(inputs.device, inputs.dtype))
             x = torch.cat((self.condition(mulan_tokens, drop_condition, b, tempo), inputs), dim=1)
             h = self.transformer(x, cache=None if cache is None else cache.layers)
             scores = self.head(h[:, -(t + 1):])  # (b, t + 1, V)
