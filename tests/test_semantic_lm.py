@@ -505,7 +505,8 @@ def test_every_window_is_clocked_on_the_grid_of_the_first_token_given():
     assert torch.equal(run(9, prefix).tokens,
                        naive_generate(lm, m, 9, 8, 3, prefix=prefix, guidance=2.0, seed=3, tempo=tempo, beats=beats))
     # so music continued in two calls is the music of one: the second call's prefix is the first's tokens
-    once = generate(lm, m, 16, guidance=2.0, window=8, stride=3, tempo=tempo, beats=beats, generator=torch.Generator().manual_seed(1))
+    once = generate(lm, m, 16, guidance=2.0, window=8, stride=3, tempo=tempo, beats=beats,
+                    generator=torch.Generator().manual_seed(1))
     g = torch.Generator().manual_seed(1)
     first = generate(lm, m, 8, guidance=2.0, window=8, stride=3, tempo=tempo, beats=beats, generator=g).tokens
     then = generate(lm, m, 8, first, guidance=2.0, window=8, stride=3, tempo=tempo, beats=beats, generator=g).tokens

@@ -367,10 +367,10 @@ def onset_envelope(audio: np.ndarray | torch.Tensor, rate: int, frame_rate: floa
 def beat_locking(envelope: np.ndarray, frame_rate: float, bpm: float, phase: float = 0.0) -> tuple[float, float]:
     """How tightly an onset envelope `(frames,)` keeps to the beat grid of `bpm` that starts at beat `phase` (frame 0):
     the vector strength (Goldberg & Brown 1969) R e^{2πiθ} = Σ_t o_t e^{2πi β_t} / Σ_t o_t, β_t = phase + t · bpm / (60 ·
-    frame_rate) the beat at frame t, o_t the envelope above its median. Returns (R, θ): R near 1 when the onsets fall at one place of every beat, near 0
-    when they fall anywhere (music at another tempo, or none); θ in [−½, ½) is that place, in beats after the grid's
-    beats. Music at half the tempo locks too; at twice the tempo with even accents it cancels (R ≈ 0). (0, 0) for a
-    silent envelope."""
+    frame_rate) the beat at frame t, o_t the envelope above its median. Returns (R, θ): R near 1 when the onsets fall
+    at one place of every beat, near 0 when they fall anywhere (music at another tempo, or none); θ in [−½, ½) is that
+    place, in beats after the grid's beats. Music at half the tempo locks too; at twice the tempo with even accents it
+    cancels (R ≈ 0). (0, 0) for a silent envelope."""
     env = np.asarray(envelope, dtype=np.float64)
     env = np.clip(env - np.median(env), 0.0, None)  # the onsets, above the envelope's floor of sustained sound
     total = float(env.sum())

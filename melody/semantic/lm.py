@@ -377,7 +377,8 @@ class SemanticLM(nn.Module):
                 cache.beats = beats
         else:
             if mulan_tokens is not None or drop_condition is not None or tempo is not None or beats is not None:
-                raise ValueError("the condition is already in the cache; pass mulan_tokens, drop_condition, tempo and beats as None")
+                raise ValueError("the condition is already in the cache; "
+                                 "pass mulan_tokens, drop_condition, tempo and beats as None")
             if t == 0:
                 return LMOutput(cache.next_logits.new_empty(b, 0, self.vocab_size), cache.next_logits)
             # the stream goes on: the output at s_j predicts s_{j+1}; s_0 of this call was scored by the last one

@@ -140,8 +140,6 @@ class SemanticLMStage(Stage):
         tempo = beats = None
         if lm_cfg.tempo_buckets > 0:
             bpm = torch.tensor([clip_bpm(meta) for meta in batch["meta"]], dtype=torch.float64)
-            phase = torch.tensor([clip_beat_phase(meta, float(s)) for meta, s in zip(batch["meta"], batch["start"])],
-                                 dtype=torch.float64)
             unsaid = torch.rand(bpm.shape[0], generator=generator, device=generator.device).cpu() < lm_cfg.tempo_dropout
             bpm = bpm.masked_fill(unsaid, math.nan)
             if lm_cfg.tempo_stretch > 0:  # only examples that state their tempo: the token must say the new pace
@@ -156,7 +154,9 @@ class SemanticLMStage(Stage):
                     mulan_tokens = mulan_tokens.clone()
                     mulan_tokens[rows] = restated
             tempo = tempo_bucket(bpm, lm_cfg.tempo_buckets, lm_cfg.tempo_range).to(semantic.device)
-            if lm_cfg.tempo_clock:
+            if lm_cfg.tempo_clock:  # from the crop's first beat at the clip's own tempo: a stretch keeps it
+                phase = torch.tensor([clip_beat_phase(meta, float(s)) for meta, s in zip(batch["meta"], batch["start"])],
+                                     dtype=torch.float64)
                 beats = beat_grid(bpm, self.tokenizer.config.frame_rate, phase)
         with engine.autocast():
             out = engine.model("semantic_lm")(mulan_tokens, semantic, drop.to(semantic.device), tempo=tempo, beats=beats)
