@@ -588,11 +588,15 @@ def train_dpd(
     data: DataOpt, out: RunOpt,
     vae: Annotated[Path, typer.Option("--vae", help="Trained VAE-GAN run (or model folder).")],
     tokenizer: Annotated[Path, typer.Option("--tokenizer", "--semantic", help="Trained semantic tokenizer run (or model folder).")],
+    mulan: Annotated[Optional[Path], typer.Option("--mulan", help="Trained MuLan run (or model folder): for "
+                                                  "--set dpd.mulan_condition=true, a DPD that hears MuLan tokens too.")] = None,
     preset: PresetOpt = "tiny", set_: SetOpt = None, resume: ResumeOpt = False, progress: ProgressOpt = True,
     init: InitOpt = None,
 ) -> None:
     """Train the dual-path diffusion model: semantic tokens + noise → VAE latents (both frozen, run on the fly)."""
     frozen = {"vae": _load_stage(vae, "vae"), "tokenizer": _load_stage(tokenizer, "tokenizer")}
+    if mulan is not None:
+        frozen["mulan"] = _load_stage(mulan, "mulan")
     _train("dpd", data, out, preset, set_ or [], resume, progress, frozen, init=init)
 
 
@@ -751,6 +755,8 @@ def eval_dpd(
     seconds: Annotated[float, typer.Option("--seconds", help="Seconds of each clip to regenerate.")] = 10.0,
     limit: LimitOpt = None,
     tagger: Annotated[bool, typer.Option("--tagger/--no-tagger", help="Compare musicnn's top tags.")] = True,
+    mulan: Annotated[Optional[Path], typer.Option("--mulan", help="The MuLan a DPD trained with "
+                                                  "dpd.mulan_condition hears (its run or model folder).")] = None,
     progress: ProgressOpt = True,
 ) -> None:
     """Regenerate held-out clips from their own semantic tokens; mel distance and tag agreement vs chance and the VAE floor."""
@@ -766,6 +772,7 @@ def eval_dpd(
         raise MelodyError(f"--steps wants step counts of at least 1, got '{steps}'")
     dpd, cfg = _load_stage(run, "dpd")
     vae_model, tokenizer_model = _load_stage(vae, "vae")[0], _load_stage(tokenizer, "tokenizer")[0]
+    mulan_model = _load_stage(mulan, "mulan")[0] if mulan is not None else None
     judge = None
     if tagger:
         from melody.ears.musicnn import MusicnnTagger
@@ -773,7 +780,7 @@ def eval_dpd(
         judge = MusicnnTagger.load("MTT_musicnn")
     with tqdm(desc="eval dpd", unit="clip", total=limit, disable=not progress) as bar:
         report, examples = evaluate_dpd(dpd, vae_model, tokenizer_model, data, split, seconds, counts, cfg.dpd.guidance,
-                                        limit=limit, tagger=judge, progress=lambda: bar.update(1))
+                                        limit=limit, tagger=judge, progress=lambda: bar.update(1), mulan=mulan_model)
     paths = write_dpd_report(report, examples, vae_model.cfg.sample_rate, out or run / "eval")
     typer.echo(summary(report))
     typer.echo(f"wrote {paths[0]} and {paths[1]}")

@@ -215,6 +215,10 @@ class DPDConfig:
     recurrence: str = "sru"  # within segments: "sru" (the paper's) or "gru" (faster on CPUs)
     chunks: int = 4
     cond_dropout: float = 0.1
+    # outside the paper: the DPD also hears the prompt's MuLan tokens (through MuLan's codebooks), beside the semantic
+    # tokens, so the caption's style reaches the renderer directly (`melody.dpd`, "MuLan condition")
+    mulan_condition: bool = False
+    text_condition_prob: float = 0.5  # with mulan_condition: share of training examples told their caption's tokens
     guidance: float = 2.5
     steps: int = 10
     solver: str = "ddim"  # at sampling: "ddim" (the paper's angle-DDIM) or "dpmpp-2m" (DPM-Solver++(2M), same passes)

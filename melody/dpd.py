@@ -41,6 +41,15 @@ Choices where the paper is silent (documented, tested):
   segment, so every frame lies in exactly two segments; overlap-add sums and halves them, an
   exact inverse of segmentation for any L (`segment`, `overlap_add`).
 - The output Linear is zero-initialised (v̂ = 0 at the start, the mean of the target).
+
+**MuLan condition** (`dpd.mulan_condition`, outside the paper, off by default): the paper's DPD hears only the
+semantic tokens, and a tiny one renders the style they carry poorly (`melody eval music --source tokens`). With this
+on, the condition is the prompt's MuLan tokens followed by the window's semantic tokens, `(b, levels + T)`
+(`join_condition`, the semantic LM's prefix order), and the RVQ's reconstruction of the MuLan embedding,
+Σ_l q_l[c_l] (`mulan_embedding`, from a frozen copy of MuLan's codebooks saved with the DPD), projected to h, is added
+to the aligned input and to the FiLM's summary: one global vector, as stable-audio and audiocraft condition their
+generators on a text embedding. The projection is zero-initialised, so a DPD trained without it and loaded into one
+with it (`--init`) starts as it was. A dropped condition drops both (the null vector), so guidance strengthens both.
 """
 
 from __future__ import annotations
@@ -54,6 +63,7 @@ from melody.config import DPDConfig, MelodyConfig
 from melody.errors import MelodyError
 from melody.modules import fused_sru
 from melody.modules.transformer import RMSNorm, Transformer, TransformerConfig
+from melody.semantic.lm import running_reconstruction
 
 RECURRENCES = ("sru", "gru")
 
@@ -300,16 +310,38 @@ class AngleEmbedding(nn.Module):
         return self.mlp(mix.to(self.ends.dtype))
 
 
-class DPD(nn.Module):
-    """The dual-path network: `forward(x (b, L, d), delta (b, L), semantic (b, T) long | None, drop (b,) bool | None)` → v̂ `(b, L, d)`."""
+def join_condition(semantic: torch.Tensor, mulan: torch.Tensor) -> torch.Tensor:
+    """A MuLan-conditioned DPD's condition: MuLan tokens `(b, levels)` then semantic tokens `(b, T)` → `(b, levels + T)`."""
+    return torch.cat((mulan.to(semantic.device, semantic.dtype), semantic), dim=1)
 
-    def __init__(self, config: DPDConfig, latent_dim: int, vocab_size: int) -> None:
+
+def mulan_embedding(codes: torch.Tensor, codebooks: torch.Tensor) -> torch.Tensor:
+    """The RVQ's reconstruction Σ_l q_l[c_l] of the embedding that MuLan codes `(b, L)` quantise → `(b, D)`."""
+    return running_reconstruction(codes, codebooks)[:, -1]
+
+
+class DPD(nn.Module):
+    """The dual-path network: `forward(x (b, L, d), delta (b, L), semantic (b, T) long | None, drop (b,) bool | None)`
+    → v̂ `(b, L, d)`; with `mulan_condition`, `semantic` is `join_condition(tokens, mulan_tokens)` `(b, levels + T)`."""
+
+    def __init__(self, config: DPDConfig, latent_dim: int, vocab_size: int, mulan_levels: int = 0,
+                 mulan_codebook_size: int = 0, mulan_dim: int = 0) -> None:
         super().__init__()
         if len(config.merge_factors) != config.blocks:
             raise MelodyError(f"dpd.merge_factors has {len(config.merge_factors)} entries for {config.blocks} blocks; "
                               "give one per block")
         h = config.hidden
         self.config, self.latent_dim, self.vocab_size = config, latent_dim, vocab_size
+        # the tokens of the condition that are MuLan's (0: the paper's DPD)
+        self.mulan_levels = mulan_levels if config.mulan_condition else 0
+        if config.mulan_condition:
+            if min(mulan_levels, mulan_codebook_size, mulan_dim) < 1:
+                raise MelodyError("dpd.mulan_condition needs MuLan's RVQ sizes (levels, codebook size, embedding width); "
+                                  "build the DPD from a config with a mulan section")
+            self.register_buffer("mulan_codebooks", torch.zeros(mulan_levels, mulan_codebook_size, mulan_dim))
+            self.mulan_projection = nn.Linear(mulan_dim, h)
+            nn.init.zeros_(self.mulan_projection.weight)  # starts as the DPD without it (fine-tuning one with --init)
+            nn.init.zeros_(self.mulan_projection.bias)
         self.input = nn.Linear(latent_dim, h)
         self.angle = AngleEmbedding(config.angle_dim, h)
         self.token_embedding = nn.Embedding(vocab_size, h)
@@ -325,10 +357,38 @@ class DPD(nn.Module):
     @classmethod
     def from_config(cls, cfg: MelodyConfig) -> DPD:
         """Sizes from the config tree: latents from the VAE, vocabulary from the semantic tokenizer."""
-        return cls(cfg.dpd, cfg.vae.latent_dim, cfg.tokenizer.codebook_size)
+        return cls(cfg.dpd, cfg.vae.latent_dim, cfg.tokenizer.codebook_size, cfg.mulan.rvq_levels,
+                   cfg.mulan.codebook_size, cfg.mulan.embed_dim)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    @torch.no_grad()
+    def set_mulan_codebooks(self, codebooks: torch.Tensor) -> None:
+        """Copy MuLan's RVQ codebooks `(L, K, D)` into a MuLan-conditioned DPD (training does it once, before step 0)."""
+        if not self.mulan_levels:
+            raise MelodyError("this DPD has no MuLan condition (dpd.mulan_condition is off); it holds no codebooks")
+        if codebooks.shape != self.mulan_codebooks.shape:
+            raise MelodyError(f"MuLan codebooks {tuple(codebooks.shape)} do not fit this DPD's "
+                              f"{tuple(self.mulan_codebooks.shape)}; train the DPD with this MuLan")
+        self.mulan_codebooks.copy_(codebooks)
+
+    def has_codebooks(self, codebooks: torch.Tensor) -> bool:
+        """Whether this DPD reads MuLan tokens through `codebooks` (always, for one without a MuLan condition)."""
+        mine = getattr(self, "mulan_codebooks", None)
+        return mine is None or (mine.shape == codebooks.shape and torch.equal(mine.half(), codebooks.half()))
+
+    def condition_of(self, semantic: torch.Tensor, mulan: torch.Tensor | None) -> torch.Tensor:
+        """What `forward` takes as its condition for semantic tokens `(b, T)` and the prompt's MuLan tokens `(b, L)`:
+        the tokens alone for the paper's DPD (the MuLan tokens unused), `join_condition` for a MuLan-conditioned one."""
+        if not self.mulan_levels:
+            return semantic
+        if mulan is None or mulan.shape != (semantic.shape[0], self.mulan_levels):
+            raise MelodyError(f"this DPD is conditioned on MuLan tokens too: give ({semantic.shape[0]}, "
+                              f"{self.mulan_levels}) of them, got {None if mulan is None else tuple(mulan.shape)}")
+        if ((mulan < 0) | (mulan >= self.mulan_codebooks.shape[1])).any():
+            raise MelodyError(f"MuLan tokens must lie in [0, {self.mulan_codebooks.shape[1]}): these come from another MuLan")
+        return join_condition(semantic, mulan)
 
     def condition(self, semantic: torch.Tensor | None, drop: torch.Tensor | None, batch: int, length: int,
                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -339,12 +399,19 @@ class DPD(nn.Module):
         if semantic is None:
             return (null.expand(batch, length, h), null.expand(batch, h), null.new_zeros(batch, 1, h),
                     torch.zeros(batch, 1, dtype=torch.bool, device=device))
-        if semantic.dim() != 2 or semantic.shape[0] != batch or semantic.shape[1] < 1:
-            raise ValueError(f"semantic tokens must be (b={batch}, T ≥ 1), got {tuple(semantic.shape)}")
+        prefix = self.mulan_levels
+        if semantic.dim() != 2 or semantic.shape[0] != batch or semantic.shape[1] < prefix + 1:
+            raise ValueError(f"the condition must be (b={batch}, {f'{prefix} MuLan + ' if prefix else ''}T ≥ 1 semantic "
+                             f"tokens), got {tuple(semantic.shape)}")
+        mulan, semantic = semantic[:, :prefix], semantic[:, prefix:]
         memory = self.token_mlp(self.token_embedding(semantic))  # (b, T, h): E_ST
         tokens = semantic.shape[1]
         at = torch.div(torch.arange(length, device=device) * tokens, length, rounding_mode="floor")  # token covering frame j
         aligned, summary = memory[:, at], memory.mean(1)
+        if prefix:  # (codes are range-checked in `condition_of`: a check here would wait on the host in a CUDA graph)
+            embedding = mulan_embedding(mulan, self.mulan_codebooks).to(self.mulan_projection.weight.dtype)
+            style = self.mulan_projection(embedding)  # (b, h)
+            aligned, summary = aligned + style[:, None], summary + style
         keep = torch.ones(batch, tokens, dtype=torch.bool, device=device)
         if drop is not None:
             drop = drop.to(device=device, dtype=torch.bool)

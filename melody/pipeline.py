@@ -307,9 +307,10 @@ class MeLoDy:
             models[stage], configs[stage] = load_model_and_config(folder / stage, stage, stage, STAGE_BUILDERS[stage])
         cfg = configs["dpd"]
         cfg.mulan, cfg.semantic_lm = configs["mulan"].mulan, configs["semantic_lm"].semantic_lm
-        if not models["semantic_lm"].has_codebooks(models["mulan"].rvq.codebooks):
-            raise MelodyError(f"{folder}: the semantic LM was trained with another MuLan's codebooks than the bundle's "
-                              "'mulan'; export both from the same runs")
+        for stage in ("semantic_lm", "dpd"):
+            if not models[stage].has_codebooks(models["mulan"].rvq.codebooks):
+                raise MelodyError(f"{folder}: the {stage} was trained with another MuLan's codebooks than the bundle's "
+                                  "'mulan'; export both from the same runs")
         return cls(**models, cfg=cfg)
 
     @torch.no_grad()
@@ -426,7 +427,7 @@ class MeLoDy:
                                        prompts)
         times["semantic_lm"], passes["semantic_lm"] = time.perf_counter() - clock, result.forward_passes
 
-        latents, audio = self._render(result.tokens, duration, steps, guidance, seed, times, passes, tell)
+        latents, audio = self._render(result.tokens, duration, steps, guidance, seed, times, passes, tell, mulan_tokens)
         out = GenerateOutput(audio, self.vae.cfg.sample_rate, result.tokens, latents, passes, times)
         asked = tempo_fit_asks(prompts, duration) if fit_tempo else []
         if any(a is not None for a in asked):
@@ -436,13 +437,15 @@ class MeLoDy:
 
     def _render(self, tokens: torch.Tensor, duration: float, steps: int, guidance: float, seed: int,
                 times: dict[str, float], passes: dict[str, int],
-                tell: Callable[[str], None] = lambda stage: None) -> tuple[torch.Tensor, torch.Tensor]:
-        """DPD latents and the VAE's audio `(b, channels, round(duration · rate))` for semantic tokens `(b, t)`, each
-        stage's wall time and network calls added to `times` and `passes`."""
+                tell: Callable[[str], None] = lambda stage: None,
+                mulan_tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """DPD latents and the VAE's audio `(b, channels, round(duration · rate))` for semantic tokens `(b, t)` (and
+        the prompts' MuLan tokens `(b, L)`, for a DPD that hears them), each stage's wall time and network calls added
+        to `times` and `passes`."""
         tell("dpd")
         clock = time.perf_counter()
         counted = _Counted(self.dpd_for_sampling())
-        latents = self.latents(counted, tokens, duration, steps, guidance, seed)
+        latents = self.latents(counted, tokens, duration, steps, guidance, seed, mulan=mulan_tokens)
         times["dpd"] = times.get("dpd", 0.0) + time.perf_counter() - clock
         passes["dpd"] = passes.get("dpd", 0) + counted.calls
 
@@ -484,7 +487,8 @@ class MeLoDy:
             out.seconds["semantic_lm"] += time.perf_counter() - clock
             out.forward_passes["semantic_lm"] += extra.forward_passes
         tokens = stretch_tokens(tokens, torch.ones_like(tokens, dtype=torch.bool), rate)[0][:, :n]
-        latents, audio = self._render(tokens, duration, steps, guidance, seed, out.seconds, out.forward_passes)
+        latents, audio = self._render(tokens, duration, steps, guidance, seed, out.seconds, out.forward_passes,
+                                      mulan_tokens=mulan_tokens)
         moved = torch.tensor([r != 1.0 for r in rates], device=audio.device)
         out.audio = torch.where(moved[:, None, None], audio, out.audio)
         out.latents = torch.where(moved[:, None, None], latents, out.latents)
@@ -637,10 +641,11 @@ class MeLoDy:
         return self._seeded(seed, 2, k, rows=rows)
 
     def latents(self, model, tokens: torch.Tensor, duration: float, steps: int, guidance: float, seed: int,
-                start: torch.Tensor | None = None) -> torch.Tensor:
+                start: torch.Tensor | None = None, mulan: torch.Tensor | None = None) -> torch.Tensor:
         """DPD latents `(b, frames, d)` for `duration` seconds, window by window with clean-context continuation;
         `start` `(b, P, d)`: latents that already exist (continuation), kept as they are. `model`: the DPD as
-        `dpd_for_sampling()` gives it (at its precision), or a wrapper of that."""
+        `dpd_for_sampling()` gives it (at its precision), or a wrapper of that. `mulan` `(b, L)`: the prompts' MuLan
+        tokens, which a DPD with `dpd.mulan_condition` hears beside each window's tokens (others ignore them)."""
         total = math.ceil(duration * self.vae.latent_rate)
         window, context = self._window()
         deltas = angles_from_steps(SCHEDULES["melody"](steps))
@@ -648,7 +653,7 @@ class MeLoDy:
         b = tokens.shape[0]
 
         def window_tokens(first_frame: int, frames: int) -> torch.Tensor:
-            return self._window_tokens(tokens, first_frame, frames)
+            return self.dpd.condition_of(self._window_tokens(tokens, first_frame, frames), mulan)
 
         def generator(k: int) -> list[torch.Generator]:  # window k's noise, one generator per prompt
             return self._window_noise(seed, k, b)
@@ -699,7 +704,7 @@ class MeLoDy:
         clock = time.perf_counter()
         start = self._encode(audio, seed)
         counted = _Counted(self.dpd_for_sampling())
-        latents = self.latents(counted, tokens, total_seconds, steps, guidance, seed, start=start)
+        latents = self.latents(counted, tokens, total_seconds, steps, guidance, seed, start=start, mulan=mulan_tokens)
         times["dpd"], passes["dpd"] = time.perf_counter() - clock, counted.calls
 
         tell("vae")
@@ -727,7 +732,9 @@ class MeLoDy:
         tokens = self.tokenizer.tokens(audio.mean(1))
         times["tokenizer"], passes["tokenizer"] = time.perf_counter() - clock, 1
         if through == "dpd":
-            latents, out = self._render(tokens, n / self.vae.cfg.sample_rate, steps, guidance, seed, times, passes)
+            own = self.mulan.tokens_from_audio(audio.mean(1)) if self.dpd.mulan_levels else None  # the clips' own sound
+            latents, out = self._render(tokens, n / self.vae.cfg.sample_rate, steps, guidance, seed, times, passes,
+                                        mulan_tokens=own)
         else:
             clock = time.perf_counter()
             latents = self._encode(audio, seed)
@@ -791,7 +798,7 @@ class MeLoDy:
         known = self._encode(audio, seed)  # (b, ⌈n_in / hop⌉, d)
         counted = _Counted(self.dpd_for_sampling())
         region = (first * self.frames_per_token, min(last * self.frames_per_token, known.shape[1]))
-        latents = self.regenerate_latents(counted, known, tokens, *region, steps, guidance, seed)
+        latents = self.regenerate_latents(counted, known, tokens, *region, steps, guidance, seed, mulan=mulan_tokens)
         times["dpd"], passes["dpd"] = time.perf_counter() - clock, counted.calls
 
         tell("vae")
@@ -802,10 +809,10 @@ class MeLoDy:
         return GenerateOutput(out, rate, tokens, latents, passes, times)
 
     def regenerate_latents(self, model, latents: torch.Tensor, tokens: torch.Tensor, first: int, last: int, steps: int,
-                           guidance: float, seed: int) -> torch.Tensor:
+                           guidance: float, seed: int, mulan: torch.Tensor | None = None) -> torch.Tensor:
         """`latents` `(b, F, d)` with frames first … last − 1 made anew by the DPD, window by window
-        (`region_windows`), each window conditioned on the tokens `(b, T)` covering it; the other frames
-        are returned as they are, exactly. `model`: as `latents` takes it."""
+        (`region_windows`), each window conditioned on the tokens `(b, T)` covering it (and `mulan`, as `latents`
+        takes it); the other frames are returned as they are, exactly. `model`: as `latents` takes it."""
         window, context = self._window()
         deltas = angles_from_steps(SCHEDULES["melody"](steps))
         model, guidance = guided_in_one_call(model, guidance), 1.0  # one pass per step
@@ -813,7 +820,8 @@ class MeLoDy:
         plan = region_windows(first, last, latents.shape[1], window, context, self.frames_per_token)
         for k, (lo, new_first, new, hi) in enumerate(plan):
             out[:, new_first:new_first + new] = inpaint_latents(
-                model, out[:, lo:hi], new_first - lo, new, self._window_tokens(tokens, lo, hi - lo), deltas, guidance,
+                model, out[:, lo:hi], new_first - lo, new, self.dpd.condition_of(self._window_tokens(tokens, lo, hi - lo), mulan),
+                deltas, guidance,
                 self._window_noise(seed, k, out.shape[0]), solver=self.cfg.dpd.solver)
         return out
 
@@ -877,7 +885,8 @@ class MeLoDy:
                                          torch.Generator(device=self._device).manual_seed(mix_seeds(seed, 1, k)),
                                          temperature, top_k, lm_guidance, [prompt])
             tokens = torch.cat((tokens, made.tokens), dim=1)
-            latents = self.latents(self.dpd_for_sampling(), tokens, ahead, steps, guidance, mix_seeds(seed, 2, k), start=latents)
+            latents = self.latents(self.dpd_for_sampling(), tokens, ahead, steps, guidance, mix_seeds(seed, 2, k),
+                                   start=latents, mulan=cond)
             first_frame = max(0, emitted // hop - round(DECODE_CONTEXT_SECONDS * self.vae.latent_rate))
             audio = self.vae.decode_latents(latents[:, first_frame:]).clamp(-1.0, 1.0).float()
             yield audio[0, :, emitted - first_frame * hop:end - first_frame * hop]

@@ -257,3 +257,101 @@ def test_film_projected_on_padded_frames_equals_projecting_every_segment():
         condition = torch.randn(2, length, 6)
         per_frame = unfold_segments(film(pad_for_segments(condition, 8)), 8)
         torch.testing.assert_close(per_frame, film(segment(condition, 8)), rtol=0, atol=1e-6)
+
+
+# --- the MuLan condition (dpd.mulan_condition, outside the paper) ---------------------------------
+
+LEVELS, CODES, WIDTH = 3, 5, 8
+
+
+def mulan_dpd(seed=0):
+    """`tiny_dpd` with the MuLan condition, its codebooks drawn at random and its projection given weights."""
+    torch.manual_seed(seed)
+    model = DPD(DPDConfig(**{**TINY.__dict__, "mulan_condition": True}), 4, 10, LEVELS, CODES, WIDTH)
+    with torch.no_grad():
+        model.output.weight.normal_(0, 0.1)
+        model.set_mulan_codebooks(torch.randn(LEVELS, CODES, WIDTH))
+    return model.eval()
+
+
+def test_the_mulan_embedding_is_the_rvq_reconstruction_and_the_condition_leads_with_it():
+    from melody.dpd import join_condition, mulan_embedding
+
+    codebooks = torch.randn(LEVELS, CODES, WIDTH)
+    codes = torch.tensor([[0, 4, 2], [3, 3, 1]])
+    expected = torch.stack([sum(codebooks[level, codes[i, level]] for level in range(LEVELS)) for i in range(2)])
+    torch.testing.assert_close(mulan_embedding(codes, codebooks), expected)
+    tokens = torch.randint(0, 10, (2, 6))
+    assert torch.equal(join_condition(tokens, codes), torch.cat((codes, tokens), dim=1))
+    assert torch.equal(tiny_dpd().condition_of(tokens, codes), tokens)  # the paper's DPD ignores MuLan tokens
+
+
+def test_a_zero_projection_is_the_dpd_without_mulan_so_init_starts_where_the_source_was():
+    plain, heard = tiny_dpd(), mulan_dpd()
+    state = plain.state_dict() | {k: v for k, v in heard.state_dict().items() if k.startswith("mulan_")}
+    heard.load_state_dict(state)  # what `--init` from a DPD without the condition does (`Stage.new_in_init`)
+    x, delta, tokens = torch.randn(2, 24, 4), torch.rand(2, 24), torch.randint(0, 10, (2, 6))
+    codes = torch.randint(0, CODES, (2, LEVELS))
+    assert int(torch.count_nonzero(heard.mulan_projection.weight.detach())) == 0
+    torch.testing.assert_close(heard(x, delta, heard.condition_of(tokens, codes)), plain(x, delta, tokens), rtol=0, atol=0)
+
+
+def test_the_mulan_tokens_steer_the_velocity_and_dropping_drops_them_too():
+    model = mulan_dpd()
+    with torch.no_grad():
+        model.mulan_projection.weight.normal_(0, 0.5)
+    x, delta, tokens = torch.randn(2, 24, 4), torch.rand(2, 24), torch.randint(0, 10, (2, 6))
+    a, b = torch.tensor([[0, 1, 2], [0, 1, 2]]), torch.tensor([[4, 3, 2], [4, 3, 2]])
+    assert not torch.allclose(model(x, delta, model.condition_of(tokens, a)), model(x, delta, model.condition_of(tokens, b)))
+    drop = torch.tensor([True, True])
+    dropped = [model(x, delta, model.condition_of(tokens, codes), drop=drop) for codes in (a, b)]
+    torch.testing.assert_close(dropped[0], dropped[1], rtol=0, atol=0)
+    torch.testing.assert_close(dropped[0], model(x, delta, None), rtol=0, atol=1e-6)
+
+
+def test_a_mulan_conditioned_dpd_refuses_a_condition_without_its_tokens():
+    model, tokens = mulan_dpd(), torch.randint(0, 10, (2, 6))
+    with pytest.raises(MelodyError, match=r"conditioned on MuLan tokens too: give \(2, 3\)"):
+        model.condition_of(tokens, None)
+    with pytest.raises(MelodyError, match=r"give \(2, 3\) of them, got \(2, 4\)"):
+        model.condition_of(tokens, torch.zeros(2, 4, dtype=torch.long))
+    with pytest.raises(MelodyError, match=r"must lie in \[0, 5\)"):
+        model.condition_of(tokens, torch.full((2, 3), 5))
+    with pytest.raises(ValueError, match="3 MuLan \\+ T ≥ 1 semantic tokens"):
+        model(torch.randn(2, 8, 4), torch.rand(2, 8), torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(MelodyError, match="do not fit this DPD's"):
+        model.set_mulan_codebooks(torch.zeros(LEVELS, CODES + 1, WIDTH))
+    with pytest.raises(MelodyError, match="needs MuLan's RVQ sizes"):
+        DPD(DPDConfig(**{**TINY.__dict__, "mulan_condition": True}), 4, 10)
+    with pytest.raises(MelodyError, match="holds no codebooks"):
+        tiny_dpd().set_mulan_codebooks(torch.zeros(LEVELS, CODES, WIDTH))
+    assert model.has_codebooks(model.mulan_codebooks.clone()) and not model.has_codebooks(torch.ones(LEVELS, CODES, WIDTH))
+
+
+def test_a_tiny_dpd_learns_two_clips_told_apart_only_by_their_mulan_tokens():
+    from melody.diffusion import angles_from_steps, melody_steps, multichunk_angles, multichunk_loss, noisy, sample, velocity_target
+
+    torch.manual_seed(0)
+    model = DPD(DPDConfig(**{**TINY.__dict__, "mulan_condition": True, "recurrence": "gru"}), 4, 10, LEVELS, CODES, WIDTH)
+    model.set_mulan_codebooks(torch.randn(LEVELS, CODES, WIDTH))
+    g = torch.Generator().manual_seed(0)
+    clips = torch.randn(2, 32, 4, generator=g).clamp(-1, 1)
+    z = clips.repeat_interleave(4, dim=0)  # 4 rows of clip 0, 4 of clip 1
+    tokens = torch.randint(0, 10, (1, 8), generator=g).expand(8, 8)  # the same semantic tokens for both
+    codes = torch.tensor([[0, 1, 2], [4, 3, 0]]).repeat_interleave(4, dim=0)
+    cond = model.condition_of(tokens, codes)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(300):
+        delta = multichunk_angles(8, 32, 4, g)
+        eps = torch.randn(z.shape, generator=g)
+        loss = multichunk_loss(model(noisy(z, eps, delta), delta, cond), velocity_target(z, eps, delta), delta).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        out = sample(model, torch.randn(2, 32, 4, generator=g), angles_from_steps(melody_steps(10)), cond[[0, 4]])
+    own = (out - clips).abs().mean(dim=(1, 2))
+    other = (out - clips.flip(0)).abs().mean(dim=(1, 2))
+    assert bool((own < 0.5 * other).all()), (own, other)  # each code set brings back its own clip: measured 0.16 vs 0.77

@@ -4,11 +4,13 @@ import json
 
 import pytest
 from test_cli import TINY_VAE, melody_one_thread
+from test_mulan import tiny_bert
 from test_semantic_stages import TINY_STACK, one_line_error, run_ok, sets
 from test_shards import make_corpus
 
 from melody.checkpoint import load_model_and_config
 from melody.dpd import DPD
+from melody.mulan import MuLan
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -63,3 +65,35 @@ def test_resuming_the_dpd_with_another_vae_is_refused(trained, tmp_path):
                             "--vae", str(tmp_path / "vae2"), "--tokenizer", str(runs["tokenizer"]),
                             *sets(["train.steps=4"]), "--no-progress")
     assert "another vae model" in one_line_error(out)
+
+
+def test_a_dpd_hearing_mulan_starts_from_a_plain_one_and_is_judged_with_its_mulan(trained, tmp_path):
+    """`--init` from a DPD trained without the MuLan condition: its weights, plus the condition's zero projection
+    and MuLan's codebooks; `melody eval dpd` then needs `--mulan`."""
+    corpus, runs, overrides = trained
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    model, tokenizer = tiny_bert(bert, words=["clip", "number"])
+    model.save_pretrained(bert)
+    tokenizer.save_pretrained(bert)
+    overrides = [*overrides, f"mulan.text_encoder={bert}"]
+    run_ok("train", "mulan", "--data", str(corpus), "--out", str(tmp_path / "mulan"), *sets(overrides))
+    common = ["--data", str(corpus), "--vae", str(runs["vae"]), "--tokenizer", str(runs["tokenizer"])]
+    heard = [*overrides, "dpd.mulan_condition=true", "train.steps=2"]
+    missing = melody_one_thread("train", "dpd", *common, "--out", str(tmp_path / "none"), *sets(heard), "--no-progress")
+    assert "training needs a MuLan; give --mulan" in one_line_error(missing)
+    run_ok("train", "dpd", *common, "--out", str(tmp_path / "dpd"), "--mulan", str(tmp_path / "mulan"),
+           "--init", str(runs["dpd"]), *sets(heard))
+    plain = load_model_and_config(runs["dpd"], "dpd", "dpd", DPD.from_config)[0]
+    dpd = load_model_and_config(tmp_path / "dpd", "dpd", "dpd", DPD.from_config)[0]
+    mulan = load_model_and_config(tmp_path / "mulan", "mulan", "mulan",
+                                  lambda c: MuLan.from_config(c.mulan, c.vae.sample_rate))[0]
+    assert dpd.mulan_levels == 4 and dpd.has_codebooks(mulan.rvq.codebooks)
+    assert json.loads((tmp_path / "dpd" / "init.json").read_text())["init"] == str(runs["dpd"])
+    assert set(json.loads((tmp_path / "dpd" / "conditioners.json").read_text())) == {"vae", "tokenizer", "mulan"}
+    assert dpd.num_parameters() - plain.num_parameters() == 16 * 32 + 32  # the projection, MuLan's 16 → hidden 32
+    args = ["eval", "dpd", str(tmp_path / "dpd"), *common, "--split", "valid", "--steps", "1", "--seconds", "1",
+            "--no-tagger", "--out", str(tmp_path / "eval")]
+    assert "give the MuLan it was trained with" in one_line_error(melody_one_thread(*args, "--no-progress"))
+    run_ok(*args, "--mulan", str(tmp_path / "mulan"))
+    assert json.loads((tmp_path / "eval" / "dpd_eval.json").read_text())["clips"] == 2

@@ -122,6 +122,49 @@ def test_the_dpd_trains_from_features(setup, tmp_path):
     assert len(losses) == 2 and all(np.isfinite(losses))
 
 
+def mulan_dpd_stage(setup, run, *overrides):
+    corpus, cfg, models, _, _ = setup
+    cfg = preset("tiny", [*TINY_STACK, *TINY_VAE, *TINY_DPD, "dpd.mulan_condition=true", "train.batch_size=4",
+                          "train.steps=2", "train.num_workers=0", "train.sample_every=0", "train.log_every=1",
+                          "train.checkpoint_every=100", *overrides])
+    return DPDStage(cfg, corpus, run, (models["vae"], cfg), (models["tokenizer"], cfg), (models["mulan"], cfg))
+
+
+@pytest.mark.parametrize("cached_features", [True, False])
+def test_a_dpd_hearing_mulan_is_told_each_example_s_audio_or_caption_tokens(setup, tmp_path, cached_features):
+    """From features or from audio alike: `text_condition_prob` 0 gives every example its own audio's MuLan tokens,
+    1 its caption's; the run copies MuLan's codebooks into the DPD and records MuLan among its conditioners."""
+    _, _, models, _, _ = setup
+    mulan = models["mulan"]
+    for p in (0.0, 1.0):
+        stage = mulan_dpd_stage(setup, tmp_path / f"p{p}", f"dpd.text_condition_prob={p}",
+                                f"train.cached_features={str(cached_features).lower()}")
+        batch = next(iter(make_loader(stage.dataset("train"), 4, 0)))
+        told = stage.mulan_condition(batch, torch.Generator().manual_seed(0), torch.device("cpu"))
+        with torch.no_grad():
+            if p == 1.0:
+                expected = mulan.tokens_from_text(batch["caption"])
+            elif cached_features:  # the whole clip's audio tokens, as `melody data encode` stored them
+                expected = batch["mulan"]
+            else:
+                expected = mulan.tokens_from_audio(batch["audio"].mean(1), batch["length"])
+        assert torch.equal(told, expected)
+        assert torch.equal(stage.models["dpd"].mulan_codebooks, mulan.rvq.codebooks)
+        assert set(json.loads((tmp_path / f"p{p}" / "conditioners.json").read_text())) == {"vae", "tokenizer", "mulan"}
+    Engine(stage, tmp_path / "p1.0", progress=False, cpu=True).fit()
+    losses = [json.loads(line)["dpd/total"] for line in (tmp_path / "p1.0" / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+
+
+def test_a_dpd_hearing_mulan_needs_a_mulan_to_train(setup, tmp_path):
+    corpus, cfg, models, _, _ = setup
+    cfg = preset("tiny", [*TINY_STACK, *TINY_VAE, *TINY_DPD, "dpd.mulan_condition=true"])
+    with pytest.raises(MelodyError, match="training needs a MuLan; give --mulan"):
+        DPDStage(cfg, corpus, tmp_path, (models["vae"], cfg), (models["tokenizer"], cfg))
+    with pytest.raises(MelodyError, match=r"dpd.text_condition_prob must be in \[0, 1\]"):
+        mulan_dpd_stage(setup, tmp_path / "bad", "dpd.text_condition_prob=1.5")
+
+
 def test_features_of_other_checkpoints_or_another_corpus_are_refused(setup, tmp_path):
     corpus, cfg, models, folder, _ = setup
     other = VAE(cfg.vae)

@@ -370,3 +370,50 @@ def test_compiled_samplers_give_the_plain_music_and_are_kept(bundle):  # noqa: F
     assert kept is not model.dpd_at_precision() and model.compiled_dpd() is kept  # compiled once, kept
     again = model.generate(["calm piano"], 1.0, seed=4)
     torch.testing.assert_close(again.audio, compiled.audio, atol=1e-6, rtol=0)
+
+
+def test_a_dpd_hearing_mulan_is_told_the_prompts_tokens_wherever_it_samples(bundle, melody, tmp_path):
+    """`dpd.mulan_condition`: generate, continue_, inpaint, stream and resynthesize each give the DPD the MuLan tokens
+    of what they were asked (the prompts, or the clips' own sound), and those tokens change the music."""
+    import shutil
+
+    copy = tmp_path / "heard"
+    shutil.copytree(bundle, copy)
+    plain, cfg = load_model_and_config(bundle / "dpd", "dpd", "dpd", DPD.from_config)
+    cfg.dpd.mulan_condition = True
+    dpd = DPD.from_config(cfg)
+    dpd.load_state_dict(plain.state_dict() | {k: v for k, v in dpd.state_dict().items() if k.startswith("mulan_")})
+    dpd.set_mulan_codebooks(melody.mulan.rvq.codebooks)
+    with torch.no_grad():
+        dpd.mulan_projection.weight.normal_(0, 0.5)
+    save_model(copy / "dpd", "dpd", dpd, cfg, "dpd")
+    model = MeLoDy.from_pretrained(copy)
+    heard = []
+    model.dpd.register_forward_pre_hook(lambda m, args: heard.append(args[2][:, :m.mulan_levels].clone()))
+
+    def told(rows):  # every DPD call since the last look: both guidance branches hear the same tokens
+        calls, heard[:] = list(heard), []
+        assert calls and all(torch.equal(c, torch.cat((rows, rows))) for c in calls), (calls[0], rows)
+
+    funk, calm = (model.mulan.tokens_from_text([p]) for p in ("funk", "calm piano"))
+    out = model.generate(["funk", "calm piano"], 1.3, seed=1)
+    told(torch.cat((funk, calm)))
+    model.continue_(out.audio, 0.6, prompts=["calm piano", "funk"], seed=1)
+    told(torch.cat((calm, funk)))
+    model.inpaint(out.audio, 0.3, 0.7, prompts=["calm piano", "funk"], seed=1)
+    told(torch.cat((calm, funk)))
+    model.resynthesize(out.audio[:1], seed=1)
+    told(model.mulan.tokens_from_audio(out.audio[:1].mean(1)))
+    stream = model.stream(["funk", "calm piano"], chunk_seconds=0.5, seed=1)
+    next(stream)
+    told(funk)
+    next(stream)
+    told(calm)
+    # the same semantic tokens rendered for two prompts differ only by what the DPD heard
+    tokens = out.semantic_tokens[:1]
+    latents = [model.latents(model.dpd, tokens, 1.3, 2, 2.5, 0, mulan=m) for m in (funk, calm)]
+    assert latents[0].shape == latents[1].shape and not torch.allclose(latents[0], latents[1])
+    dpd.set_mulan_codebooks(melody.mulan.rvq.codebooks + 0.01)
+    save_model(copy / "dpd", "dpd", dpd, cfg, "dpd")
+    with pytest.raises(MelodyError, match="the dpd was trained with another MuLan's codebooks"):
+        MeLoDy.from_pretrained(copy)

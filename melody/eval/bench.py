@@ -352,7 +352,10 @@ def random_melody(cfg, seed: int = 0):
     with torch.no_grad():
         mulan.rvq.codebooks.normal_()
         mulan.rvq.initialized.fill_(True)
-    return MeLoDy(mulan, random_tokenizer(cfg), SemanticLM.from_config(cfg), DPD.from_config(cfg), VAE(cfg.vae), cfg)
+    dpd = DPD.from_config(cfg)
+    if dpd.mulan_levels:
+        dpd.set_mulan_codebooks(mulan.rvq.codebooks)
+    return MeLoDy(mulan, random_tokenizer(cfg), SemanticLM.from_config(cfg), dpd, VAE(cfg.vae), cfg)
 
 
 def random_tokenizer(cfg):

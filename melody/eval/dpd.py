@@ -60,8 +60,11 @@ class DPDReport:
 @torch.no_grad()
 def evaluate_dpd(dpd: DPD, vae: VAE, tokenizer: SemanticTokenizer, data_root: str | Path, split: str = "test",
                  seconds: float = 10.0, steps: tuple[int, ...] = (10,), guidance: float = 2.5, schedule: str = "melody",
-                 limit: int | None = None, tagger=None, seed: int = 0, progress=None):
-    """The report and (key, original, reconstruction, generated) of the first clips, for the picture."""
+                 limit: int | None = None, tagger=None, seed: int = 0, progress=None, mulan=None):
+    """The report and (key, original, reconstruction, generated) of the first clips, for the picture. `mulan`: the
+    MuLan whose tokens of each clip a DPD with `dpd.mulan_condition` hears (its own sound)."""
+    if dpd.mulan_levels and mulan is None:
+        raise MelodyError("this DPD hears MuLan tokens too (dpd.mulan_condition); give the MuLan it was trained with")
     rate = vae.cfg.sample_rate
     dataset = ShardDataset.from_corpus(data_root, split, crop_seconds=seconds, sample_rate=rate, channels=vae.cfg.channels,
                                        shuffle=0, random_offset=False)
@@ -72,6 +75,7 @@ def evaluate_dpd(dpd: DPD, vae: VAE, tokenizer: SemanticTokenizer, data_root: st
         n = int(batch["length"][0])
         audio = batch["audio"][..., :n].to(device)
         tokens = tokenizer.tokens(audio.mean(1))
+        tokens = dpd.condition_of(tokens, mulan.tokens_from_audio(audio.mean(1)) if dpd.mulan_levels else None)
         z = vae.encode_latents(audio, torch.Generator(device=device).manual_seed(seed))
         real.append(audio[0].mean(0).cpu())
         recon.append(vae.decode_latents(z, n)[0].mean(0).cpu())

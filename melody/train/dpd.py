@@ -15,6 +15,12 @@ the continuation situation), noise ε, z_δ = cos δ z + sin δ ε, the conditio
 `dpd.cond_dropout` of the examples; loss = `multichunk_loss` (velocity MSE over the noisy frames),
 averaged over the batch. Every draw comes from the step's generator.
 
+With `dpd.mulan_condition` (outside the paper) the DPD also hears MuLan tokens: those of the crop's clip's audio
+(frozen MuLan, `--mulan`; with cached features the whole clip's), or for `dpd.text_condition_prob` of the examples
+those of its caption, as the semantic LM's text-conditioned examples are (what generation gives the DPD is the
+caption's). The run copies MuLan's codebooks into the DPD once, before step 0, and records MuLan's fingerprint with
+the other conditioners'.
+
 Every `train.sample_every` steps the valid clips' latents are generated from their own semantic
 tokens (the paper's sampler, `dpd.steps` steps, guidance `dpd.guidance`) and decoded by the VAE;
 the engine logs their mel distance to the originals (`valid/mel_distance`) beside that of the
@@ -37,10 +43,12 @@ from melody.data.plots import spectrogram_grid
 from melody.diffusion import (SCHEDULES, angles_from_steps, guided_in_one_call, multichunk_angles, multichunk_loss, noisy, sample,
                               velocity_target)
 from melody.dpd import DPD
+from melody.errors import MelodyError
 from melody.eval.metrics import mel_distance
+from melody.mulan import MuLan
 from melody.semantic.lm import condition_dropout_mask
 from melody.semantic.tokenizer import SemanticTokenizer
-from melody.train.engine import Engine, Stage, check_frozen
+from melody.train.engine import Engine, PerCaption, Stage, check_frozen
 from melody.vae import VAE, Posterior
 
 BETAS = (0.9, 0.99)
@@ -54,21 +62,45 @@ class DPDStage(Stage):
     shardable = True
 
     def __init__(self, cfg: MelodyConfig, data_root: str | Path, run_dir: str | Path,
-                 vae: tuple[VAE, MelodyConfig], tokenizer: tuple[SemanticTokenizer, MelodyConfig]) -> None:
+                 vae: tuple[VAE, MelodyConfig], tokenizer: tuple[SemanticTokenizer, MelodyConfig],
+                 mulan: tuple[MuLan, MelodyConfig] | None = None) -> None:
         (self.vae, vae_cfg), (self.tokenizer, tokenizer_cfg) = vae, tokenizer
         cfg.vae, cfg.tokenizer = copy.deepcopy(vae_cfg.vae), copy.deepcopy(tokenizer_cfg.tokenizer)
+        self.mulan = None
+        if cfg.dpd.mulan_condition:
+            if mulan is None:
+                raise MelodyError("dpd.mulan_condition: the DPD hears MuLan tokens, so training needs a MuLan; give --mulan")
+            if not 0.0 <= cfg.dpd.text_condition_prob <= 1.0:
+                raise MelodyError(f"dpd.text_condition_prob must be in [0, 1], got {cfg.dpd.text_condition_prob}")
+            self.mulan, mulan_cfg = mulan
+            cfg.mulan = copy.deepcopy(mulan_cfg.mulan)
+            if not bool(self.mulan.rvq.initialized):
+                raise MelodyError("the MuLan model has no fitted tokens (its run did not finish); finish `melody train mulan`")
         super().__init__(cfg)
         self.data_root = Path(data_root)
-        check_frozen(Path(run_dir), {"vae": self.vae, "tokenizer": self.tokenizer})
-        self.vae.eval().requires_grad_(False)
-        self.tokenizer.eval().requires_grad_(False)
+        frozen = {"vae": self.vae, "tokenizer": self.tokenizer} | ({"mulan": self.mulan} if self.mulan is not None else {})
+        check_frozen(Path(run_dir), frozen)
+        for model in frozen.values():
+            model.eval().requires_grad_(False)
         torch.manual_seed(cfg.train.seed)
         dpd = DPD.from_config(cfg)
+        if self.mulan is not None:
+            dpd.set_mulan_codebooks(self.mulan.rvq.codebooks)
         self.models = {"dpd": dpd}
         self.optimizers = {"dpd": torch.optim.AdamW(dpd.parameters(), lr=cfg.train.lr, betas=BETAS,
                                                     weight_decay=cfg.train.weight_decay)}
-        self.features = (find_features(self.data_root, {"vae": self.vae, "tokenizer": self.tokenizer})
-                         if cfg.train.cached_features else None)
+        self._caption_tokens = PerCaption()
+        self.features = find_features(self.data_root, frozen) if cfg.train.cached_features else None
+
+    def new_in_init(self, model: str, source: torch.nn.Module) -> tuple[str, ...]:
+        """A DPD trained without the MuLan condition starts one with it: the condition's projection (zero) and
+        codebooks are this run's own."""
+        return ("mulan_codebooks", "mulan_projection.") if self.mulan is not None and not source.mulan_levels else ()
+
+    def check_init(self, model: str, source: torch.nn.Module) -> None:
+        if self.mulan is not None and source.mulan_levels and not source.has_codebooks(self.mulan.rvq.codebooks):
+            raise MelodyError("--init: that DPD read MuLan tokens through another MuLan's codebooks than this run's "
+                              "--mulan; start from a DPD trained with this MuLan, or give its MuLan")
 
     def dataset(self, split: str) -> ShardDataset:
         if split == "train" and self.features is not None:
@@ -85,6 +117,30 @@ class DPDStage(Stage):
         self.tokenizer.to(audio.device)
         return self.vae.encode_latents(audio, generator), self.tokenizer.tokens(audio.mean(1), lengths)
 
+    @torch.no_grad()
+    def audio_mulan_tokens(self, audio: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """MuLan tokens `(b, levels)` of audio `(b, c, n)`."""
+        self.mulan.to(audio.device)
+        return self.mulan.tokens_from_audio(audio.mean(1), lengths)
+
+    @torch.no_grad()
+    def caption_tokens(self, captions: list[str], device: torch.device) -> torch.Tensor:
+        """MuLan tokens of each caption `(b, levels)`, each caption quantised once."""
+        self.mulan.to(device)
+        return self._caption_tokens(captions, self.mulan.tokens_from_text).to(device)
+
+    def mulan_condition(self, batch: dict, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+        """The examples' MuLan tokens `(b, levels)`: their audio's, or their caption's for `dpd.text_condition_prob`
+        of them (drawn from the step's generator)."""
+        audio = batch["mulan"] if "mulan" in batch else self.audio_mulan_tokens(batch["audio"], batch["length"])
+        audio = audio.to(device)
+        use_text = (torch.rand(audio.shape[0], generator=generator, device=generator.device)
+                    < self.cfg.dpd.text_condition_prob).to(device)
+        if not bool(use_text.any()):
+            return audio
+        texts = batch["text_mulan"] if "text_mulan" in batch else self.caption_tokens(batch["caption"], device)
+        return torch.where(use_text[:, None], texts.to(device), audio)
+
     def train_step(self, engine: Engine, batch: dict, generator: torch.Generator) -> dict[str, float]:
         d = self.cfg.dpd
         if "mean" in batch:  # cached features: the posterior's parameters, sampled here as `VAE.encode_latents` does
@@ -96,6 +152,8 @@ class DPDStage(Stage):
         delta = multichunk_angles(b, length, d.chunks, generator, d.clean_prob).to(z.device)
         noise = torch.randn(z.shape, generator=generator, device=generator.device).to(z.device)
         drop = condition_dropout_mask(b, d.cond_dropout, generator).to(z.device)
+        if self.mulan is not None:  # drawn after the paper's draws, which stay as they were
+            tokens = self.models["dpd"].condition_of(tokens.to(z.device), self.mulan_condition(batch, generator, z.device))
         with engine.autocast():
             v = engine.model("dpd")(noisy(z, noise, delta), delta, tokens, drop)
         loss = multichunk_loss(v, velocity_target(z, noise, delta), delta).mean()
@@ -109,6 +167,8 @@ class DPDStage(Stage):
         real, lengths = batch["audio"], batch["length"]
         generator = torch.Generator(device=engine.device).manual_seed(self.cfg.train.seed)
         z, tokens = self.latents_and_tokens(real, lengths, None)
+        if self.mulan is not None:  # the clips' own audio's MuLan tokens
+            tokens = dpd.condition_of(tokens, self.audio_mulan_tokens(real, lengths))
         start = torch.randn(z.shape, generator=generator, device=engine.device)
         made = sample(guided_in_one_call(dpd, d.guidance), start, angles_from_steps(SCHEDULES["melody"](d.steps)), tokens)
         fake = self.vae.decode_latents(made, real.shape[-1])

@@ -122,6 +122,11 @@ class Stage(ABC):
     def check_init(self, model: str, source: nn.Module) -> None:  # noqa: B027 (optional)
         """Refuse `--init` weights for `model` that do not fit what this stage holds frozen (one line)."""
 
+    def new_in_init(self, model: str, source: nn.Module) -> tuple[str, ...]:
+        """Prefixes of `model`'s tensors that `--init` from `source` leaves as this stage made them, where `source`
+        has none: a part the run adds to a trained model (zero-initialised, so it starts as the source)."""
+        return ()
+
     def finalize(self, engine: Engine) -> None:  # noqa: B027 (optional)
         """Settle what is measured from the trained model (e.g. a latent scale in `self.cfg`) before the export."""
 

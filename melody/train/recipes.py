@@ -115,7 +115,7 @@ def build_stage(name: str, cfg: MelodyConfig, data: Path, run_dir: Path, frozen:
     if name == "dpd":
         from melody.train.dpd import DPDStage
 
-        return DPDStage(cfg, data, run_dir, frozen["vae"], frozen["tokenizer"])
+        return DPDStage(cfg, data, run_dir, frozen["vae"], frozen["tokenizer"], frozen.get("mulan"))
     raise MelodyError(f"unknown stage '{name}'; choose one of: {', '.join(p.name for p in STAGES)}")
 
 
@@ -150,7 +150,9 @@ def train_stage(name: str, data: Path, run_dir: Path, preset_name: str, override
     for model in stage.export if init is not None else ():
         source, _ = load_stage(init, model)
         stage.check_init(model, source)
-        load_weights(stage.models[model], source.state_dict(), f"--init {init}")
+        state, added = source.state_dict(), stage.new_in_init(model, source)
+        state |= {k: v for k, v in stage.models[model].state_dict().items() if k.startswith(added) and k not in state}
+        load_weights(stage.models[model], state, f"--init {init}")
         started_from[model] = fingerprint(source)
     engine = Engine(stage, run_dir, resume=resume, progress=progress)
     if started_from:
