@@ -52,7 +52,7 @@ from melody.dpd import DPD
 from melody.errors import MelodyError
 from melody.mulan import MuLan
 from melody.runtime import Compiled, few_row_linears, stacked_gates
-from melody.semantic.lm import SemanticLM, beat_grid, stretch_tokens, tempo_bucket, window_and_stride
+from melody.semantic.lm import SemanticLM, beat_grid, continued_grid, stretch_tokens, tempo_bucket, window_and_stride
 from melody.semantic.sampling import generate as generate_tokens
 from melody.semantic.tokenizer import SemanticTokenizer
 from melody.vae import VAE
@@ -497,10 +497,11 @@ class MeLoDy:
 
     def _semantic_tokens(self, mulan_tokens: torch.Tensor, n_tokens: int, prefix: torch.Tensor | None, generator,
                          temperature: float | None, top_k: int | None, lm_guidance: float | None,
-                         prompts: list[str] | None = None):
+                         prompts: list[str] | None = None, beats: torch.Tensor | None = None):
         """`n_tokens` semantic tokens from the LM after `prefix`, with the config's sampling settings where None;
         an LM with a tempo token gets the tempo each of `prompts` states (none for a prompt naming none), and an LM with
-        a beat clock its beat grid, from a downbeat at `prefix`'s first token (the first new one without a prefix)."""
+        a beat clock its beat grid: `beats`, else the prompts' from a downbeat at `prefix`'s first token (the first new
+        one without a prefix)."""
         lm_cfg = self.cfg.semantic_lm
         window, stride = window_and_stride(lm_cfg, self.token_rate)
         return generate_tokens(self.lm_at_precision(), mulan_tokens.to(self._device), n_tokens, prefix,
@@ -508,7 +509,7 @@ class MeLoDy:
                                top_k=lm_cfg.top_k if top_k is None else int(top_k), top_p=lm_cfg.top_p,
                                guidance=lm_cfg.guidance if lm_guidance is None else lm_guidance,
                                generator=generator, window=window, stride=stride, tempo=self.tempo_tokens(prompts),
-                               beats=self.tempo_beats(prompts),
+                               beats=self.tempo_beats(prompts) if beats is None else beats,
                                graphs=self._device.type == "cuda" and lm_cfg.cuda_graphs, compiled=lm_cfg.compile)
 
     def to(self, device: str | torch.device) -> MeLoDy:
@@ -875,15 +876,18 @@ class MeLoDy:
         steps, guidance = self._sampling(steps, guidance, temperature, top_k, lm_guidance)
         rate, hop = self.vae.cfg.sample_rate, self.vae.hop
         tokens = torch.zeros(1, 0, dtype=torch.long, device=self._device)
-        latents, emitted = None, 0
+        latents, emitted, grid = None, 0, None
         for k, prompt in enumerate(prompts):
             end = round((k + 1) * chunk_seconds * rate)  # the chunk's last sample (exclusive)
             ahead = (k + 1) * chunk_seconds + DECODE_LOOKAHEAD_SECONDS  # what tokens and latents must cover
             cond = self.mulan.tokens_from_text(check_prompts([prompt])).to(self._device)
             n_new = math.ceil(ahead * self.token_rate) - tokens.shape[1]
+            beats = self.tempo_beats([prompt])
+            if beats is not None:  # a new tempo goes on from the old one's beat, not from where its own grid would be
+                beats = grid = continued_grid(grid, beats, tokens.shape[1])
             made = self._semantic_tokens(cond, n_new, tokens if tokens.shape[1] else None,
                                          torch.Generator(device=self._device).manual_seed(mix_seeds(seed, 1, k)),
-                                         temperature, top_k, lm_guidance, [prompt])
+                                         temperature, top_k, lm_guidance, [prompt], beats=beats)
             tokens = torch.cat((tokens, made.tokens), dim=1)
             latents = self.latents(self.dpd_for_sampling(), tokens, ahead, steps, guidance, mix_seeds(seed, 2, k),
                                    start=latents, mulan=cond)

@@ -13,7 +13,7 @@ from test_semantic_stages import one_line_error, run_ok
 from melody.data.synth.captions import caption_mentions, parse_key, prompt_bpm, restate_tempo, with_controls
 from melody.errors import MelodyError
 from melody.eval.quality import measure_tempo, tempo_fit_rate
-from melody.pipeline import FIT_MIN_SECONDS
+from melody.pipeline import DECODE_LOOKAHEAD_SECONDS, FIT_MIN_SECONDS
 from melody.semantic.lm import tempo_bucket
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -107,7 +107,11 @@ def test_the_tempo_a_prompt_states_reaches_the_lm_as_its_tempo_token_and_beat_cl
         list(melody.stream(["funk at 60 BPM", "funk at 180 BPM"], 0.3))
         assert [t.tolist() for t in seen if t is not None] == [bucket(60.0, 60.0).tolist(), bucket(180.0, 180.0).tolist()]
         clocked = [b.flatten().tolist() for b in beats if b is not None]
-        assert len(clocked) == 2 and clocked[0] == grid(60.0, 60.0) and clocked[1] == grid(180.0, 180.0)
+        # the second chunk's tempo goes on from the first's beat at its first new token F (`continued_grid`)
+        first_new = math.ceil((0.3 + DECODE_LOOKAHEAD_SECONDS) * melody.token_rate)
+        went_on = (first_new * (60 - 180) / 60 / melody.token_rate) % 4
+        assert len(clocked) == 2 and clocked[0] == grid(60.0, 60.0)
+        assert clocked[1] == pytest.approx([went_on, 180 / 60 / melody.token_rate] * 2)
     finally:
         hook.remove()
     # the clock is heard: the same prompt from an LM whose clock says nothing gives other tokens

@@ -8,6 +8,7 @@ from melody.modules.transformer import swiglu_hidden_dim
 from melody.errors import MelodyError
 from melody.modules.rvq import dequantize
 from melody.semantic.lm import (CLOCK_MULTIPLES, SemanticLM, beat_clock, beat_grid, bucket_tempo, condition_dropout_mask,
+                                continued_grid,
                                 lm_loss, parameter_count, running_reconstruction, stretch_rates, stretch_tokens, tempo_bucket,
                                 window_and_stride)
 from melody.semantic.sampling import cfg_logits, generate, sample_token
@@ -453,6 +454,22 @@ def test_beat_grid_and_clock_put_the_beats_where_the_tempo_says():
     far = beat_clock(beat_grid(torch.tensor([137.0]), 25), 25 * 3600 * 5, 3)
     near = beat_clock(beat_grid(torch.tensor([137.0]), 25, torch.tensor([(25 * 3600 * 5 * 137 / 1500) % 4])), 0, 3)
     torch.testing.assert_close(far, near, atol=1e-6, rtol=0)
+
+
+def test_a_tempo_change_goes_on_from_the_old_tempo_s_beat():
+    old = beat_grid(torch.tensor([120.0, 90.0, math.nan, 100.0]), 25, torch.tensor([0.5, 0.0, 0.0, 0.0]))
+    new = beat_grid(torch.tensor([150.0, 90.0, 100.0, math.nan]), 25)
+    went_on = continued_grid(old, new, 60)
+    torch.testing.assert_close(went_on[:, 1], new[:, 1], equal_nan=True)
+    # at the change (frame 60) the new grid is on the old one's beat: 120 BPM from 0.5 → beat 5.3 (1.3 in the bar)
+    at = lambda grid, frame: (grid[:, 0] + frame * grid[:, 1]) % 4  # noqa: E731
+    assert at(went_on, 60)[0].item() == pytest.approx(at(old, 60)[0].item())
+    torch.testing.assert_close(beat_clock(went_on[:1], 60, 1), beat_clock(old[:1], 60, 1), atol=1e-6, rtol=0)
+    assert went_on[1].tolist() == [0.0, 90 / 1500]  # the same tempo: the same grid
+    assert at(went_on, 60)[2].item() == pytest.approx(0.0)  # no clock before: a downbeat at the change
+    assert math.isnan(went_on[3, 1])  # no tempo now: no clock
+    assert 0.0 <= went_on[0, 0].item() < 4.0  # kept within a bar, however far into a stream
+    torch.testing.assert_close(continued_grid(None, new, 0), new, equal_nan=True)  # a stream's first chunk
 
 
 @torch.no_grad()

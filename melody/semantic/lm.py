@@ -168,6 +168,23 @@ def beat_grid(bpm: torch.Tensor, frame_rate: float, phase: torch.Tensor | None =
     return torch.stack((phase, rate), dim=1)
 
 
+def continued_grid(previous: torch.Tensor | None, grid: torch.Tensor, frame: int) -> torch.Tensor:
+    """`grid` `(b, 2)` (`beat_grid`, frames counted from the same first frame as `previous`'s) moved so that from
+    `frame` on it goes on from where `previous` is there: a tempo change keeps the beat's phase instead of jumping to
+    where the new tempo's grid from frame 0 would be. β'_0 = β_0 + frame · (r − r'), reduced modulo a bar of four
+    (the clock's slowest cycle); a row that had no clock before starts on a downbeat at `frame`; a row without a clock
+    now keeps none. With the same tempo, `previous` itself."""
+    grid = grid.double().cpu().clone()
+    rate = grid[:, 1]
+    if previous is None:
+        before, old_rate = torch.zeros_like(rate), torch.full_like(rate, math.nan)
+    else:
+        before, old_rate = previous[:, 0].double().cpu(), previous[:, 1].double().cpu()
+    went_on = torch.where(torch.isfinite(old_rate), before + frame * old_rate, torch.zeros_like(rate))
+    grid[:, 0] = torch.where(torch.isfinite(rate), torch.remainder(went_on - frame * rate, 4.0), grid[:, 0])
+    return grid
+
+
 def beat_clock(beats: torch.Tensor, first: int, length: int) -> torch.Tensor:
     """The clock of frames first … first + length − 1: beats `(b, 2)` (`beat_grid`) → `(b, length, 8)` float32,
     [sin 2π m β_i | cos 2π m β_i] for m in `CLOCK_MULTIPLES`, β_i = β_0 + i · rate; all 0 in a row without a clock."""
