@@ -182,6 +182,9 @@ class SemanticLMConfig:
     # The clock is part of the condition that guidance drops and strengthens (True), or an input both branches get
     # (False: the unconditional branch is clocked too, so guidance strengthens only the caption and the tempo token).
     clock_guided: bool = True
+    # With clock_guided=False: > 0 guides the clock and the caption apart, in three branches (`two_scale_cfg_logits`):
+    # ℓ_u + tempo_guidance (ℓ_β − ℓ_u) + guidance (ℓ_c − ℓ_β), ℓ_β the null condition with the clock; 0: one scale
+    tempo_guidance: float = 0.0
     # How a MuLan token enters the LM: "table", one learned vector per (level, code) (the paper is silent); or
     # "codebook", level l's position holds a learned projection of the RVQ's running reconstruction Σ_{i≤l} q_i, the
     # MuLan embedding at l levels' precision, so nearby embeddings give nearby conditions (a small corpus's LM then

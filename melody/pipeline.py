@@ -510,6 +510,7 @@ class MeLoDy:
                                guidance=lm_cfg.guidance if lm_guidance is None else lm_guidance,
                                generator=generator, window=window, stride=stride, tempo=self.tempo_tokens(prompts),
                                beats=self.tempo_beats(prompts) if beats is None else beats,
+                               tempo_guidance=lm_cfg.tempo_guidance,
                                graphs=self._device.type == "cuda" and lm_cfg.cuda_graphs, compiled=lm_cfg.compile)
 
     def to(self, device: str | torch.device) -> MeLoDy:
@@ -616,7 +617,8 @@ class MeLoDy:
         return {"steps": steps, "guidance": guidance, "solver": self.cfg.dpd.solver,
                 "temperature": lm.temperature if temperature is None else temperature,
                 "top_k": lm.top_k if top_k is None else int(top_k), "top_p": lm.top_p,
-                "lm_guidance": lm.guidance if lm_guidance is None else lm_guidance}
+                "lm_guidance": lm.guidance if lm_guidance is None else lm_guidance,
+                **({"lm_tempo_guidance": lm.tempo_guidance} if lm.tempo_guidance > 0 else {})}
 
     def _seeded(self, seed: int, *parts: int, rows: int) -> list[torch.Generator]:
         """One generator per prompt i, seeded by (seed + i, *parts)."""

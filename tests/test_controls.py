@@ -268,3 +268,26 @@ def test_cli_records_the_tempo_fit_in_the_sidecar_and_can_leave_it_out(bundle, t
     assert "tempo_fit" in record["seconds"]
     assert "tempo_fit" not in json.loads(plain.with_suffix(".json").read_text())
     assert "tempo_fit" not in json.loads(default.with_suffix(".json").read_text())
+
+
+def test_tempo_guidance_reaches_the_lm_as_a_third_branch_without_the_clock(melody):  # noqa: F811
+    """`semantic_lm.tempo_guidance` in the bundle's config: generate's LM runs the caption, the clocked null and the
+    bare null in one batch; an LM whose null condition drops the clock refuses it in one line."""
+    rows = []
+    hook = melody.semantic_lm.register_forward_pre_hook(
+        lambda m, args, kwargs: rows.append(kwargs.get("beats")), with_kwargs=True)
+    lm_cfg = melody.cfg.semantic_lm
+    try:
+        lm_cfg.tempo_guidance = melody.semantic_lm.config.tempo_guidance = 2.0
+        melody.semantic_lm.config.clock_guided = False
+        melody.generate(["calm piano"], 0.3, bpm=150, seed=1)
+        grid = rows[0]
+        assert grid.shape == (3, 2) and torch.isfinite(grid[:2, 1]).all() and math.isnan(grid[2, 1])
+        assert melody.sampling_settings()["lm_tempo_guidance"] == 2.0
+        melody.semantic_lm.config.clock_guided = True
+        with pytest.raises(MelodyError, match="clock_guided=false"):
+            melody.generate(["calm piano"], 0.3, bpm=150)
+    finally:
+        hook.remove()
+        lm_cfg.tempo_guidance = melody.semantic_lm.config.tempo_guidance = 0.0
+        melody.semantic_lm.config.clock_guided = True

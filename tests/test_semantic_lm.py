@@ -11,7 +11,7 @@ from melody.semantic.lm import (CLOCK_MULTIPLES, SemanticLM, beat_clock, beat_gr
                                 continued_grid,
                                 lm_loss, parameter_count, running_reconstruction, stretch_rates, stretch_tokens, tempo_bucket,
                                 window_and_stride)
-from melody.semantic.sampling import cfg_logits, generate, sample_token
+from melody.semantic.sampling import cfg_logits, generate, sample_token, two_scale_cfg_logits
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -528,6 +528,41 @@ def test_every_window_is_clocked_on_the_grid_of_the_first_token_given():
     first = generate(lm, m, 8, guidance=2.0, window=8, stride=3, tempo=tempo, beats=beats, generator=g).tokens
     then = generate(lm, m, 8, first, guidance=2.0, window=8, stride=3, tempo=tempo, beats=beats, generator=g).tokens
     assert torch.equal(once.tokens, torch.cat((first, then), dim=1))
+
+
+def test_two_scale_guidance_is_one_scale_when_they_agree_and_caption_guidance_against_the_clock_at_one():
+    c, b, u = torch.randn(3, 4, VOCAB).unbind(0)
+    torch.testing.assert_close(two_scale_cfg_logits(c, b, u, 2.5, 2.5), cfg_logits(c, u, 2.5))
+    torch.testing.assert_close(two_scale_cfg_logits(c, b, u, 2.5, 1.0), cfg_logits(c, b, 2.5))
+    torch.testing.assert_close(two_scale_cfg_logits(c, b, u, 1.0, 1.0), c)
+
+
+@torch.no_grad()
+def test_tempo_guidance_samples_from_three_branches_caption_clocked_null_and_null():
+    lm = sharpen(clock_lm(seed=8))
+    lm.config.clock_guided = False  # the null condition keeps the clock: ℓ_β is trained
+    m, tempo = mulan(2), torch.tensor([3, 5])
+    beats = beat_grid(torch.tensor([90.0, 140.0]), 25, torch.tensor([0.0, 0.75]))
+    dropped, silent = torch.ones(2, dtype=torch.bool), beat_grid(torch.full((2,), math.nan), 25)
+    n, w, wb = 10, 2.0, 4.0
+    expected = torch.zeros(2, 0, dtype=torch.long)
+    for _ in range(n):  # no cache, greedy: every branch recomputed over the whole content
+        scores = [lm(m, expected, None, tempo=tempo, beats=beats).next_logits,
+                  lm(m, expected, dropped, tempo=tempo, beats=beats).next_logits,
+                  lm(m, expected, dropped, tempo=tempo, beats=silent).next_logits]
+        expected = torch.cat((expected, two_scale_cfg_logits(*scores, w, wb).argmax(-1, keepdim=True)), dim=1)
+
+    def run(clock_scale, graphs=False):
+        return generate(lm, m, n, guidance=w, temperature=0.0, window=32, stride=16, tempo=tempo, beats=beats,
+                        tempo_guidance=clock_scale, graphs=graphs)
+
+    result = run(wb)
+    assert torch.equal(result.tokens, expected) and result.forward_passes == n  # three branches, one batched call
+    assert torch.equal(run(wb, graphs=True).tokens, expected)  # the static cache's step, 3 × b rows
+    assert not torch.equal(run(1.0).tokens, expected)  # the clock's own scale is heard
+    lm.config.clock_guided = True  # a null condition that never heard the clock: ℓ_β was never trained
+    with pytest.raises(MelodyError, match="clock_guided=false"):
+        run(wb)
 
 
 def test_an_lm_learns_where_the_beats_fall_when_only_the_clock_tells_sequences_apart():

@@ -76,6 +76,15 @@ def cfg_logits(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.
     return scale * cond + (1.0 - scale) * uncond
 
 
+def two_scale_cfg_logits(cond: torch.Tensor, clocked: torch.Tensor, uncond: torch.Tensor, scale: float,
+                         clock_scale: float) -> torch.Tensor:
+    """Guidance of two conditions apart (InstructPix2Pix's form, Brooks et al. 2023): ℓ_u + w_β (ℓ_β − ℓ_u) +
+    w (ℓ_c − ℓ_β), with ℓ_c the whole condition (caption, tempo token, beat clock), ℓ_β the null condition with only
+    the clock, ℓ_u nothing; w_β strengthens the beat, w the caption on top of it. w_β = w is one scale over
+    everything, `cfg_logits(ℓ_c, ℓ_u, w)`; w_β = 1 is guidance of the caption alone against the clocked null."""
+    return uncond + clock_scale * (clocked - uncond) + scale * (cond - clocked)
+
+
 def sample_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  generator: torch.Generator | Sequence[torch.Generator] | None = None) -> torch.Tensor:
     """One token per row of `logits` `(b, V)` → `(b,)` long: greedy at temperature 0, else a draw from
@@ -176,14 +185,17 @@ def generate(lm: SemanticLM, mulan_tokens: torch.Tensor | None, n_tokens: int, p
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, guidance: float = 1.0,
              generator: torch.Generator | Sequence[torch.Generator] | None = None, window: int = 250, stride: int = 125,
              callback: Callable[[dict], None] | None = None, tempo: torch.Tensor | None = None,
-             beats: torch.Tensor | None = None, graphs: bool = False, compiled: bool = False) -> GenerateResult:
+             beats: torch.Tensor | None = None, graphs: bool = False, compiled: bool = False,
+             tempo_guidance: float = 0.0) -> GenerateResult:
     """Ancestral sampling of `n_tokens` semantic tokens with a KV cache, guidance and sliding windows.
 
     mulan_tokens `(b, L)` long (None: unconditional, one row unless `prefix` gives b); prefix `(b, P)`
     long, tokens to continue; tempo `(b,)` long, the LM's tempo tokens (`tempo_bucket`; None or 0: no
     tempo given), part of the condition that guidance strengthens; beats `(b, 2)`, the beat grid (`beat_grid`) of the
     prefix's first token (of the first new token without a prefix), for an LM with a beat clock: every window is
-    clocked on it, wherever it starts. `callback` gets {"i", "token" (b,), "window"} after every token. The
+    clocked on it, wherever it starts. `tempo_guidance` > 0 (an LM whose null condition keeps the clock,
+    `clock_guided=False`, given `beats`): three branches, `two_scale_cfg_logits` with that scale for the clock and
+    `guidance` for the caption. `callback` gets {"i", "token" (b,), "window"} after every token. The
     caller puts `lm` in eval mode. `graphs`: decode from a `StaticKVCache` through a `GraphedStep`, one CUDA graph
     replayed per token on a CUDA device (`melody.cuda_graphs`); elsewhere the same static path runs eagerly.
     `compiled`: that static step through `torch.compile` first (on any device; the first token pays the compilation),
@@ -207,22 +219,32 @@ def generate(lm: SemanticLM, mulan_tokens: torch.Tensor | None, n_tokens: int, p
     if n_tokens == 0:
         return GenerateResult(tokens, 0, 0, 0)
 
-    guided = mulan_tokens is not None and guidance != 1.0
-    rows = 2 if guided else 1  # [conditional rows | unconditional rows], one batch
+    clocked = beats is not None and lm.clock_projection is not None
+    two_scales = clocked and mulan_tokens is not None and tempo_guidance > 0
+    if two_scales and lm.config.clock_guided:
+        raise MelodyError("tempo guidance needs an LM whose null condition keeps the beat clock (trained with "
+                          "semantic_lm.clock_guided=false); set semantic_lm.tempo_guidance=0 for this one")
+    guided = mulan_tokens is not None and (guidance != 1.0 or two_scales)
+    # [conditional rows | unconditional rows] in one batch; with two scales [… | null with the clock | null without]
+    rows = 3 if two_scales else 2 if guided else 1
     branch_mulan = None if mulan_tokens is None else mulan_tokens.to(device).repeat(rows, 1)
     drop = torch.arange(rows * b, device=device) >= b if guided else None
     branch_tempo = None if tempo is None else tempo.to(device).repeat(rows)
-    clocked = beats is not None and lm.clock_projection is not None
 
     def window_beats() -> torch.Tensor | None:  # the grid moved to the window's first frame, per branch row
         if beats is None:
             return None
         moved = beats.double().cpu().clone()
         moved[:, 0] += origin * moved[:, 1]
-        return moved.repeat(rows, 1)
+        moved = moved.repeat(rows, 1)
+        if two_scales:
+            moved[2 * b:, 1] = math.nan  # the last branch hears no clock
+        return moved
 
     def guide(logits: torch.Tensor) -> torch.Tensor:  # (rows·b, V) → (b, V), in fp32 whatever the LM's dtype
         logits = logits.float()
+        if two_scales:
+            return two_scale_cfg_logits(*logits.chunk(3), guidance, tempo_guidance)
         return cfg_logits(*logits.chunk(2), guidance) if guided else logits
 
     slot = decode_graph(lm, rows * b, window, compiled, graphs, clocked) if graphs or compiled else None
