@@ -2,12 +2,15 @@
 
 MeLoDy (Fig. 1) is five separately trained models. The audio VAE-GAN, MuLan and the semantic
 tokenizer learn from the corpus alone; the semantic LM learns against frozen MuLan and tokenizer
-models, the DPD against a frozen VAE and tokenizer. `STAGES` is that order and those needs.
+models, the DPD against a frozen VAE and tokenizer. `STAGES` is that order and those needs. A model may be made by
+several plans in turn, each run starting from the previous one's model (`StagePlan.init`, `--init`): the bundled DPD
+was trained, then fine-tuned on more data, then fine-tuned to hear MuLan tokens too; the last plan's is bundled.
 
 `OVERRIDES[preset][stage]` is what each bundled run set on top of its preset, in `--set` syntax.
 For `tiny` they are the commands in docs/vae.md, docs/semantic.md and docs/dpd.md, completed with
 what those commands leave out but the runs' own `config.json` records (`melody/bundled/<model>/config.json`;
-the DPD's run is recorded in `training/dpd-tiny/`): the MuLan, tokenizer and LM runs
+the DPD's runs are recorded in `training/dpd-tiny/`, `training/dpd-tiny-ft/`, `training/dpd-tiny-mulan/`): the MuLan,
+tokenizer and LM runs
 also set `train.num_workers=1` and their own `train.checkpoint_every` / `train.sample_every`.
 `tests/test_train_all.py` checks each recipe against those files, so neither can drift alone.
 The paper's sizes were never trained here, so `paper` has no recipe: each stage runs on the preset.
@@ -36,10 +39,16 @@ from melody.errors import MelodyError
 class StagePlan:
     """One step of `melody train all`."""
 
-    name: str  # `melody train <name>`, and its run folder RUNS/<name>
-    model: str  # what it exports: RUN/<model>.safetensors, and BUNDLE/<model>/
+    name: str  # its run folder RUNS/<name> and its recipe; `melody train <name>` unless `stage` says otherwise
+    model: str  # what it exports: RUN/<model>.safetensors, and BUNDLE/<model>/ (a later plan of one model replaces it)
     needs: tuple[str, ...] = ()  # frozen models it trains against, by model name (from the bundle)
     half: bool = False  # bundled in float16 (half the size; loads as float32)
+    stage: str = ""  # `melody train <stage>`, where the run continues an earlier one's model (default: the name)
+    init: str = ""  # an earlier plan whose exported model this run starts from (`--init RUNS/<init>`)
+
+    @property
+    def command(self) -> str:
+        return self.stage or self.name
 
 
 STAGES: tuple[StagePlan, ...] = (
@@ -48,6 +57,9 @@ STAGES: tuple[StagePlan, ...] = (
     StagePlan("tokenizer", "tokenizer"),
     StagePlan("semantic", "semantic_lm", needs=("mulan", "tokenizer"), half=True),
     StagePlan("dpd", "dpd", needs=("vae", "tokenizer")),
+    # the bundled DPD: the one above, fine-tuned on the 10 h corpus, then fine-tuned to hear MuLan tokens too
+    StagePlan("dpd-ft", "dpd", needs=("vae", "tokenizer"), stage="dpd", init="dpd"),
+    StagePlan("dpd-mulan", "dpd", needs=("vae", "tokenizer", "mulan"), stage="dpd", init="dpd-ft"),
 )
 
 # What each bundled run set on top of its preset (see the module docstring for where each comes from).
@@ -74,6 +86,14 @@ OVERRIDES: dict[str, dict[str, tuple[str, ...]]] = {
         # schedule, was re-scheduled at step 5 398 to end at 12 000 (cosine decay from there) and stopped at 11 330
         "dpd": ("train.lr=5e-4", "train.ema_decay=0.999", "train.steps=12000", "train.checkpoint_every=500",
                 "train.log_every=25", "train.sample_every=1000", "train.num_workers=1"),
+        # training/dpd-tiny-ft/README.md: that DPD fine-tuned on the 10 h corpus (lr 2e-4 on a 6 000-step cosine)
+        "dpd-ft": ("train.lr=2e-4", "train.ema_decay=0.999", "train.steps=6000", "train.warmup_steps=200",
+                   "train.checkpoint_every=500", "train.log_every=25", "train.sample_every=1000", "train.num_workers=1"),
+        # docs/dpd.md ("The MuLan condition"): then fine-tuned to hear the prompt's MuLan tokens (the projection starts at
+        # zero), 7 000 steps from cached features of the 10 h corpus; logs in training/dpd-tiny-mulan/
+        "dpd-mulan": ("dpd.mulan_condition=true", "train.lr=3e-4", "train.ema_decay=0.999", "train.steps=7000",
+                      "train.warmup_steps=200", "train.cached_features=true", "train.checkpoint_every=500",
+                      "train.log_every=25", "train.sample_every=1000", "train.num_workers=1"),
     },
 }
 
@@ -225,14 +245,17 @@ def train_all(data: Path, runs: Path, preset_name: str = "tiny", user: typing.Se
             overrides = stage_overrides(preset_name, plan.name, user)
             if run_config(run_dir, preset_name, overrides, resume).train.cached_features:
                 cache_features(data, plan, frozen, progress, say)
+            init = runs / plan.init if plan.init and not resume else None
             try:
-                trained = train_stage(plan.name, data, run_dir, preset_name, overrides, resume, progress, frozen)
+                trained = train_stage(plan.command, data, run_dir, preset_name, overrides, resume, progress, frozen,
+                                      init=init)
             except TrainingStopped as stop:
                 raise MelodyError(f"{plan.name}: stopped by {stop.signal_name} at step {stop.step}; saved — run the same "
                                   "`melody train all` again to continue") from None
             say(trained.summary())
         export_model(run_dir, bundle / plan.model, plan.model, plan.half)
+    # a model's last plan is the run whose curves it shows
     curves = plot_stages({plan.model: runs / plan.name / "metrics.jsonl" for plan in STAGES}, runs / "curves.png",
                          f"melody train all: {runs}")
-    say(f"wrote the bundle {bundle} ({', '.join(plan.model for plan in STAGES)}) and the loss curves {curves}")
+    say(f"wrote the bundle {bundle} ({', '.join(dict.fromkeys(plan.model for plan in STAGES))}) and the loss curves {curves}")
     return bundle
