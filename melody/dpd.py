@@ -63,7 +63,7 @@ from melody.config import DPDConfig, MelodyConfig
 from melody.errors import MelodyError
 from melody.modules import fused_sru
 from melody.modules.transformer import RMSNorm, Transformer, TransformerConfig
-from melody.semantic.lm import running_reconstruction
+from melody.semantic.lm import copy_codebooks, reads_codebooks, running_reconstruction
 
 RECURRENCES = ("sru", "gru")
 
@@ -368,15 +368,11 @@ class DPD(nn.Module):
         """Copy MuLan's RVQ codebooks `(L, K, D)` into a MuLan-conditioned DPD (training does it once, before step 0)."""
         if not self.mulan_levels:
             raise MelodyError("this DPD has no MuLan condition (dpd.mulan_condition is off); it holds no codebooks")
-        if codebooks.shape != self.mulan_codebooks.shape:
-            raise MelodyError(f"MuLan codebooks {tuple(codebooks.shape)} do not fit this DPD's "
-                              f"{tuple(self.mulan_codebooks.shape)}; train the DPD with this MuLan")
-        self.mulan_codebooks.copy_(codebooks)
+        copy_codebooks(self.mulan_codebooks, codebooks, "DPD")
 
     def has_codebooks(self, codebooks: torch.Tensor) -> bool:
         """Whether this DPD reads MuLan tokens through `codebooks` (always, for one without a MuLan condition)."""
-        mine = getattr(self, "mulan_codebooks", None)
-        return mine is None or (mine.shape == codebooks.shape and torch.equal(mine.half(), codebooks.half()))
+        return reads_codebooks(getattr(self, "mulan_codebooks", None), codebooks)
 
     def condition_of(self, semantic: torch.Tensor, mulan: torch.Tensor | None) -> torch.Tensor:
         """What `forward` takes as its condition for semantic tokens `(b, T)` and the prompt's MuLan tokens `(b, L)`:

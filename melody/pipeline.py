@@ -735,7 +735,11 @@ class MeLoDy:
         tokens = self.tokenizer.tokens(audio.mean(1))
         times["tokenizer"], passes["tokenizer"] = time.perf_counter() - clock, 1
         if through == "dpd":
-            own = self.mulan.tokens_from_audio(audio.mean(1)) if self.dpd.mulan_levels else None  # the clips' own sound
+            own = None
+            if self.dpd.mulan_levels:  # a DPD that hears MuLan tokens hears the clips' own sound
+                clock = time.perf_counter()
+                own = self.mulan.tokens_from_audio(audio.mean(1))
+                times["mulan"], passes["mulan"] = time.perf_counter() - clock, 1
             latents, out = self._render(tokens, n / self.vae.cfg.sample_rate, steps, guidance, seed, times, passes,
                                         mulan_tokens=own)
         else:
@@ -824,8 +828,7 @@ class MeLoDy:
         for k, (lo, new_first, new, hi) in enumerate(plan):
             out[:, new_first:new_first + new] = inpaint_latents(
                 model, out[:, lo:hi], new_first - lo, new, self.dpd.condition_of(self._window_tokens(tokens, lo, hi - lo), mulan),
-                deltas, guidance,
-                self._window_noise(seed, k, out.shape[0]), solver=self.cfg.dpd.solver)
+                deltas, guidance, self._window_noise(seed, k, out.shape[0]), solver=self.cfg.dpd.solver)
         return out
 
     def _read_clip(self, audio: torch.Tensor, prompts: list[str] | None, times: dict, passes: dict,

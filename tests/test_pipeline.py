@@ -402,8 +402,9 @@ def test_a_dpd_hearing_mulan_is_told_the_prompts_tokens_wherever_it_samples(bund
     told(torch.cat((calm, funk)))
     model.inpaint(out.audio, 0.3, 0.7, prompts=["calm piano", "funk"], seed=1)
     told(torch.cat((calm, funk)))
-    model.resynthesize(out.audio[:1], seed=1)
+    again = model.resynthesize(out.audio[:1], seed=1)
     told(model.mulan.tokens_from_audio(out.audio[:1].mean(1)))
+    assert again.forward_passes["mulan"] == 1 and set(again.seconds) == set(again.forward_passes)  # the pass counted
     stream = model.stream(["funk", "calm piano"], chunk_seconds=0.5, seed=1)
     next(stream)
     told(funk)

@@ -275,16 +275,11 @@ class SemanticLM(nn.Module):
         if not hasattr(self, "mulan_codebooks"):
             raise MelodyError("this semantic LM embeds MuLan tokens by a table (semantic_lm.condition_embedding = 'table'); "
                               "it holds no codebooks")
-        if codebooks.shape != self.mulan_codebooks.shape:
-            raise MelodyError(f"MuLan codebooks {tuple(codebooks.shape)} do not fit this LM's "
-                              f"{tuple(self.mulan_codebooks.shape)}; train the LM with this MuLan")
-        self.mulan_codebooks.copy_(codebooks)
+        copy_codebooks(self.mulan_codebooks, codebooks, "LM")
 
     def has_codebooks(self, codebooks: torch.Tensor) -> bool:
-        """Whether this LM reads MuLan tokens through `codebooks` (always, for a `"table"` LM, which reads none).
-        Compared in float16: either model may have been exported with `--half`."""
-        mine = getattr(self, "mulan_codebooks", None)
-        return mine is None or (mine.shape == codebooks.shape and torch.equal(mine.half(), codebooks.half()))
+        """Whether this LM reads MuLan tokens through `codebooks` (always, for a `"table"` LM, which reads none)."""
+        return reads_codebooks(getattr(self, "mulan_codebooks", None), codebooks)
 
     def new_cache(self) -> SemanticLMCache:
         return SemanticLMCache(self.transformer.new_cache())
@@ -412,6 +407,20 @@ def running_reconstruction(codes: torch.Tensor, codebooks: torch.Tensor) -> torc
     as each level refines it (SoundStream Alg. 1's output after l levels; S_L is `dequantize`'s)."""
     levels = torch.arange(codes.shape[1], device=codes.device)
     return codebooks[levels[None, :], codes].cumsum(dim=1)
+
+
+def copy_codebooks(mine: torch.Tensor, codebooks: torch.Tensor, model: str) -> None:
+    """MuLan's RVQ codebooks `(L, K, D)` copied into a model's frozen copy `mine` (the `model` named in the error)."""
+    if codebooks.shape != mine.shape:
+        raise MelodyError(f"MuLan codebooks {tuple(codebooks.shape)} do not fit this {model}'s {tuple(mine.shape)}; "
+                          f"train the {model} with this MuLan")
+    mine.copy_(codebooks)
+
+
+def reads_codebooks(mine: torch.Tensor | None, codebooks: torch.Tensor) -> bool:
+    """Whether a model holding the MuLan codebooks `mine` (None: it reads MuLan tokens through none) reads them through
+    `codebooks`. Compared in float16: either model may have been exported with `--half`."""
+    return mine is None or (mine.shape == codebooks.shape and torch.equal(mine.half(), codebooks.half()))
 
 
 def parameter_count(config: SemanticLMConfig, vocab_size: int, mulan_levels: int, mulan_codebook_size: int,

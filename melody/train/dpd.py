@@ -42,13 +42,13 @@ from melody.data.loader import ShardDataset
 from melody.data.plots import spectrogram_grid
 from melody.diffusion import (SCHEDULES, angles_from_steps, guided_in_one_call, multichunk_angles, multichunk_loss, noisy, sample,
                               velocity_target)
-from melody.dpd import DPD
+from melody.dpd import DPD, join_condition
 from melody.errors import MelodyError
 from melody.eval.metrics import mel_distance
 from melody.mulan import MuLan
 from melody.semantic.lm import condition_dropout_mask
 from melody.semantic.tokenizer import SemanticTokenizer
-from melody.train.engine import Engine, PerCaption, Stage, check_frozen
+from melody.train.engine import Engine, PerCaption, Stage, audio_or_caption, check_frozen
 from melody.vae import VAE, Posterior
 
 BETAS = (0.9, 0.99)
@@ -131,15 +131,10 @@ class DPDStage(Stage):
 
     def mulan_condition(self, batch: dict, generator: torch.Generator, device: torch.device) -> torch.Tensor:
         """The examples' MuLan tokens `(b, levels)`: their audio's, or their caption's for `dpd.text_condition_prob`
-        of them (drawn from the step's generator)."""
+        of them (drawn from the step's generator; `audio_or_caption`, as the semantic LM's stage draws them)."""
         audio = batch["mulan"] if "mulan" in batch else self.audio_mulan_tokens(batch["audio"], batch["length"])
-        audio = audio.to(device)
-        use_text = (torch.rand(audio.shape[0], generator=generator, device=generator.device)
-                    < self.cfg.dpd.text_condition_prob).to(device)
-        if not bool(use_text.any()):
-            return audio
-        texts = batch["text_mulan"] if "text_mulan" in batch else self.caption_tokens(batch["caption"], device)
-        return torch.where(use_text[:, None], texts.to(device), audio)
+        return audio_or_caption(audio.to(device), batch, self.cfg.dpd.text_condition_prob, generator,
+                                self.caption_tokens)[0]
 
     def train_step(self, engine: Engine, batch: dict, generator: torch.Generator) -> dict[str, float]:
         d = self.cfg.dpd
@@ -153,7 +148,8 @@ class DPDStage(Stage):
         noise = torch.randn(z.shape, generator=generator, device=generator.device).to(z.device)
         drop = condition_dropout_mask(b, d.cond_dropout, generator).to(z.device)
         if self.mulan is not None:  # drawn after the paper's draws, which stay as they were
-            tokens = self.models["dpd"].condition_of(tokens.to(z.device), self.mulan_condition(batch, generator, z.device))
+            # our own MuLan's tokens: `join_condition` without `condition_of`'s range check, which waits on the host
+            tokens = join_condition(tokens.to(z.device), self.mulan_condition(batch, generator, z.device))
         with engine.autocast():
             v = engine.model("dpd")(noisy(z, noise, delta), delta, tokens, drop)
         loss = multichunk_loss(v, velocity_target(z, noise, delta), delta).mean()

@@ -44,6 +44,7 @@ import sys
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,6 +154,20 @@ class PerCaption:
         if new:
             self.rows.update(zip(new, compute(new).cpu(), strict=True))
         return torch.stack([self.rows[c] for c in captions])
+
+
+def audio_or_caption(audio: torch.Tensor, batch: dict, share: float, generator: torch.Generator,
+                     caption_tokens: Callable[[list[str], torch.device], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the MuLan tokens `(b, L)` each example is conditioned on, which examples were told their caption `(b,)` bool):
+    their audio's `audio`, or for `share` of them (drawn from `generator`; no draw at 0) their caption's, the features'
+    `text_mulan` where the batch has them, else `caption_tokens(captions, device)`. What generation gives a MuLan-
+    conditioned model is a caption's tokens, and those of one clip's text and audio differ."""
+    use_text = torch.zeros(audio.shape[0], dtype=torch.bool, device=audio.device)
+    if share > 0:
+        use_text = (torch.rand(audio.shape[0], generator=generator, device=generator.device) < share).to(audio.device)
+        texts = batch["text_mulan"] if "text_mulan" in batch else caption_tokens(batch["caption"], audio.device)
+        audio = torch.where(use_text[:, None], texts.to(audio.device), audio)
+    return audio, use_text
 
 
 def check_frozen(run_dir: Path, models: dict[str, nn.Module]) -> None:

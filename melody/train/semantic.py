@@ -56,7 +56,7 @@ from melody.mulan import MuLan
 from melody.semantic.lm import (SemanticLM, beat_grid, condition_dropout_mask, lm_loss, stretch_rates, stretch_tokens,
                                tempo_bucket)
 from melody.semantic.tokenizer import SemanticTokenizer, frame_count
-from melody.train.engine import Engine, PerCaption, Stage, check_frozen
+from melody.train.engine import Engine, PerCaption, Stage, audio_or_caption, check_frozen
 
 BETAS = (0.9, 0.95)  # LLaMA's
 
@@ -131,12 +131,8 @@ class SemanticLMStage(Stage):
             mulan_tokens, semantic, keep = self.condition_and_targets(batch["audio"][:, 0], batch["length"])
         lm_cfg = self.cfg.semantic_lm
         drop = condition_dropout_mask(semantic.shape[0], lm_cfg.cond_dropout, generator)
-        use_text = torch.zeros(semantic.shape[0], dtype=torch.bool, device=semantic.device)
-        if lm_cfg.text_condition_prob > 0:
-            use_text = (torch.rand(semantic.shape[0], generator=generator, device=generator.device)
-                        < lm_cfg.text_condition_prob).to(semantic.device)
-            texts = batch["text_mulan"] if "text_mulan" in batch else self.caption_tokens(batch["caption"], semantic.device)
-            mulan_tokens = torch.where(use_text[:, None], texts, mulan_tokens)
+        mulan_tokens, use_text = audio_or_caption(mulan_tokens, batch, lm_cfg.text_condition_prob,
+                                                  generator, self.caption_tokens)
         tempo = beats = None
         if lm_cfg.tempo_buckets > 0:
             bpm = torch.tensor([clip_bpm(meta) for meta in batch["meta"]], dtype=torch.float64)
