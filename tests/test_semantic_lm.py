@@ -560,6 +560,8 @@ def test_tempo_guidance_samples_from_three_branches_caption_clocked_null_and_nul
     assert torch.equal(result.tokens, expected) and result.forward_passes == n  # three branches, one batched call
     assert torch.equal(run(wb, graphs=True).tokens, expected)  # the static cache's step, 3 × b rows
     assert not torch.equal(run(1.0).tokens, expected)  # the clock's own scale is heard
+    with pytest.raises(MelodyError, match="tempo guidance must be ≥ 0"):
+        run(-1.0)
     lm.config.clock_guided = True  # a null condition that never heard the clock: ℓ_β was never trained
     with pytest.raises(MelodyError, match="clock_guided=false"):
         run(wb)

@@ -219,6 +219,9 @@ def generate(lm: SemanticLM, mulan_tokens: torch.Tensor | None, n_tokens: int, p
     if n_tokens == 0:
         return GenerateResult(tokens, 0, 0, 0)
 
+    if not tempo_guidance >= 0:
+        raise MelodyError(f"tempo guidance must be ≥ 0 (0: one guidance scale), got {tempo_guidance}; "
+                          "set semantic_lm.tempo_guidance")
     clocked = beats is not None and lm.clock_projection is not None
     two_scales = clocked and mulan_tokens is not None and tempo_guidance > 0
     if two_scales and lm.config.clock_guided:
