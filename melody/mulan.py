@@ -81,23 +81,37 @@ MAX_LOGIT_SCALE = 100.0  # CLIP: 1/τ ≤ 100
 # --- the objective and the evaluation (pure functions) -----------------------------------------
 
 def contrastive_loss(audio_emb: torch.Tensor, text_emb: torch.Tensor, temperature: float | torch.Tensor,
-                     same: torch.Tensor | None = None) -> torch.Tensor:
+                     same: torch.Tensor | None = None, captioned: torch.Tensor | None = None) -> torch.Tensor:
     """Symmetric InfoNCE (CLIP, Radford et al. 2021, Fig. 3): audio `(b, d)`, text `(b, d)` → `()`.
 
     logits = a tᵀ / τ `(b, b)`, pair i ↔ i is the positive; loss = ½ (CE(logits, i) + CE(logitsᵀ, i)),
     each cross-entropy averaged over the batch. Computed in float32; embeddings are used as given
     (pass unit vectors for cosine logits). `same` `(b, b)` bool marks pairs that are not negatives
     of each other (e.g. two clips with one caption): their off-diagonal logits are left out (−inf).
+    `captioned` `(b,)` bool (`has_caption`): the loss is that of the captioned pairs alone, since an empty
+    caption says nothing its audio could match; with none, 0 that still reaches both towers (every process
+    of a distributed step runs the same backward).
     """
     if audio_emb.shape != text_emb.shape or audio_emb.dim() != 2:
         raise ValueError(f"contrastive_loss wants two (b, d) tensors of one shape, got {tuple(audio_emb.shape)} "
                          f"and {tuple(text_emb.shape)}")
+    if captioned is not None and not bool(captioned.all()):
+        keep = captioned.to(audio_emb.device, torch.bool)
+        if not bool(keep.any()):
+            return (audio_emb.float().sum() + text_emb.float().sum()) * 0.0
+        return contrastive_loss(audio_emb[keep], text_emb[keep], temperature,
+                                None if same is None else same.to(keep.device)[keep][:, keep])
     logits = audio_emb.float() @ text_emb.float().T / temperature  # (b, b): row = audio, column = text
     labels = torch.arange(logits.shape[0], device=logits.device)
     if same is not None:
         false_negatives = same.to(logits.device, torch.bool) & ~torch.eye(len(labels), dtype=torch.bool, device=logits.device)
         logits = logits.masked_fill(false_negatives, -math.inf)
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+def has_caption(captions: Sequence[str]) -> torch.Tensor:
+    """`(b,)` bool: which clips have a caption (a file ingested without one has caption "")."""
+    return torch.tensor([bool(c.strip()) for c in captions], dtype=torch.bool)
 
 
 def same_caption(captions: Sequence[str]) -> torch.Tensor:
@@ -405,16 +419,18 @@ class MuLan(MuLanTokens, nn.Module):
         return self.text.embed(texts)
 
     def forward(self, wav: torch.Tensor, texts: Sequence[str] | torch.Tensor, lengths: torch.Tensor | None = None,
-                same: torch.Tensor | None = None) -> MuLanOutput:
+                same: torch.Tensor | None = None, captioned: torch.Tensor | None = None) -> MuLanOutput:
         """Both towers on b pairs and the contrastive loss between them.
 
         `texts`: captions, or their frozen encoder's sentence embeddings `(b, encoder_dim)` (a training
-        loop's cache). `same` `(b, b)` bool: pairs that are no negatives of each other (`same_caption`).
+        loop's cache). `same` `(b, b)` bool: pairs that are no negatives of each other (`same_caption`);
+        `captioned` `(b,)` bool: the pairs the loss learns from (`has_caption`).
         """
         audio = self.embed_audio(wav, lengths)
         text = self.text.head(texts) if torch.is_tensor(texts) else self.embed_text(texts)
         tau = self.temperature
-        return MuLanOutput(audio=audio, text=text, loss=contrastive_loss(audio, text, tau, same), temperature=tau)
+        return MuLanOutput(audio=audio, text=text, loss=contrastive_loss(audio, text, tau, same, captioned),
+                           temperature=tau)
 
 
 class ClapMuLan(MuLanTokens, nn.Module):

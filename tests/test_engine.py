@@ -13,7 +13,7 @@ from melody.checkpoint import load_model, read_tensors, unprefixed
 from melody.config import preset
 from melody.data.loader import make_loader
 from melody.errors import MelodyError
-from melody.train.engine import Engine, lr_factor
+from melody.train.engine import Engine, audio_or_caption, lr_factor
 from melody.train.vae import SAMPLE_SECONDS, VAEStage
 from melody.vae import VAE
 
@@ -283,3 +283,18 @@ def test_lr_factor_warms_up_linearly_then_decays_by_cosine_to_the_floor():
     decay = [lr_factor(s, 4, 100) for s in range(4, 101)]
     assert all(a >= b for a, b in zip(decay, decay[1:], strict=False))
     assert lr_factor(0, 0, 10) == 1.0  # no warm-up
+
+
+def test_a_clip_without_a_caption_keeps_its_audio_s_mulan_tokens():
+    """However the draw falls, an uncaptioned clip is told its audio's MuLan tokens, not those of ""; the draw itself is
+    the one a fully captioned batch makes, so a captioned corpus trains exactly as before."""
+    audio = torch.arange(12).view(4, 3)
+    text = 100 + audio
+    batch = {"caption": ["a", "", "b", " "], "text_mulan": text}
+    generator = torch.Generator().manual_seed(0)
+    tokens, told = audio_or_caption(audio, batch, 1.0, generator, caption_tokens=None)
+    assert told.tolist() == [True, False, True, False]
+    assert torch.equal(tokens, torch.stack([text[0], audio[1], text[2], audio[3]]))
+    captioned = torch.Generator().manual_seed(0)
+    _, all_told = audio_or_caption(audio, {**batch, "caption": ["a", "c", "b", "d"]}, 1.0, captioned, None)
+    assert all_told.all() and torch.equal(generator.get_state(), captioned.get_state())

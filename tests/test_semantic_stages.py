@@ -11,7 +11,7 @@ from test_shards import RATE, make_corpus
 
 from melody.checkpoint import fingerprint, load_model_and_config, save_model
 from melody.eval.semantic import bigram_log_probs, lm_nll, ngram_nll, unigram_log_probs
-from melody.mulan import MuLan, contrastive_loss, retrieval_metrics, same_caption
+from melody.mulan import MuLan, contrastive_loss, has_caption, retrieval_metrics, same_caption
 from melody.semantic.lm import SemanticLM, lm_loss
 from melody.semantic.tokenizer import SemanticTokenizer
 
@@ -170,6 +170,19 @@ def test_a_codebook_lm_trains_on_its_mulans_codebooks(stack, tmp_path):
     assert "another MuLan's codebooks" in one_line_error(out) and not (tmp_path / "ft" / "metrics.jsonl").exists()
 
 
+def test_mulan_learns_from_captioned_clips_only(stack, tmp_path):
+    """A corpus ingested with some files uncaptioned trains MuLan, and its retrieval is measured on the captioned."""
+    _, _, overrides = stack
+    corpus = make_corpus(tmp_path / "corpus", clips=10, per_shard=3, uncaptioned=(1, 3, 9))  # 9: a valid clip
+    run_ok("train", "mulan", "--data", str(corpus), "--out", str(tmp_path / "mulan"), *sets(overrides))
+    losses = [json.loads(line)["mulan/total"] for line in (tmp_path / "mulan" / "metrics.jsonl").read_text().splitlines()
+              if "mulan/total" in line]
+    assert len(losses) == 3 and all(math.isfinite(v) and v > 0 for v in losses)
+    run_ok("eval", "mulan", str(tmp_path / "mulan"), "--data", str(corpus), "--split", "valid", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "mulan_eval.json").read_text())
+    assert report["clips"] == 1 and [row["key"] for row in report["per_clip"]] == ["clip-004"]
+
+
 def test_semantic_training_needs_a_finished_mulan(stack, tmp_path):
     corpus, runs, overrides = stack
     unfinished = tmp_path / "mulan"
@@ -199,6 +212,23 @@ def test_contrastive_loss_leaves_out_pairs_with_the_same_caption():
                       + sum(ce(cols[i], i, {1 - i} if i < 2 else set()) for i in range(3)) / 3)
     assert float(contrastive_loss(a, t, 0.5, same)) == pytest.approx(expected, rel=1e-5)
     assert float(contrastive_loss(a, t, 0.5, same)) < float(contrastive_loss(a, t, 0.5))
+
+
+def test_an_uncaptioned_clip_takes_no_part_in_the_contrastive_loss():
+    torch.manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(5, 4), dim=-1).requires_grad_()
+    t = torch.nn.functional.normalize(torch.randn(5, 4), dim=-1).requires_grad_()
+    captions = ["x", "", "y", "x", "  "]
+    keep = has_caption(captions)
+    assert keep.tolist() == [True, False, True, True, False]
+    loss = contrastive_loss(a, t, 0.5, same_caption(captions), keep)
+    rows = [0, 2, 3]
+    assert loss.item() == pytest.approx(contrastive_loss(a[rows], t[rows], 0.5, same_caption(["x", "y", "x"])).item())
+    loss.backward()
+    assert float(a.grad[[1, 4]].abs().sum()) == 0.0 and float(t.grad[[1, 4]].abs().sum()) == 0.0
+    assert float(a.grad[rows].abs().sum()) > 0.0
+    none = contrastive_loss(a, t, 0.5, same_caption(captions), torch.zeros(5, dtype=torch.bool))
+    assert none.item() == 0.0 and none.requires_grad  # every process of a distributed step still runs backward
 
 
 def test_retrieval_counts_a_clip_with_the_same_caption_as_a_hit():

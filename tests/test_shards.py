@@ -10,14 +10,14 @@ from melody.errors import MelodyError
 RATE = 8_000
 
 
-def make_corpus(root, clips=10, per_shard=3, seconds=(1.0, 2.0), tempo=False):
-    """tempo: clip i's metadata states 60 + 10 i BPM."""
+def make_corpus(root, clips=10, per_shard=3, seconds=(1.0, 2.0), tempo=False, uncaptioned=()):
+    """tempo: clip i's metadata states 60 + 10 i BPM; the clips in `uncaptioned` have caption "" (as ingested)."""
     writers = {s: ShardWriter(root, s, RATE, clips_per_shard=per_shard) for s in ("train", "valid")}
     for i in range(clips):
         split = "valid" if i % 5 == 4 else "train"
         n = int(RATE * seconds[i % len(seconds)])
         audio = (0.1 * (i + 1) * np.ones(n, dtype=np.float32) * np.sign(np.sin(np.arange(n)))).astype(np.float32)
-        meta = {"caption": f"clip number {i}", "index": i} | ({"attributes": {"tempo_bpm": 60 + 10 * i}} if tempo else {})
+        meta = {"caption": "" if i in uncaptioned else f"clip number {i}", "index": i} | ({"attributes": {"tempo_bpm": 60 + 10 * i}} if tempo else {})
         writers[split].add(f"clip-{i:03d}", audio, meta)
     for w in writers.values():
         w.flush()

@@ -25,7 +25,8 @@ for "file", other keys become attributes), a CSV/TSV (a header naming `file` or 
 other columns become attributes) or, for files the captions file does not list (or with no captions
 file), a `.txt` beside the audio file with the same stem. A file with no caption at all is still
 ingested, with `caption: ""`, and listed as uncaptioned in the report: the text-free stages (VAE,
-semantic tokenizer) train on it, and the text-conditioned stages can filter on the empty caption.
+semantic tokenizer) train on it, MuLan leaves it out of its loss (`has_caption`), and the semantic LM and the
+DPD tell it its audio's MuLan tokens only (`audio_or_caption`).
 Captions that name files not found in `src` are reported, not fatal. Hidden files and folders
 (names starting with ".", e.g. macOS `._x.wav`) are ignored; files with a known audio suffix that
 the decoder does not read (m4a, aac, opus, wma, ...) are reported as unsupported.
@@ -457,7 +458,7 @@ class IngestReport:
             more = f" (+{len(self.skipped) - 3} more)" if len(self.skipped) > 3 else ""
             lines.append(f"skipped {len(self.skipped)} files: {shown}{more}")
         if self.uncaptioned:
-            lines.append(f"{len(self.uncaptioned)} files have no caption: ingested with caption \"\" (the text-free stages use them)")
+            lines.append(f"{len(self.uncaptioned)} files have no caption: ingested with caption \"\" (MuLan leaves them out; the other stages use them)")
         if self.unmatched_captions:
             lines.append(f"{len(self.unmatched_captions)} captions name files not in {self.src}, e.g. {self.unmatched_captions[0]}")
         if self.silent_segments:

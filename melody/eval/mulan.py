@@ -21,7 +21,7 @@ from melody.errors import MelodyError
 from melody.io import write_json_atomic
 from melody.modules import device_of
 from melody.modules.rvq import code_perplexity
-from melody.mulan import MuLan, retrieval_metrics, same_caption
+from melody.mulan import MuLan, has_caption, retrieval_metrics, same_caption
 
 
 @dataclass
@@ -30,6 +30,13 @@ class SplitEmbeddings:
     text: torch.Tensor  # (n, embed_dim) unit vectors of their captions
     captions: list[str]
     keys: list[str]
+
+    def captioned(self) -> SplitEmbeddings:
+        """The clips that have a caption: an empty one says nothing to retrieve or to quantise."""
+        keep = has_caption(self.captions)
+        rows = keep.nonzero()[:, 0].tolist()
+        return SplitEmbeddings(self.audio[keep], self.text[keep], [self.captions[i] for i in rows],
+                               [self.keys[i] for i in rows])
 
 
 @torch.no_grad()
@@ -72,8 +79,11 @@ class MuLanReport:
 def evaluate_mulan(mulan: MuLan, data_root: str | Path, split: str = "test", limit: int | None = None,
                    progress=None) -> tuple[MuLanReport, torch.Tensor]:
     """The report and the `(n text, n audio)` cosine similarity matrix it was computed from."""
-    emb = embed_split(mulan, data_root, split, limit, progress=progress)
+    emb = embed_split(mulan, data_root, split, limit, progress=progress).captioned()
     n = len(emb.keys)
+    if not n:
+        raise MelodyError(f"{data_root}: no clip of the '{split}' split has a caption, so there is no retrieval to "
+                          "measure; caption some (melody data ingest --captions) or choose another --split")
     relevant = same_caption(emb.captions)
     similarity = emb.text @ emb.audio.T
     off = ~torch.eye(n, dtype=torch.bool)

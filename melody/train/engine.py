@@ -71,6 +71,7 @@ from melody.config import MelodyConfig, save_config, to_dict
 from melody.data.loader import ShardDataset, make_loader, mix_seeds
 from melody.errors import MelodyError, first_line
 from melody.io import read_json, write_json_atomic
+from melody.mulan import has_caption
 from melody.train import sharding
 from melody.train.curves import plot_curves
 
@@ -161,10 +162,13 @@ def audio_or_caption(audio: torch.Tensor, batch: dict, share: float, generator: 
     """(the MuLan tokens `(b, L)` each example is conditioned on, which examples were told their caption `(b,)` bool):
     their audio's `audio`, or for `share` of them (drawn from `generator`; no draw at 0) their caption's, the features'
     `text_mulan` where the batch has them, else `caption_tokens(captions, device)`. What generation gives a MuLan-
-    conditioned model is a caption's tokens, and those of one clip's text and audio differ."""
+    conditioned model is a caption's tokens, and those of one clip's text and audio differ. A clip with no caption
+    keeps its audio's tokens whatever the draw (the tokens of "" would say nothing of it: MuLan's audio tower is what
+    lets audio without text train the LM, MusicLM §3.1)."""
     use_text = torch.zeros(audio.shape[0], dtype=torch.bool, device=audio.device)
     if share > 0:
-        use_text = (torch.rand(audio.shape[0], generator=generator, device=generator.device) < share).to(audio.device)
+        drawn = torch.rand(audio.shape[0], generator=generator, device=generator.device) < share
+        use_text = (drawn & has_caption(batch["caption"]).to(drawn.device)).to(audio.device)
         texts = batch["text_mulan"] if "text_mulan" in batch else caption_tokens(batch["caption"], audio.device)
         audio = torch.where(use_text[:, None], texts.to(audio.device), audio)
     return audio, use_text

@@ -3,9 +3,10 @@
 One step: b (clip, caption) pairs of whole `mulan.crop_seconds` clips → the audio tower on the
 waveform, the text tower on the caption → symmetric InfoNCE with CLIP's learnable temperature
 (`melody.mulan`). Pairs with identical captions are not negatives of each other (their logits are
-left out: `same_caption`), since a corpus may repeat a caption. The text encoder is frozen, so
-its sentence embedding of a caption never changes: the stage computes it once per caption and
-keeps it (`_sentences`), and each step runs only the trained projection on it. Under DDP every rank
+left out: `same_caption`), since a corpus may repeat a caption. A clip ingested without a caption takes no
+part in the loss (`has_caption`), nor in the valid retrieval or the text half of the tokens' fit below. The
+text encoder is frozen, so its sentence embedding of a caption never changes: the stage computes it once per
+caption and keeps it (`_sentences`), and each step runs only the trained projection on it. Under DDP every rank
 gathers the global batch's embeddings (differentiably) and captions, so the negatives and the loss
 are those of one process holding the whole batch. With `train.grad_accum` > 1 the negatives are the
 micro-batch's (as in CLIP without gradient caching): prefer more processes to more accumulation.
@@ -33,7 +34,7 @@ from melody.config import MelodyConfig
 from melody.data.loader import ShardDataset
 from melody.eval.mulan import embed_split
 from melody.io import write_json_atomic
-from melody.mulan import MuLan, contrastive_loss, retrieval_metrics, same_caption
+from melody.mulan import MuLan, contrastive_loss, has_caption, retrieval_metrics, same_caption
 from melody.train.engine import Engine, PerCaption, Stage
 
 BETAS = (0.9, 0.98)
@@ -71,22 +72,28 @@ class MuLanStage(Stage):
         mulan = engine.unwrapped("mulan")
         captions = batch["caption"]
         texts = self.sentences(mulan, captions).to(engine.device) if mulan.text.freeze else captions
+        captioned = has_caption(captions)
         with engine.autocast():
-            out = engine.model("mulan")(batch["audio"][:, 0], texts, batch["length"], same=same_caption(captions))
+            out = engine.model("mulan")(batch["audio"][:, 0], texts, batch["length"], same=same_caption(captions),
+                                        captioned=captioned)
         loss = out.loss
         if engine.world_size > 1:  # negatives from the whole global batch, as on one process (CLIP's gathering)
             everyone = engine.gather_objects(captions)
             audio, text = engine.gather(out.audio), engine.gather(out.text)
-            loss = contrastive_loss(audio, text, out.temperature, same_caption(everyone))
+            loss = contrastive_loss(audio, text, out.temperature, same_caption(everyone), has_caption(everyone))
         grad_norm = engine.optimize("mulan", loss)
         with torch.no_grad():
-            hits = (out.audio @ out.text.T).argmax(-1) == torch.arange(len(captions), device=out.audio.device)
+            keep = captioned.to(out.audio.device)
+            hits = (out.audio[keep] @ out.text[keep].T).argmax(-1) == torch.arange(int(keep.sum()), device=keep.device)
         return {"mulan/total": loss.item(), "mulan/temperature": out.temperature.item(),
-                "mulan/batch_a2t_acc": hits.float().mean().item(), "mulan/grad_norm": grad_norm}
+                "mulan/batch_a2t_acc": hits.float().mean().item() if len(hits) else float("nan"),
+                "mulan/grad_norm": grad_norm}
 
     def sample(self, engine: Engine, batch: dict, folder: Path) -> None:
         """Retrieval on the whole valid split, logged beside the training curves."""
-        emb = embed_split(engine.ema_or_model("mulan").eval(), self.data_root, "valid")
+        emb = embed_split(engine.ema_or_model("mulan").eval(), self.data_root, "valid").captioned()
+        if not emb.keys:
+            return
         metrics = retrieval_metrics(emb.audio, emb.text, same_caption(emb.captions))
         engine.log({f"valid/{k.replace('/', '_')}": v for k, v in metrics.items()}, engine.step)
         write_json_atomic(folder / "retrieval.json", {"clips": len(emb.keys), **metrics})
@@ -95,4 +102,4 @@ class MuLanStage(Stage):
         """Fit the MuLan tokens' RVQ on the training clips' audio and caption embeddings."""
         mulan = engine.ema_or_model("mulan").eval()
         emb = embed_split(mulan, self.data_root, "train")
-        mulan.fit_tokens(torch.cat((emb.audio, emb.text)).to(engine.device), seed=self.cfg.train.seed)
+        mulan.fit_tokens(torch.cat((emb.audio, emb.captioned().text)).to(engine.device), seed=self.cfg.train.seed)
