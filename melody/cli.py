@@ -849,6 +849,24 @@ def eval_music(
     typer.echo("wrote " + ", ".join(str(p) for p in paths))
 
 
+@eval_app.command("compare")
+def eval_compare(
+    first: Annotated[Path, typer.Argument(help="A `melody eval music` report: its music_eval.json or its folder.")],
+    second: Annotated[Path, typer.Argument(help="Another, on the same clips.")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="Also write OUT/compare.json and compare.md.")] = None,
+) -> None:
+    """Tell two `eval music` reports on the same clips apart, clip by clip: which clips changed, and how sure that is.
+
+    Right/wrong outcomes (each attribute classifier, the tempo's octave) get McNemar's exact p over the clips right under
+    one model only; per-clip values (MCC, tag adherence, tempo error) the mean difference and its bootstrap interval."""
+    from melody.eval.compare import compare_reports, markdown, read_report, write_comparison
+
+    comparison = compare_reports(read_report(first), read_report(second))
+    typer.echo(markdown(comparison), nl=False)
+    if out is not None:
+        typer.echo("wrote " + ", ".join(str(p) for p in write_comparison(comparison, out)))
+
+
 @app.command("bench")
 def bench_command(
     bundle: Annotated[Optional[Path], typer.Argument(help="Model bundle folder for the `bundled` shapes "

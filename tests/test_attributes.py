@@ -1,10 +1,13 @@
 """Attribute classifiers (`melody.eval.attributes`): labels from corpus metadata, exact accuracy, rare classes, beating
 chance on real (rendered) clips heard by musicnn, one-line errors, and their rows in `melody eval music`'s report."""
 
+import copy
 import dataclasses
+import json
 
 import numpy as np
 import pytest
+from test_cli import melody
 from test_pipeline import bundle  # noqa: F401 (the fixture)
 
 from melody.data.shards import ShardWriter, write_manifest
@@ -12,7 +15,9 @@ from melody.ears.musicnn import MusicnnTagger
 from melody.errors import MelodyError
 from melody.eval.attributes import (ATTRIBUTES, Accuracy, AttributeReport, accuracy, clip_labels, fit_attribute_classifiers,
                                     fit_classifier, score_attributes, spread_clips, spread_indices, train_classifiers)
-from melody.eval.music import evaluate_music, markdown, summary
+from melody.eval.compare import compare_reports
+from melody.eval.music import evaluate_music, markdown, summary, write_music_report
+from melody.eval.stats import mcnemar_p, wilson_interval
 from melody.eval.quality import musicnn_outputs
 from melody.pipeline import MeLoDy
 
@@ -45,8 +50,8 @@ def test_labels_come_from_the_metadata():
 def test_accuracy_counts_only_clips_of_a_learnt_class():
     predicted = ["a", "b", "a", "a", "c", "b"]
     labels = ["a", "a", "a", None, "zzz", "b"]  # None: no label; "zzz": a class the classifier never learnt
-    assert accuracy(predicted, labels, ("a", "b", "c")) == Accuracy(3 / 4, 4, 3 / 4)
-    assert accuracy(["a"], ["b"], ("a", "b")) == Accuracy(0.0, 1, 1.0)
+    assert accuracy(predicted, labels, ("a", "b", "c")) == Accuracy(3 / 4, 4, 3 / 4, wilson_interval(3, 4))
+    assert accuracy(["a"], ["b"], ("a", "b")) == Accuracy(0.0, 1, 1.0, wilson_interval(0, 1))
     assert accuracy(["a"], [None], ("a", "b")) == Accuracy(None, 0, None)
     with pytest.raises(MelodyError, match="2 predictions for 1 labels"):
         accuracy(["a", "b"], ["a"], ("a", "b"))
@@ -186,3 +191,66 @@ def test_eval_music_refuses_a_negative_clip_count(evaluated, corpus):
     model, _ = evaluated
     with pytest.raises(MelodyError, match="--attribute-clips must be 0"):
         evaluate_music(model, corpus, seconds=1.0, attribute_clips=-1)
+
+
+def flipped(report: dict, attribute: str) -> dict:
+    """A copy of the report whose generated clips get `attribute` right exactly where the report's got it wrong."""
+    other = copy.deepcopy(report)
+    score = other["attributes"]["scores"][attribute]
+    classes = score["classes"]
+    for row in score["per_clip"]:
+        asked, _, generated = row
+        if asked in classes:
+            row[2] = asked if generated != asked else next(c for c in classes if c != asked)
+    for clip in other["per_clip"]:
+        clip["mcc_generated"] += 0.1
+    return other
+
+
+def test_eval_compare_pairs_two_reports_clip_by_clip(evaluated, tmp_path):
+    _, report = evaluated
+    for score in report.attributes.scores.values():  # the per-clip predictions behind each accuracy
+        counted = [(asked, generated) for asked, _, generated in score.per_clip if asked in score.classes]
+        assert len(score.per_clip) == report.clips and len(counted) == score.generated.clips
+        right = sum(asked == generated for asked, generated in counted)
+        assert score.generated.accuracy == right / len(counted)
+        assert score.generated.interval == wilson_interval(right, len(counted))
+    assert f"{report.attributes.scores['style'].generated.accuracy:.3f} (" in markdown(report)  # shown with its interval
+    silence = np.zeros(RATE, dtype=np.float32)
+    write_music_report(report, [("a caption", silence, silence)], tmp_path / "first")
+    first = json.loads((tmp_path / "first" / "music_eval.json").read_text())
+
+    same = compare_reports(first, first)
+    assert same.clips == report.clips and [o.name for o in same.outcomes][:4] == [f"{a} accuracy" for a in ATTRIBUTES]
+    assert all(o.only_first == o.only_second == 0 and o.p == 1.0 for o in same.outcomes)
+    assert all(v.difference == 0.0 for v in same.values if v.clips)
+
+    second = flipped(first, "style")
+    style = next(o for o in compare_reports(first, second).outcomes if o.name == "style accuracy")
+    right = round(report.attributes.scores["style"].generated.accuracy * style.clips)
+    assert (style.only_first, style.only_second) == (right, style.clips - right)
+    assert style.p == mcnemar_p(right, style.clips - right) and style.second == pytest.approx(1 - style.first)
+    mcc = compare_reports(first, second).values[0]
+    assert mcc.name == "MCC" and mcc.difference == pytest.approx(0.1) and mcc.interval == pytest.approx((0.1, 0.1))
+
+    (tmp_path / "second").mkdir()
+    (tmp_path / "second" / "music_eval.json").write_text(json.dumps(second))
+    out = melody("eval", "compare", str(tmp_path / "first"), str(tmp_path / "second" / "music_eval.json"),
+                 "--out", str(tmp_path / "cmp"))
+    assert out.returncode == 0, out.stderr
+    assert "| style accuracy |" in out.stdout and (tmp_path / "cmp" / "compare.md").read_text() in out.stdout
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["clips"] == report.clips
+
+    old = copy.deepcopy(first)
+    for score in old["attributes"]["scores"].values():
+        score.pop("per_clip")
+    elsewhere = {**first, "corpus_digest": "another"}
+    strangers = {**first, "per_clip": [{**c, "key": "x" + c["key"]} for c in first["per_clip"]]}
+    for other, message in ((old, "re-run `melody eval music`"), (elsewhere, "different corpus digests"),
+                           (strangers, "share no clip")):
+        with pytest.raises(MelodyError, match=message):
+            compare_reports(first, other)
+    (tmp_path / "bad.json").write_text("{ not json")
+    out = melody("eval", "compare", str(tmp_path / "first"), str(tmp_path / "bad.json"))
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ")

@@ -66,6 +66,7 @@ from melody.data.shards import iter_samples, read_manifest
 from melody.ears.musicnn import MusicnnTagger
 from melody.errors import MelodyError
 from melody.eval.quality import FAST_BPM, SLOW_BPM, musicnn_outputs
+from melody.eval.stats import wilson_interval
 
 ATTRIBUTES = ("style", "instrument family", "tempo class", "mode")
 MIN_CLASS_CLIPS = 5  # a class needs this many train clips to be learnt
@@ -215,6 +216,7 @@ class Accuracy:
     accuracy: float | None  # share of the counted clips predicted right; None when none is counted
     clips: int  # clips counted: their label is one of the classifier's classes
     majority: float | None  # share of the commonest label among them: always answering it scores this
+    interval: tuple[float, float] | None = None  # the accuracy's Wilson 95 % interval (`stats.wilson_interval`)
 
 
 def accuracy(predicted: Sequence[str], labels: Sequence[str | None], classes: Collection[str]) -> Accuracy:
@@ -225,7 +227,8 @@ def accuracy(predicted: Sequence[str], labels: Sequence[str | None], classes: Co
     if not counted:
         return Accuracy(None, 0, None)
     top = Counter(y for _, y in counted).most_common(1)[0][1]
-    return Accuracy(sum(p == y for p, y in counted) / len(counted), len(counted), top / len(counted))
+    right = sum(p == y for p, y in counted)
+    return Accuracy(right / len(counted), len(counted), top / len(counted), wilson_interval(right, len(counted)))
 
 
 @dataclass(frozen=True)
@@ -241,6 +244,8 @@ class AttributeScore:
     generated: Accuracy  # generated clip i against real clip i's attributes (its prompt was clip i's caption)
     mismatched: Accuracy  # generated clip i against another clip's attributes: the control
     note: str = ""  # why the attribute is not measured, if it is not
+    # clip i's (asked label, real clip's prediction, generated clip's prediction): what `melody eval compare` pairs
+    per_clip: tuple[tuple[str | None, str, str], ...] = ()
 
 
 def score_attributes(classifiers: Mapping[str, AttributeClassifier], real_features: np.ndarray,
@@ -263,7 +268,8 @@ def score_attributes(classifiers: Mapping[str, AttributeClassifier], real_featur
         real, generated = clf.predict(real_features), clf.predict(generated_features)
         scores[name] = AttributeScore(name, list(clf.classes), clf.dropped, clf.train_clips, 1 / len(clf.classes),
                                       accuracy(real, asked, clf.classes), accuracy(generated, asked, clf.classes),
-                                      accuracy(generated, control, clf.classes))
+                                      accuracy(generated, control, clf.classes),
+                                      per_clip=tuple(zip(asked, real, generated, strict=True)))
     return scores
 
 

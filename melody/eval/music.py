@@ -52,8 +52,8 @@ from melody.data.plots import spectrogram_grid
 from melody.data.shards import read_manifest, shard_paths
 from melody.ears.musicnn import MusicnnTagger
 from melody.errors import MelodyError
-from melody.eval.attributes import (FEATURES, TRAIN_SPLIT, AttributeReport, score_attributes, spread_clips, spread_indices,
-                                    train_classifiers)
+from melody.eval.attributes import (FEATURES, TRAIN_SPLIT, Accuracy, AttributeReport, score_attributes, spread_clips,
+                                    spread_indices, train_classifiers)
 from melody.eval.quality import (FADReport, cycle_consistency, disjoint_halves, fad_report, mulan_embeddings,
                                  musicnn_outputs, pair_cosines, prompt_bpm, tag_adherence, tempo_error, tempo_summary)
 from melody.io import write_json_atomic, write_text_atomic
@@ -418,9 +418,16 @@ def _attribute_rows(attributes: AttributeReport) -> list[tuple[str, ...]]:
         note += f"; learnt from {s.train_clips} of {attributes.train_clips} '{attributes.train_split}' clips"
         if s.real.accuracy is not None and s.real.accuracy <= max(s.chance, s.real.majority):
             note = "**not heard**: real clips score no better than chance, so the generated number means nothing; " + note
-        rows.append((f"{name} accuracy ↑", _fmt(s.generated.accuracy), _fmt(s.real.accuracy), _fmt(s.mismatched.accuracy),
-                     note + (f"; too few to learn: {dropped}" if dropped else "")))
+        rows.append((f"{name} accuracy ↑", _with_interval(s.generated), _with_interval(s.real),
+                     _with_interval(s.mismatched), note + (f"; too few to learn: {dropped}" if dropped else "")))
     return rows
+
+
+def _with_interval(score: Accuracy) -> str:
+    """An accuracy and its Wilson 95 % interval: "0.500 (0.36–0.64)"."""
+    if score.interval is None:
+        return _fmt(score.accuracy)
+    return f"{_fmt(score.accuracy)} ({score.interval[0]:.2f}–{score.interval[1]:.2f})"
 
 
 def _attribute_sentence(attributes: AttributeReport) -> str:
@@ -428,7 +435,8 @@ def _attribute_sentence(attributes: AttributeReport) -> str:
         return ""
     return (f" Attribute classifiers: balanced logistic regression on the {attributes.features}, learnt from "
             f"{attributes.train_clips} clips spread over the '{attributes.train_split}' split; generated clip i is "
-            f"scored against the attributes of real clip i, whose caption was its prompt."
+            f"scored against the attributes of real clip i, whose caption was its prompt; in brackets, each accuracy's "
+            f"Wilson 95 % interval (`melody eval compare` tells two reports on the same clips apart)."
             + (f" Note: {attributes.note}." if attributes.note else ""))
 
 
