@@ -183,6 +183,18 @@ def test_mulan_learns_from_captioned_clips_only(stack, tmp_path):
     assert report["clips"] == 1 and [row["key"] for row in report["per_clip"]] == ["clip-004"]
 
 
+def test_eval_semantic_scores_no_text_condition_for_uncaptioned_clips(stack, tmp_path):
+    corpus, runs, _ = stack
+    bare = make_corpus(tmp_path / "corpus", clips=10, per_shard=3, uncaptioned=(4, 9))  # the whole valid split
+    for data, text_scored in ((corpus, True), (bare, False)):
+        run_ok("eval", "semantic", str(runs["semantic"]), "--data", str(data), "--split", "valid", "--mulan",
+               str(runs["mulan"]), "--tokenizer", str(runs["tokenizer"]), "--out", str(tmp_path / "report"))
+        report = json.loads((tmp_path / "report" / "semantic_eval.json").read_text())
+        assert math.isfinite(report["perplexity"]["lm_audio"]) and math.isfinite(report["generation"]["audio"]["own_clip"])
+        assert math.isfinite(report["perplexity"]["lm_text"]) == text_scored
+        assert math.isfinite(report["generation"]["text"]["own_clip"]) == text_scored
+
+
 def test_semantic_training_needs_a_finished_mulan(stack, tmp_path):
     corpus, runs, overrides = stack
     unfinished = tmp_path / "mulan"

@@ -39,7 +39,7 @@ from melody.data.synth.captions import restate_tempo
 from melody.errors import MelodyError
 from melody.io import write_json_atomic
 from melody.modules import device_of
-from melody.mulan import MuLan
+from melody.mulan import MuLan, has_caption
 from melody.semantic.lm import SemanticLM, beat_grid, lm_loss, stretch_tokens, tempo_bucket
 from melody.semantic.tokenizer import SemanticTokenizer, frame_count
 
@@ -247,15 +247,17 @@ def generation_agreement(lm: SemanticLM, split: TokenizedSplit, guidance: float,
     from melody.semantic.sampling import generate
 
     n, length = split.semantic.shape
+    captioned = has_caption(split.captions).tolist()
     out = {}
     for name, cond in (("text", split.text_mulan), ("audio", split.audio_mulan), ("null", None)):
         generator = torch.Generator(device=lm.bos.device).manual_seed(seed)
         prefix = None if cond is not None else torch.zeros(n, 0, dtype=torch.long)
         made = generate(lm, cond, length, prefix, temperature=1.0, guidance=guidance, generator=generator,
                         window=length, stride=length).tokens.cpu()
-        own = [code_overlap(made[i], split.semantic[i][split.keep[i]]) for i in range(n)]
-        other = [code_overlap(made[i], split.semantic[j][split.keep[j]]) for i in range(n) for j in [(i + n // 2) % n] if j != i]
-        out[name] = {"own_clip": round(float(np.mean(own)), 4),
+        rows = [i for i in range(n) if name != "text" or captioned[i]]  # "" asks for nothing: no text row to judge
+        own = [code_overlap(made[i], split.semantic[i][split.keep[i]]) for i in rows]
+        other = [code_overlap(made[i], split.semantic[j][split.keep[j]]) for i in rows for j in [(i + n // 2) % n] if j != i]
+        out[name] = {"own_clip": round(float(np.mean(own)), 4) if own else float("nan"),
                      "other_clip": round(float(np.mean(other)), 4) if other else float("nan")}
     return out
 
@@ -268,10 +270,13 @@ def evaluate_semantic(lm: SemanticLM, mulan: MuLan, tokenizer: SemanticTokenizer
     test = tokenize_split(mulan, tokenizer, data_root, split, seconds, limit, progress=progress)
     unigram = unigram_log_probs(train.semantic, train.keep, vocab)
     bigram = bigram_log_probs(train.semantic, train.keep, vocab)
+    captioned = has_caption(test.captions)
+
     def perplexities(keep: torch.Tensor) -> dict[str, float]:
+        text_keep = keep & captioned[:, None]  # a clip without a caption has no text condition to score
         nll = {
             "lm_audio": lm_nll(lm, test.audio_mulan, test.semantic, keep),
-            "lm_text": lm_nll(lm, test.text_mulan, test.semantic, keep),
+            "lm_text": lm_nll(lm, test.text_mulan, test.semantic, text_keep) if text_keep.any() else math.nan,
             "lm_null": lm_nll(lm, None, test.semantic, keep),
             "bigram": ngram_nll(test.semantic, keep, unigram, bigram),
             "unigram": ngram_nll(test.semantic, keep, unigram, None),
