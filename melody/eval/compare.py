@@ -83,7 +83,7 @@ def compare_reports(first: dict, second: dict) -> Comparison:
     if not pairs:
         raise MelodyError("the reports share no clip; compare reports of the same --data and --split")
     outcomes = [*attribute_outcomes(first, second, pairs), tempo_octave_outcome(first, second, pairs)]
-    return Comparison(str(first.get("bundle")), str(second.get("bundle")), first["split"], len(pairs), outcomes,
+    return Comparison(str(first.get("bundle")), str(second.get("bundle")), str(first.get("split")), len(pairs), outcomes,
                       per_clip_values(first, second, pairs), fad_rows(first, second))
 
 
